@@ -1,0 +1,1 @@
+"""Transformer-XL language model, independent of music and of the pipeline."""

@@ -1,0 +1,80 @@
+"""The `maestro-xl` command line: one Typer command per pipeline stage, each reading its params.yaml section."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="MAESTRO v3 to a Transformer-XL piano composer, one pipeline stage per command (see dvc.yaml).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ParamsOption = Annotated[Path, typer.Option("--params", help="params file whose stage section is read")]
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+def _run(stage, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+    """Call a stage, turning a PipelineError into a one-line error message and exit status 1."""
+    from pipeline.errors import PipelineError
+
+    try:
+        return stage(*args, **kwargs)
+    except PipelineError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def fetch(
+    params: ParamsOption = Path("params.yaml"),
+    out: Annotated[Path, typer.Option(help="where MAESTRO lands")] = Path("data/raw/maestro-v3.0.0"),
+    downloads: Annotated[Path, typer.Option(help="download cache")] = Path("data/downloads"),
+) -> None:
+    """Fetch MAESTRO v3 from data.source (an http(s) URL, a local .zip or a local folder) into OUT.
+
+    Downloads resume after an interruption and are checked against data.size and data.sha256 before extraction.
+    """
+    from pipeline.fetch import fetch as run_fetch
+    from pipeline.params import load_section
+
+    p = _run(load_section, "data", params)
+    counts = _run(run_fetch, str(p["source"]), out, p.get("sha256") or None, p.get("size") or None, downloads)
+    typer.echo(f"fetch: {counts['listed']} pieces listed, {counts['missing']} MIDI files missing -> {out}")
+
+
+@app.command()
+def parse(
+    params: ParamsOption = Path("params.yaml"),
+    raw: Annotated[Path, typer.Option(help="MAESTRO folder from fetch")] = Path("data/raw/maestro-v3.0.0"),
+    out: Annotated[Path, typer.Option(help="folder of Parquet tables")] = Path("data/events"),
+    metrics: Annotated[Path, typer.Option(help="DVC metrics file")] = Path("reports/metrics/parse.json"),
+) -> None:
+    """Parse every MIDI file into Parquet tables (pieces, notes, pedals) with symusic, in parallel.
+
+    A file that cannot be parsed is recorded in OUT/parse_report.json and skipped; the stage fails only when more
+    than parse.max_bad_fraction of the files fail.
+    """
+    from pipeline.params import load_section
+    from pipeline.parse import parse as run_parse
+
+    p = _run(load_section, "parse", params)
+    report = _run(
+        run_parse, raw, out, metrics, workers=int(p.get("workers", 0)),
+        max_bad_fraction=float(p.get("max_bad_fraction", 0.05)),
+        max_duration=float(p.get("max_duration_s", 7200)), progress=sys.stderr.isatty(),
+    )
+    typer.echo(
+        f"parse: {report['parsed']} of {report['files']} files, {report['notes']:,} notes, "
+        f"{report['hours']} h -> {out}"
+    )
+    for failure in report["failures"][:20]:
+        typer.echo(f"  skipped {failure['midi_filename']}: {failure['reason']}", err=True)

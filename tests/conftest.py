@@ -1,0 +1,85 @@
+"""Shared fixtures: tiny MIDI files written with mido, MAESTRO-shaped folders, and the real data's location."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import mido
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+MAESTRO_ASAP = SHARED / "maestro-asap"
+EDGE_CASES = SHARED / "midi-edge-cases"
+METADATA_COLUMNS = ["canonical_composer", "canonical_title", "split", "year", "midi_filename", "audio_filename",
+                    "duration"]
+
+
+def require(path: Path) -> Path:
+    """Skip the calling test, saying what is missing, when the shared real data is not beside the project."""
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (the shared data folder sits beside the project in development)")
+    return path
+
+
+def write_midi(path: Path, tracks: list[list[tuple[int, mido.Message | mido.MetaMessage]]], tpq: int = 480) -> Path:
+    """Write a type-1 MIDI file; each track is a list of (absolute tick, message)."""
+    midi = mido.MidiFile(type=1, ticks_per_beat=tpq)
+    for events in tracks:
+        track = mido.MidiTrack()
+        now = 0
+        for tick, msg in sorted(events, key=lambda e: e[0]):
+            track.append(msg.copy(time=tick - now))
+            now = tick
+        midi.tracks.append(track)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    midi.save(path)
+    return path
+
+
+def note(tick_on: int, tick_off: int, pitch: int, velocity: int = 64, channel: int = 0) -> list[tuple]:
+    """A note as a note_on and a note_off message."""
+    return [
+        (tick_on, mido.Message("note_on", note=pitch, velocity=velocity, channel=channel)),
+        (tick_off, mido.Message("note_off", note=pitch, velocity=0, channel=channel)),
+    ]
+
+
+def pedal(tick: int, value: int, control: int = 64, channel: int = 0) -> tuple:
+    """A pedal (control change) message."""
+    return (tick, mido.Message("control_change", control=control, value=value, channel=channel))
+
+
+def tempo(tick: int, mspq: int) -> tuple:
+    """A set_tempo meta message."""
+    return (tick, mido.MetaMessage("set_tempo", tempo=mspq))
+
+
+def write_metadata(folder: Path, rows: list[dict], columns: list[str] = METADATA_COLUMNS) -> Path:
+    """Write a MAESTRO-style CSV with the given rows (missing keys get MAESTRO-like defaults)."""
+    defaults = {"canonical_composer": "Test", "canonical_title": "Piece", "split": "train", "year": 2018,
+                "audio_filename": "", "duration": 1.0}
+    path = folder / "maestro-v3.0.0.csv"
+    folder.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**defaults, **row})
+    return path
+
+
+@pytest.fixture
+def tiny_maestro(tmp_path: Path) -> Path:
+    """A MAESTRO-shaped folder with three short synthetic pieces, one of them a `.midi` file."""
+    folder = tmp_path / "maestro"
+    write_midi(folder / "2018" / "a.midi", [[tempo(0, 500_000)], note(0, 480, 60) + note(480, 960, 64)])
+    write_midi(folder / "2018" / "b.mid", [[tempo(0, 500_000)], note(0, 960, 67, 90)])
+    write_midi(folder / "2019" / "c.midi", [[tempo(0, 600_000)], note(240, 480, 72) + [pedal(0, 127), pedal(960, 0)]])
+    write_metadata(folder, [
+        {"midi_filename": "2018/a.midi", "split": "train", "duration": 1.0},
+        {"midi_filename": "2018/b.mid", "split": "validation", "duration": 1.0, "year": ""},
+        {"midi_filename": "2019/c.midi", "split": "test", "duration": 1.2},
+    ])
+    return folder

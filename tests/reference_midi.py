@@ -1,0 +1,149 @@
+"""An independent, deliberately plain reference reader: mido's pure-Python parser and an event loop.
+
+It shares no code with pipeline.performance, so agreement between the two is evidence that both follow the
+documented rules: notes paired first-in first-out per track, channel and pitch; drums (channel 10) left out;
+Magenta's sustain rule with pedal changes applied before note-ons and note-ons before key releases at one tick;
+the last pedal value at a tick wins; zero-length notes dropped.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict, deque
+from dataclasses import dataclass
+
+import mido
+
+PEDALS = {64: "sustain", 66: "sostenuto", 67: "soft"}
+
+
+@dataclass
+class RefNote:
+    start: int
+    pitch: int
+    velocity: int
+    key_end: int = -1
+    end: int = -1
+    released: bool = False
+
+
+def _seconds(tick: int, tempo_ticks: list[int], tempo_start: list[float], tempo_spt: list[float]) -> float:
+    k = bisect.bisect_right(tempo_ticks, tick) - 1
+    return tempo_start[k] + (tick - tempo_ticks[k]) * tempo_spt[k]
+
+
+def read_reference(path: str) -> dict:
+    """Parse a MIDI file with mido and return notes and pedal intervals in seconds, sorted as the pipeline sorts."""
+    midi = mido.MidiFile(path)
+    tempos: list[tuple[int, int, int]] = []  # (tick, order, microseconds per quarter)
+    voices: dict[tuple[int, int], dict] = defaultdict(lambda: {"events": [], "cc": defaultdict(list)})
+    order = 0
+    end = 0
+    for track_index, track in enumerate(midi.tracks):
+        tick = 0
+        for msg in track:
+            tick += msg.time
+            order += 1
+            if msg.type == "set_tempo":
+                tempos.append((tick, order, msg.tempo))
+            if not hasattr(msg, "channel") or msg.channel == 9:
+                continue
+            voice = voices[(track_index, msg.channel)]
+            if msg.type == "note_on" and msg.velocity > 0:
+                voice["events"].append((tick, "on", msg.note, msg.velocity))
+            elif msg.type in ("note_off", "note_on"):
+                voice["events"].append((tick, "off", msg.note, 0))
+            elif msg.type == "control_change":
+                end = max(end, tick)
+                if msg.control in PEDALS:
+                    voice["cc"][msg.control].append((tick, msg.value))
+
+    notes: list[RefNote] = []
+    pedals: list[tuple[int, int, int]] = []  # (number, start, stop)
+    per_voice = []
+    for voice in voices.values():
+        open_notes: dict[int, deque[RefNote]] = defaultdict(deque)
+        voice_notes = []
+        for tick, kind, pitch, velocity in voice["events"]:
+            if kind == "on":
+                note = RefNote(tick, pitch, velocity)
+                open_notes[pitch].append(note)
+                voice_notes.append(note)
+            elif open_notes[pitch]:
+                note = open_notes[pitch].popleft()
+                note.key_end = tick
+                end = max(end, tick)
+        voice_notes = [n for n in voice_notes if n.key_end >= 0]  # a note never released is dropped
+        per_voice.append((voice, voice_notes))
+
+    for voice, voice_notes in per_voice:
+        pedal_state: dict[int, list[tuple[int, bool]]] = {}
+        for number, changes in voice["cc"].items():
+            last: dict[int, int] = {}
+            for tick, value in changes:
+                last[tick] = value
+            pedal_state[number] = sorted((tick, value >= 64) for tick, value in last.items())
+            down_since = None
+            for tick, down in pedal_state[number]:
+                if down and down_since is None:
+                    down_since = tick
+                elif not down and down_since is not None:
+                    pedals.append((number, down_since, tick))
+                    down_since = None
+            if down_since is not None:
+                pedals.append((number, down_since, max(end, down_since)))
+
+        events = [(tick, 0, down) for tick, down in pedal_state.get(64, [])]
+        events += [(n.start, 1, n) for n in voice_notes] + [(n.key_end, 2, n) for n in voice_notes]
+        events.sort(key=lambda e: (e[0], e[1]))
+        sustain, active = False, []
+        for tick, kind, item in events:
+            if kind == 0:
+                if sustain and not item:
+                    for n in [n for n in active if n.released]:
+                        n.end = tick
+                        active.remove(n)
+                sustain = item
+            elif kind == 1:
+                if sustain:
+                    for n in [n for n in active if n.pitch == item.pitch and n.start < tick]:
+                        n.end = tick
+                        active.remove(n)
+                active.append(item)
+            else:
+                item.released = True
+                if not sustain and item in active:
+                    item.end = tick
+                    active.remove(item)
+        for n in active:
+            n.end = end
+        notes.extend(voice_notes)
+
+    tempos.sort()
+    tempo_ticks, tempo_spt = [0], [500_000 / (1e6 * midi.ticks_per_beat)]
+    for tick, _, mspq in tempos:
+        if tick == tempo_ticks[-1]:
+            tempo_spt[-1] = mspq / (1e6 * midi.ticks_per_beat)
+        else:
+            tempo_ticks.append(tick)
+            tempo_spt.append(mspq / (1e6 * midi.ticks_per_beat))
+    tempo_start = [0.0]
+    for i in range(1, len(tempo_ticks)):
+        tempo_start.append(tempo_start[-1] + (tempo_ticks[i] - tempo_ticks[i - 1]) * tempo_spt[i - 1])
+
+    def sec(tick: int) -> float:
+        return _seconds(tick, tempo_ticks, tempo_start, tempo_spt)
+
+    notes = sorted((n for n in notes if n.end > n.start), key=lambda n: (n.start, n.pitch))
+    pedals.sort(key=lambda p: (p[1], p[0]))
+    return {
+        "onset": [sec(n.start) for n in notes],
+        "offset": [sec(n.end) for n in notes],
+        "key_offset": [sec(n.key_end) for n in notes],
+        "pitch": [n.pitch for n in notes],
+        "velocity": [n.velocity for n in notes],
+        "pedal": [p[0] for p in pedals],
+        "pedal_onset": [sec(p[1]) for p in pedals],
+        "pedal_offset": [sec(p[2]) for p in pedals],
+        "duration": sec(end),
+    }
