@@ -68,13 +68,17 @@ def parse(
 
     p = _run(load_section, "parse", params)
     report = _run(
-        run_parse, raw, out, metrics, workers=int(p.get("workers", 0)),
+        run_parse,
+        raw,
+        out,
+        metrics,
+        workers=int(p.get("workers", 0)),
         max_bad_fraction=float(p.get("max_bad_fraction", 0.05)),
-        max_duration=float(p.get("max_duration_s", 7200)), progress=sys.stderr.isatty(),
+        max_duration=float(p.get("max_duration_s", 7200)),
+        progress=sys.stderr.isatty(),
     )
     typer.echo(
-        f"parse: {report['parsed']} of {report['files']} files, {report['notes']:,} notes, "
-        f"{report['hours']} h -> {out}"
+        f"parse: {report['parsed']} of {report['files']} files, {report['notes']:,} notes, {report['hours']} h -> {out}"
     )
     for failure in report["failures"][:20]:
         typer.echo(f"  skipped {failure['midi_filename']}: {failure['reason']}", err=True)

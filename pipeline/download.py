@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -82,7 +83,7 @@ def download(url: str, target: Path, size: int | None, sha256: str | None, timeo
                     while chunk := response.read(CHUNK):
                         f.write(chunk)
                         progress.advance(task, len(chunk))
-                except (OSError, urllib.error.URLError) as exc:
+                except (OSError, http.client.HTTPException) as exc:
                     raise PipelineError(
                         f"download of {url} broke off after {f.tell():,} bytes ({exc}); the partial file "
                         f"{part} is kept and the next run resumes from there"

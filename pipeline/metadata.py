@@ -9,7 +9,15 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError
 
-COLUMNS = ("canonical_composer", "canonical_title", "split", "year", "midi_filename", "audio_filename", "duration")
+COLUMNS = (
+    "canonical_composer",
+    "canonical_title",
+    "split",
+    "year",
+    "midi_filename",
+    "audio_filename",
+    "duration",
+)
 REQUIRED = ("canonical_composer", "canonical_title", "split", "midi_filename", "duration")
 MIDI_SUFFIXES = (".mid", ".midi")
 

@@ -43,31 +43,37 @@ def performance_tables(ids: list[int], performances: list[Performance]) -> dict:
     n_notes = [len(p.onset) for p in performances]
     n_pedals = [len(p.pedal) for p in performances]
     return {
-        "notes": pa.table({
-            "piece_id": np.repeat(piece_id, n_notes),
-            "onset": column("onset", np.float64),
-            "offset": column("offset", np.float64),
-            "key_offset": column("key_offset", np.float64),
-            "pitch": column("pitch", np.uint8),
-            "velocity": column("velocity", np.uint8),
-        }),
-        "pedals": pa.table({
-            "piece_id": np.repeat(piece_id, n_pedals),
-            "pedal": pa.array(PEDAL_NAMES[column("pedal", np.uint8)], pa.string()).dictionary_encode(),
-            "onset": column("pedal_onset", np.float64),
-            "offset": column("pedal_offset", np.float64),
-        }),
+        "notes": pa.table(
+            {
+                "piece_id": np.repeat(piece_id, n_notes),
+                "onset": column("onset", np.float64),
+                "offset": column("offset", np.float64),
+                "key_offset": column("key_offset", np.float64),
+                "pitch": column("pitch", np.uint8),
+                "velocity": column("velocity", np.uint8),
+            }
+        ),
+        "pedals": pa.table(
+            {
+                "piece_id": np.repeat(piece_id, n_pedals),
+                "pedal": pa.DictionaryArray.from_arrays(PEDAL_INDEX[column("pedal", np.uint8)], PEDAL_DICTIONARY),
+                "onset": column("pedal_onset", np.float64),
+                "offset": column("pedal_offset", np.float64),
+            }
+        ),
     }
 
 
-PEDAL_NAMES = np.array([PEDALS.get(i, "") for i in range(256)], dtype=object)
+PEDAL_DICTIONARY = list(PEDALS.values())
+PEDAL_INDEX = np.zeros(256, np.int8)  # control number -> position of its name in PEDAL_DICTIONARY
+PEDAL_INDEX[list(PEDALS)] = np.arange(len(PEDALS))
 
 
 def write_table(table, path: Path) -> None:  # noqa: ANN001 (a pyarrow.Table)
     """Write one Parquet file the way every table of this stage is written."""
     import pyarrow.parquet as pq
 
-    pq.write_table(table, path, compression="zstd", compression_level=1, use_dictionary=["piece_id", "pedal"])
+    pq.write_table(table, path, compression="lz4", use_dictionary=["piece_id", "pedal"])
 
 
 def parse_chunk(part: int, items: list[tuple[int, Path]], out: Path, max_duration: float) -> list[Outcome]:
@@ -87,10 +93,10 @@ def parse_chunk(part: int, items: list[tuple[int, Path]], out: Path, max_duratio
     return outcomes
 
 
-def parse_all(
-    paths: list[Path], out: Path, workers: int, max_duration: float, progress: bool = True
-) -> list[Outcome]:
+def parse_all(paths: list[Path], out: Path, workers: int, max_duration: float, progress: bool = True) -> list[Outcome]:
     """Parse files in parallel over `workers` processes (0: all cores) into parts under `out`, in input order."""
+    import pyarrow.parquet  # noqa: F401  (imported once here, so forked workers start with it loaded)
+    import symusic  # noqa: F401
     from rich.progress import Progress
 
     for name in TABLES:
@@ -105,9 +111,7 @@ def parse_all(
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
     with ProcessPoolExecutor(workers, mp_context=context) as pool, Progress(disable=not progress) as bar:
         task = bar.add_task("parse MIDI", total=len(paths))
-        futures = {
-            pool.submit(parse_chunk, part, chunk, out, max_duration): part for part, chunk in enumerate(chunks)
-        }
+        futures = {pool.submit(parse_chunk, part, chunk, out, max_duration): part for part, chunk in enumerate(chunks)}
         for future in as_completed(futures):
             part = futures[future]
             results[part] = future.result()
@@ -121,22 +125,29 @@ def pieces_table(pieces: list[PieceInfo], outcomes: list[Outcome]):  # -> pyarro
 
     ok = [(i, o) for i, o in enumerate(outcomes) if not isinstance(o, str)]
     info = [pieces[i] for i, _ in ok]
-    return pa.table({
-        "piece_id": pa.array([i for i, _ in ok], pa.int32()),
-        "composer": pa.array([p.composer for p in info], pa.string()),
-        "title": pa.array([p.title for p in info], pa.string()),
-        "split": pa.array([p.split for p in info], pa.string()),
-        "year": pa.array([p.year for p in info], pa.int32()),
-        "midi_filename": pa.array([p.midi_filename for p in info], pa.string()),
-        "duration": pa.array([p.duration for p in info], pa.float64()),
-        "file_duration": pa.array([o[1] for _, o in ok], pa.float64()),
-        "n_notes": pa.array([o[0] for _, o in ok], pa.int32()),
-    })
+    return pa.table(
+        {
+            "piece_id": pa.array([i for i, _ in ok], pa.int32()),
+            "composer": pa.array([p.composer for p in info], pa.string()),
+            "title": pa.array([p.title for p in info], pa.string()),
+            "split": pa.array([p.split for p in info], pa.string()),
+            "year": pa.array([p.year for p in info], pa.int32()),
+            "midi_filename": pa.array([p.midi_filename for p in info], pa.string()),
+            "duration": pa.array([p.duration for p in info], pa.float64()),
+            "file_duration": pa.array([o[1] for _, o in ok], pa.float64()),
+            "n_notes": pa.array([o[0] for _, o in ok], pa.int32()),
+        }
+    )
 
 
 def parse(
-    raw: Path, out: Path, metrics: Path, workers: int = 0, max_bad_fraction: float = 0.05,
-    max_duration: float = 7200.0, progress: bool = True,
+    raw: Path,
+    out: Path,
+    metrics: Path,
+    workers: int = 0,
+    max_bad_fraction: float = 0.05,
+    max_duration: float = 7200.0,
+    progress: bool = True,
 ) -> dict:
     """Run the stage: parse every listed file, write the tables and the parse report, fail past the bad limit."""
     raw, out = Path(raw), Path(out)

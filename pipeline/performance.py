@@ -67,41 +67,58 @@ def pedal_intervals(times: np.ndarray, values: np.ndarray, end: int) -> tuple[np
     return starts, stops
 
 
-def _is_down(starts: np.ndarray, stops: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each time, whether the pedal is down then, and the index of its interval."""
-    k = np.searchsorted(starts, t, side="right") - 1
-    down = (k >= 0) & (t < stops[np.maximum(k, 0)]) if len(starts) else np.zeros(len(t), bool)
-    return down, k
-
-
 def sustain_offsets(
     onset: np.ndarray, key_offset: np.ndarray, pitch: np.ndarray, starts: np.ndarray, stops: np.ndarray
 ) -> np.ndarray:
     """Magenta's sustain rule, vectorised: a key released under the pedal sounds until the pedal lifts,
     or until the same pitch is struck again while the pedal is down, whichever comes first."""
-    onset = np.asarray(onset, dtype=np.int64)
-    key_offset = np.asarray(key_offset, dtype=np.int64)
-    if len(starts) == 0 or len(onset) == 0:
+    n = len(onset)
+    if len(starts) == 0 or n == 0:
         return key_offset.copy()
-    down_at_release, k = _is_down(starts, stops, key_offset)
-    release = np.where(down_at_release, stops[np.maximum(k, 0)], key_offset)
+    # Whether the pedal is down at each key release and at each onset, and which down interval it is in.
+    times = np.concatenate([key_offset, onset])
+    k = np.searchsorted(starts, times, side="right") - 1
+    k_safe = np.maximum(k, 0)
+    down = (k >= 0) & (times < stops[k_safe])
+    release = np.where(down[:n], stops[k_safe[:n]], key_offset)
 
     # The next onset of the same pitch, later than this one, that falls while the pedal is down.
-    order = np.lexsort((onset, pitch)) if np.any(np.diff(onset) < 0) else np.argsort(pitch, kind="stable")
+    order = np.lexsort((onset, pitch)) if np.any(onset[1:] < onset[:-1]) else np.argsort(pitch, kind="stable")
     p, s = pitch[order].astype(np.int64), onset[order]
     span = int(max(s.max(), release.max())) + 2
-    struck_under_pedal, _ = _is_down(starts, stops, s)
-    candidate = p * span + np.where(struck_under_pedal, s, span - 1)  # span - 1 means "none in this pitch"
+    candidate = p * span + np.where(down[n:][order], s, span - 1)  # span - 1 means "none in this pitch"
     suffix_min = np.minimum.accumulate(candidate[::-1])[::-1]
     key = p * span + s
-    nxt = np.searchsorted(key, key, side="right")
-    has_next = nxt < len(s)
-    nxt = np.minimum(nxt, len(s) - 1)
+    new_run = np.concatenate([[True], key[1:] != key[:-1]])
+    run_end = np.append(np.flatnonzero(new_run)[1:], n)
+    nxt = run_end[np.cumsum(new_run) - 1]  # first position with a larger (pitch, onset)
+    has_next = nxt < n
+    nxt = np.minimum(nxt, n - 1)
     restrike = np.where(has_next & (p[nxt] == p), suffix_min[nxt] - p * span, span - 1)
 
-    offset = release.copy()
+    offset = np.empty_like(release)
     offset[order] = np.minimum(release[order], restrike)
     return offset
+
+
+def _track_arrays(notes: dict, controls: dict, end: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """One track's notes (onset, offset, key offset, pitch, velocity) and pedals (number, start, stop), in ticks."""
+    onset = notes["time"].astype(np.int64)
+    key_offset = onset + notes["duration"]
+    pitch = notes["pitch"].astype(np.uint8)
+    offset, pedals = key_offset, [[], [], []]
+    numbers = controls["number"]
+    for number in PEDALS:
+        is_pedal = numbers == number
+        if not is_pedal.any():
+            continue
+        starts, stops = pedal_intervals(controls["time"][is_pedal], controls["value"][is_pedal], end)
+        if number == SUSTAIN:
+            offset = sustain_offsets(onset, key_offset, pitch, starts, stops)
+        for part, value in zip(pedals, (np.full(len(starts), number, np.uint8), starts, stops), strict=True):
+            part.append(value)
+    pedals = [np.concatenate(part) if part else np.zeros(0, np.int64) for part in pedals]
+    return [onset, offset, key_offset, pitch, notes["velocity"].astype(np.uint8)], pedals
 
 
 def read_performance(path: Path | str, max_duration: float = 7200.0) -> Performance:
@@ -118,43 +135,38 @@ def read_performance(path: Path | str, max_duration: float = 7200.0) -> Performa
     tracks = [t for t in score.tracks if not t.is_drum]
     notes = [t.notes.numpy() for t in tracks]
     controls = [t.controls.numpy() for t in tracks]
-    end = max((int(np.max(n["time"] + n["duration"], initial=0)) for n in notes), default=0)
-    end = max([end] + [int(np.max(c["time"], initial=0)) for c in controls])
-
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("on", "off", "key_off", "pitch", "vel")}
-    pedal_parts: dict[str, list[np.ndarray]] = {"number": [], "start": [], "stop": []}
-    for n, c in zip(notes, controls, strict=True):
-        on = n["time"].astype(np.int64)
-        key_off = on + n["duration"].astype(np.int64)
-        pitch = n["pitch"].astype(np.uint8)
-        off = key_off
-        for number in PEDALS:
-            is_pedal = c["number"] == number
-            starts, stops = pedal_intervals(c["time"][is_pedal], c["value"][is_pedal], end)
-            if number == SUSTAIN:
-                off = sustain_offsets(on, key_off, pitch, starts, stops)
-            pedal_parts["number"].append(np.full(len(starts), number, np.uint8))
-            pedal_parts["start"].append(starts)
-            pedal_parts["stop"].append(stops)
-        for key, value in zip(parts, (on, off, key_off, pitch, n["velocity"].astype(np.uint8)), strict=True):
-            parts[key].append(value)
-
-    cat = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in parts.items()}
-    if len(cat["on"]) == 0:
+    end = max(
+        [int(np.max(n["time"] + n["duration"], initial=0)) for n in notes]
+        + [int(np.max(c["time"], initial=0)) for c in controls]
+        + [0]
+    )
+    if sum(len(n["time"]) for n in notes) == 0:
         raise UnreadableMidi("contains no notes")
-    if cat["on"].min() < 0:
-        raise UnreadableMidi(f"a note starts at a negative time (tick {cat['on'].min()})")
-    keep = cat["off"] > cat["on"]  # a note of zero length makes no sound
-    order = np.lexsort((cat["pitch"][keep], cat["on"][keep]))
-    cat = {k: v[keep][order] for k, v in cat.items()}
-    pedal = {k: np.concatenate(v) for k, v in pedal_parts.items()}
-    pedal_order = np.lexsort((pedal["number"], pedal["start"]))
-    pedal = {k: v[pedal_order] for k, v in pedal.items()}
+    per_track = [_track_arrays(n, c, end) for n, c in zip(notes, controls, strict=True)]
+    if len(per_track) == 1:
+        (on, off, key_off, pitch, vel), (number, start, stop) = per_track[0]
+    else:
+        on, off, key_off, pitch, vel = (np.concatenate(c) for c in zip(*(t[0] for t in per_track), strict=True))
+        number, start, stop = (np.concatenate(c) for c in zip(*(t[1] for t in per_track), strict=True))
+    if on.min() < 0:
+        raise UnreadableMidi(f"a note starts at a negative time (tick {on.min()})")
+    keep = off > on  # a note of zero length makes no sound
+    if not keep.all():
+        on, off, key_off, pitch, vel = on[keep], off[keep], key_off[keep], pitch[keep], vel[keep]
+    d_on, d_pitch = np.diff(on), np.diff(pitch.astype(np.int16))
+    if not np.all((d_on > 0) | ((d_on == 0) & (d_pitch >= 0))):  # symusic usually hands them over sorted
+        order = np.lexsort((pitch, on))
+        on, off, key_off, pitch, vel = on[order], off[order], key_off[order], pitch[order], vel[order]
+    if len(start) > 1:
+        order = np.lexsort((number, start))
+        number, start, stop = number[order], start[order], stop[order]
 
     tempos = score.tempos.numpy()
     to_sec = tick_seconds(
-        np.concatenate([cat["on"], cat["off"], cat["key_off"], pedal["start"], pedal["stop"], [end]]),
-        tempos["time"], tempos["mspq"], tpq,
+        np.concatenate([on, off, key_off, start, stop, [end]]),
+        tempos["time"],
+        tempos["mspq"],
+        tpq,
     )
     if not np.all(np.isfinite(to_sec)):
         raise UnreadableMidi("note times are not finite")
@@ -164,9 +176,16 @@ def read_performance(path: Path | str, max_duration: float = 7200.0) -> Performa
             f"events span {duration:.0f} s, more than the {max_duration:.0f} s allowed (parse.max_duration_s)"
         )
     onset, offset, key_offset, pedal_onset, pedal_offset = np.split(
-        to_sec[:-1], np.cumsum([len(cat["on"])] * 3 + [len(pedal["start"])])
+        to_sec[:-1], np.cumsum([len(on)] * 3 + [len(start)])
     )
     return Performance(
-        onset=onset, offset=offset, key_offset=key_offset, pitch=cat["pitch"], velocity=cat["vel"],
-        pedal=pedal["number"], pedal_onset=pedal_onset, pedal_offset=pedal_offset, duration=duration,
+        onset=onset,
+        offset=offset,
+        key_offset=key_offset,
+        pitch=pitch,
+        velocity=vel,
+        pedal=number,
+        pedal_onset=pedal_onset,
+        pedal_offset=pedal_offset,
+        duration=duration,
     )

@@ -12,8 +12,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 MAESTRO_ASAP = SHARED / "maestro-asap"
 EDGE_CASES = SHARED / "midi-edge-cases"
-METADATA_COLUMNS = ["canonical_composer", "canonical_title", "split", "year", "midi_filename", "audio_filename",
-                    "duration"]
+METADATA_COLUMNS = [
+    "canonical_composer",
+    "canonical_title",
+    "split",
+    "year",
+    "midi_filename",
+    "audio_filename",
+    "duration",
+]
 
 
 def require(path: Path) -> Path:
@@ -58,8 +65,14 @@ def tempo(tick: int, mspq: int) -> tuple:
 
 def write_metadata(folder: Path, rows: list[dict], columns: list[str] = METADATA_COLUMNS) -> Path:
     """Write a MAESTRO-style CSV with the given rows (missing keys get MAESTRO-like defaults)."""
-    defaults = {"canonical_composer": "Test", "canonical_title": "Piece", "split": "train", "year": 2018,
-                "audio_filename": "", "duration": 1.0}
+    defaults = {
+        "canonical_composer": "Test",
+        "canonical_title": "Piece",
+        "split": "train",
+        "year": 2018,
+        "audio_filename": "",
+        "duration": 1.0,
+    }
     path = folder / "maestro-v3.0.0.csv"
     folder.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
@@ -77,9 +90,12 @@ def tiny_maestro(tmp_path: Path) -> Path:
     write_midi(folder / "2018" / "a.midi", [[tempo(0, 500_000)], note(0, 480, 60) + note(480, 960, 64)])
     write_midi(folder / "2018" / "b.mid", [[tempo(0, 500_000)], note(0, 960, 67, 90)])
     write_midi(folder / "2019" / "c.midi", [[tempo(0, 600_000)], note(240, 480, 72) + [pedal(0, 127), pedal(960, 0)]])
-    write_metadata(folder, [
-        {"midi_filename": "2018/a.midi", "split": "train", "duration": 1.0},
-        {"midi_filename": "2018/b.mid", "split": "validation", "duration": 1.0, "year": ""},
-        {"midi_filename": "2019/c.midi", "split": "test", "duration": 1.2},
-    ])
+    write_metadata(
+        folder,
+        [
+            {"midi_filename": "2018/a.midi", "split": "train", "duration": 1.0},
+            {"midi_filename": "2018/b.mid", "split": "validation", "duration": 1.0, "year": ""},
+            {"midi_filename": "2019/c.midi", "split": "test", "duration": 1.2},
+        ],
+    )
     return folder

@@ -31,17 +31,30 @@ def test_tables_of_a_tiny_maestro(tiny_maestro, tmp_path):
     pedals = pq.read_table(events / "pedals").to_pylist()
 
     assert [(p["piece_id"], p["midi_filename"], p["split"], p["year"], p["n_notes"]) for p in pieces] == [
-        (0, "2018/a.midi", "train", 2018, 2), (1, "2018/b.mid", "validation", None, 1), (2, "2019/c.midi", "test", 2018, 1)
+        (0, "2018/a.midi", "train", 2018, 2),
+        (1, "2018/b.mid", "validation", None, 1),
+        (2, "2019/c.midi", "test", 2018, 1),
     ]
     assert [p["file_duration"] for p in pieces] == pytest.approx([1.0, 1.0, 1.2])
     rows = [
-        (n["piece_id"], round(n["onset"], 9), round(n["offset"], 9), round(n["key_offset"], 9), n["pitch"], n["velocity"])
+        (
+            n["piece_id"],
+            round(n["onset"], 9),
+            round(n["offset"], 9),
+            round(n["key_offset"], 9),
+            n["pitch"],
+            n["velocity"],
+        )
         for n in notes
     ]
-    assert rows == ([
-        (0, 0.0, 0.5, 0.5, 60, 64), (0, 0.5, 1.0, 1.0, 64, 64), (1, 0.0, 1.0, 1.0, 67, 90),
-        (2, 0.3, 1.2, 0.6, 72, 64),  # 600,000 us per quarter; the pedal holds the note to tick 960
-    ])
+    assert rows == (
+        [
+            (0, 0.0, 0.5, 0.5, 60, 64),
+            (0, 0.5, 1.0, 1.0, 64, 64),
+            (1, 0.0, 1.0, 1.0, 67, 90),
+            (2, 0.3, 1.2, 0.6, 72, 64),  # 600,000 us per quarter; the pedal holds the note to tick 960
+        ]
+    )
     assert pedals == [{"piece_id": 2, "pedal": "sustain", "onset": 0.0, "offset": pytest.approx(1.2)}]
     assert report["failed"] == 0 and report["notes"] == 4
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["parsed"] == 3
@@ -52,7 +65,10 @@ def test_parallel_parse_writes_the_same_tables_as_one_process(tmp_path):
     rows = []
     for i in range(24):
         name = f"2018/p{i:02d}.mid"
-        write_midi(raw / name, [[tempo(0, 400_000 + 1000 * i)], note(0, 100 + i, 40 + i) + note(50, 300, 90 - i, 10 + i)])
+        write_midi(
+            raw / name,
+            [[tempo(0, 400_000 + 1000 * i)], note(0, 100 + i, 40 + i) + note(50, 300, 90 - i, 10 + i)],
+        )
         rows.append({"midi_filename": name})
     write_metadata(raw, rows)
     one = parse(raw, tmp_path / "one", tmp_path / "m1.json", workers=1, progress=False)
@@ -67,10 +83,15 @@ def test_parallel_parse_writes_the_same_tables_as_one_process(tmp_path):
 def test_bad_files_are_recorded_and_skipped(tiny_maestro, tmp_path):
     (tiny_maestro / "2018" / "corrupt.mid").write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00\x01\x01\xe0MTrk\xff\xff")
     (tiny_maestro / "2018" / "empty.mid").write_bytes(b"")
-    write_metadata(tiny_maestro, [
-        {"midi_filename": "2018/a.midi"}, {"midi_filename": "2018/corrupt.mid"},
-        {"midi_filename": "2018/empty.mid"}, {"midi_filename": "2018/missing.mid"},
-    ])
+    write_metadata(
+        tiny_maestro,
+        [
+            {"midi_filename": "2018/a.midi"},
+            {"midi_filename": "2018/corrupt.mid"},
+            {"midi_filename": "2018/empty.mid"},
+            {"midi_filename": "2018/missing.mid"},
+        ],
+    )
     report = run_parse(tiny_maestro, tmp_path, max_bad_fraction=0.9)
     reasons = {f["midi_filename"]: f["reason"] for f in report["failures"]}
     assert set(reasons) == {"2018/corrupt.mid", "2018/empty.mid", "2018/missing.mid"}
@@ -103,8 +124,11 @@ def test_a_failed_run_keeps_the_previous_output(tiny_maestro, tmp_path):
 
 
 def test_csv_missing_a_column_is_a_clear_error(tiny_maestro, tmp_path):
-    write_metadata(tiny_maestro, [{"midi_filename": "2018/a.midi"}],
-                   columns=[c for c in METADATA_COLUMNS if c != "split"])
+    write_metadata(
+        tiny_maestro,
+        [{"midi_filename": "2018/a.midi"}],
+        columns=[c for c in METADATA_COLUMNS if c != "split"],
+    )
     with pytest.raises(PipelineError, match=r"maestro-v3.0.0.csv: metadata lacks column\(s\) split"):
         run_parse(tiny_maestro, tmp_path)
     assert not (tmp_path / "out" / "events").exists()
@@ -115,7 +139,15 @@ def test_metadata_from_column_oriented_json_when_there_is_no_csv(tiny_maestro):
     csv_path = tiny_maestro / "maestro-v3.0.0.csv"
     columns = {c: {} for c in METADATA_COLUMNS}
     for i, piece in enumerate(from_csv):
-        values = [piece.composer, piece.title, piece.split, piece.year, piece.midi_filename, "", piece.duration]
+        values = [
+            piece.composer,
+            piece.title,
+            piece.split,
+            piece.year,
+            piece.midi_filename,
+            "",
+            piece.duration,
+        ]
         for c, v in zip(METADATA_COLUMNS, values, strict=True):
             columns[c][str(i)] = v
     (tiny_maestro / "maestro-v3.0.0.json").write_text(json.dumps(columns))

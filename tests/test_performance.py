@@ -30,10 +30,13 @@ def assert_matches_reference(path) -> None:  # noqa: ANN001
 
 def test_tempo_change_converts_ticks_to_seconds(tmp_path):
     # 960 ticks at 0.5 s per quarter, then 1 s per quarter from tick 960.
-    path = write_midi(tmp_path / "t.mid", [
-        [tempo(0, 500_000), tempo(960, 1_000_000)],
-        note(0, 480, 60, 50) + note(960, 1440, 62, 70) + note(1200, 1920, 64, 90),
-    ])
+    path = write_midi(
+        tmp_path / "t.mid",
+        [
+            [tempo(0, 500_000), tempo(960, 1_000_000)],
+            note(0, 480, 60, 50) + note(960, 1440, 62, 70) + note(1200, 1920, 64, 90),
+        ],
+    )
     perf = read_performance(path)
     assert notes_of(perf) == [(0.0, 0.5, 0.5, 60, 50), (1.0, 2.0, 2.0, 62, 70), (1.5, 3.0, 3.0, 64, 90)]
     assert perf.duration == pytest.approx(3.0)
@@ -41,21 +44,31 @@ def test_tempo_change_converts_ticks_to_seconds(tmp_path):
 
 
 def test_two_tracks_are_merged_in_onset_order(tmp_path):
-    path = write_midi(tmp_path / "t.mid", [
-        [tempo(0, 500_000)],
-        note(0, 480, 72) + note(960, 1440, 74),
-        note(480, 960, 48, 30) + note(960, 1200, 50, 31),
-    ])
+    path = write_midi(
+        tmp_path / "t.mid",
+        [
+            [tempo(0, 500_000)],
+            note(0, 480, 72) + note(960, 1440, 74),
+            note(480, 960, 48, 30) + note(960, 1200, 50, 31),
+        ],
+    )
     perf = read_performance(path)
     assert notes_of(perf) == [
-        (0.0, 0.5, 0.5, 72, 64), (0.5, 1.0, 1.0, 48, 30), (1.0, 1.25, 1.25, 50, 31), (1.0, 1.5, 1.5, 74, 64)
+        (0.0, 0.5, 0.5, 72, 64),
+        (0.5, 1.0, 1.0, 48, 30),
+        (1.0, 1.25, 1.25, 50, 31),
+        (1.0, 1.5, 1.5, 74, 64),
     ]
     assert_matches_reference(path)
 
 
 def test_overlapping_notes_of_one_pitch_pair_first_in_first_out(tmp_path):
-    events = [(0, mido.Message("note_on", note=60, velocity=10)), (240, mido.Message("note_on", note=60, velocity=20)),
-              (480, mido.Message("note_off", note=60)), (720, mido.Message("note_off", note=60))]
+    events = [
+        (0, mido.Message("note_on", note=60, velocity=10)),
+        (240, mido.Message("note_on", note=60, velocity=20)),
+        (480, mido.Message("note_off", note=60)),
+        (720, mido.Message("note_off", note=60)),
+    ]
     path = write_midi(tmp_path / "t.mid", [[tempo(0, 500_000)], events])
     assert notes_of(read_performance(path)) == [(0.0, 0.5, 0.5, 60, 10), (0.25, 0.75, 0.75, 60, 20)]
     assert_matches_reference(path)
@@ -64,9 +77,19 @@ def test_overlapping_notes_of_one_pitch_pair_first_in_first_out(tmp_path):
 def test_sustain_pedal_holds_a_note_past_its_release(tmp_path):
     # Pedal down from tick 240 to 1440: the note released at 480 sounds on to 1440; the note released
     # after the pedal lifts keeps its own release; a note released before the pedal goes down is untouched.
-    path = write_midi(tmp_path / "t.mid", [[tempo(0, 500_000)], [
-        *note(0, 120, 55), pedal(240, 100), *note(240, 480, 60), *note(960, 1920, 64), pedal(1440, 0),
-    ]])
+    path = write_midi(
+        tmp_path / "t.mid",
+        [
+            [tempo(0, 500_000)],
+            [
+                *note(0, 120, 55),
+                pedal(240, 100),
+                *note(240, 480, 60),
+                *note(960, 1920, 64),
+                pedal(1440, 0),
+            ],
+        ],
+    )
     perf = read_performance(path)
     assert notes_of(perf) == [(0.0, 0.125, 0.125, 55, 64), (0.25, 1.5, 0.5, 60, 64), (1.0, 2.0, 2.0, 64, 64)]
     assert list(perf.pedal) == [64]
@@ -75,29 +98,56 @@ def test_sustain_pedal_holds_a_note_past_its_release(tmp_path):
 
 
 def test_sustained_note_ends_when_its_pitch_strikes_again(tmp_path):
-    path = write_midi(tmp_path / "t.mid", [[tempo(0, 500_000)], [
-        pedal(0, 127), *note(0, 240, 60), *note(720, 960, 60, 80), pedal(1920, 0), *note(1920, 2400, 60, 90),
-    ]])
+    path = write_midi(
+        tmp_path / "t.mid",
+        [
+            [tempo(0, 500_000)],
+            [
+                pedal(0, 127),
+                *note(0, 240, 60),
+                *note(720, 960, 60, 80),
+                pedal(1920, 0),
+                *note(1920, 2400, 60, 90),
+            ],
+        ],
+    )
     assert notes_of(read_performance(path)) == [
-        (0.0, 0.75, 0.25, 60, 64), (0.75, 2.0, 1.0, 60, 80), (2.0, 2.5, 2.5, 60, 90)
+        (0.0, 0.75, 0.25, 60, 64),
+        (0.75, 2.0, 1.0, 60, 80),
+        (2.0, 2.5, 2.5, 60, 90),
     ]
     assert_matches_reference(path)
 
 
 def test_soft_and_sostenuto_pedals_are_recorded(tmp_path):
-    path = write_midi(tmp_path / "t.mid", [[tempo(0, 500_000)], [
-        *note(0, 960, 60), pedal(0, 127, 67), pedal(480, 0, 67), pedal(240, 100, 66), pedal(720, 10, 66),
-    ]])
+    path = write_midi(
+        tmp_path / "t.mid",
+        [
+            [tempo(0, 500_000)],
+            [
+                *note(0, 960, 60),
+                pedal(0, 127, 67),
+                pedal(480, 0, 67),
+                pedal(240, 100, 66),
+                pedal(720, 10, 66),
+            ],
+        ],
+    )
     perf = read_performance(path)
     assert list(zip(perf.pedal.tolist(), perf.pedal_onset, perf.pedal_offset, strict=True)) == [
-        (67, 0.0, 0.5), (66, 0.25, 0.75)
+        (67, 0.0, 0.5),
+        (66, 0.25, 0.75),
     ]
     assert notes_of(perf) == [(0.0, 1.0, 1.0, 60, 64)]  # only the sustain pedal lengthens notes
 
 
 def test_velocity_zero_note_on_ends_a_note(tmp_path):
-    events = [(0, mido.Message("note_on", note=60, velocity=40)), (480, mido.Message("note_on", note=60, velocity=0)),
-              (480, mido.Message("note_on", note=62, velocity=50)), (960, mido.Message("note_on", note=62, velocity=0))]
+    events = [
+        (0, mido.Message("note_on", note=60, velocity=40)),
+        (480, mido.Message("note_on", note=60, velocity=0)),
+        (480, mido.Message("note_on", note=62, velocity=50)),
+        (960, mido.Message("note_on", note=62, velocity=0)),
+    ]
     path = write_midi(tmp_path / "t.mid", [[tempo(0, 500_000)], events])
     assert notes_of(read_performance(path)) == [(0.0, 0.5, 0.5, 60, 40), (0.5, 1.0, 1.0, 62, 50)]
     assert_matches_reference(path)
@@ -109,7 +159,10 @@ def test_drums_are_left_out(tmp_path):
 
 
 def test_notes_hours_apart_are_refused(tmp_path):
-    path = write_midi(tmp_path / "t.mid", [[tempo(0, 500_000)], note(0, 480, 60) + note(480 * 2 * 3 * 3600, 480 * 2 * 3 * 3600 + 480, 62)])
+    path = write_midi(
+        tmp_path / "t.mid",
+        [[tempo(0, 500_000)], note(0, 480, 60) + note(480 * 2 * 3 * 3600, 480 * 2 * 3 * 3600 + 480, 62)],
+    )
     with pytest.raises(UnreadableMidi, match="max_duration_s"):
         read_performance(path, max_duration=7200)
 
@@ -120,7 +173,9 @@ def test_a_file_without_notes_is_refused(tmp_path):
         read_performance(path)
 
 
-@pytest.mark.parametrize("content", [b"", b"MThd", b"MThd\x00\x00\x00\x06\x00\x01\x00\x02\x01\xe0" + bytes(range(256)) * 4])
+@pytest.mark.parametrize(
+    "content", [b"", b"MThd", b"MThd\x00\x00\x00\x06\x00\x01\x00\x02\x01\xe0" + bytes(range(256)) * 4]
+)
 def test_corrupt_bytes_raise_a_clear_error(tmp_path, content):
     path = tmp_path / "bad.mid"
     path.write_bytes(content)

@@ -1,0 +1,30 @@
+# `make repro`: set up and run the pipeline.  `make test`: set up and run the tests.
+# TORCH is installed first, so that nothing else pulls a different (and much larger) build of it.
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup repro test lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+repro: setup
+	dvc repro
+
+test: setup
+	ruff check .
+	pytest
+
+bench: setup
+	python benchmarks/parse.py
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,101 @@
+"""End to end: `dvc repro` and `dvc exp run` in a temporary copy of the project, on a few real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import MAESTRO_ASAP, ROOT, require, write_metadata
+
+pytestmark = pytest.mark.slow
+
+
+def sh(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@localhost",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@localhost",
+    }
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A git repository holding a copy of the project's files (as a fresh clone would)."""
+    files = sh(["git", "ls-files", "--cached", "--others", "--exclude-standard"], ROOT).stdout.split()
+    copy = tmp_path / "project"
+    for name in files:
+        if (ROOT / name).is_file() and not name.startswith(("tests/", "benchmarks/", "reports/")):
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, copy / name)
+    sh(["git", "init", "-q"], copy)
+    sh(["git", "add", "-A"], copy)
+    sh(["git", "commit", "-qm", "copy"], copy)
+    return copy
+
+
+def set_params(project: Path, section: str, **values: object) -> None:
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def few_real_pieces(tmp_path: Path, count: int = 3) -> Path:
+    """A MAESTRO-shaped folder of links to a few real performances."""
+    names = sorted(p.relative_to(require(MAESTRO_ASAP)).as_posix() for p in MAESTRO_ASAP.rglob("*.mid"))[:count]
+    folder = tmp_path / "few"
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).symlink_to(MAESTRO_ASAP / name)
+    write_metadata(folder, [{"midi_filename": n, "duration": 60.0} for n in names])
+    return folder
+
+
+def test_offline_repro_stops_at_the_download_with_advice(project):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/maestro-v3.0.0-midi.zip"
+    set_params(project, "data", source=url)
+    result = sh(["dvc", "repro"], project, check=False)
+    assert result.returncode != 0
+    assert f"Could not download {url}" in result.stderr and "dvc exp run -S data.source=" in result.stderr
+    assert not (project / "data" / "raw" / "maestro-v3.0.0").exists()
+
+
+def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
+    source = few_real_pieces(tmp_path)
+    set_params(project, "data", source=str(source), sha256="", size="")
+    sh(["dvc", "repro"], project)
+    pieces = pq.read_table(project / "data" / "events" / "pieces.parquet")
+    assert pieces.num_rows == 3
+    metrics = json.loads((project / "reports" / "metrics" / "parse.json").read_text())
+    assert metrics["parsed"] == 3 and metrics["notes"] == sum(pieces["n_notes"].to_pylist())
+
+    again = sh(["dvc", "repro"], project)
+    assert "Running stage" not in again.stdout
+    assert "up to date" in again.stdout
+
+    sh(["git", "add", "-A"], project)
+    sh(["git", "commit", "-qm", "pipeline run"], project)
+    sh(["dvc", "exp", "run", "-S", "parse.workers=1"], project)
+    experiments = json.loads(sh(["dvc", "exp", "show", "--json"], project).stdout)
+    text = json.dumps(experiments)
+    assert '"workers": 1' in text and '"parsed": 3' in text
+    # One process or several, the tables are the same.
+    assert pq.read_table(project / "data" / "events" / "pieces.parquet").equals(pieces)
