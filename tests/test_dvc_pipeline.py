@@ -58,7 +58,8 @@ def set_params(project: Path, section: str, **values: object) -> None:
 
 def few_real_pieces(tmp_path: Path, count: int = 3) -> Path:
     """A MAESTRO-shaped folder of links to a few real performances."""
-    names = sorted(p.relative_to(require(MAESTRO_ASAP)).as_posix() for p in MAESTRO_ASAP.rglob("*.mid"))[:count]
+    data = require(MAESTRO_ASAP)
+    names = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.mid"))[:count]
     folder = tmp_path / "few"
     for name in names:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
