@@ -99,3 +99,14 @@ def tiny_maestro(tmp_path: Path) -> Path:
         ],
     )
     return folder
+
+
+@pytest.fixture(scope="session")
+def real_events(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The parse stage's tables for all of maestro-asap, parsed where the files lie."""
+    from pipeline.parse import parse
+
+    out = tmp_path_factory.mktemp("real") / "events"
+    report = parse(require(MAESTRO_ASAP), out, out.parent / "metrics.json", workers=0, progress=False)
+    assert report["failed"] == 0, report["failures"][:5]
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -56,15 +57,17 @@ def set_params(project: Path, section: str, **values: object) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def few_real_pieces(tmp_path: Path, count: int = 3) -> Path:
-    """A MAESTRO-shaped folder of links to a few real performances."""
+def few_real_pieces(tmp_path: Path) -> Path:
+    """A MAESTRO-shaped folder of links to three real performances (two train, one validation) and their metadata."""
     data = require(MAESTRO_ASAP)
-    names = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.mid"))[:count]
+    with (data / "maestro-v3.0.0.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    chosen = [r for r in rows if r["split"] == "train"][:2] + [r for r in rows if r["split"] == "validation"][:1]
     folder = tmp_path / "few"
-    for name in names:
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).symlink_to(MAESTRO_ASAP / name)
-    write_metadata(folder, [{"midi_filename": n, "duration": 60.0} for n in names])
+    for row in chosen:
+        (folder / row["midi_filename"]).parent.mkdir(parents=True, exist_ok=True)
+        (folder / row["midi_filename"]).symlink_to(data / row["midi_filename"])
+    write_metadata(folder, chosen)
     return folder
 
 
@@ -87,6 +90,11 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     assert pieces.num_rows == 3
     metrics = json.loads((project / "reports" / "metrics" / "parse.json").read_text())
     assert metrics["parsed"] == 3 and metrics["notes"] == sum(pieces["n_notes"].to_pylist())
+    tokens = project / "data" / "tokens"
+    assert len(json.loads((tokens / "train" / "index.json").read_text())["piece_id"]) == 2 * 5  # stretched copies
+    assert json.loads((tokens / "validation" / "index.json").read_text())["stretch"] == [1.0]
+    assert json.loads((tokens / "vocab.json").read_text())["vocab_size"] == 390
+    assert "quarantined" in (project / "reports" / "validation.md").read_text()
 
     again = sh(["dvc", "repro"], project)
     assert "Running stage" not in again.stdout

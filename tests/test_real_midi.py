@@ -9,24 +9,11 @@ import resource
 import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 from conftest import EDGE_CASES, MAESTRO_ASAP, ROOT, require, write_metadata
 from reference_midi import read_reference
-
-from pipeline.parse import parse
-
-
-@pytest.fixture(scope="module")
-def real_events(tmp_path_factory) -> Path:
-    """The parse stage's tables for all of maestro-asap, parsed in place."""
-    out = tmp_path_factory.mktemp("real") / "events"
-    report = parse(require(MAESTRO_ASAP), out, out.parent / "metrics.json", workers=0, progress=False)
-    assert report["failed"] == 0, report["failures"][:5]
-    return out
 
 
 def _reference_arrays(path: str) -> dict[str, np.ndarray]:

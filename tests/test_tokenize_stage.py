@@ -1,0 +1,100 @@
+"""The tokenize stage: shards, piece index, vocabulary, augmentation and statistics."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import note, tempo, write_metadata, write_midi
+
+from pipeline.errors import PipelineError
+from pipeline.parse import parse
+from pipeline.tokenize import tokenize
+from pipeline.tokenizer import PIECE_END, PIECE_START, VOCAB_SIZE, decode
+
+
+@pytest.fixture
+def parsed(tmp_path):
+    """Parse output of six small pieces (four train, one validation, one test), every piece marked valid."""
+    raw = tmp_path / "raw"
+    rows = []
+    for i, split in enumerate(["train", "train", "train", "train", "validation", "test"]):
+        name = f"2018/p{i}.mid"
+        notes = [e for k in range(10 + 5 * i) for e in note(k * 240, k * 240 + 200, 40 + (k * 7 + i) % 40, 30 + k)]
+        write_midi(raw / name, [[tempo(0, 500_000)], notes])
+        rows.append({"midi_filename": name, "split": split})
+    write_metadata(raw, rows)
+    events = tmp_path / "events"
+    parse(raw, events, tmp_path / "parse.json", workers=1, progress=False)
+    validated = tmp_path / "validated"
+    validated.mkdir()
+    shutil.copy(events / "pieces.parquet", validated / "pieces.parquet")
+    return events, validated
+
+
+def load_split(folder):  # noqa: ANN001
+    index = json.loads((folder / "index.json").read_text())
+    shards = {int(p.stem.split("-")[1]): np.load(p, mmap_mode="r") for p in folder.glob("shard-*.npy")}
+    return index, shards
+
+
+def test_shards_index_and_vocab(parsed, tmp_path):
+    events, validated = parsed
+    out = tmp_path / "tokens"
+    stats = tokenize(
+        events, validated, out, tmp_path / "tokens.json", shard_tokens=400, stretch=[0.95, 1.0, 1.05], workers=2
+    )
+    vocab = json.loads((out / "vocab.json").read_text())
+    assert vocab["vocab_size"] == VOCAB_SIZE == 390
+    assert [e["first_id"] for e in vocab["events"]] == [0, 128, 256, 356]
+
+    index, shards = load_split(out / "train")
+    assert len(index["piece_id"]) == 4 * 3  # each train piece in three tempos
+    assert sorted(set(index["stretch"])) == [0.95, 1.0, 1.05]
+    assert len(shards) > 1 and all(s.dtype == np.uint16 and len(s) <= 400 for s in shards.values())
+    for piece_id, stretch, shard, start, length in zip(*index.values(), strict=True):
+        tokens = np.asarray(shards[shard][start : start + length])
+        assert tokens[0] == PIECE_START and tokens[-1] == PIECE_END
+        notes = decode(tokens)
+        assert len(notes["onset"]) == 10 + 5 * piece_id
+        # The k-th note starts at k * 0.25 s, times the stretch, give or take a step.
+        np.testing.assert_allclose(notes["onset"][1], 0.25 * stretch, atol=0.0101)
+    # Every token of every shard belongs to exactly one piece.
+    assert sum(index["length"]) == sum(len(s) for s in shards.values()) == stats["splits"]["train"]["tokens"]
+
+    for split in ("validation", "test"):
+        index, _ = load_split(out / split)
+        assert index["stretch"] == [1.0]
+    metrics = json.loads((tmp_path / "tokens.json").read_text())
+    assert metrics == stats
+    frequency = metrics["splits"]["train"]["event_frequency"]
+    assert frequency["note_on"] == frequency["note_off"] > 0 and abs(sum(frequency.values()) - 1) < 1e-3
+
+
+def test_only_validated_pieces_are_tokenized(parsed, tmp_path):
+    import pyarrow.parquet as pq
+
+    events, validated = parsed
+    pieces = pq.read_table(validated / "pieces.parquet")
+    pq.write_table(pieces.filter(pieces["piece_id"].to_numpy() != 1), validated / "pieces.parquet")
+    tokenize(events, validated, tmp_path / "tokens", tmp_path / "tokens.json", stretch=[1.0], workers=1)
+    index, _ = load_split(tmp_path / "tokens" / "train")
+    assert index["piece_id"] == [0, 2, 3]
+
+
+def test_a_piece_longer_than_a_shard_is_a_clear_error_and_writes_nothing(parsed, tmp_path):
+    events, validated = parsed
+    with pytest.raises(PipelineError, match="tokenize.shard_tokens=50"):
+        tokenize(events, validated, tmp_path / "tokens", tmp_path / "tokens.json", shard_tokens=50, workers=1)
+    assert not (tmp_path / "tokens").exists()
+
+
+def test_missing_inputs_are_clear_errors(parsed, tmp_path):
+    events, validated = parsed
+    with pytest.raises(PipelineError, match="run the validate stage first"):
+        tokenize(events, tmp_path / "nowhere", tmp_path / "tokens", tmp_path / "t.json")
+    shutil.rmtree(events / "notes")
+    with pytest.raises(PipelineError, match="run the parse stage first"):
+        tokenize(events, validated, tmp_path / "tokens", tmp_path / "t.json")
