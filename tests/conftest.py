@@ -8,19 +8,13 @@ from pathlib import Path
 import mido
 import pytest
 
+from pipeline.metadata import COLUMNS
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 MAESTRO_ASAP = SHARED / "maestro-asap"
 EDGE_CASES = SHARED / "midi-edge-cases"
-METADATA_COLUMNS = [
-    "canonical_composer",
-    "canonical_title",
-    "split",
-    "year",
-    "midi_filename",
-    "audio_filename",
-    "duration",
-]
+METADATA_COLUMNS = list(COLUMNS)
 
 
 def require(path: Path) -> Path:
