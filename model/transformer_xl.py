@@ -1,0 +1,244 @@
+"""Transformer-XL language model (Dai et al., 2019): segment-level recurrence and relative positional attention.
+
+Names follow the paper and its reference code (`mems`, `mem_len`, `r_w_bias`, `r_r_bias`, `_rel_shift`), so the
+two can be read side by side. Tensors are batch-first: [batch, time, ...]. Attention goes through PyTorch's
+scaled_dot_product_attention, with the position term (B+D in the paper) passed as an exact additive bias.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class TransformerXLConfig:
+    """Model shape and regularisation; `vocab_size` comes from the tokens' vocab.json."""
+
+    vocab_size: int
+    n_layer: int = 12
+    d_model: int = 512
+    n_head: int = 8
+    d_head: int = 64
+    d_inner: int = 2048
+    dropout: float = 0.1
+    dropatt: float = 0.0
+    tgt_len: int = 512
+    mem_len: int = 512
+    pre_lnorm: bool = False
+    same_length: bool = False  # every query sees the same number of keys (for evaluation with a long memory)
+    clamp_len: int = -1  # relative distances beyond this use the same encoding (-1: no clamp)
+
+    def __post_init__(self) -> None:
+        if self.n_head * self.d_head != self.d_model:
+            raise ValueError(
+                f"n_head × d_head must equal d_model: {self.n_head} × {self.d_head} = "
+                f"{self.n_head * self.d_head}, but d_model is {self.d_model}"
+            )
+        if self.vocab_size < 1 or self.n_layer < 1 or self.tgt_len < 1 or self.mem_len < 0:
+            raise ValueError(f"invalid model shape: {self}")
+
+
+class PositionalEmbedding(nn.Module):
+    """Sinusoid encodings of relative distances (the paper's R)."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        inv_freq = 1 / (10000 ** (torch.arange(0.0, d_model, 2.0) / d_model))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, pos_seq: torch.Tensor) -> torch.Tensor:
+        sinusoid = torch.outer(pos_seq, self.inv_freq.to(pos_seq.dtype))
+        return torch.cat([sinusoid.sin(), sinusoid.cos()], dim=-1)  # [klen, d_model]
+
+
+def _rel_shift(x: torch.Tensor) -> torch.Tensor:
+    """Turn scores against distances klen-1 … 0 into scores against key positions (the paper's appendix B)."""
+    b, h, qlen, klen = x.shape
+    x_padded = torch.cat([x.new_zeros(b, h, qlen, 1), x], dim=-1).view(b, h, klen + 1, qlen)
+    return x_padded[:, :, 1:].reshape(b, h, qlen, klen)
+
+
+class RelPartialLearnableMultiHeadAttn(nn.Module):
+    """Multi-head attention with the paper's relative positions and its two global biases."""
+
+    def __init__(self, cfg: TransformerXLConfig) -> None:
+        super().__init__()
+        self.n_head, self.d_head, self.pre_lnorm = cfg.n_head, cfg.d_head, cfg.pre_lnorm
+        self.qkv_net = nn.Linear(cfg.d_model, 3 * cfg.n_head * cfg.d_head, bias=False)
+        self.r_net = nn.Linear(cfg.d_model, cfg.n_head * cfg.d_head, bias=False)
+        self.o_net = nn.Linear(cfg.n_head * cfg.d_head, cfg.d_model, bias=False)
+        self.layer_norm = nn.LayerNorm(cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.dropatt = cfg.dropatt
+        self.scale = 1 / math.sqrt(cfg.d_head)
+
+    def forward(
+        self,
+        w: torch.Tensor,
+        r: torch.Tensor,
+        r_w_bias: torch.Tensor,
+        r_r_bias: torch.Tensor,
+        attn_mask: torch.Tensor,
+        mems: torch.Tensor | None,
+    ) -> torch.Tensor:
+        b, qlen, _ = w.shape
+        cat = w if mems is None or mems.size(1) == 0 else torch.cat([mems, w], dim=1)
+        heads = self.qkv_net(self.layer_norm(cat) if self.pre_lnorm else cat)
+        w_head_q, w_head_k, w_head_v = heads.view(b, cat.size(1), 3, self.n_head, self.d_head).unbind(2)
+        w_head_q = w_head_q[:, -qlen:].transpose(1, 2)  # [b, h, qlen, d]
+        w_head_k, w_head_v = w_head_k.transpose(1, 2), w_head_v.transpose(1, 2)  # [b, h, klen, d]
+        r_head_k = self.r_net(r).view(-1, self.n_head, self.d_head)  # [klen, h, d]
+
+        # (b) + (d): content-independent and global position terms, shifted to key positions.
+        bd = torch.einsum("bhid,jhd->bhij", w_head_q + r_r_bias[:, None], r_head_k)
+        bias = (_rel_shift(bd) * self.scale).masked_fill(attn_mask, float("-inf"))
+        # (a) + (c): the content terms, with r_w_bias folded into the query.
+        attn_vec = F.scaled_dot_product_attention(
+            w_head_q + r_w_bias[:, None],
+            w_head_k,
+            w_head_v,
+            attn_mask=bias.to(w_head_q.dtype),
+            dropout_p=self.dropatt if self.training else 0.0,
+            scale=self.scale,
+        )
+        attn_out = self.drop(self.o_net(attn_vec.transpose(1, 2).reshape(b, qlen, -1)))
+        return w + attn_out if self.pre_lnorm else self.layer_norm(w + attn_out)
+
+
+class PositionwiseFF(nn.Module):
+    """The feed-forward sublayer."""
+
+    def __init__(self, cfg: TransformerXLConfig) -> None:
+        super().__init__()
+        self.pre_lnorm = cfg.pre_lnorm
+        self.core_net = nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.d_inner),
+            nn.ReLU(inplace=True),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.d_inner, cfg.d_model),
+            nn.Dropout(cfg.dropout),
+        )
+        self.layer_norm = nn.LayerNorm(cfg.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pre_lnorm:
+            return x + self.core_net(self.layer_norm(x))
+        return self.layer_norm(x + self.core_net(x))
+
+
+class RelPartialLearnableDecoderLayer(nn.Module):
+    """One layer: relative attention, then the feed-forward sublayer."""
+
+    def __init__(self, cfg: TransformerXLConfig) -> None:
+        super().__init__()
+        self.dec_attn = RelPartialLearnableMultiHeadAttn(cfg)
+        self.pos_ff = PositionwiseFF(cfg)
+
+    def forward(self, w, r, r_w_bias, r_r_bias, attn_mask, mems):  # noqa: ANN001, ANN201, D102
+        return self.pos_ff(self.dec_attn(w, r, r_w_bias, r_r_bias, attn_mask, mems))
+
+
+class TransformerXL(nn.Module):
+    """The language model: tied input and output embeddings around a stack of relative-attention layers."""
+
+    def __init__(self, cfg: TransformerXLConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.word_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.emb_scale = math.sqrt(cfg.d_model)
+        self.pos_emb = PositionalEmbedding(cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(RelPartialLearnableDecoderLayer(cfg) for _ in range(cfg.n_layer))
+        self.r_w_bias = nn.Parameter(torch.zeros(cfg.n_head, cfg.d_head))
+        self.r_r_bias = nn.Parameter(torch.zeros(cfg.n_head, cfg.d_head))
+        self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_lnorm else nn.Identity()
+        self.out_bias = nn.Parameter(torch.zeros(cfg.vocab_size))  # the output layer's weight is word_emb's
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def init_mems(self, batch_size: int) -> list[torch.Tensor]:
+        """Empty memories, one per layer input."""
+        p = self.word_emb.weight
+        return [p.new_zeros(batch_size, 0, self.cfg.d_model) for _ in range(self.cfg.n_layer + 1)]
+
+    def _attn_mask(self, qlen: int, mlen: int, device: torch.device) -> torch.Tensor:
+        """True where a query may not look: the future, and with same_length keys older than mem_len."""
+        klen = mlen + qlen
+        ones = torch.ones(qlen, klen, dtype=torch.bool, device=device)
+        mask = torch.triu(ones, diagonal=1 + mlen)
+        if self.cfg.same_length:
+            mask_len = klen - self.cfg.mem_len
+            mask_shift_len = qlen - mask_len if mask_len > 0 else qlen
+            mask = mask | torch.tril(ones, diagonal=-mask_shift_len)
+        return mask
+
+    def _update_mems(self, hids: list[torch.Tensor], mems: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Keep the last mem_len hidden states of each layer input; no gradient flows into the memory."""
+        with torch.no_grad():
+            return [
+                torch.cat([m, h], dim=1)[:, -self.cfg.mem_len :].detach() if self.cfg.mem_len else m[:, :0]
+                for h, m in zip(hids, mems, strict=True)
+            ]
+
+    def forward(
+        self, tokens: torch.Tensor, targets: torch.Tensor | None = None, mems: list[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+        """Logits for tokens [batch, qlen] given the memory; with targets also the mean cross-entropy (nats).
+
+        Returns (logits, loss, new_mems). Feeding one token at a time with the returned memory is the
+        incremental forward used for generation.
+        """
+        b, qlen = tokens.shape
+        if mems is None:
+            mems = self.init_mems(b)
+        mlen = mems[0].size(1)
+        klen = mlen + qlen
+        word_emb = self.word_emb(tokens) * self.emb_scale
+        pos_seq = torch.arange(klen - 1, -1, -1.0, device=tokens.device, dtype=word_emb.dtype)
+        if self.cfg.clamp_len > 0:
+            pos_seq = pos_seq.clamp(max=self.cfg.clamp_len)
+        r = self.drop(self.pos_emb(pos_seq))
+        attn_mask = self._attn_mask(qlen, mlen, tokens.device)
+
+        core_out = self.drop(word_emb)
+        hids = [core_out]
+        for layer, mem in zip(self.layers, mems, strict=False):
+            core_out = layer(core_out, r, self.r_w_bias, self.r_r_bias, attn_mask, mem)
+            hids.append(core_out)
+        core_out = self.drop(self.final_norm(core_out))
+        logits = F.linear(core_out, self.word_emb.weight, self.out_bias)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss, self._update_mems(hids, mems)
+
+    def num_params(self) -> int:
+        """Trainable parameters (the tied output weight counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, mlen: int | None = None) -> float:
+        """Forward and backward FLOPs per trained token (6 per weight multiply, attention and memory included)."""
+        c = self.cfg
+        qlen, mlen = c.tgt_len, c.mem_len if mlen is None else mlen
+        klen = qlen + mlen
+        h = c.n_head * c.d_head
+        per_layer = (
+            2 * c.d_model * 3 * h * klen / qlen  # q, k, v projections over memory and segment
+            + 2 * c.d_model * h * klen / qlen  # r_net over the klen distances
+            + 3 * 2 * h * klen  # (a)+(c) and (b)+(d) scores, then the weighted sum of values
+            + 2 * h * c.d_model  # o_net
+            + 2 * 2 * c.d_model * c.d_inner  # feed-forward
+        )
+        forward = c.n_layer * per_layer + 2 * c.d_model * c.vocab_size
+        return 3 * forward
