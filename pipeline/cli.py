@@ -146,3 +146,32 @@ def tokenize(
     )
     for split, s in stats["splits"].items():
         typer.echo(f"tokenize: {split}: {s['copies']} pieces, {s['tokens']:,} tokens in {s['shards']} shard(s)")
+
+
+@app.command()
+def train(
+    params: ParamsOption = Path("params.yaml"),
+    tokens: Annotated[Path, typer.Option(help="token shards from tokenize")] = Path("data/tokens"),
+    checkpoints: Annotated[Path, typer.Option(help="resumable checkpoint (last.pt)")] = Path("data/checkpoints"),
+    out: Annotated[Path, typer.Option(help="trained weights and config")] = Path("data/model"),
+    live: Annotated[Path, typer.Option(help="DVCLive metrics and plots")] = Path("reports/train"),
+) -> None:
+    """Train the Transformer-XL (model: and train: params) on the token shards, resuming from CHECKPOINTS.
+
+    On a GPU: bf16 autocast, TF32, fused AdamW, optional torch.compile; on a CPU: float32, the same code. SIGTERM or
+    SIGINT saves a checkpoint and stops; the next run resumes exactly there. Under torchrun it trains with DDP.
+    """
+    from dataclasses import fields
+
+    from pipeline.params import load_section
+    from pipeline.train import TrainParams
+    from pipeline.train import train as run_train
+
+    model_params = _run(load_section, "model", params)
+    section = _run(load_section, "train", params)
+    unknown = set(section) - {f.name for f in fields(TrainParams)}
+    if unknown:
+        _fail(f"{params}: unknown train params {', '.join(sorted(unknown))}")
+    result = _run(run_train, tokens, checkpoints, out, live, model_params, TrainParams(**section))
+    if result.get("interrupted"):
+        raise typer.Exit(130)

@@ -1,0 +1,113 @@
+"""Training data from token shards: whole pieces laid end to end in batch rows, cut into segments that carry memory.
+
+Imports only numpy and the standard library, so the train path runs where polars, symusic and dvc are missing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+
+def load_vocab(tokens: Path) -> dict:
+    """The vocabulary the tokenize stage wrote (vocab.json)."""
+    path = Path(tokens) / "vocab.json"
+    if not path.is_file():
+        raise PipelineError(f"{path}: no vocabulary (run the tokenize stage first)")
+    return json.loads(path.read_text())
+
+
+def pitch_ranges(vocab: dict) -> list[tuple[int, int]]:
+    """(first id, count) of the event ranges indexed by pitch (NOTE_ON and NOTE_OFF), which transposition moves."""
+    return [(e["first_id"], e["count"]) for e in vocab["events"] if e.get("meaning") == "pitch"]
+
+
+class PieceStore:
+    """The pieces of one split: its index.json and memory-mapped uint16 shards."""
+
+    def __init__(self, tokens: Path, split: str) -> None:
+        folder = Path(tokens) / split
+        index_path = folder / "index.json"
+        if not index_path.is_file():
+            raise PipelineError(f"{index_path}: no piece index for split '{split}' (run the tokenize stage first)")
+        self.index = json.loads(index_path.read_text())
+        self.shards = {}
+        for shard in sorted(set(self.index["shard"])):
+            path = folder / f"shard-{shard:05d}.npy"
+            if not path.is_file():
+                raise PipelineError(f"{path}: shard listed in {index_path} is missing")
+            self.shards[shard] = np.load(path, mmap_mode="r")
+        if not self.index["piece_id"]:
+            raise PipelineError(f"{index_path}: split '{split}' holds no pieces")
+
+    def __len__(self) -> int:
+        return len(self.index["piece_id"])
+
+    def piece(self, i: int) -> np.ndarray:
+        """The tokens of the i-th piece copy, PIECE_START to PIECE_END."""
+        shard, start, length = self.index["shard"][i], self.index["start"][i], self.index["length"][i]
+        return np.asarray(self.shards[shard][start : start + length])
+
+    @property
+    def total_tokens(self) -> int:
+        return int(sum(self.index["length"]))
+
+
+def transpose(tokens: np.ndarray, semitones: int, ranges: list[tuple[int, int]]) -> np.ndarray:
+    """Shift every pitch-indexed token by `semitones`; a piece that would leave its range is returned unchanged."""
+    if semitones == 0:
+        return tokens
+    out = tokens.astype(np.int64)
+    for first, count in ranges:
+        inside = (out >= first) & (out < first + count)
+        moved = out[inside] + semitones
+        if len(moved) and (moved.min() < first or moved.max() >= first + count):
+            return tokens
+        out[inside] = moved
+    return out.astype(tokens.dtype)
+
+
+@dataclass
+class SegmentStream:
+    """Batches [rows, tgt_len] of inputs and next-token targets. Each row is a stream of whole pieces, shuffled
+    per epoch with `seed`, so the memory of a row's last segment is the true past of its next one."""
+
+    store: PieceStore
+    batch_size: int
+    tgt_len: int
+    seed: int = 0
+    max_transpose: int = 0
+    ranges: tuple = ()
+
+    def rows(self, epoch: int) -> np.ndarray:
+        """This epoch's token streams, one per batch row, cut to the shortest row's length."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.store))
+        shifts = rng.integers(-self.max_transpose, self.max_transpose + 1, size=len(order))
+        streams: list[list[np.ndarray]] = [[] for _ in range(self.batch_size)]
+        filled = np.zeros(self.batch_size, np.int64)
+        for i, shift in zip(order.tolist(), shifts.tolist(), strict=True):
+            row = int(np.argmin(filled))  # the emptiest row takes the next piece: rows stay near equal length
+            piece = transpose(self.store.piece(i), shift, list(self.ranges))
+            streams[row].append(piece)
+            filled[row] += len(piece)
+        length = int(filled.min())
+        if length < self.tgt_len + 1:
+            raise PipelineError(
+                f"{self.store.total_tokens:,} tokens cannot fill {self.batch_size} rows of at least "
+                f"{self.tgt_len + 1} tokens: lower the batch size or tgt_len"
+            )
+        return np.stack([np.concatenate(s)[:length] for s in streams])
+
+    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(segment number, inputs, targets) from segment `start` of `epoch` to the end of the epoch."""
+        rows = self.rows(epoch)
+        for k in range(start, (rows.shape[1] - 1) // self.tgt_len):
+            a = k * self.tgt_len
+            yield k, rows[:, a : a + self.tgt_len], rows[:, a + 1 : a + self.tgt_len + 1]
