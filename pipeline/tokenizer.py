@@ -6,6 +6,7 @@ VELOCITY in 32 bins (emitted only when the bin changes), then PIECE_START and PI
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -180,7 +181,7 @@ def _group_rank(group: np.ndarray) -> np.ndarray:
 
 
 def write_midi(notes: dict[str, np.ndarray], path: Path) -> Path:
-    """Write decoded notes to a one-track MIDI file with mido (1 tick = 1 ms), through a temporary file."""
+    """Write decoded notes to a one-track MIDI file with mido (1 tick = 1 ms), atomically."""
     import mido
 
     from pipeline.atomic import atomic_write_bytes
@@ -203,9 +204,7 @@ def write_midi(notes: dict[str, np.ndarray], path: Path) -> Path:
         now = int(ticks[i])
     track.append(mido.MetaMessage("end_of_track", time=0))
     midi.tracks.append(track)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    midi.save(tmp)
-    atomic_write_bytes(path, tmp.read_bytes())
-    tmp.unlink()
-    return path
+    buffer = io.BytesIO()
+    midi.save(file=buffer)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)

@@ -72,9 +72,8 @@ def _distributed() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def build_model(tokens: Path, model_params: dict) -> TransformerXL:
-    """The model for these tokens: vocab_size from vocab.json, the rest from the `model:` params."""
-    vocab = load_vocab(tokens)
+def build_model(vocab: dict, model_params: dict) -> TransformerXL:
+    """The model for a token vocabulary (vocab.json): vocab_size from it, the rest from the `model:` params."""
     try:
         return TransformerXL(TransformerXLConfig(vocab_size=int(vocab["vocab_size"]), **model_params))
     except (TypeError, ValueError) as exc:
@@ -151,8 +150,9 @@ def train(
         )
 
     torch.manual_seed(p.seed)
-    model = build_model(tokens, model_params).to(device)
-    cfg, vocab = model.cfg, load_vocab(tokens)
+    vocab = load_vocab(tokens)
+    model = build_model(vocab, model_params).to(device)
+    cfg = model.cfg
     stream = SegmentStream(
         PieceStore(tokens, "train"), p.batch_size, cfg.tgt_len, p.seed, p.transpose, tuple(pitch_ranges(vocab))
     )
