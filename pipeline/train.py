@@ -6,13 +6,14 @@ Imports only torch, numpy and the standard library; DVCLive is loaded lazily and
 from __future__ import annotations
 
 import contextlib
-import json
+import hashlib
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,8 @@ import torch
 import torch.distributed as dist
 
 from model import TransformerXL, TransformerXLConfig
+from pipeline.atomic import atomic_write_text
+from pipeline.checkpoint import export_model, load_checkpoint, write_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.segments import PieceStore, SegmentStream, load_vocab, pitch_ranges
 
@@ -45,6 +48,27 @@ class TrainParams:
     transpose: int = 3
     compile: bool = False
     device: str = "auto"  # auto, cuda or cpu
+    cpu_limits: dict = field(default_factory=dict)  # upper bounds on model and train params when training on a CPU
+
+
+def limit_for_cpu(model_params: dict, p: TrainParams) -> tuple[dict, TrainParams, list[str]]:
+    """Model and train params capped by `p.cpu_limits` (each value becomes min(value, limit)), and what was lowered.
+
+    When d_model or n_head is lowered, d_head follows as d_model // n_head so the heads still tile the model width.
+    """
+    model_keys, train_keys = set(TransformerXLConfig.__dataclass_fields__), {f.name for f in fields(TrainParams)}
+    unknown = set(p.cpu_limits) - model_keys - train_keys
+    if unknown:
+        raise PipelineError(f"train.cpu_limits: unknown keys {', '.join(sorted(unknown))}")
+    model_params, train_values, lowered = dict(model_params), asdict(p), []
+    for key, limit in p.cpu_limits.items():
+        values = model_params if key in model_keys else train_values
+        if key in values and values[key] > limit:
+            lowered.append(f"{key} {values[key]} → {limit}")
+            values[key] = limit
+    if any(k.startswith(("d_model", "n_head")) for k in lowered):
+        model_params["d_head"] = model_params["d_model"] // model_params["n_head"]
+    return model_params, TrainParams(**train_values), lowered
 
 
 class _Stop:
@@ -54,6 +78,30 @@ class _Stop:
 
     def __call__(self, signum: int, frame: object) -> None:
         self.requested = True
+
+
+class _Progress:
+    """A status line (step, loss, tokens/s, time left) redrawn in place on a terminal; log lines otherwise."""
+
+    def __init__(self, steps: int, start_step: int, tokens_per_step: int, log_interval: int) -> None:
+        self.steps, self.start_step, self.tokens_per_step = steps, start_step, tokens_per_step
+        self.log_interval, self.started = log_interval, time.perf_counter()
+        self.live = sys.stderr.isatty()
+
+    def update(self, step: int, loss: float, lr: float) -> None:
+        rate = (step - self.start_step) * self.tokens_per_step / max(time.perf_counter() - self.started, 1e-9)
+        left = (self.steps - step) * self.tokens_per_step / max(rate, 1e-9)
+        status = f"step {step}/{self.steps} loss {loss:.4f} lr {lr:.2e} {rate:,.0f} tok/s, {left / 60:.1f} min left"
+        if self.live:
+            done = int(30 * step / self.steps)
+            print(f"\r[{'#' * done}{'.' * (30 - done)}] {status}\033[K", end="", file=sys.stderr, flush=True)
+        elif step % self.log_interval == 0 or step == self.steps:
+            print(status, flush=True)
+
+    def line(self, text: str) -> None:
+        if self.live:
+            print("\r\033[K", end="", file=sys.stderr)
+        print(text, flush=True)
 
 
 def _lr_factor(step: int, p: TrainParams) -> float:
@@ -80,6 +128,11 @@ def build_model(vocab: dict, model_params: dict) -> TransformerXL:
         raise PipelineError(f"model params: {exc}") from exc
 
 
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; float32 (no autocast) on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
 @torch.no_grad()
 def evaluate(model: TransformerXL, stream: SegmentStream, max_segments: int, device: torch.device) -> float:
     """Mean negative log-likelihood per token (nats) over the first segments of a stream, memory carried."""
@@ -89,7 +142,7 @@ def evaluate(model: TransformerXL, stream: SegmentStream, max_segments: int, dev
     for k, x, y in stream.batches(0):
         if k >= max_segments:
             break
-        with _autocast(device):
+        with autocast(device):
             _, loss, mems = model(
                 torch.from_numpy(x.astype(np.int64)).to(device), torch.from_numpy(y.astype(np.int64)).to(device), mems
             )
@@ -98,32 +151,16 @@ def evaluate(model: TransformerXL, stream: SegmentStream, max_segments: int, dev
     return total / max(count, 1)
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save through a temporary file, so a crash mid-write never leaves a broken checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, config: TransformerXLConfig, params: TrainParams) -> dict | None:
-    """The checkpoint to resume, or None to start afresh; loaded with weights_only, so it can run no code."""
-    if not path.is_file():
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state["config"]["vocab_size"] != config.vocab_size:
-        raise PipelineError(
-            f"{path}: checkpoint vocabulary has {state['config']['vocab_size']} tokens, the tokens' vocab.json "
-            f"{config.vocab_size}; delete the checkpoint to train afresh"
-        )
-    if state["config"] != asdict(config) or state["params"] != asdict(params):
-        print(f"train: {path} was trained with other model or train params; starting afresh")
-        return None
-    return state
+def tokens_fingerprint(tokens: Path) -> str:
+    """A sha256 over every file of the token folder: a checkpoint resumes only on the data it was trained on."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(tokens).rglob("*")):
+        if path.is_file():
+            digest.update(path.relative_to(tokens).as_posix().encode() + b"\0")
+            with path.open("rb") as f:
+                while block := f.read(1 << 22):
+                    digest.update(block)
+    return digest.hexdigest()
 
 
 def train(
@@ -144,6 +181,14 @@ def train(
     if use_cuda:
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    else:
+        model_params, p, lowered = limit_for_cpu(model_params, p)
+        if lowered and rank == 0:
+            print(
+                f"train: on CPU, so train.cpu_limits lowers {', '.join(lowered)} (set train.cpu_limits to {{}} "
+                "to train the configured size)",
+                flush=True,
+            )
     if p.batch_size % (world * p.grad_accum):
         raise PipelineError(
             f"train.batch_size {p.batch_size} must divide by processes × grad_accum ({world} × {p.grad_accum})"
@@ -158,7 +203,9 @@ def train(
     )
     val_stream = None
     if (Path(tokens) / "validation" / "index.json").is_file():
-        val_stream = SegmentStream(PieceStore(tokens, "validation"), p.eval_batch_size, cfg.tgt_len)
+        val_store = PieceStore(tokens, "validation")
+        val_stream = SegmentStream(val_store, min(p.eval_batch_size, len(val_store)), cfg.tgt_len)  # rows need pieces
+        val_stream.rows(0)  # a validation split too short for one segment fails now, not at the first evaluation
     decay = [q for q in model.parameters() if q.dim() >= 2]
     no_decay = [q for q in model.parameters() if q.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -169,22 +216,23 @@ def train(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, p))
 
-    step, epoch, segment = 0, 0, 0
+    step, epoch, segment, metrics = 0, 0, 0, {}
     chunks = p.grad_accum
     mems: list = [None] * chunks
     ckpt_path = Path(checkpoints) / "last.pt"
-    state = load_checkpoint(ckpt_path, cfg, p)
+    identity = {**asdict(cfg), "data": tokens_fingerprint(tokens)}
+    state = load_checkpoint(ckpt_path, identity, asdict(p))
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        step, epoch, segment = state["step"], state["epoch"], state["segment"]
+        step, epoch, segment, metrics = state["step"], state["epoch"], state["segment"], dict(state["metrics"])
         if len(state["mems"]) != world:
             raise PipelineError(f"{ckpt_path} was written by {len(state['mems'])} process(es); resume with as many")
         mems = [None if m is None else [t.to(device) for t in m] for m in state["mems"][rank]]
         torch.set_rng_state(state["rng"][rank])
         if rank == 0:
-            print(f"train: resuming from {ckpt_path} at step {step}")
+            print(f"train: resuming from {ckpt_path} at step {step}", flush=True)
 
     forward = torch.compile(model) if p.compile else model
     ddp = (
@@ -192,13 +240,28 @@ def train(
         if world > 1
         else forward
     )
-    live = _live(live_dir, resume=state is not None) if rank == 0 else None
+    live = _live(live_dir, resume_step=step if state is not None else None) if rank == 0 else None
+    if live is not None:
+        live.log_params({"model": asdict(cfg), "train": asdict(p), "device": device.type, "processes": world})
+
+    def save() -> None:
+        training = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "config": identity,
+            "params": asdict(p),
+            "step": step,
+            "epoch": epoch,
+            "segment": segment,
+            "metrics": metrics,
+        }
+        write_checkpoint(ckpt_path, training, mems, rank, world)
 
     stop = _Stop()
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    metrics: dict = {}
     tokens_per_step = p.batch_size * cfg.tgt_len
-    started, start_step = time.perf_counter(), step
+    progress = _Progress(p.steps, step, tokens_per_step, p.log_interval)
     try:
         while step < p.steps and not stop.requested:
             for k, x, y in stream.batches(epoch, segment):
@@ -207,7 +270,7 @@ def train(
                 loss_sum = 0.0
                 for c, (xc, yc) in enumerate(zip(x.chunk(chunks), y.chunk(chunks), strict=True)):
                     sync = contextlib.nullcontext() if world == 1 or c == chunks - 1 else ddp.no_sync()
-                    with sync, _autocast(device):
+                    with sync, autocast(device):
                         _, loss, mems[c] = ddp(xc, yc, mems[c])
                         (loss / chunks).backward()
                     loss_sum += float(loss.detach()) / chunks
@@ -222,27 +285,19 @@ def train(
                     loss_sum = float(reduced) / world
                 metrics["train/loss"] = loss_sum
                 logged = {}
-                if rank == 0 and (step % p.log_interval == 0 or step == p.steps):
-                    rate = (step - start_step) * tokens_per_step / (time.perf_counter() - started)
-                    left = (p.steps - step) * tokens_per_step / max(rate, 1e-9)
-                    print(
-                        f"step {step}/{p.steps} loss {loss_sum:.4f} lr {scheduler.get_last_lr()[0]:.2e} "
-                        f"{rate:,.0f} tok/s, {left / 60:.1f} min left",
-                        flush=True,
-                    )
-                    logged["train/loss"] = loss_sum
+                if rank == 0:
+                    progress.update(step, loss_sum, scheduler.get_last_lr()[0])
+                    if step % p.log_interval == 0 or step == p.steps:
+                        logged["train/loss"] = loss_sum
                 if val_stream is not None and rank == 0 and (step % p.eval_interval == 0 or step == p.steps):
                     metrics["val/nll"] = logged["val/nll"] = evaluate(model, val_stream, p.eval_segments, device)
-                    print(f"step {step}: validation NLL {metrics['val/nll']:.4f} nats/token", flush=True)
+                    progress.line(f"step {step}: validation NLL {metrics['val/nll']:.4f} nats/token")
                 if live is not None and logged:
-                    live.step = step
-                    for name, value in logged.items():
-                        live.log_metric(name, value)
-                    live.make_summary()
+                    _log(live, step, logged, model, tokens_per_step)
                 if on_step is not None:
                     on_step(step)
                 if step % p.checkpoint_interval == 0 or step == p.steps or stop.requested:
-                    _checkpoint(ckpt_path, model, optimizer, scheduler, cfg, p, step, epoch, segment, mems, rank, world)
+                    save()
                 if step >= p.steps or stop.requested:
                     break
             else:
@@ -252,18 +307,20 @@ def train(
             signal.signal(s, handler)
     if stop.requested:
         if rank == 0:
-            print(f"train: stopped at step {step}; {ckpt_path} holds everything to resume")
+            progress.line(f"train: stopped at step {step}; {ckpt_path} holds everything to resume")
         return {"interrupted": True, "step": step}
     if rank == 0:
-        _export(model, cfg, Path(model_out))
+        export_model(model, Path(model_out))
         if live is not None:
+            _log(live, step, metrics, model, tokens_per_step, plot=False)  # the summary, even if no step ran
             live.end()
     if world > 1:
         dist.barrier()
     return {"step": step, **metrics}
 
 
-def _live(live_dir: Path | None, resume: bool):  # noqa: ANN202 (a dvclive.Live, or None)
+def _live(live_dir: Path | None, resume_step: int | None):  # noqa: ANN202 (a dvclive.Live, or None)
+    """DVCLive logging into live_dir: afresh, or continuing the history of a resumed run from its checkpoint step."""
     if live_dir is None:
         return None
     try:
@@ -271,37 +328,26 @@ def _live(live_dir: Path | None, resume: bool):  # noqa: ANN202 (a dvclive.Live,
     except ImportError:
         print("train: dvclive is not installed; metrics are printed only")
         return None
-    return Live(dir=str(live_dir), resume=resume, dvcyaml=None, save_dvc_exp=False)
+    if resume_step is not None:
+        trim_history(Path(live_dir) / "plots" / "metrics", resume_step)
+    return Live(dir=str(live_dir), resume=resume_step is not None, dvcyaml=None, save_dvc_exp=False)
 
 
-def _checkpoint(path, model, optimizer, scheduler, cfg, p, step, epoch, segment, mems, rank, world) -> None:  # noqa: ANN001
-    """Gather every rank's memory and RNG state, and let rank 0 write one checkpoint."""
-    local = {"mems": [None if m is None else [t.detach().cpu() for t in m] for m in mems], "rng": torch.get_rng_state()}
-    gathered = [None] * world
-    if world > 1:
-        dist.all_gather_object(gathered, local)
-    else:
-        gathered = [local]
-    if rank == 0:
-        save_checkpoint(
-            path,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "config": asdict(cfg),
-                "params": asdict(p),
-                "step": step,
-                "epoch": epoch,
-                "segment": segment,
-                "mems": [g["mems"] for g in gathered],
-                "rng": [g["rng"] for g in gathered],
-            },
-        )
+def trim_history(plots: Path, step: int) -> None:
+    """Drop metric rows after `step` (logged after the last checkpoint by a run that was killed), atomically."""
+    for tsv in sorted(plots.rglob("*.tsv")):
+        lines = tsv.read_text().splitlines(keepends=True)
+        column = lines[0].rstrip("\n").split("\t").index("step") if lines else -1
+        kept = lines[:1] + [line for line in lines[1:] if int(line.split("\t")[column]) <= step]
+        if len(kept) < len(lines):
+            atomic_write_text(tsv, "".join(kept))
 
 
-def _export(model: TransformerXL, cfg: TransformerXLConfig, out: Path) -> None:
-    """The trained weights (state dict, for torch.load(weights_only=True)) and the config beside them."""
-    out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out / "model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+def _log(live, step: int, logged: dict, model: TransformerXL, tokens_per_step: int, plot: bool = True) -> None:  # noqa: ANN001
+    """Plot points for this step, and a summary that also says the model's size and the tokens seen so far."""
+    live.step = step
+    for name, value in logged.items():
+        live.log_metric(name, value, plot=plot)
+    live.summary["num_params"] = model.num_params()
+    live.summary["tokens_seen"] = step * tokens_per_step
+    live.make_summary()

@@ -82,10 +82,15 @@ def test_offline_repro_stops_at_the_download_with_advice(project):
     assert not (project / "data" / "raw" / "maestro-v3.0.0").exists()
 
 
+TINY_CPU_LIMITS = dict(n_layer=3, d_model=32, n_head=2, d_inner=64, tgt_len=32, mem_len=32, steps=6, batch_size=2)
+
+
 def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     source = few_real_pieces(tmp_path)
     set_params(project, "data", source=str(source), sha256="", size="")
-    sh(["dvc", "repro"], project)
+    set_params(project, "train", cpu_limits=TINY_CPU_LIMITS, eval_interval=3, eval_segments=2, log_interval=1)
+    first = sh(["dvc", "repro"], project)
+    assert "on CPU, so train.cpu_limits lowers n_layer 12 → 3" in first.stdout
     pieces = pq.read_table(project / "data" / "events" / "pieces.parquet")
     assert pieces.num_rows == 3
     metrics = json.loads((project / "reports" / "metrics" / "parse.json").read_text())
@@ -95,16 +100,30 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     assert json.loads((tokens / "validation" / "index.json").read_text())["stretch"] == [1.0]
     assert json.loads((tokens / "vocab.json").read_text())["vocab_size"] == 390
     assert "quarantined" in (project / "reports" / "validation.md").read_text()
+    trained = json.loads((project / "reports" / "train" / "metrics.json").read_text())
+    assert trained["step"] == 6 and trained["tokens_seen"] == 6 * 2 * 32 and trained["val"]["nll"] > 0
+    config = json.loads((project / "data" / "model" / "config.json").read_text())
+    assert (config["n_layer"], config["d_model"], config["d_head"]) == (3, 32, 16)
+    assert (project / "data" / "checkpoints" / "last.pt").is_file()
+    weights = (project / "data" / "model" / "model.pt").read_bytes()
 
     again = sh(["dvc", "repro"], project)
     assert "Running stage" not in again.stdout
     assert "up to date" in again.stdout
+    # The checkpoint is a persistent output: forcing the stage resumes the finished run instead of retraining.
+    forced = sh(["dvc", "repro", "-f", "-s", "train"], project)
+    assert "resuming from data/checkpoints/last.pt at step 6" in forced.stdout
+    assert json.loads((project / "reports" / "train" / "metrics.json").read_text()) == trained
+    assert (project / "data" / "model" / "model.pt").read_bytes() == weights
 
     sh(["git", "add", "-A"], project)
     sh(["git", "commit", "-qm", "pipeline run"], project)
-    sh(["dvc", "exp", "run", "-S", "parse.workers=1"], project)
+    sh(["dvc", "exp", "run", "-S", "parse.workers=1", "-S", "model.n_layer=2"], project)
     experiments = json.loads(sh(["dvc", "exp", "show", "--json"], project).stdout)
     text = json.dumps(experiments)
-    assert '"workers": 1' in text and '"parsed": 3' in text
+    assert '"workers": 1' in text and '"parsed": 3' in text and '"n_layer": 2' in text
+    smaller = json.loads((project / "reports" / "train" / "metrics.json").read_text())
+    assert smaller["num_params"] < trained["num_params"] and f'"num_params": {smaller["num_params"]}' in text
+    assert json.loads((project / "data" / "model" / "config.json").read_text())["n_layer"] == 2
     # One process or several, the tables are the same.
     assert pq.read_table(project / "data" / "events" / "pieces.parquet").equals(pieces)

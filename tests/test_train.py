@@ -16,9 +16,10 @@ import torch
 import yaml
 from conftest import ROOT
 
+from pipeline.checkpoint import load_model
 from pipeline.errors import PipelineError
 from pipeline.tokenizer import PIECE_END, PIECE_START, vocab
-from pipeline.train import TrainParams, train
+from pipeline.train import TrainParams, build_model, limit_for_cpu, train
 
 TINY_MODEL = dict(n_layer=2, d_model=32, n_head=4, d_head=8, d_inner=64, dropout=0.0, tgt_len=16, mem_len=16)
 
@@ -154,3 +155,65 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     (tokens / "train" / "shard-00000.npy").unlink()
     with pytest.raises(PipelineError, match="shard-00000.npy: shard listed in .* is missing"):
         train(tokens, tmp_path / "d", tmp_path / "m", None, TINY_MODEL, params(steps=1))
+
+
+def test_a_crashed_run_resumes_with_its_metric_history_intact(tmp_path):
+    tokens = repeating_corpus(tmp_path / "tokens")
+    p = params(steps=10, checkpoint_interval=4, log_interval=1, eval_interval=5)
+    train(tokens, tmp_path / "a", tmp_path / "model_a", tmp_path / "live_a", TINY_MODEL, p)
+
+    def crash_at_6(step: int) -> None:
+        if step == 6:
+            raise RuntimeError("power cut")  # no SIGTERM: the checkpoint on disk is step 4's
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(tokens, tmp_path / "b", tmp_path / "model_b", tmp_path / "live_b", TINY_MODEL, p, on_step=crash_at_6)
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 4
+    train(tokens, tmp_path / "b", tmp_path / "model_b", tmp_path / "live_b", TINY_MODEL, p)
+    for name in ("train/loss.tsv", "val/nll.tsv"):
+        a = (tmp_path / "live_a" / "plots" / "metrics" / name).read_text()
+        assert (tmp_path / "live_b" / "plots" / "metrics" / name).read_text() == a  # steps 5 and 6 not doubled
+    assert json.loads((tmp_path / "live_b" / "metrics.json").read_text()) == json.loads(
+        (tmp_path / "live_a" / "metrics.json").read_text()
+    )
+
+
+def test_cpu_limits_cap_the_configured_size():
+    model = {**TINY_MODEL, "n_layer": 6, "d_model": 64, "n_head": 8, "d_head": 8}
+    p = params(steps=100, batch_size=4, cpu_limits={"n_layer": 3, "d_model": 32, "steps": 50, "batch_size": 16})
+    capped, q, lowered = limit_for_cpu(model, p)
+    assert (capped["n_layer"], capped["d_model"], capped["n_head"], capped["d_head"]) == (3, 32, 8, 4)
+    assert (q.steps, q.batch_size) == (50, 4)  # a value already below its limit stays
+    assert lowered == ["n_layer 6 → 3", "d_model 64 → 32", "steps 100 → 50"]
+    assert limit_for_cpu(model, params())[0] == model
+    with pytest.raises(PipelineError, match="unknown keys n_layers"):
+        limit_for_cpu(model, params(cpu_limits={"n_layers": 2}))
+
+
+def test_the_cpu_run_trains_and_exports_the_capped_model(tmp_path):
+    tokens = repeating_corpus(tmp_path / "tokens")
+    big = {**TINY_MODEL, "n_layer": 8, "d_model": 64, "n_head": 4, "d_head": 16}
+    p = params(steps=50, cpu_limits={"n_layer": 1, "d_model": 32, "steps": 3})
+    assert train(tokens, tmp_path / "c", tmp_path / "model", None, big, p)["step"] == 3
+    model = load_model(tmp_path / "model")
+    assert (model.cfg.n_layer, model.cfg.d_model, model.cfg.d_head) == (1, 32, 8)
+    # The exported weights are the trained ones: same logits as the model held in the last checkpoint.
+    state = torch.load(tmp_path / "c" / "last.pt", weights_only=True)
+    reference = build_model(vocab(), {k: v for k, v in state["config"].items() if k not in ("vocab_size", "data")})
+    reference.load_state_dict(state["model"])
+    x = torch.randint(0, 390, (2, 16))
+    torch.testing.assert_close(model.eval()(x)[0], reference.eval()(x)[0], rtol=0, atol=0)
+
+
+def test_a_checkpoint_of_other_data_or_a_broken_one(tmp_path, capsys):
+    tokens = repeating_corpus(tmp_path / "tokens")
+    train(tokens, tmp_path / "c", tmp_path / "m", None, TINY_MODEL, params(steps=2))
+    other = repeating_corpus(tmp_path / "other", shift=2)
+    train(other, tmp_path / "c", tmp_path / "m", None, TINY_MODEL, params(steps=2))
+    assert "was trained with other model or train params; starting afresh" in capsys.readouterr().out
+
+    (tmp_path / "c" / "last.pt").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(PipelineError, match=r"last.pt: unreadable checkpoint .*delete it to train afresh"):
+        train(tokens, tmp_path / "c", tmp_path / "m", None, TINY_MODEL, params(steps=2))
+    with pytest.raises(PipelineError, match="no trained model there"):
+        load_model(tmp_path / "nowhere")
