@@ -24,7 +24,10 @@ test: setup
 	pytest
 
 bench: setup
+	$(BIN)/pip install --quiet -e ".[dev,bench]"
 	python benchmarks/parse.py
+	python benchmarks/tokenizer.py
+	python benchmarks/train.py
 
 clean:
 	rm -rf $(VENV)

@@ -83,10 +83,9 @@ class _Stop:
 class _Progress:
     """A status line (step, loss, tokens/s, time left) redrawn in place on a terminal; log lines otherwise."""
 
-    def __init__(self, steps: int, start_step: int, tokens_per_step: int, log_interval: int) -> None:
+    def __init__(self, steps: int, start_step: int, tokens_per_step: int) -> None:
         self.steps, self.start_step, self.tokens_per_step = steps, start_step, tokens_per_step
-        self.log_interval, self.started = log_interval, time.perf_counter()
-        self.live = sys.stderr.isatty()
+        self.started, self.live = time.perf_counter(), sys.stderr.isatty()
 
     def update(self, step: int, loss: float, lr: float) -> None:
         rate = (step - self.start_step) * self.tokens_per_step / max(time.perf_counter() - self.started, 1e-9)
@@ -95,7 +94,7 @@ class _Progress:
         if self.live:
             done = int(30 * step / self.steps)
             print(f"\r[{'#' * done}{'.' * (30 - done)}] {status}\033[K", end="", file=sys.stderr, flush=True)
-        elif step % self.log_interval == 0 or step == self.steps:
+        else:
             print(status, flush=True)
 
     def line(self, text: str) -> None:
@@ -128,9 +127,11 @@ def build_model(vocab: dict, model_params: dict) -> TransformerXL:
         raise PipelineError(f"model params: {exc}") from exc
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; float32 (no autocast) on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+def autocast(device: torch.device, bf16: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (unless bf16 is False); float32 (no autocast) on CPU."""
+    if device.type == "cuda" and bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -149,6 +150,45 @@ def evaluate(model: TransformerXL, stream: SegmentStream, max_segments: int, dev
         total, count = total + float(loss) * y.size, count + y.size
     model.train(was_training)
     return total / max(count, 1)
+
+
+def train_step(
+    forward: torch.nn.Module,
+    model: TransformerXL,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mems: list,
+    clip: float,
+    device: torch.device,
+    distributed: bool = False,
+    bf16: bool = True,
+) -> torch.Tensor:
+    """One optimiser step over a batch split into len(mems) accumulation chunks, each carrying its own memory.
+
+    `mems` is updated in place; returns the mean loss as a tensor, so the caller decides when to wait for the GPU.
+    """
+    chunks, total = len(mems), torch.zeros((), device=device)
+    for c, (xc, yc) in enumerate(zip(x.chunk(chunks), y.chunk(chunks), strict=True)):
+        # DDP averages gradients once per step: skip its all-reduce on every chunk but the last.
+        sync = forward.no_sync() if distributed and c < chunks - 1 else contextlib.nullcontext()
+        with sync, autocast(device, bf16):
+            _, loss, mems[c] = forward(xc, yc, mems[c])
+            (loss / chunks).backward()
+        total += loss.detach() / chunks
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total
+
+
+def _agree(loss: torch.Tensor, stop: bool, world: int) -> tuple[float, bool]:
+    """The loss averaged over processes, and whether any was asked to stop, so that all stop at the same step."""
+    if world == 1:
+        return float(loss), stop
+    both = torch.stack([loss.float(), torch.tensor(float(stop), device=loss.device)])
+    dist.all_reduce(both)
+    return float(both[0]) / world, bool(both[1] > 0)
 
 
 def tokens_fingerprint(tokens: Path) -> str:
@@ -261,34 +301,22 @@ def train(
     stop = _Stop()
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     tokens_per_step = p.batch_size * cfg.tgt_len
-    progress = _Progress(p.steps, step, tokens_per_step, p.log_interval)
+    progress = _Progress(p.steps, step, tokens_per_step)
     try:
-        while step < p.steps and not stop.requested:
+        stopping = False
+        while step < p.steps and not stopping:
             for k, x, y in stream.batches(epoch, segment):
                 x = torch.from_numpy(x[rank::world].astype(np.int64)).to(device)
                 y = torch.from_numpy(y[rank::world].astype(np.int64)).to(device)
-                loss_sum = 0.0
-                for c, (xc, yc) in enumerate(zip(x.chunk(chunks), y.chunk(chunks), strict=True)):
-                    sync = contextlib.nullcontext() if world == 1 or c == chunks - 1 else ddp.no_sync()
-                    with sync, autocast(device):
-                        _, loss, mems[c] = ddp(xc, yc, mems[c])
-                        (loss / chunks).backward()
-                    loss_sum += float(loss.detach()) / chunks
-                torch.nn.utils.clip_grad_norm_(model.parameters(), p.clip)
-                optimizer.step()
+                loss = train_step(ddp, model, optimizer, x, y, mems, p.clip, device, distributed=world > 1)
                 scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
                 step, segment = step + 1, k + 1  # the next segment to train on, as a checkpoint records
-                if world > 1:
-                    reduced = torch.tensor([loss_sum], device=device)
-                    dist.all_reduce(reduced)
-                    loss_sum = float(reduced) / world
-                metrics["train/loss"] = loss_sum
-                logged = {}
-                if rank == 0:
-                    progress.update(step, loss_sum, scheduler.get_last_lr()[0])
-                    if step % p.log_interval == 0 or step == p.steps:
-                        logged["train/loss"] = loss_sum
+                stopping, logged = False, {}
+                if step % p.log_interval == 0 or step == p.steps:  # the only host syncs, so the GPU is never idle
+                    metrics["train/loss"], stopping = _agree(loss, stop.requested, world)
+                    if rank == 0:
+                        progress.update(step, metrics["train/loss"], scheduler.get_last_lr()[0])
+                        logged["train/loss"] = metrics["train/loss"]
                 if val_stream is not None and rank == 0 and (step % p.eval_interval == 0 or step == p.steps):
                     metrics["val/nll"] = logged["val/nll"] = evaluate(model, val_stream, p.eval_segments, device)
                     progress.line(f"step {step}: validation NLL {metrics['val/nll']:.4f} nats/token")
@@ -296,16 +324,17 @@ def train(
                     _log(live, step, logged, model, tokens_per_step)
                 if on_step is not None:
                     on_step(step)
-                if step % p.checkpoint_interval == 0 or step == p.steps or stop.requested:
+                stopping = stopping or (stop.requested and world == 1)  # many processes agree at log steps only
+                if step % p.checkpoint_interval == 0 or step == p.steps or stopping:
                     save()
-                if step >= p.steps or stop.requested:
+                if step >= p.steps or stopping:
                     break
             else:
                 epoch, segment, mems = epoch + 1, 0, [None] * chunks
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if stop.requested:
+    if stopping:
         if rank == 0:
             progress.line(f"train: stopped at step {step}; {ckpt_path} holds everything to resume")
         return {"interrupted": True, "step": step}

@@ -98,38 +98,58 @@ def test_a_run_stopped_by_sigterm_resumes_to_the_same_parameters(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _run_cli(tmp_path: Path, tokens: Path, name: str, processes: int) -> list[float]:
+def _command(tmp_path: Path, tokens: Path, name: str, processes: int, steps: int = 8) -> list[str]:
+    """`python -m pipeline train` (under torchrun for several processes) on a tiny model, in its own folders."""
     settings = {
         "model": TINY_MODEL,
-        "train": {**params(steps=8, batch_size=4, log_interval=1, eval_interval=100, transpose=0).__dict__},
+        "train": {**params(steps=steps, batch_size=4, log_interval=1, eval_interval=100, transpose=0).__dict__},
     }
     (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(settings))
-    launch = (
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-        if processes > 1
-        else [sys.executable]
-    )
-    args = [
-        *launch,
-        "-m",
-        "pipeline",
-        "train",
-        "--params",
-        str(tmp_path / f"{name}.yaml"),
-        "--tokens",
-        str(tokens),
-        "--checkpoints",
-        str(tmp_path / name / "ckpt"),
-        "--out",
-        str(tmp_path / name / "model"),
-        "--live",
-        str(tmp_path / name / "live"),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    launch = [sys.executable]
+    if processes > 1:
+        launch += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    args = [*launch, "-m", "pipeline", "train", "--params", str(tmp_path / f"{name}.yaml"), "--tokens", str(tokens)]
+    for option, folder in (("--checkpoints", "ckpt"), ("--out", "model"), ("--live", "live")):
+        args += [option, str(tmp_path / name / folder)]
+    return args
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _run_cli(tmp_path: Path, tokens: Path, name: str, processes: int) -> list[float]:
+    args = _command(tmp_path, tokens, name, processes)
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
     assert result.returncode == 0, result.stdout + result.stderr
     with (tmp_path / name / "live" / "plots" / "metrics" / "train" / "loss.tsv").open() as f:
         return [float(row["loss"]) for row in csv.DictReader(f, delimiter="\t")]
+
+
+def _terminate_after(run: subprocess.Popen, prefix: str) -> str:
+    """Send SIGTERM once the run prints a line starting with `prefix`; return everything it printed."""
+    seen = []
+    for line in run.stdout:
+        seen.append(line)
+        if line.startswith(prefix):
+            run.send_signal(signal.SIGTERM)  # torchrun passes it on to every worker
+            break
+    return "".join(seen) + run.communicate(timeout=120)[0]
+
+
+def test_sigterm_to_torchrun_stops_both_processes_at_one_step_and_resumes(tmp_path):
+    tokens = repeating_corpus(tmp_path / "tokens")
+    args = _command(tmp_path, tokens, "ddp", 2, steps=100_000)
+    popen = dict(cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    output = _terminate_after(subprocess.Popen(args, **popen), "step 5/")
+    assert "holds everything to resume" in output, output
+    state = torch.load(tmp_path / "ddp" / "ckpt" / "last.pt", weights_only=True)
+    assert 5 <= state["step"] < 100_000 and len(state["mems"]) == len(state["rng"]) == 2
+    assert not (tmp_path / "ddp" / "model").exists()
+
+    stopped = state["step"]
+    output = _terminate_after(subprocess.Popen(args, **popen), f"step {stopped + 2}/")
+    assert f"resuming from {tmp_path / 'ddp' / 'ckpt' / 'last.pt'} at step {stopped}" in output, output
+    assert torch.load(tmp_path / "ddp" / "ckpt" / "last.pt", weights_only=True)["step"] >= stopped + 2
 
 
 def test_two_process_ddp_follows_the_single_process_loss_curve(tmp_path):

@@ -1,24 +1,19 @@
 """Tokenize throughput: MIDI files to performance-event token ids, beside MidiTok's MIDILike on the same files.
 
-Usage: python benchmarks/tokenize.py [--data ../shared/data/maestro-asap] [--limit N]
+Usage: python benchmarks/tokenizer.py [--data ../shared/data/maestro-asap] [--limit N]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import platform
 import sys
+import tempfile
+import time
+from pathlib import Path
 
-# This file's name is also the standard library's `tokenize`: take its folder off the import path before
-# anything imports that module.
-sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != os.path.dirname(os.path.realpath(__file__))]
-
-import argparse  # noqa: E402
-import platform  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -1,0 +1,49 @@
+"""The GPU paths against the float32 eager model: bf16 autocast, torch.compile, and the train stage on CUDA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_model import tiny
+from test_train import TINY_MODEL, params, repeating_corpus
+
+from pipeline.train import train
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+
+
+def test_bf16_memory_over_two_segments_matches_one_pass():
+    model = tiny(tgt_len=32, mem_len=32).float().cuda()
+    tokens = torch.randint(0, 50, (2, 64), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        first, _, mems = model(tokens[:, :32])
+        second, _, _ = model(tokens[:, 32:], mems=mems)
+        whole, _, _ = model(tokens)
+    torch.testing.assert_close(torch.cat([first, second], 1).float(), whole.float(), rtol=0.05, atol=0.05)
+
+
+def test_bf16_loss_is_close_to_float32():
+    model = tiny(tgt_len=64, mem_len=64).float().cuda()
+    tokens = torch.randint(0, 50, (4, 65), device="cuda")
+    _, exact, _ = model(tokens[:, :-1], tokens[:, 1:])
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        _, approx, _ = model(tokens[:, :-1], tokens[:, 1:])
+    assert abs(float(approx) - float(exact)) < 0.01 * float(exact)
+
+
+def test_compiled_model_matches_eager_with_memory():
+    model = tiny(tgt_len=16, mem_len=16).float().cuda()
+    compiled = torch.compile(model)
+    tokens = torch.randint(0, 50, (2, 32), device="cuda")
+    eager_mems = compiled_mems = None
+    for segment in tokens.split(16, dim=1):
+        eager, _, eager_mems = model(segment, mems=eager_mems)
+        fast, _, compiled_mems = compiled(segment, mems=compiled_mems)
+        torch.testing.assert_close(fast, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_the_train_stage_learns_on_cuda_with_bf16_and_compile(tmp_path):
+    tokens = repeating_corpus(tmp_path / "tokens")
+    p = params(steps=150, transpose=0, device="cuda", compile=True)
+    result = train(tokens, tmp_path / "ckpt", tmp_path / "model", None, TINY_MODEL, p)
+    assert result["train/loss"] < 0.2 and result["val/nll"] < 0.2
