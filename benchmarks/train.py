@@ -25,7 +25,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets, FLOP/s.
-BF16_PEAK = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12, "L40S": 362e12}
+BF16_PEAK = {
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "GH200": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+}
 
 SETTINGS = {  # name: (bf16 autocast, torch.compile, TF32 matmuls)
     "eager float32": (False, False, False),
@@ -58,15 +66,17 @@ def measure(setting: str, args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from pipeline.params import load_section
+    from model import TransformerXLConfig
+    from pipeline.params import load_section, typed
     from pipeline.segments import PieceStore, SegmentStream, load_vocab
-    from pipeline.train import TrainParams, build_model, limit_for_cpu, train_step
+    from pipeline.train import TrainParams, build_model, limit_for_cpu, to_device, train_step
 
     bf16, compiled, tf32 = SETTINGS[setting]
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
-    model_params, p = load_section("model", args.params), TrainParams(**load_section("train", args.params))
+    model_params = typed(TransformerXLConfig, load_section("model", args.params), "model")
+    p = TrainParams(**typed(TrainParams, load_section("train", args.params), "train"))
     if not cuda:
         model_params, p, _ = limit_for_cpu(model_params, p)
     batch_size = args.batch_size or p.batch_size
@@ -76,7 +86,8 @@ def measure(setting: str, args: argparse.Namespace) -> dict:
     model = build_model(vocab, model_params).to(device)
     cfg = model.cfg
     if (tokens / "train" / "index.json").is_file():
-        batches = SegmentStream(PieceStore(tokens, "train"), batch_size, cfg.tgt_len, seed=0).batches()
+        stream = SegmentStream(PieceStore(tokens, "train"), batch_size, cfg.tgt_len, seed=0)
+        batches = (batch for epoch in count() for batch in stream.batches(epoch))
         source = "token shards"
     else:
         rng = np.random.default_rng(0)
@@ -89,11 +100,10 @@ def measure(setting: str, args: argparse.Namespace) -> dict:
 
     def step() -> torch.Tensor:
         _, x, y = next(batches)
-        x = torch.from_numpy(np.asarray(x, np.int64)).to(device, non_blocking=True)
-        y = torch.from_numpy(np.asarray(y, np.int64)).to(device, non_blocking=True)
+        x, y = to_device(np.asarray(x), device), to_device(np.asarray(y), device)
         return train_step(forward, model, optimizer, x, y, mems, p.clip, device, bf16=bf16)
 
-    for _ in range(args.warmup):
+    for _ in range(max(1, args.warmup)):
         loss = step()
     float(loss)
     if cuda:
@@ -105,7 +115,7 @@ def measure(setting: str, args: argparse.Namespace) -> dict:
     final_loss = float(loss)  # waits for the GPU
     seconds = time.perf_counter() - started
     tokens_per_s = args.steps * batch_size * cfg.tgt_len / seconds
-    flops = model.flops_per_token()
+    flops = model.flops_per_token(batch_size=batch_size)
     peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(torch.cuda.get_device_name()) if cuda else None
     memory = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
@@ -119,6 +129,7 @@ def measure(setting: str, args: argparse.Namespace) -> dict:
         "model": f"{cfg.n_layer} layers, d_model {cfg.d_model}, {model.num_params() / 1e6:.1f} M parameters",
         "flops_per_token": flops,
         "source": source,
+        "machine": machine(),
     }
 
 
@@ -152,10 +163,9 @@ def main() -> None:
 
     import torch
 
-    chosen = args.settings or settings_for(torch.cuda.is_available())
+    chosen = args.settings or settings_for(torch.cuda.is_available())  # only asks; starts no CUDA context
     if PEER not in chosen:
         chosen = [PEER, *chosen]
-    print(f"machine: {machine()}", flush=True)
     results = []
     passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k in ONE_RUN_OPTIONS]
     for setting in chosen:
@@ -170,6 +180,7 @@ def main() -> None:
     if not results:
         raise SystemExit("every setting failed")
     first = results[0]
+    print(f"machine: {first['machine']}")
     print(f"model: {first['model']}; batch {first['batch']}; {first['flops_per_token'] / 1e6:.0f} MFLOP per token")
     print(f"batches from {first['source']}; {args.steps} timed steps after {args.warmup} warm-up steps\n")
     peer = next((r["tokens_per_s"] for r in results if r["setting"] == PEER), None)
@@ -183,7 +194,7 @@ def main() -> None:
             f"{r['peak_memory_gib']:.2f} GiB |"
         )
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "results": results}, indent=2))
+        Path(args.json).write_text(json.dumps({"machine": first["machine"], "results": results}, indent=2))
 
 
 if __name__ == "__main__":

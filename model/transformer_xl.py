@@ -88,10 +88,13 @@ class RelPartialLearnableMultiHeadAttn(nn.Module):
     ) -> torch.Tensor:
         b, qlen, _ = w.shape
         cat = w if mems is None or mems.size(1) == 0 else torch.cat([mems, w], dim=1)
-        heads = self.qkv_net(self.layer_norm(cat) if self.pre_lnorm else cat)
-        w_head_q, w_head_k, w_head_v = heads.view(b, cat.size(1), 3, self.n_head, self.d_head).unbind(2)
-        w_head_q = w_head_q[:, -qlen:].transpose(1, 2)  # [b, h, qlen, d]
-        w_head_k, w_head_v = w_head_k.transpose(1, 2), w_head_v.transpose(1, 2)  # [b, h, klen, d]
+        normed = self.layer_norm(cat) if self.pre_lnorm else cat
+        # qkv_net's rows are [q; k; v]: queries only for the segment, keys and values for memory and segment.
+        hd = self.n_head * self.d_head
+        w_head_q = F.linear(normed[:, -qlen:], self.qkv_net.weight[:hd]).view(b, qlen, self.n_head, self.d_head)
+        kv = F.linear(normed, self.qkv_net.weight[hd:]).view(b, cat.size(1), 2, self.n_head, self.d_head)
+        w_head_q = w_head_q.transpose(1, 2)  # [b, h, qlen, d]
+        w_head_k, w_head_v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # [b, h, klen, d]
         r_head_k = self.r_net(r).view(-1, self.n_head, self.d_head)  # [klen, h, d]
 
         # (b) + (d): content-independent and global position terms, shifted to key positions.
@@ -227,18 +230,22 @@ class TransformerXL(nn.Module):
         """Trainable parameters (the tied output weight counted once)."""
         return sum(p.numel() for p in self.parameters())
 
-    def flops_per_token(self, mlen: int | None = None) -> float:
-        """Forward and backward FLOPs per trained token (6 per weight multiply, attention and memory included)."""
+    def flops_per_token(self, mlen: int | None = None, batch_size: int = 1) -> float:
+        """Forward and backward FLOPs per trained token as the model runs them, attention over the memory included.
+
+        A weight applied to a token costs 2 FLOPs forward and 4 backward. r_net runs once per batch, on positions
+        that need no gradient (2 forward, 2 backward), so its share per token shrinks with the batch.
+        """
         c = self.cfg
         qlen, mlen = c.tgt_len, c.mem_len if mlen is None else mlen
         klen = qlen + mlen
         h = c.n_head * c.d_head
         per_layer = (
-            2 * c.d_model * 3 * h * klen / qlen  # q, k, v projections over memory and segment
-            + 2 * c.d_model * h * klen / qlen  # r_net over the klen distances
+            2 * c.d_model * h  # queries, for the segment only
+            + 2 * c.d_model * 2 * h * klen / qlen  # keys and values, for memory and segment
             + 3 * 2 * h * klen  # (a)+(c) and (b)+(d) scores, then the weighted sum of values
             + 2 * h * c.d_model  # o_net
             + 2 * 2 * c.d_model * c.d_inner  # feed-forward
         )
-        forward = c.n_layer * per_layer + 2 * c.d_model * c.vocab_size
-        return 3 * forward
+        r_net = 2 * c.d_model * h * klen / (qlen * batch_size)
+        return 3 * (c.n_layer * per_layer + 2 * c.d_model * c.vocab_size) + 2 * c.n_layer * r_net

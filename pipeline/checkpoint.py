@@ -46,9 +46,11 @@ def load_checkpoint(path: Path, config: dict, params: dict) -> dict | None:
     return state
 
 
-def write_checkpoint(path: Path, training: dict, mems: list, rank: int, world: int) -> None:
-    """Gather every rank's memory and RNG state, and let rank 0 write one checkpoint with `training`'s entries."""
-    local = {"mems": [None if m is None else [t.detach().cpu() for t in m] for m in mems], "rng": torch.get_rng_state()}
+def write_checkpoint(path: Path, training: dict, mems: list, rank: int, world: int, device: torch.device) -> None:
+    """Gather every rank's memory and RNG states, and let rank 0 write one checkpoint with `training`'s entries."""
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None  # dropout's, on a GPU
+    rng = {"cpu": torch.get_rng_state(), "cuda": cuda_rng}
+    local = {"mems": [None if m is None else [t.detach().cpu() for t in m] for m in mems], "rng": rng}
     gathered: list = [None] * world
     if world > 1:
         dist.all_gather_object(gathered, local)

@@ -161,17 +161,13 @@ def train(
     On a GPU: bf16 autocast, TF32, fused AdamW, optional torch.compile; on a CPU: float32, the same code. SIGTERM or
     SIGINT saves a checkpoint and stops; the next run resumes exactly there. Under torchrun it trains with DDP.
     """
-    from dataclasses import fields
-
-    from pipeline.params import load_section
+    from model import TransformerXLConfig
+    from pipeline.params import load_section, typed
     from pipeline.train import TrainParams
     from pipeline.train import train as run_train
 
-    model_params = _run(load_section, "model", params)
-    section = _run(load_section, "train", params)
-    unknown = set(section) - {f.name for f in fields(TrainParams)}
-    if unknown:
-        _fail(f"{params}: unknown train params {', '.join(sorted(unknown))}")
+    model_params = _run(typed, TransformerXLConfig, _run(load_section, "model", params), "model")
+    section = _run(typed, TrainParams, _run(load_section, "train", params), "train")
     result = _run(run_train, tokens, checkpoints, out, live, model_params, TrainParams(**section))
     if result.get("interrupted"):
         raise typer.Exit(130)

@@ -24,6 +24,7 @@ from model import TransformerXL, TransformerXLConfig
 from pipeline.atomic import atomic_write_text
 from pipeline.checkpoint import export_model, load_checkpoint, write_checkpoint
 from pipeline.errors import PipelineError
+from pipeline.params import typed
 from pipeline.segments import PieceStore, SegmentStream, load_vocab, pitch_ranges
 
 
@@ -56,18 +57,28 @@ def limit_for_cpu(model_params: dict, p: TrainParams) -> tuple[dict, TrainParams
 
     When d_model or n_head is lowered, d_head follows as d_model // n_head so the heads still tile the model width.
     """
-    model_keys, train_keys = set(TransformerXLConfig.__dataclass_fields__), {f.name for f in fields(TrainParams)}
-    unknown = set(p.cpu_limits) - model_keys - train_keys
+    limits = p.cpu_limits or {}
+    if not isinstance(limits, dict):
+        raise PipelineError(f"train.cpu_limits must map model or train keys to upper bounds, not {limits!r}")
+    defaults = {f.name: f.default for f in fields(TransformerXLConfig) if f.name != "vocab_size"}
+    train_keys = {f.name for f in fields(TrainParams)} - {"cpu_limits", "device", "compile"}
+    unknown = set(limits) - set(defaults) - train_keys
     if unknown:
         raise PipelineError(f"train.cpu_limits: unknown keys {', '.join(sorted(unknown))}")
+    typed_limits = {
+        **typed(TransformerXLConfig, {k: v for k, v in limits.items() if k in defaults}, "train.cpu_limits"),
+        **typed(TrainParams, {k: v for k, v in limits.items() if k in train_keys}, "train.cpu_limits"),
+    }
     model_params, train_values, lowered = dict(model_params), asdict(p), []
-    for key, limit in p.cpu_limits.items():
-        values = model_params if key in model_keys else train_values
-        if key in values and values[key] > limit:
-            lowered.append(f"{key} {values[key]} → {limit}")
+    for key, limit in typed_limits.items():
+        values = model_params if key in defaults else train_values
+        current = values.get(key, defaults.get(key))  # a key left out of params.yaml has the config's default
+        if current > limit:
+            lowered.append(f"{key} {current} → {limit}")
             values[key] = limit
     if any(k.startswith(("d_model", "n_head")) for k in lowered):
-        model_params["d_head"] = model_params["d_model"] // model_params["n_head"]
+        shape = {**defaults, **model_params}
+        model_params["d_head"] = shape["d_model"] // shape["n_head"]
     return model_params, TrainParams(**train_values), lowered
 
 
@@ -144,9 +155,7 @@ def evaluate(model: TransformerXL, stream: SegmentStream, max_segments: int, dev
         if k >= max_segments:
             break
         with autocast(device):
-            _, loss, mems = model(
-                torch.from_numpy(x.astype(np.int64)).to(device), torch.from_numpy(y.astype(np.int64)).to(device), mems
-            )
+            _, loss, mems = model(to_device(x, device), to_device(y, device), mems)
         total, count = total + float(loss) * y.size, count + y.size
     model.train(was_training)
     return total / max(count, 1)
@@ -191,6 +200,12 @@ def _agree(loss: torch.Tensor, stop: bool, world: int) -> tuple[float, bool]:
     return float(both[0]) / world, bool(both[1] > 0)
 
 
+def to_device(batch: np.ndarray, device: torch.device) -> torch.Tensor:
+    """int64 ids on `device`; to a GPU through pinned memory without waiting, so the host never stalls on it."""
+    ids = torch.from_numpy(batch.astype(np.int64))
+    return ids.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else ids
+
+
 def tokens_fingerprint(tokens: Path) -> str:
     """A sha256 over every file of the token folder: a checkpoint resumes only on the data it was trained on."""
     digest = hashlib.sha256()
@@ -225,8 +240,8 @@ def train(
         model_params, p, lowered = limit_for_cpu(model_params, p)
         if lowered and rank == 0:
             print(
-                f"train: on CPU, so train.cpu_limits lowers {', '.join(lowered)} (set train.cpu_limits to {{}} "
-                "to train the configured size)",
+                f"train: on CPU, so train.cpu_limits lowers {', '.join(lowered)} (remove train.cpu_limits to "
+                "train the configured size)",
                 flush=True,
             )
     if p.batch_size % (world * p.grad_accum):
@@ -261,7 +276,12 @@ def train(
     mems: list = [None] * chunks
     ckpt_path = Path(checkpoints) / "last.pt"
     identity = {**asdict(cfg), "data": tokens_fingerprint(tokens)}
-    state = load_checkpoint(ckpt_path, identity, asdict(p))
+    compared = {k: v for k, v in asdict(p).items() if k != "cpu_limits"}  # their effect is in the values themselves
+    state = load_checkpoint(ckpt_path, identity, compared)
+    if state is not None and state["step"] >= p.steps:
+        # The stage reruns only when something changed (code, or forced): a finished run is trained again.
+        print(f"train: {ckpt_path} holds a finished run; training afresh", flush=True)
+        state = None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -270,7 +290,9 @@ def train(
         if len(state["mems"]) != world:
             raise PipelineError(f"{ckpt_path} was written by {len(state['mems'])} process(es); resume with as many")
         mems = [None if m is None else [t.to(device) for t in m] for m in state["mems"][rank]]
-        torch.set_rng_state(state["rng"][rank])
+        torch.set_rng_state(state["rng"][rank]["cpu"])
+        if use_cuda and state["rng"][rank]["cuda"] is not None:
+            torch.cuda.set_rng_state(state["rng"][rank]["cuda"], device)
         if rank == 0:
             print(f"train: resuming from {ckpt_path} at step {step}", flush=True)
 
@@ -280,7 +302,10 @@ def train(
         if world > 1
         else forward
     )
+    tokens_per_step = p.batch_size * cfg.tgt_len
     live = _live(live_dir, resume_step=step if state is not None else None) if rank == 0 else None
+    if live is not None and state is not None:
+        _log(live, step, metrics, model, tokens_per_step, plot=False)  # not the killed run's later values
     if live is not None:
         live.log_params({"model": asdict(cfg), "train": asdict(p), "device": device.type, "processes": world})
 
@@ -290,24 +315,22 @@ def train(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "config": identity,
-            "params": asdict(p),
+            "params": compared,
             "step": step,
             "epoch": epoch,
             "segment": segment,
             "metrics": metrics,
         }
-        write_checkpoint(ckpt_path, training, mems, rank, world)
+        write_checkpoint(ckpt_path, training, mems, rank, world, device)
 
     stop = _Stop()
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    tokens_per_step = p.batch_size * cfg.tgt_len
     progress = _Progress(p.steps, step, tokens_per_step)
     try:
         stopping = False
         while step < p.steps and not stopping:
             for k, x, y in stream.batches(epoch, segment):
-                x = torch.from_numpy(x[rank::world].astype(np.int64)).to(device)
-                y = torch.from_numpy(y[rank::world].astype(np.int64)).to(device)
+                x, y = to_device(x[rank::world], device), to_device(y[rank::world], device)
                 loss = train_step(ddp, model, optimizer, x, y, mems, p.clip, device, distributed=world > 1)
                 scheduler.step()
                 step, segment = step + 1, k + 1  # the next segment to train on, as a checkpoint records
@@ -334,7 +357,7 @@ def train(
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if stopping:
+    if stopping and step < p.steps:
         if rank == 0:
             progress.line(f"train: stopped at step {step}; {ckpt_path} holds everything to resume")
         return {"interrupted": True, "step": step}
@@ -363,11 +386,25 @@ def _live(live_dir: Path | None, resume_step: int | None):  # noqa: ANN202 (a dv
 
 
 def trim_history(plots: Path, step: int) -> None:
-    """Drop metric rows after `step` (logged after the last checkpoint by a run that was killed), atomically."""
+    """Drop metric rows after `step` (logged after the last checkpoint by a run that was killed), atomically.
+
+    A row cut short by the kill, or otherwise unreadable, is dropped too.
+    """
     for tsv in sorted(plots.rglob("*.tsv")):
         lines = tsv.read_text().splitlines(keepends=True)
-        column = lines[0].rstrip("\n").split("\t").index("step") if lines else -1
-        kept = lines[:1] + [line for line in lines[1:] if int(line.split("\t")[column]) <= step]
+        if not lines or "step" not in lines[0].rstrip("\n").split("\t"):
+            continue
+        header = lines[0].rstrip("\n").split("\t")
+        column, kept = header.index("step"), lines[:1]
+        for line in lines[1:]:
+            cells = line.rstrip("\n").split("\t")
+            if (
+                line.endswith("\n")
+                and len(cells) == len(header)
+                and cells[column].isdigit()
+                and int(cells[column]) <= step
+            ):
+                kept.append(line)
         if len(kept) < len(lines):
             atomic_write_text(tsv, "".join(kept))
 

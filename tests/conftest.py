@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mido
+import numpy as np
 import pytest
 
 from pipeline.metadata import COLUMNS
+from pipeline.tokenizer import PIECE_END, PIECE_START, vocab
+
+if TYPE_CHECKING:  # mido is imported where it is used, so GPU-only test runs need only torch and numpy
+    import mido
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -26,6 +32,8 @@ def require(path: Path) -> Path:
 
 def write_midi(path: Path, tracks: list[list[tuple[int, mido.Message | mido.MetaMessage]]], tpq: int = 480) -> Path:
     """Write a type-1 MIDI file; each track is a list of (absolute tick, message)."""
+    import mido
+
     midi = mido.MidiFile(type=1, ticks_per_beat=tpq)
     for events in tracks:
         track = mido.MidiTrack()
@@ -41,6 +49,8 @@ def write_midi(path: Path, tracks: list[list[tuple[int, mido.Message | mido.Meta
 
 def note(tick_on: int, tick_off: int, pitch: int, velocity: int = 64, channel: int = 0) -> list[tuple]:
     """A note as a note_on and a note_off message."""
+    import mido
+
     return [
         (tick_on, mido.Message("note_on", note=pitch, velocity=velocity, channel=channel)),
         (tick_off, mido.Message("note_off", note=pitch, velocity=0, channel=channel)),
@@ -49,11 +59,15 @@ def note(tick_on: int, tick_off: int, pitch: int, velocity: int = 64, channel: i
 
 def pedal(tick: int, value: int, control: int = 64, channel: int = 0) -> tuple:
     """A pedal (control change) message."""
+    import mido
+
     return (tick, mido.Message("control_change", control=control, value=value, channel=channel))
 
 
 def tempo(tick: int, mspq: int) -> tuple:
     """A set_tempo meta message."""
+    import mido
+
     return (tick, mido.MetaMessage("set_tempo", tempo=mspq))
 
 
@@ -104,3 +118,31 @@ def real_events(tmp_path_factory: pytest.TempPathFactory) -> Path:
     report = parse(require(MAESTRO_ASAP), out, out.parent / "metrics.json", workers=0, progress=False)
     assert report["failed"] == 0, report["failures"][:5]
     return out
+
+
+def write_tokens(folder: Path, pieces: dict[str, list[np.ndarray]]) -> Path:
+    """A token folder as the tokenize stage writes it: vocab.json, and per split one shard and index.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab()))
+    for split, arrays in pieces.items():
+        (folder / split).mkdir()
+        tokens = [np.concatenate([[PIECE_START], a, [PIECE_END]]).astype(np.uint16) for a in arrays]
+        np.save(folder / split / "shard-00000.npy", np.concatenate(tokens))
+        lengths = [len(t) for t in tokens]
+        starts = np.cumsum([0] + lengths[:-1]).tolist()
+        index = {
+            "piece_id": list(range(len(tokens))),
+            "stretch": [1.0] * len(tokens),
+            "shard": [0] * len(tokens),
+            "start": starts,
+            "length": lengths,
+        }
+        (folder / split / "index.json").write_text(json.dumps(index))
+    return folder
+
+
+def repeating_corpus(folder: Path, shift: int = 0) -> Path:
+    """Pieces that repeat one short phrase (note-on, shift, note-off): easy to learn, so loss must fall fast."""
+    phrase = np.array([60, 300, 188, 64, 300, 192, 67, 300, 195]) + shift * np.array([1, 0, 1] * 3)
+    pieces = [np.tile(phrase, 12) for _ in range(24)]
+    return write_tokens(folder, {"train": pieces[:20], "validation": pieces[20:]})

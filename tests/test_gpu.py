@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import repeating_corpus
 from test_model import tiny
-from test_train import TINY_MODEL, params, repeating_corpus
 
-from pipeline.train import train
+from pipeline.train import TrainParams, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 
@@ -31,7 +31,8 @@ def test_bf16_loss_is_close_to_float32():
     assert abs(float(approx) - float(exact)) < 0.01 * float(exact)
 
 
-def test_compiled_model_matches_eager_with_memory():
+def test_compiled_model_matches_eager_with_memory(monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # train() elsewhere may have turned it on
     model = tiny(tgt_len=16, mem_len=16).float().cuda()
     compiled = torch.compile(model)
     tokens = torch.randint(0, 50, (2, 32), device="cuda")
@@ -44,6 +45,10 @@ def test_compiled_model_matches_eager_with_memory():
 
 def test_the_train_stage_learns_on_cuda_with_bf16_and_compile(tmp_path):
     tokens = repeating_corpus(tmp_path / "tokens")
-    p = params(steps=150, transpose=0, device="cuda", compile=True)
-    result = train(tokens, tmp_path / "ckpt", tmp_path / "model", None, TINY_MODEL, p)
-    assert result["train/loss"] < 0.2 and result["val/nll"] < 0.2
+    model = dict(n_layer=2, d_model=32, n_head=4, d_head=8, d_inner=64, dropout=0.0, tgt_len=16, mem_len=16)
+    p = TrainParams(
+        steps=250, batch_size=4, lr=3e-3, warmup_steps=5, eval_interval=250, eval_segments=4, eval_batch_size=2
+    )
+    p.transpose, p.device, p.compile = 0, "cuda", True
+    result = train(tokens, tmp_path / "ckpt", tmp_path / "model", None, model, p)
+    assert result["val/nll"] < 0.2  # from ln(390) = 5.97; the CPU run of this test reaches < 0.1

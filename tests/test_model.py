@@ -106,3 +106,17 @@ def test_rel_shift_puts_each_distance_at_its_key():
         for j in range(i + mlen + 1):  # the keys query i may attend to
             distance = i + mlen - j
             assert shifted[:, :, i, j].equal(raw[:, :, i, klen - 1 - distance])
+
+
+@pytest.mark.parametrize("mem_len,batch", [(16, 3), (8, 1)])
+def test_flops_per_token_matches_pytorchs_flop_counter(mem_len, batch):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = tiny(tgt_len=16, mem_len=mem_len).float().train()
+    tokens = torch.randint(0, 50, (batch, 32))
+    _, _, mems = model(tokens[:, :16], tokens[:, 1:17])
+    counter = FlopCounterMode(display=False)
+    with counter:  # one training step's forward and backward, attending to a full memory
+        _, loss, _ = model(tokens[:, 16:], tokens[:, 16:], mems)
+        loss.backward()
+    assert counter.get_total_flops() == pytest.approx(model.flops_per_token(batch_size=batch) * batch * 16, rel=1e-9)

@@ -11,22 +11,40 @@ from conftest import ROOT
 from test_train import TINY_MODEL, params, repeating_corpus
 
 from pipeline.errors import PipelineError
-from pipeline.params import load_section, read_plain_yaml
+from pipeline.params import load_section, read_plain_yaml, typed
+from pipeline.train import TrainParams
 
 TRICKY = """
 top:                       # a comment
   url: http://host/a#b     # '#' inside a word is not a comment
   empty: ''
   quoted: "x # y"
+  title: Chopin's etude    # an apostrophe inside a word opens no quote
   flow: [0.95, 1.0, 1.05]
+  words: [cuda, cpu]
   none: {}
+  mapping: {n_layer: 4, d_model: 128}
   flag: true
+  switches: [yes, off, TRUE]
   small: 0.00025
+  half: .5
+  big: 8_388_608
   negative: -1
+  nothing:
   nested:
     deeper:
       value: 3
+    block:
+    - 0.95
+    - 1.05
+    indented:
+      - a
+      - b
   after: back
+  folded:
+    https://storage.example.org/a/very/long/path/that/was/folded/onto/the/next/line.zip
+  continued: first half
+    second half
 second:
   key: word
 """
@@ -36,14 +54,43 @@ def test_the_plain_reader_agrees_with_pyyaml():
     assert read_plain_yaml(TRICKY) == yaml.safe_load(TRICKY)
     project = (ROOT / "params.yaml").read_text()
     assert read_plain_yaml(project) == yaml.safe_load(project)
-    with pytest.raises(PipelineError, match=r"params:2: expected 'key: value'"):
-        read_plain_yaml("a:\n  - item\n")
+    with pytest.raises(PipelineError, match=r"params:3: expected 'key: value', found 'just words'"):
+        read_plain_yaml("a:\n  b: 1\njust words\n")
+    with pytest.raises(PipelineError, match=r"params:2: a list item outside a list"):
+        read_plain_yaml("a: 1\n- x\n")
+
+
+def test_params_rewritten_by_dvc_exp_run_read_the_same_without_pyyaml(tmp_path):
+    apply_overrides = pytest.importorskip("dvc.utils.hydra").apply_overrides
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text())
+    apply_overrides(path, ["train.lr=1e-5", "model.n_layer=2", "~train.cpu_limits", "tokenize.stretch=[1.0,1.1]"])
+    text = path.read_text()
+    plain, pyyaml = read_plain_yaml(text), yaml.safe_load(text)
+    assert plain["data"] == pyyaml["data"] and plain["tokenize"]["stretch"] == [1.0, 1.1]
+    # PyYAML reads 1e-05 as a string (YAML 1.1); typed() gives both readers' values the dataclass's types.
+    assert typed(TrainParams, pyyaml["train"], "train") == typed(TrainParams, plain["train"], "train")
+    assert typed(TrainParams, pyyaml["train"], "train")["lr"] == 1e-5 and "cpu_limits" not in plain["train"]
+    assert plain["model"] == pyyaml["model"] and plain["model"]["n_layer"] == 2
+
+
+def test_typed_converts_and_refuses():
+    assert typed(TrainParams, {"lr": "1e-05", "steps": 10.0, "compile": "yes", "cpu_limits": None}, "train") == {
+        "lr": 1e-5,
+        "steps": 10,
+        "compile": True,
+        "cpu_limits": {},
+    }
+    with pytest.raises(PipelineError, match=r"train.steps: 2.5 is not a valid int"):
+        typed(TrainParams, {"steps": 2.5}, "train")
+    with pytest.raises(PipelineError, match=r"unknown train params: stepz"):
+        typed(TrainParams, {"stepz": 1}, "train")
 
 
 def test_load_section_without_pyyaml(tmp_path, monkeypatch):
     (tmp_path / "p.yaml").write_text(TRICKY)
     monkeypatch.setitem(sys.modules, "yaml", None)  # `import yaml` now raises ImportError
-    assert load_section("top", tmp_path / "p.yaml")["nested"] == {"deeper": {"value": 3}}
+    assert load_section("top", tmp_path / "p.yaml")["nested"]["deeper"] == {"value": 3}
     with pytest.raises(PipelineError, match="no 'third:' section"):
         load_section("third", tmp_path / "p.yaml")
 

@@ -14,42 +14,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import ROOT
+from conftest import ROOT, repeating_corpus
 
 from pipeline.checkpoint import load_model
 from pipeline.errors import PipelineError
-from pipeline.tokenizer import PIECE_END, PIECE_START, vocab
+from pipeline.tokenizer import vocab
 from pipeline.train import TrainParams, build_model, limit_for_cpu, train
 
 TINY_MODEL = dict(n_layer=2, d_model=32, n_head=4, d_head=8, d_inner=64, dropout=0.0, tgt_len=16, mem_len=16)
-
-
-def write_tokens(folder: Path, pieces: dict[str, list[np.ndarray]]) -> Path:
-    """A token folder as the tokenize stage writes it: vocab.json, and per split one shard and index.json."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab()))
-    for split, arrays in pieces.items():
-        (folder / split).mkdir()
-        tokens = [np.concatenate([[PIECE_START], a, [PIECE_END]]).astype(np.uint16) for a in arrays]
-        np.save(folder / split / "shard-00000.npy", np.concatenate(tokens))
-        lengths = [len(t) for t in tokens]
-        starts = np.cumsum([0] + lengths[:-1]).tolist()
-        index = {
-            "piece_id": list(range(len(tokens))),
-            "stretch": [1.0] * len(tokens),
-            "shard": [0] * len(tokens),
-            "start": starts,
-            "length": lengths,
-        }
-        (folder / split / "index.json").write_text(json.dumps(index))
-    return folder
-
-
-def repeating_corpus(folder: Path, shift: int = 0) -> Path:
-    """Pieces that repeat one short phrase (note-on, shift, note-off): easy to learn, so loss must fall fast."""
-    phrase = np.array([60, 300, 188, 64, 300, 192, 67, 300, 195]) + shift * np.array([1, 0, 1] * 3)
-    pieces = [np.tile(phrase, 12) for _ in range(24)]
-    return write_tokens(folder, {"train": pieces[:20], "validation": pieces[20:]})
 
 
 def params(**overrides) -> TrainParams:  # noqa: ANN003
@@ -189,6 +161,8 @@ def test_a_crashed_run_resumes_with_its_metric_history_intact(tmp_path):
     with pytest.raises(RuntimeError, match="power cut"):
         train(tokens, tmp_path / "b", tmp_path / "model_b", tmp_path / "live_b", TINY_MODEL, p, on_step=crash_at_6)
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 4
+    with (tmp_path / "live_b" / "plots" / "metrics" / "train" / "loss.tsv").open("a") as f:
+        f.write("7\t2.5")  # a row torn by the crash
     train(tokens, tmp_path / "b", tmp_path / "model_b", tmp_path / "live_b", TINY_MODEL, p)
     for name in ("train/loss.tsv", "val/nll.tsv"):
         a = (tmp_path / "live_a" / "plots" / "metrics" / name).read_text()
@@ -196,6 +170,18 @@ def test_a_crashed_run_resumes_with_its_metric_history_intact(tmp_path):
     assert json.loads((tmp_path / "live_b" / "metrics.json").read_text()) == json.loads(
         (tmp_path / "live_a" / "metrics.json").read_text()
     )
+
+
+def test_a_stop_at_the_last_step_still_exports_the_model(tmp_path):
+    tokens = repeating_corpus(tmp_path / "tokens")
+
+    def stop_at_end(step: int) -> None:
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    result = train(tokens, tmp_path / "c", tmp_path / "model", None, TINY_MODEL, params(steps=3), on_step=stop_at_end)
+    assert "interrupted" not in result and result["step"] == 3
+    assert (tmp_path / "model" / "model.pt").is_file()
 
 
 def test_cpu_limits_cap_the_configured_size():
