@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -14,17 +13,14 @@ import torch
 import torch.distributed as dist
 
 from model import TransformerXL, TransformerXLConfig
-from pipeline.atomic import atomic_dir
+from pipeline.atomic import atomic_dir, atomic_path
 from pipeline.errors import PipelineError
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """torch.save through a temporary file, so a crash mid-write never leaves a broken checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Path, config: dict, params: dict) -> dict | None:

@@ -45,19 +45,11 @@ def typed(cls: type, values: dict[str, Any], section: str) -> dict[str, Any]:
         raise PipelineError(f"unknown {section} params: {', '.join(sorted(unknown))}")
     out = {}
     for key, value in values.items():
-        kind = kinds[key]
+        convert = _CONVERT.get(kinds[key])
         try:
-            if kind == "bool" and isinstance(value, str):
-                out[key] = _boolean(value, f"{section}.{key}")
-            elif kind in ("int", "float", "bool") and value is not None:
-                number = float(value) if kind == "float" else value
-                out[key] = {"int": _integer, "float": float, "bool": bool}[kind](number)
-            elif kind == "dict":
-                out[key] = dict(value or {})
-            else:
-                out[key] = value
+            out[key] = value if convert is None or (value is None and kinds[key] != "dict") else convert(value)
         except (TypeError, ValueError) as exc:
-            raise PipelineError(f"{section}.{key}: {value!r} is not a valid {kind}") from exc
+            raise PipelineError(f"{section}.{key}: {value!r} is not a valid {kinds[key]}") from exc
     return out
 
 
@@ -68,10 +60,15 @@ def _integer(value: Any) -> int:
     return int(number)
 
 
-def _boolean(value: str, name: str) -> bool:
-    if value.lower() in _TRUE | _FALSE:
-        return value.lower() in _TRUE
-    raise ValueError(f"{name}: {value!r} is not true or false")
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, str):
+        return bool(value)
+    if value.lower() not in _TRUE | _FALSE:
+        raise ValueError(value)
+    return value.lower() in _TRUE
+
+
+_CONVERT = {"int": _integer, "float": float, "bool": _boolean, "dict": lambda value: dict(value or {})}
 
 
 def read_plain_yaml(text: str, source: Path | str = "params") -> dict[str, Any]:

@@ -32,18 +32,18 @@ from pipeline.segments import PieceStore, SegmentStream, load_vocab, pitch_range
 class TrainParams:
     """The `train:` section of params.yaml."""
 
-    steps: int = 2000
+    steps: int = 4000
     batch_size: int = 16  # rows in the global batch, split over processes and then over grad_accum chunks
     grad_accum: int = 1
     lr: float = 2.5e-4
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
+    warmup_steps: int = 200
     weight_decay: float = 0.01
     clip: float = 0.25
-    eval_interval: int = 200
+    eval_interval: int = 250
     eval_segments: int = 50
     eval_batch_size: int = 8
-    checkpoint_interval: int = 200
+    checkpoint_interval: int = 250
     log_interval: int = 10
     seed: int = 1234
     transpose: int = 3
@@ -69,17 +69,17 @@ def limit_for_cpu(model_params: dict, p: TrainParams) -> tuple[dict, TrainParams
         **typed(TransformerXLConfig, {k: v for k, v in limits.items() if k in defaults}, "train.cpu_limits"),
         **typed(TrainParams, {k: v for k, v in limits.items() if k in train_keys}, "train.cpu_limits"),
     }
-    model_params, train_values, lowered = dict(model_params), asdict(p), []
+    model_params, train_values, lowered = dict(model_params), asdict(p), {}
     for key, limit in typed_limits.items():
         values = model_params if key in defaults else train_values
         current = values.get(key, defaults.get(key))  # a key left out of params.yaml has the config's default
         if current > limit:
-            lowered.append(f"{key} {current} → {limit}")
+            lowered[key] = f"{key} {current} → {limit}"
             values[key] = limit
-    if any(k.startswith(("d_model", "n_head")) for k in lowered):
+    if lowered.keys() & {"d_model", "n_head"}:
         shape = {**defaults, **model_params}
         model_params["d_head"] = shape["d_model"] // shape["n_head"]
-    return model_params, TrainParams(**train_values), lowered
+    return model_params, TrainParams(**train_values), list(lowered.values())
 
 
 class _Stop:
@@ -302,10 +302,10 @@ def train(
         if world > 1
         else forward
     )
-    tokens_per_step = p.batch_size * cfg.tgt_len
+    tokens_per_step, num_params = p.batch_size * cfg.tgt_len, model.num_params()
     live = _live(live_dir, resume_step=step if state is not None else None) if rank == 0 else None
     if live is not None and state is not None:
-        _log(live, step, metrics, model, tokens_per_step, plot=False)  # not the killed run's later values
+        _log(live, step, metrics, num_params, tokens_per_step, plot=False)  # not the killed run's later values
     if live is not None:
         live.log_params({"model": asdict(cfg), "train": asdict(p), "device": device.type, "processes": world})
 
@@ -334,7 +334,7 @@ def train(
                 loss = train_step(ddp, model, optimizer, x, y, mems, p.clip, device, distributed=world > 1)
                 scheduler.step()
                 step, segment = step + 1, k + 1  # the next segment to train on, as a checkpoint records
-                stopping, logged = False, {}
+                logged = {}
                 if step % p.log_interval == 0 or step == p.steps:  # the only host syncs, so the GPU is never idle
                     metrics["train/loss"], stopping = _agree(loss, stop.requested, world)
                     if rank == 0:
@@ -344,7 +344,7 @@ def train(
                     metrics["val/nll"] = logged["val/nll"] = evaluate(model, val_stream, p.eval_segments, device)
                     progress.line(f"step {step}: validation NLL {metrics['val/nll']:.4f} nats/token")
                 if live is not None and logged:
-                    _log(live, step, logged, model, tokens_per_step)
+                    _log(live, step, logged, num_params, tokens_per_step)
                 if on_step is not None:
                     on_step(step)
                 stopping = stopping or (stop.requested and world == 1)  # many processes agree at log steps only
@@ -364,7 +364,7 @@ def train(
     if rank == 0:
         export_model(model, Path(model_out))
         if live is not None:
-            _log(live, step, metrics, model, tokens_per_step, plot=False)  # the summary, even if no step ran
+            _log(live, step, metrics, num_params, tokens_per_step, plot=False)  # the summary, even if no step ran
             live.end()
     if world > 1:
         dist.barrier()
@@ -392,9 +392,9 @@ def trim_history(plots: Path, step: int) -> None:
     """
     for tsv in sorted(plots.rglob("*.tsv")):
         lines = tsv.read_text().splitlines(keepends=True)
-        if not lines or "step" not in lines[0].rstrip("\n").split("\t"):
+        header = lines[0].rstrip("\n").split("\t") if lines else []
+        if "step" not in header:
             continue
-        header = lines[0].rstrip("\n").split("\t")
         column, kept = header.index("step"), lines[:1]
         for line in lines[1:]:
             cells = line.rstrip("\n").split("\t")
@@ -409,11 +409,11 @@ def trim_history(plots: Path, step: int) -> None:
             atomic_write_text(tsv, "".join(kept))
 
 
-def _log(live, step: int, logged: dict, model: TransformerXL, tokens_per_step: int, plot: bool = True) -> None:  # noqa: ANN001
+def _log(live, step: int, logged: dict, num_params: int, tokens_per_step: int, plot: bool = True) -> None:  # noqa: ANN001
     """Plot points for this step, and a summary that also says the model's size and the tokens seen so far."""
     live.step = step
     for name, value in logged.items():
         live.log_metric(name, value, plot=plot)
-    live.summary["num_params"] = model.num_params()
+    live.summary["num_params"] = num_params
     live.summary["tokens_seen"] = step * tokens_per_step
     live.make_summary()
