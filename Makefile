@@ -13,7 +13,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,oracle]"
 	touch $@
 
 repro: setup
@@ -24,7 +24,7 @@ test: setup
 	pytest
 
 bench: setup
-	$(BIN)/pip install --quiet -e ".[dev,bench]"
+	$(BIN)/pip install --quiet -e ".[dev,oracle,bench]"
 	python benchmarks/parse.py
 	python benchmarks/tokenizer.py
 	python benchmarks/train.py

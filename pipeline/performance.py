@@ -13,7 +13,6 @@ import numpy as np
 
 SUSTAIN, SOSTENUTO, SOFT = 64, 66, 67
 PEDALS = {SUSTAIN: "sustain", SOSTENUTO: "sostenuto", SOFT: "soft"}
-DEFAULT_MSPQ = 500_000  # MIDI's tempo before the first set_tempo: 120 quarter notes per minute
 
 
 class UnreadableMidi(Exception):
@@ -35,31 +34,45 @@ class Performance:
     duration: float  # seconds to the file's last note or pedal event
 
 
+def tempo_map(tempo_ticks: np.ndarray, tempo_mspq: np.ndarray, tpq: int) -> tuple[np.ndarray, np.ndarray]:
+    """(first tick, seconds per tick) of each tempo segment, built the way pretty_midi builds it, so that times are
+    the same floats note-seq reads: 120 bpm until a tempo is set, a change to the same rate is no change."""
+    ticks, scales = [0], [60.0 / (120.0 * tpq)]
+    for tick, mspq in zip(np.asarray(tempo_ticks).tolist(), np.asarray(tempo_mspq).tolist(), strict=True):
+        scale = 60.0 / ((6e7 / mspq) * tpq)
+        if tick == 0:
+            ticks, scales = [0], [scale]
+        elif scale != scales[-1]:
+            ticks.append(tick)
+            scales.append(scale)
+    return np.array(ticks, np.int64), np.array(scales, np.float64)
+
+
 def tick_seconds(ticks: np.ndarray, tempo_ticks: np.ndarray, tempo_mspq: np.ndarray, tpq: int) -> np.ndarray:
     """Convert absolute ticks to seconds through a tempo map (the last tempo at a tick wins)."""
-    tempo_ticks = np.asarray(tempo_ticks, dtype=np.int64)
-    tempo_mspq = np.asarray(tempo_mspq, dtype=np.float64)
-    if len(tempo_ticks) == 0 or tempo_ticks[0] > 0:
-        tempo_ticks = np.concatenate([[0], tempo_ticks])
-        tempo_mspq = np.concatenate([[DEFAULT_MSPQ], tempo_mspq])
-    seconds_per_tick = tempo_mspq / (1e6 * tpq)
-    if len(tempo_ticks) == 1:  # one tempo for the whole file, as in every MAESTRO file
-        return np.asarray(ticks, dtype=np.float64) * seconds_per_tick[0]
-    segment_start = np.concatenate([[0.0], np.cumsum(np.diff(tempo_ticks) * seconds_per_tick[:-1])])
-    k = np.searchsorted(tempo_ticks, ticks, side="right") - 1
-    return segment_start[k] + (np.asarray(ticks, dtype=np.int64) - tempo_ticks[k]) * seconds_per_tick[k]
+    starts, scales = tempo_map(tempo_ticks, tempo_mspq, tpq)
+    ticks = np.asarray(ticks, dtype=np.int64)
+    if len(starts) == 1:  # one tempo for the whole file, as in every MAESTRO file
+        return scales[0] * ticks
+    # Each segment starts where the previous one ends, accumulated segment by segment as pretty_midi does.
+    segment_start = np.zeros(len(starts))
+    for k in range(1, len(starts)):
+        segment_start[k] = segment_start[k - 1] + scales[k - 1] * (starts[k] - starts[k - 1])
+    k = np.searchsorted(starts, ticks, side="right") - 1
+    return segment_start[k] + scales[k] * (ticks - starts[k])
 
 
 def pedal_intervals(times: np.ndarray, values: np.ndarray, end: int) -> tuple[np.ndarray, np.ndarray]:
     """Down intervals [start, stop) of one pedal from its time-sorted control events (value >= 64 is down).
 
-    Several events at one tick leave the pedal as the last of them says; a pedal never lifted is lifted at `end`.
+    As in note-seq, the pedal is up after a tick that holds any value below 64 (its presses are applied before its
+    lifts), and down after a tick of presses only; a pedal never lifted is lifted at `end`.
     """
     times = np.asarray(times, dtype=np.int64)
     if len(times) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    last_at_tick = np.append(times[1:] != times[:-1], True)
-    times, down = times[last_at_tick], np.asarray(values)[last_at_tick] >= 64
+    first_at_tick = np.flatnonzero(np.concatenate([[True], times[1:] != times[:-1]]))
+    times, down = times[first_at_tick], np.logical_and.reduceat(np.asarray(values) >= 64, first_at_tick)
     was_down = np.concatenate([[False], down[:-1]])
     starts, stops = times[down & ~was_down], times[~down & was_down]
     if len(stops) < len(starts):
@@ -69,12 +82,16 @@ def pedal_intervals(times: np.ndarray, values: np.ndarray, end: int) -> tuple[np
 
 def sustain_offsets(
     onset: np.ndarray, key_offset: np.ndarray, pitch: np.ndarray, starts: np.ndarray, stops: np.ndarray
-) -> np.ndarray:
-    """Magenta's sustain rule, vectorised: a key released under the pedal sounds until the pedal lifts,
-    or until the same pitch is struck again while the pedal is down, whichever comes first."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """note-seq's sustain rule (`apply_sustain_control_changes`), vectorised; returns the offsets and which notes stay.
+
+    A key released while the pedal is down sounds until the pedal lifts. A strike while the pedal is down ends every
+    earlier note of its pitch, held or released; an earlier note that started at the same tick is removed. At one
+    tick, pedal changes come before strikes and strikes before releases.
+    """
     n = len(onset)
     if len(starts) == 0 or n == 0:
-        return key_offset.copy()
+        return key_offset.copy(), np.ones(n, bool)
     # Whether the pedal is down at each key release and at each onset, and which down interval it is in.
     times = np.concatenate([key_offset, onset])
     k = np.searchsorted(starts, times, side="right") - 1
@@ -82,43 +99,43 @@ def sustain_offsets(
     down = (k >= 0) & (times < stops[k_safe])
     release = np.where(down[:n], stops[k_safe[:n]], key_offset)
 
-    # The next onset of the same pitch, later than this one, that falls while the pedal is down.
-    order = np.lexsort((onset, pitch)) if np.any(onset[1:] < onset[:-1]) else np.argsort(pitch, kind="stable")
+    # The first later note of the same pitch (by onset, then row) that starts while the pedal is down.
+    order = np.lexsort((onset, pitch))
     p, s = pitch[order].astype(np.int64), onset[order]
     span = int(max(s.max(), release.max())) + 2
     candidate = p * span + np.where(down[n:][order], s, span - 1)  # span - 1 means "none in this pitch"
     suffix_min = np.minimum.accumulate(candidate[::-1])[::-1]
-    key = p * span + s
-    new_run = np.concatenate([[True], key[1:] != key[:-1]])
-    run_end = np.append(np.flatnonzero(new_run)[1:], n)
-    nxt = run_end[np.cumsum(new_run) - 1]  # first position with a larger (pitch, onset)
-    has_next = nxt < n
-    nxt = np.minimum(nxt, n - 1)
-    restrike = np.where(has_next & (p[nxt] == p), suffix_min[nxt] - p * span, span - 1)
+    later = np.append(suffix_min[1:], (p[-1] + 1) * span) - p * span  # from another pitch: >= span, so "none"
+    restrike = np.minimum(later, span - 1)
 
-    offset = np.empty_like(release)
+    offset, keep = np.empty_like(release), np.empty(n, bool)
     offset[order] = np.minimum(release[order], restrike)
-    return offset
+    keep[order] = restrike != s
+    return offset, keep
 
 
-def _track_arrays(notes: dict, controls: dict, end: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """One track's notes (onset, offset, key offset, pitch, velocity) and pedals (number, start, stop), in ticks."""
-    onset = notes["time"].astype(np.int64)
-    key_offset = onset + notes["duration"]
-    pitch = notes["pitch"].astype(np.uint8)
-    offset, pedals = key_offset, [[], [], []]
+def _track_arrays(notes: dict, controls: dict, ends: dict[int, int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """One track's notes (onset, offset, key offset, pitch, velocity) and pedals (number, start, stop), in ticks.
+
+    Notes of zero length are left out before the pedal is applied, as pretty_midi's reader leaves them out.
+    """
+    sounding = notes["duration"] > 0
+    onset = notes["time"][sounding].astype(np.int64)
+    key_offset = onset + notes["duration"][sounding]
+    pitch, velocity = notes["pitch"][sounding].astype(np.uint8), notes["velocity"][sounding].astype(np.uint8)
+    offset, keep, pedals = key_offset, np.ones(len(onset), bool), [[], [], []]
     numbers = controls["number"]
     for number in PEDALS:
         is_pedal = numbers == number
         if not is_pedal.any():
             continue
-        starts, stops = pedal_intervals(controls["time"][is_pedal], controls["value"][is_pedal], end)
+        starts, stops = pedal_intervals(controls["time"][is_pedal], controls["value"][is_pedal], ends[number])
         if number == SUSTAIN:
-            offset = sustain_offsets(onset, key_offset, pitch, starts, stops)
+            offset, keep = sustain_offsets(onset, key_offset, pitch, starts, stops)
         for part, value in zip(pedals, (np.full(len(starts), number, np.uint8), starts, stops), strict=True):
             part.append(value)
     pedals = [np.concatenate(part) if part else np.zeros(0, np.int64) for part in pedals]
-    return [onset, offset, key_offset, pitch, notes["velocity"].astype(np.uint8)], pedals
+    return [onset[keep], offset[keep], key_offset[keep], pitch[keep], velocity[keep]], pedals
 
 
 def read_performance(path: Path | str, max_duration: float = 7200.0) -> Performance:
@@ -140,9 +157,15 @@ def read_performance(path: Path | str, max_duration: float = 7200.0) -> Performa
         + [int(np.max(c["time"], initial=0)) for c in controls]
         + [0]
     )
-    if sum(len(n["time"]) for n in notes) == 0:
+    if sum(int(np.count_nonzero(n["duration"] > 0)) for n in notes) == 0:
         raise UnreadableMidi("contains no notes")
-    per_track = [_track_arrays(n, c, end) for n, c in zip(notes, controls, strict=True)]
+    # note-seq lifts a sustain pedal that is never lifted at its last note release or sustain event, of any track.
+    sustain_end = max(
+        [int(np.max((n["time"] + n["duration"])[n["duration"] > 0], initial=0)) for n in notes]
+        + [int(np.max(c["time"][c["number"] == SUSTAIN], initial=0)) for c in controls]
+    )
+    ends = {number: sustain_end if number == SUSTAIN else end for number in PEDALS}
+    per_track = [_track_arrays(n, c, ends) for n, c in zip(notes, controls, strict=True)]
     if len(per_track) == 1:
         (on, off, key_off, pitch, vel), (number, start, stop) = per_track[0]
     else:
@@ -150,9 +173,6 @@ def read_performance(path: Path | str, max_duration: float = 7200.0) -> Performa
         number, start, stop = (np.concatenate(c) for c in zip(*(t[1] for t in per_track), strict=True))
     if on.min() < 0:
         raise UnreadableMidi(f"a note starts at a negative time (tick {on.min()})")
-    keep = off > on  # a note of zero length makes no sound
-    if not keep.all():
-        on, off, key_off, pitch, vel = on[keep], off[keep], key_off[keep], pitch[keep], vel[keep]
     d_on, d_pitch = np.diff(on), np.diff(pitch.astype(np.int16))
     if not np.all((d_on > 0) | ((d_on == 0) & (d_pitch >= 0))):  # symusic usually hands them over sorted
         order = np.lexsort((pitch, on))
@@ -162,6 +182,8 @@ def read_performance(path: Path | str, max_duration: float = 7200.0) -> Performa
         number, start, stop = number[order], start[order], stop[order]
 
     tempos = score.tempos.numpy()
+    if np.any(tempos["mspq"] <= 0):
+        raise UnreadableMidi("a tempo of zero microseconds per quarter note")
     to_sec = tick_seconds(
         np.concatenate([on, off, key_off, start, stop, [end]]),
         tempos["time"],

@@ -16,6 +16,7 @@ SHIFT_STEPS, VELOCITY_BINS = 100, 32
 PIECE_START, PIECE_END = 388, 389
 VOCAB_SIZE = 390
 STEP_S = 0.01  # one time step: 10 ms
+STEPS_PER_SECOND = 100  # times are multiplied by this (not divided by STEP_S), as note-seq does, for the same floats
 DEFAULT_VELOCITY = 64  # for a NOTE_ON that no VELOCITY precedes
 
 
@@ -52,13 +53,11 @@ def _group_arange(counts: np.ndarray) -> np.ndarray:
 
 
 def quantize(onset: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Note times in seconds to 10 ms steps; a note shorter than a step still lasts one."""
-    on_step = np.rint(np.asarray(onset) / STEP_S).astype(np.int64)
-    off_step = np.rint(np.asarray(offset) / STEP_S).astype(np.int64)
-    # Starting such a note on the step below keeps both of its ends within 10 ms of the truth.
-    short = off_step <= on_step
-    on_step[short] = np.floor(np.asarray(onset)[short] / STEP_S).astype(np.int64)
-    off_step[short] = on_step[short] + 1
+    """Note times in seconds to 10 ms steps as Magenta quantizes them: half a step rounds up, and a note that would
+    last no step ends one step after it starts."""
+    on_step = np.floor(np.asarray(onset, np.float64) * STEPS_PER_SECOND + 0.5).astype(np.int64)
+    off_step = np.floor(np.asarray(offset, np.float64) * STEPS_PER_SECOND + 0.5).astype(np.int64)
+    off_step = np.where(off_step == on_step, on_step + 1, off_step)
     return on_step, off_step
 
 
@@ -77,14 +76,16 @@ def encode(
     piece_index = np.cumsum(new_piece) - 1
     n_pieces = int(new_piece.sum())
 
-    # Events: releases sort before strikes at the same step, so a re-struck pitch is released first.
+    # Events in Magenta's order: by step; within a step, releases before strikes (a re-struck pitch is released
+    # first), and each kind in the order of the notes' onsets in seconds, then pitch, which is the order of the rows.
+    # The stable sort keeps that row order among events of one (piece, step, kind).
     ev_piece = np.concatenate([piece_index, piece_index])
     ev_step = np.concatenate([on_step, off_step])
     ev_is_on = np.concatenate([np.ones(n, bool), np.zeros(n, bool)])
     ev_pitch = np.concatenate([pitch, pitch]).astype(np.int64)
     ev_vel = np.concatenate([velocity_bin(velocity), np.zeros(n, np.int64)])
     span = int(ev_step.max()) + 1 if n else 1
-    order = np.argsort(((ev_piece * span + ev_step) * 2 + ev_is_on) * 128 + ev_pitch, kind="stable")
+    order = np.argsort((ev_piece * span + ev_step) * 2 + ev_is_on, kind="stable")
     ev_piece, ev_step, ev_is_on, ev_pitch, ev_vel = (a[order] for a in (ev_piece, ev_step, ev_is_on, ev_pitch, ev_vel))
 
     first_in_piece = np.concatenate([[True], ev_piece[1:] != ev_piece[:-1]])

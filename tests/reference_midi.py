@@ -1,9 +1,10 @@
 """An independent, deliberately plain reference reader: mido's pure-Python parser and an event loop.
 
 It shares no code with pipeline.performance, so agreement between the two is evidence that both follow the
-documented rules: notes paired first-in first-out per track, channel and pitch; drums (channel 10) left out;
-Magenta's sustain rule with pedal changes applied before note-ons and note-ons before key releases at one tick;
-the last pedal value at a tick wins; zero-length notes dropped.
+documented rules: notes paired first-in first-out per track, channel and pitch; drums (channel 10) left out; notes
+of zero length dropped before the pedal is applied; note-seq's sustain rule, with events at one tick taken as pedal
+presses, pedal lifts, note-ons, key releases; a sustain pedal never lifted lifted at the last key release or sustain
+event; tick to seconds as pretty_midi computes it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ class RefNote:
     key_end: int = -1
     end: int = -1
     released: bool = False
+
+
+def _pedal_states(changes: list[tuple[int, int]]) -> list[tuple[int, bool]]:
+    """(tick, down after it) per tick of a pedal's changes: a tick with any value below 64 leaves it up."""
+    down: dict[int, bool] = {}
+    for tick, value in changes:
+        down[tick] = down.get(tick, True) and value >= 64
+    return sorted(down.items())
 
 
 def _seconds(tick: int, tempo_ticks: list[int], tempo_start: list[float], tempo_spt: list[float]) -> float:
@@ -73,60 +82,62 @@ def read_reference(path: str) -> dict:
                 note = open_notes[pitch].popleft()
                 note.key_end = tick
                 end = max(end, tick)
-        voice_notes = [n for n in voice_notes if n.key_end >= 0]  # a note never released is dropped
+        # A note never released is dropped; so is one released at the tick it was struck, before any pedal.
+        voice_notes = [n for n in voice_notes if n.key_end > n.start]
         per_voice.append((voice, voice_notes))
 
+    releases = [n.key_end for _, voice_notes in per_voice for n in voice_notes]
+    sustain_end = max(releases + [tick for voice, _ in per_voice for tick, _ in voice["cc"][64]], default=0)
     for voice, voice_notes in per_voice:
-        pedal_state: dict[int, list[tuple[int, bool]]] = {}
         for number, changes in voice["cc"].items():
-            last: dict[int, int] = {}
-            for tick, value in changes:
-                last[tick] = value
-            pedal_state[number] = sorted((tick, value >= 64) for tick, value in last.items())
             down_since = None
-            for tick, down in pedal_state[number]:
+            for tick, down in _pedal_states(changes):
                 if down and down_since is None:
                     down_since = tick
                 elif not down and down_since is not None:
                     pedals.append((number, down_since, tick))
                     down_since = None
             if down_since is not None:
-                pedals.append((number, down_since, max(end, down_since)))
+                pedals.append((number, down_since, max(sustain_end if number == 64 else end, down_since)))
 
-        events = [(tick, 0, down) for tick, down in pedal_state.get(64, [])]
-        events += [(n.start, 1, n) for n in voice_notes] + [(n.key_end, 2, n) for n in voice_notes]
+        # note-seq's order of events at one tick: pedal presses, pedal lifts, note-ons, key releases.
+        events = [(tick, 0 if value >= 64 else 1, None) for tick, value in voice["cc"][64]]
+        events += [(n.start, 2, n) for n in voice_notes] + [(n.key_end, 3, n) for n in voice_notes]
         events.sort(key=lambda e: (e[0], e[1]))
-        sustain, active = False, []
+        sustain, active, removed = False, [], []
         for tick, kind, item in events:
             if kind == 0:
-                if sustain and not item:
-                    for n in [n for n in active if n.released]:
-                        n.end = tick
-                        active.remove(n)
-                sustain = item
+                sustain = True
             elif kind == 1:
+                sustain = False
+                for n in [n for n in active if n.key_end < tick]:
+                    n.end = tick
+                    active.remove(n)
+            elif kind == 2:
                 if sustain:
-                    for n in [n for n in active if n.pitch == item.pitch and n.start < tick]:
+                    for n in [n for n in active if n.pitch == item.pitch]:
                         n.end = tick
                         active.remove(n)
+                        if n.start == tick:
+                            removed.append(n)
                 active.append(item)
-            else:
-                item.released = True
-                if not sustain and item in active:
-                    item.end = tick
-                    active.remove(item)
+            elif not sustain and item in active:
+                item.end = tick
+                active.remove(item)
         for n in active:
-            n.end = end
-        notes.extend(voice_notes)
+            n.end = sustain_end
+        notes.extend(n for n in voice_notes if not any(n is r for r in removed))
 
+    # pretty_midi's tempo map: 120 bpm until set, a change to the same rate dropped, times accumulated per segment.
     tempos.sort()
-    tempo_ticks, tempo_spt = [0], [500_000 / (1e6 * midi.ticks_per_beat)]
+    tempo_ticks, tempo_spt = [0], [60.0 / (120.0 * midi.ticks_per_beat)]
     for tick, _, mspq in tempos:
-        if tick == tempo_ticks[-1]:
-            tempo_spt[-1] = mspq / (1e6 * midi.ticks_per_beat)
-        else:
+        spt = 60.0 / ((6e7 / mspq) * midi.ticks_per_beat)
+        if tick == 0:
+            tempo_spt = [spt]
+        elif spt != tempo_spt[-1]:
             tempo_ticks.append(tick)
-            tempo_spt.append(mspq / (1e6 * midi.ticks_per_beat))
+            tempo_spt.append(spt)
     tempo_start = [0.0]
     for i in range(1, len(tempo_ticks)):
         tempo_start.append(tempo_start[-1] + (tempo_ticks[i] - tempo_ticks[i - 1]) * tempo_spt[i - 1])
@@ -134,7 +145,7 @@ def read_reference(path: str) -> dict:
     def sec(tick: int) -> float:
         return _seconds(tick, tempo_ticks, tempo_start, tempo_spt)
 
-    notes = sorted((n for n in notes if n.end > n.start), key=lambda n: (n.start, n.pitch))
+    notes = sorted(notes, key=lambda n: (n.start, n.pitch))
     pedals.sort(key=lambda p: (p[1], p[0]))
     return {
         "onset": [sec(n.start) for n in notes],

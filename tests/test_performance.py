@@ -190,6 +190,51 @@ def test_tick_seconds_against_a_hand_computed_tempo_map():
     np.testing.assert_allclose(seconds, [0.0, 0.25, 0.5, 0.75, 1.0, 2.0])
 
 
-def test_pedal_intervals_last_value_at_a_tick_wins_and_unlifted_pedal_ends_at_file_end():
-    starts, stops = pedal_intervals(np.array([0, 10, 10, 20, 30, 30]), np.array([100, 0, 90, 0, 10, 127]), end=99)
-    assert starts.tolist() == [0, 30] and stops.tolist() == [20, 99]
+def test_pedal_intervals_a_lift_at_a_tick_wins_and_an_unlifted_pedal_ends_at_the_given_end():
+    # note-seq applies the presses at a tick before its lifts, whatever order the file has them in.
+    ticks = np.array([0, 10, 10, 20, 30, 30, 40, 40, 50])
+    values = np.array([100, 0, 90, 0, 10, 127, 64, 127, 100])
+    starts, stops = pedal_intervals(ticks, values, end=99)
+    assert starts.tolist() == [0, 40] and stops.tolist() == [10, 99]
+
+
+@pytest.mark.parametrize(
+    "tempos", [[tempo(0, 512_820)], [tempo(0, 437_500), tempo(1000, 512_819), tempo(2500, 437_500)]]
+)
+def test_seconds_are_the_very_floats_pretty_midi_gives(tmp_path, tempos):
+    # Magenta reads MIDI with pretty_midi; a time one ulp away can round to the other 10 ms step at a half step.
+    import pretty_midi
+
+    events = [m for k in range(60) for m in note(k * 61, k * 61 + 700 + k, 40 + k)]
+    path = write_midi(tmp_path / "t.mid", [tempos, events], tpq=480)
+    perf = read_performance(path)
+    theirs = sorted((n.start, n.pitch, n.end) for n in pretty_midi.PrettyMIDI(str(path)).instruments[0].notes)
+    assert perf.onset.tolist() == [n[0] for n in theirs]  # exactly, not approximately
+    assert perf.key_offset.tolist() == [n[2] for n in theirs]
+    assert not np.array_equal(perf.onset, np.arange(60) * 61 * (tempos[0][1].tempo / 480e6))  # the other formula
+
+
+def test_a_key_struck_and_released_at_one_tick_is_dropped_even_under_the_pedal(tmp_path):
+    events = [pedal(0, 127), (96, mido.Message("note_on", note=60)), (96, mido.Message("note_off", note=60))]
+    path = write_midi(tmp_path / "t.mid", [[tempo(0, 500_000)], events + note(200, 400, 62) + [pedal(960, 0)]])
+    assert notes_of(read_performance(path)) == [(0.208333, 1.0, 0.416667, 62, 64)]
+    assert_matches_reference(path)
+
+
+def test_strikes_of_one_pitch_at_one_tick_under_the_pedal_leave_the_last(tmp_path):
+    events = [pedal(0, 100), (100, mido.Message("note_on", note=64, velocity=20))]
+    events += [(100, mido.Message("note_on", note=64, velocity=100)), *note(200, 300, 60), pedal(600, 0)]
+    events += [(300, mido.Message("note_off", note=64)), (310, mido.Message("note_off", note=64))]
+    path = write_midi(tmp_path / "t.mid", [[tempo(0, 500_000)], events])
+    assert notes_of(read_performance(path)) == [(0.104167, 0.625, 0.322917, 64, 100), (0.208333, 0.625, 0.3125, 60, 64)]
+    assert_matches_reference(path)
+
+
+def test_an_unlifted_sustain_pedal_ends_at_the_last_release_or_sustain_event(tmp_path):
+    # The soft pedal's event at tick 2000 comes later, but only notes and sustain events count, as in note-seq.
+    events = [pedal(0, 127), *note(10, 200, 60), *note(250, 300, 64), pedal(500, 127), pedal(2000, 127, 67)]
+    path = write_midi(tmp_path / "t.mid", [[tempo(0, 500_000)], events], tpq=500)
+    perf = read_performance(path)
+    assert perf.offset.tolist() == [0.5, 0.5]
+    assert perf.duration == 2.0
+    assert_matches_reference(path)

@@ -1,0 +1,198 @@
+"""evaluate stage: the trained model's NLL on every held-out split, with Transformer-XL's protocol, beside baselines.
+
+Each piece is scored from its PIECE_START with an empty memory, in segments of `tgt_len` tokens whose memory of
+`mem_len` hidden states carries over, so every token is predicted exactly once, from all of its piece before it (up
+to the memory). The baselines (uniform, unigram, Kneser–Ney) are fit on the unstretched train pieces and score the
+same tokens. Imports only torch, numpy and the standard library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model import TransformerXL
+from pipeline.atomic import atomic_write_text
+from pipeline.checkpoint import load_model
+from pipeline.errors import PipelineError
+from pipeline.ngram import KneserNey, uniform_nll, unigram_log_probs
+from pipeline.params import typed
+from pipeline.segments import PieceStore, load_vocab
+
+HELD_OUT = ("validation", "test")
+
+
+@dataclass
+class EvaluateParams:
+    """The `evaluate:` section of params.yaml."""
+
+    tgt_len: int = 512  # tokens scored per forward pass
+    mem_len: int = 2048  # hidden states kept per layer: longer than in training, as Transformer-XL evaluates
+    same_length: bool = True  # every query sees mem_len keys
+    clamp_len: int = -1  # relative distances beyond this share one encoding (-1: none)
+    batch_size: int = 16  # pieces scored side by side
+    ngram_order: int = 4
+    device: str = "auto"  # auto, cuda or cpu
+    cpu_limits: dict = field(default_factory=dict)  # upper bounds on the keys above when evaluating on a CPU
+
+
+@dataclass
+class Scores:
+    """Per-token negative log-likelihoods (nats) and whether the most likely token was the right one, per piece."""
+
+    nll: list[np.ndarray]
+    correct: list[np.ndarray]
+
+
+@torch.no_grad()
+def score_pieces(model: TransformerXL, pieces: list[np.ndarray], tgt_len: int, batch_size: int) -> Scores:
+    """Score every token after each piece's first, piece by piece from an empty memory, in segments of tgt_len.
+
+    Pieces are batched longest first; a batch row that has ended is dropped, so padding is never scored and never
+    precedes a scored token (the result equals scoring each piece alone).
+    """
+    device = next(model.parameters()).device
+    model.eval()
+    nll: list[np.ndarray] = [np.zeros(0)] * len(pieces)
+    correct: list[np.ndarray] = [np.zeros(0, bool)] * len(pieces)
+    order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i]))
+    for first in range(0, len(order), batch_size):
+        batch = order[first : first + batch_size]
+        lengths = np.array([len(pieces[i]) - 1 for i in batch])  # scored tokens per row
+        width = int(lengths.max()) if len(batch) else 0
+        x = np.zeros((len(batch), width), np.int64)
+        for row, i in enumerate(batch):
+            x[row, : lengths[row]] = pieces[i][:-1]
+        x_all = torch.from_numpy(x).to(device)
+        row_nll, row_hit = torch.zeros(len(batch), width, device=device), torch.zeros(len(batch), width, device=device)
+        y_all = torch.from_numpy(_targets(pieces, batch, width)).to(device)
+        mems = None
+        for start in range(0, width, tgt_len):
+            alive = int(np.count_nonzero(lengths > start))  # rows are longest first: the live ones are a prefix
+            mems = None if mems is None else [m[:alive] for m in mems]
+            logits, _, mems = model(x_all[:alive, start : start + tgt_len], None, mems)
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            y = y_all[:alive, start : start + tgt_len]
+            row_nll[:alive, start : start + tgt_len] = -log_probs.gather(-1, y.clamp(min=0)[..., None])[..., 0]
+            row_hit[:alive, start : start + tgt_len] = (log_probs.argmax(-1) == y).float()
+        row_nll, row_hit = row_nll.cpu().numpy(), row_hit.cpu().numpy().astype(bool)
+        for row, i in enumerate(batch):
+            nll[i], correct[i] = row_nll[row, : lengths[row]].astype(np.float64), row_hit[row, : lengths[row]]
+    return Scores(nll, correct)
+
+
+def _targets(pieces: list[np.ndarray], batch: list[int], width: int) -> np.ndarray:
+    """Next-token targets per row, -1 past the row's end."""
+    y = np.full((len(batch), width), -1, np.int64)
+    for row, i in enumerate(batch):
+        y[row, : len(pieces[i]) - 1] = pieces[i][1:]
+    return y
+
+
+def prepare_model(folder: Path, p: EvaluateParams, device: torch.device) -> TransformerXL:
+    """The trained model, on `device`, with the evaluation's memory length, same_length and clamp_len."""
+    model = load_model(folder, device)
+    # These change how the forward pass attends, not the weights: a model evaluates with a longer memory than it
+    # was trained with, as in the Transformer-XL paper.
+    model.cfg = dataclasses.replace(model.cfg, mem_len=p.mem_len, same_length=p.same_length, clamp_len=p.clamp_len)
+    return model
+
+
+def split_metrics(
+    scores: Scores, store: PieceStore, baselines: dict[str, list[np.ndarray]], vocab_size: int
+) -> dict[str, object]:
+    """The figures of one split: token-weighted means over its pieces, baselines, and NLL per composer."""
+    nll = np.concatenate(scores.nll)
+    tokens = len(nll)
+    seconds = float(sum(store.index["seconds"]))
+    total = float(nll.sum())
+    mean = total / max(tokens, 1)
+    by_composer: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for composer, piece_nll in zip(store.index["composer"], scores.nll, strict=True):
+        by_composer[composer][0] += float(piece_nll.sum())
+        by_composer[composer][1] += len(piece_nll)
+    return {
+        "nll": round(mean, 5),
+        "bits_per_token": round(mean / math.log(2), 5),
+        "perplexity": round(math.exp(mean), 4),
+        "accuracy": round(float(np.concatenate(scores.correct).mean()) if tokens else 0.0, 5),
+        "nats_per_second": round(total / seconds, 4) if seconds else 0.0,
+        "tokens": tokens,
+        "seconds": round(seconds, 2),
+        "baselines": {
+            "uniform": round(uniform_nll(vocab_size), 5),
+            **{name: round(-float(np.concatenate(lp).mean()), 5) for name, lp in baselines.items()},
+        },
+        "by_composer": {c: round(s / n, 5) for c, (s, n) in sorted(by_composer.items()) if n},
+    }
+
+
+def fit_baselines(tokens: Path, order: int, vocab: dict) -> tuple[np.ndarray, KneserNey]:
+    """Unigram log-probabilities and a Kneser–Ney model, fit on the train split's unstretched pieces."""
+    store = PieceStore(tokens, "train")
+    pieces = [store.piece(i) for i, s in enumerate(store.index["stretch"]) if s == 1.0]
+    if not pieces:
+        raise PipelineError(f"{Path(tokens) / 'train'}: no unstretched pieces to fit the baselines on")
+    corpus, lengths = np.concatenate(pieces), np.array([len(p) for p in pieces])
+    size, start = int(vocab["vocab_size"]), int(vocab["specials"]["piece_start"])
+    return unigram_log_probs(corpus, lengths, size), KneserNey(order, size, start).fit(corpus, lengths)
+
+
+def evaluate(tokens: Path, model_dir: Path, metrics: Path, p: EvaluateParams) -> dict:
+    """Run the stage: score every held-out split that is present, write `metrics` (eval.json) and return it."""
+    tokens = Path(tokens)
+    use_cuda = torch.cuda.is_available() and p.device in ("auto", "cuda")
+    if p.device == "cuda" and not use_cuda:
+        raise PipelineError("evaluate.device is cuda, but no GPU is available")
+    if not use_cuda:
+        p = limit_for_cpu(p)
+    if min(p.tgt_len, p.batch_size) < 1 or p.mem_len < 0 or p.ngram_order < 1:
+        raise PipelineError(f"evaluate params out of range: {p}")
+    device = torch.device("cuda" if use_cuda else "cpu")
+    vocab = load_vocab(tokens)
+    model = prepare_model(model_dir, p, device)
+    if model.cfg.vocab_size != int(vocab["vocab_size"]):
+        raise PipelineError(
+            f"{model_dir}: the model has {model.cfg.vocab_size} tokens, {tokens / 'vocab.json'} {vocab['vocab_size']}"
+        )
+    splits = [s for s in HELD_OUT if (tokens / s / "index.json").is_file()]
+    if "validation" not in splits:
+        raise PipelineError(f"{tokens / 'validation'}: no validation split to evaluate on")
+    for split in HELD_OUT:
+        if split not in splits:
+            print(f"evaluate: the data has no {split} split; it is left out of {metrics}", flush=True)
+    unigram, kneser_ney = fit_baselines(tokens, p.ngram_order, vocab)
+    result = {}
+    for split in splits:
+        store = PieceStore(tokens, split)
+        pieces = [store.piece(i) for i in range(len(store))]
+        for key in ("composer", "seconds"):
+            if key not in store.index:
+                raise PipelineError(f"{tokens / split / 'index.json'}: no '{key}' column (rerun the tokenize stage)")
+        scores = score_pieces(model, pieces, p.tgt_len, p.batch_size)
+        lengths = np.array([len(piece) for piece in pieces])
+        corpus = np.concatenate(pieces)
+        baselines = {
+            "unigram": [unigram[piece[1:]] for piece in pieces],
+            "kneser_ney": np.split(kneser_ney.log_probs(corpus, lengths), np.cumsum(lengths - 1)[:-1]),
+        }
+        result[split] = split_metrics(scores, store, baselines, int(vocab["vocab_size"]))
+    atomic_write_text(Path(metrics), json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    return result
+
+
+def limit_for_cpu(p: EvaluateParams) -> EvaluateParams:
+    """`p` with each key of p.cpu_limits capped at its limit (evaluating on a CPU)."""
+    limits = typed(EvaluateParams, dict(p.cpu_limits or {}), "evaluate.cpu_limits")
+    lowered = {k: v for k, v in limits.items() if k != "cpu_limits" and getattr(p, k) > v}
+    if lowered:
+        changes = ", ".join(f"{k} {getattr(p, k)} → {v}" for k, v in lowered.items())
+        print(f"evaluate: on CPU, so evaluate.cpu_limits lowers {changes}", flush=True)
+    return dataclasses.replace(p, **lowered)
