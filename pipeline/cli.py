@@ -171,3 +171,31 @@ def train(
     result = _run(run_train, tokens, checkpoints, out, live, model_params, TrainParams(**section))
     if result.get("interrupted"):
         raise typer.Exit(130)
+
+
+@app.command()
+def evaluate(
+    params: ParamsOption = Path("params.yaml"),
+    tokens: Annotated[Path, typer.Option(help="token shards from tokenize")] = Path("data/tokens"),
+    model: Annotated[Path, typer.Option(help="trained model from train")] = Path("data/model"),
+    metrics: Annotated[Path, typer.Option(help="DVC metrics file")] = Path("reports/metrics/eval.json"),
+) -> None:
+    """Score the trained model on every held-out split (validation, and test when the data has one) with
+    Transformer-XL's protocol, beside uniform, unigram and Kneser–Ney baselines fit on the train split.
+
+    Each piece is scored from its start with an empty memory; every token once. Writes NLL (nats and bits per token),
+    perplexity, accuracy, nats per second of music, and the NLL per composer to METRICS.
+    """
+    from pipeline.evaluate import EvaluateParams
+    from pipeline.evaluate import evaluate as run_evaluate
+    from pipeline.params import load_section, typed
+
+    section = _run(typed, EvaluateParams, _run(load_section, "evaluate", params), "evaluate")
+    result = _run(run_evaluate, tokens, model, metrics, EvaluateParams(**section))
+    for split, m in result.items():
+        b = m["baselines"]
+        typer.echo(
+            f"evaluate: {split}: {m['nll']:.4f} nats/token ({m['bits_per_token']:.3f} bits, accuracy "
+            f"{m['accuracy']:.3f}) over {m['tokens']:,} tokens; Kneser–Ney {b['kneser_ney']:.4f}, unigram "
+            f"{b['unigram']:.4f}, uniform {b['uniform']:.4f}"
+        )

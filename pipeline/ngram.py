@@ -39,6 +39,23 @@ def _gram_keys(tokens: np.ndarray, at: np.ndarray, k: int, base: int) -> np.ndar
     return key
 
 
+FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)  # KenLM's --discount_fallback, for counts too few or odd to estimate from
+
+
+def modified_discounts(counts: np.ndarray) -> np.ndarray:
+    """[0, D1, D2, D3+] from the counts of counts n1..n4 (Chen & Goodman's eq. 26): Y = n1 / (n1 + 2 n2),
+    Dc = c - (c + 1) Y n(c+1) / nc. As in KenLM, where n1, n2 or n3 is zero or an estimate leaves [0, c], the
+    fallback discounts are used instead; they keep some mass for the order below, so no id has probability 0."""
+    n = [int(np.count_nonzero(counts == c)) for c in (1, 2, 3, 4)]
+    if min(n[:3]) == 0:
+        return np.array([0.0, *FALLBACK_DISCOUNTS])
+    y = n[0] / (n[0] + 2 * n[1])
+    estimates = [c - (c + 1) * y * n[c] / n[c - 1] for c in (1, 2, 3)]
+    if any(not 0 <= d <= c for c, d in zip((1, 2, 3), estimates, strict=True)):
+        return np.array([0.0, *FALLBACK_DISCOUNTS])
+    return np.array([0.0, *estimates])
+
+
 def _lookup(keys: np.ndarray, values: np.ndarray, queries: np.ndarray, missing: int = 0) -> np.ndarray:
     """The value of each query's key in sorted `keys`, or `missing` where the key is absent."""
     if len(keys) == 0:
@@ -93,13 +110,8 @@ class KneserNey:
 
     @staticmethod
     def _order_tables(grams: np.ndarray, counts: np.ndarray, base: int) -> _Order:
-        """Discounts from the counts of counts (Chen & Goodman's estimates, kept within [0, c]), context totals."""
-        n = [int(np.count_nonzero(counts == c)) for c in (1, 2, 3, 4)]
-        y = n[0] / (n[0] + 2 * n[1]) if n[0] + n[1] else 0.0
-        discounts = np.zeros(4)
-        for c in (1, 2, 3):
-            estimate = c - (c + 1) * y * n[c] / n[c - 1] if n[c - 1] else 0.0
-            discounts[c] = min(max(estimate, 0.0), float(c))
+        """The order's discounts, and each context's total count and backoff mass."""
+        discounts = modified_discounts(counts)
         contexts, first = np.unique(grams // base, return_index=True)
         totals = np.add.reduceat(counts, first).astype(np.float64) if len(first) else np.zeros(0)
         discount = discounts[np.minimum(counts, 3)]

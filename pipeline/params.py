@@ -68,7 +68,13 @@ def _boolean(value: Any) -> bool:
     return value.lower() in _TRUE
 
 
-_CONVERT = {"int": _integer, "float": float, "bool": _boolean, "dict": lambda value: dict(value or {})}
+_CONVERT = {
+    "int": _integer,
+    "float": float,
+    "float | None": float,  # None itself is passed through
+    "bool": _boolean,
+    "dict": lambda value: dict(value or {}),
+}
 
 
 def read_plain_yaml(text: str, source: Path | str = "params") -> dict[str, Any]:

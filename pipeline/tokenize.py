@@ -63,12 +63,14 @@ def tokenize(
     events, validated, out = Path(events), Path(validated), Path(out)
     if not (validated / "pieces.parquet").is_file():
         raise PipelineError(f"{validated / 'pieces.parquet'}: no validated pieces (run the validate stage first)")
-    pieces = pq.read_table(validated / "pieces.parquet", columns=["piece_id", "split", "file_duration"]).to_pydict()
+    columns = ["piece_id", "split", "composer", "file_duration"]
+    pieces = pq.read_table(validated / "pieces.parquet", columns=columns).to_pydict()
     stretch = sorted(set(stretch or [1.0]))
     _NOTES.clear()
     notes, rows = _load_notes(events, np.array(pieces["piece_id"]))
     _NOTES.update(notes)
     duration = dict(zip(pieces["piece_id"], pieces["file_duration"], strict=True))
+    composer = dict(zip(pieces["piece_id"], pieces["composer"], strict=True))
 
     stats: dict = {"vocab_size": vocab()["vocab_size"], "splits": {}}
     workers = workers or os.cpu_count() or 1
@@ -81,8 +83,8 @@ def tokenize(
             factors = stretch if split == "train" else [1.0]
             copies = [(k, *rows[i], f) for k, (i, f) in enumerate((i, f) for i in ids for f in factors)]
             tokens, lengths = _encode_all(copies, workers)
-            index = _write_shards(tmp / split, tokens, lengths, shard_tokens, copies, ids, factors)
-            seconds = sum(duration[i] * f for i, f in zip(index["piece_id"], index["stretch"], strict=True))
+            index = _write_shards(tmp / split, tokens, lengths, shard_tokens, copies, ids, factors, duration, composer)
+            seconds = sum(index["seconds"])
             counts = np.bincount(tokens, minlength=1 << 16)
             stats["splits"][split] = {
                 "pieces": len(ids),
@@ -131,22 +133,30 @@ def _write_shards(
     copies: list,
     ids: list[int],
     factors: list[float],
+    duration: dict[int, float],
+    composer: dict[int, str],
 ) -> dict[str, list]:
-    """Cut the token stream into shards of whole pieces (at most `shard_tokens` each) and write the piece index."""
+    """Cut the token stream into shards of whole pieces (at most `shard_tokens` each) and write the piece index,
+    which also gives each copy's composer and length in seconds (so that evaluation needs no Parquet reader)."""
     folder.mkdir(parents=True)
     if len(lengths) and lengths.max() > shard_tokens:
         raise PipelineError(
             f"a piece of {int(lengths.max()):,} tokens does not fit tokenize.shard_tokens={shard_tokens:,}; raise it"
         )
     starts = np.cumsum(lengths) - lengths
-    index: dict[str, list] = {"piece_id": [], "stretch": [], "shard": [], "start": [], "length": []}
+    index: dict[str, list] = {
+        name: [] for name in ("piece_id", "stretch", "shard", "start", "length", "composer", "seconds")
+    }
     shard, shard_start = 0, 0
     for k, (start, length) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
         if start + length - shard_start > shard_tokens:
             np.save(folder / f"shard-{shard:05d}.npy", tokens[shard_start:start])
             shard, shard_start = shard + 1, start
-        index["piece_id"].append(ids[k // len(factors)])
-        index["stretch"].append(factors[k % len(factors)])
+        piece_id, factor = ids[k // len(factors)], factors[k % len(factors)]
+        index["piece_id"].append(piece_id)
+        index["stretch"].append(factor)
+        index["composer"].append(composer[piece_id])
+        index["seconds"].append(duration[piece_id] * factor)
         index["shard"].append(shard)
         index["start"].append(start - shard_start)
         index["length"].append(length)

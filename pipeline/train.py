@@ -1,6 +1,7 @@
 """train stage: a Transformer-XL on the token shards, resumable, on GPU (bf16) or CPU, single process or torchrun DDP.
 
-Imports only torch, numpy and the standard library; DVCLive is loaded lazily and skipped when it is not installed.
+Imports only torch, numpy and the standard library; DVCLive is loaded lazily (pipeline/live.py) and skipped when it
+is not installed.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import hashlib
 import math
 import os
 import signal
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -21,9 +20,9 @@ import torch
 import torch.distributed as dist
 
 from model import TransformerXL, TransformerXLConfig
-from pipeline.atomic import atomic_write_text
 from pipeline.checkpoint import export_model, load_checkpoint, write_checkpoint
 from pipeline.errors import PipelineError
+from pipeline.live import Progress, log_metrics, open_live
 from pipeline.params import typed
 from pipeline.segments import PieceStore, SegmentStream, load_vocab, pitch_ranges
 
@@ -50,10 +49,12 @@ class TrainParams:
     compile: bool = False
     device: str = "auto"  # auto, cuda or cpu
     cpu_limits: dict = field(default_factory=dict)  # upper bounds on model and train params when training on a CPU
+    cpu_lr: float | None = 1e-3  # the peak learning rate when training on a CPU (None: lr)
 
 
 def limit_for_cpu(model_params: dict, p: TrainParams) -> tuple[dict, TrainParams, list[str]]:
-    """Model and train params capped by `p.cpu_limits` (each value becomes min(value, limit)), and what was lowered.
+    """Model and train params for a CPU, and what changed: each key of `p.cpu_limits` capped (min(value, limit)),
+    and the learning rate set to `p.cpu_lr` (a model shrunk for a CPU learns faster with a larger rate).
 
     When d_model or n_head is lowered, d_head follows as d_model // n_head so the heads still tile the model width.
     """
@@ -61,7 +62,7 @@ def limit_for_cpu(model_params: dict, p: TrainParams) -> tuple[dict, TrainParams
     if not isinstance(limits, dict):
         raise PipelineError(f"train.cpu_limits must map model or train keys to upper bounds, not {limits!r}")
     defaults = {f.name: f.default for f in fields(TransformerXLConfig) if f.name != "vocab_size"}
-    train_keys = {f.name for f in fields(TrainParams)} - {"cpu_limits", "device", "compile"}
+    train_keys = {f.name for f in fields(TrainParams)} - {"cpu_limits", "cpu_lr", "device", "compile"}
     unknown = set(limits) - set(defaults) - train_keys
     if unknown:
         raise PipelineError(f"train.cpu_limits: unknown keys {', '.join(sorted(unknown))}")
@@ -79,6 +80,9 @@ def limit_for_cpu(model_params: dict, p: TrainParams) -> tuple[dict, TrainParams
     if lowered.keys() & {"d_model", "n_head"}:
         shape = {**defaults, **model_params}
         model_params["d_head"] = shape["d_model"] // shape["n_head"]
+    if p.cpu_lr is not None and p.cpu_lr != p.lr:
+        lowered["lr"] = f"lr {p.lr:g} → {p.cpu_lr:g} (train.cpu_lr)"
+        train_values["lr"] = p.cpu_lr
     return model_params, TrainParams(**train_values), list(lowered.values())
 
 
@@ -89,29 +93,6 @@ class _Stop:
 
     def __call__(self, signum: int, frame: object) -> None:
         self.requested = True
-
-
-class _Progress:
-    """A status line (step, loss, tokens/s, time left) redrawn in place on a terminal; log lines otherwise."""
-
-    def __init__(self, steps: int, start_step: int, tokens_per_step: int) -> None:
-        self.steps, self.start_step, self.tokens_per_step = steps, start_step, tokens_per_step
-        self.started, self.live = time.perf_counter(), sys.stderr.isatty()
-
-    def update(self, step: int, loss: float, lr: float) -> None:
-        rate = (step - self.start_step) * self.tokens_per_step / max(time.perf_counter() - self.started, 1e-9)
-        left = (self.steps - step) * self.tokens_per_step / max(rate, 1e-9)
-        status = f"step {step}/{self.steps} loss {loss:.4f} lr {lr:.2e} {rate:,.0f} tok/s, {left / 60:.1f} min left"
-        if self.live:
-            done = int(30 * step / self.steps)
-            print(f"\r[{'#' * done}{'.' * (30 - done)}] {status}\033[K", end="", file=sys.stderr, flush=True)
-        else:
-            print(status, flush=True)
-
-    def line(self, text: str) -> None:
-        if self.live:
-            print("\r\033[K", end="", file=sys.stderr)
-        print(text, flush=True)
 
 
 def _lr_factor(step: int, p: TrainParams) -> float:
@@ -218,16 +199,28 @@ def tokens_fingerprint(tokens: Path) -> str:
     return digest.hexdigest()
 
 
-def train(
-    tokens: Path,
-    checkpoints: Path,
-    model_out: Path,
-    live_dir: Path | None,
-    model_params: dict,
-    p: TrainParams,
-    on_step: Callable[[int], None] | None = None,
-) -> dict:
-    """Train, resuming from checkpoints/last.pt when it matches; return the final metrics (rank 0's)."""
+@dataclass
+class _Run:
+    """One training run: where it runs, what it trains, and how far it has got."""
+
+    p: TrainParams
+    rank: int
+    world: int
+    device: torch.device
+    model: TransformerXL
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    stream: SegmentStream
+    val_stream: SegmentStream | None
+    step: int = 0
+    epoch: int = 0
+    segment: int = 0  # the next segment of this epoch's row streams
+    metrics: dict = field(default_factory=dict)
+    mems: list = field(default_factory=list)  # one memory per accumulation chunk
+
+
+def _setup(tokens: Path, model_params: dict, p: TrainParams) -> _Run:
+    """The device (with train.cpu_limits and train.cpu_lr on a CPU), the seeded model, its data and optimiser."""
     rank, world, local_rank = _distributed()
     use_cuda = torch.cuda.is_available() and p.device in ("auto", "cuda")
     if p.device == "cuda" and not use_cuda:
@@ -240,8 +233,8 @@ def train(
         model_params, p, lowered = limit_for_cpu(model_params, p)
         if lowered and rank == 0:
             print(
-                f"train: on CPU, so train.cpu_limits lowers {', '.join(lowered)} (remove train.cpu_limits to "
-                "train the configured size)",
+                f"train: on CPU, so train.cpu_limits and train.cpu_lr set {', '.join(lowered)} (remove them to "
+                "train as configured)",
                 flush=True,
             )
     if p.batch_size % (world * p.grad_accum):
@@ -252,14 +245,14 @@ def train(
     torch.manual_seed(p.seed)
     vocab = load_vocab(tokens)
     model = build_model(vocab, model_params).to(device)
-    cfg = model.cfg
+    tgt_len = model.cfg.tgt_len
     stream = SegmentStream(
-        PieceStore(tokens, "train"), p.batch_size, cfg.tgt_len, p.seed, p.transpose, tuple(pitch_ranges(vocab))
+        PieceStore(tokens, "train"), p.batch_size, tgt_len, p.seed, p.transpose, tuple(pitch_ranges(vocab))
     )
     val_stream = None
     if (Path(tokens) / "validation" / "index.json").is_file():
         val_store = PieceStore(tokens, "validation")
-        val_stream = SegmentStream(val_store, min(p.eval_batch_size, len(val_store)), cfg.tgt_len)  # rows need pieces
+        val_stream = SegmentStream(val_store, min(p.eval_batch_size, len(val_store)), tgt_len)  # rows need pieces
         val_stream.rows(0)  # a validation split too short for one segment fails now, not at the first evaluation
     decay = [q for q in model.parameters() if q.dim() >= 2]
     no_decay = [q for q in model.parameters() if q.dim() < 2]
@@ -270,81 +263,69 @@ def train(
         fused=use_cuda or None,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, p))
+    mems = [None] * p.grad_accum
+    return _Run(p, rank, world, device, model, optimizer, scheduler, stream, val_stream, mems=mems)
 
-    step, epoch, segment, metrics = 0, 0, 0, {}
-    chunks = p.grad_accum
-    mems: list = [None] * chunks
-    ckpt_path = Path(checkpoints) / "last.pt"
-    identity = {**asdict(cfg), "data": tokens_fingerprint(tokens)}
-    compared = {k: v for k, v in asdict(p).items() if k != "cpu_limits"}  # their effect is in the values themselves
+
+def _resume(run: _Run, ckpt_path: Path, identity: dict, compared: dict) -> bool:
+    """Restore `run` from the checkpoint when it holds an unfinished run of the same config, params and data."""
     state = load_checkpoint(ckpt_path, identity, compared)
-    if state is not None and state["step"] >= p.steps:
+    if state is not None and state["step"] >= run.p.steps:
         # The stage reruns only when something changed (code, or forced): a finished run is trained again.
         print(f"train: {ckpt_path} holds a finished run; training afresh", flush=True)
         state = None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, epoch, segment, metrics = state["step"], state["epoch"], state["segment"], dict(state["metrics"])
-        if len(state["mems"]) != world:
-            raise PipelineError(f"{ckpt_path} was written by {len(state['mems'])} process(es); resume with as many")
-        mems = [None if m is None else [t.to(device) for t in m] for m in state["mems"][rank]]
-        torch.set_rng_state(state["rng"][rank]["cpu"])
-        if use_cuda and state["rng"][rank]["cuda"] is not None:
-            torch.cuda.set_rng_state(state["rng"][rank]["cuda"], device)
-        if rank == 0:
-            print(f"train: resuming from {ckpt_path} at step {step}", flush=True)
+    if state is None:
+        return False
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.step, run.epoch, run.segment = state["step"], state["epoch"], state["segment"]
+    run.metrics = dict(state["metrics"])
+    if len(state["mems"]) != run.world:
+        raise PipelineError(f"{ckpt_path} was written by {len(state['mems'])} process(es); resume with as many")
+    run.mems = [None if m is None else [t.to(run.device) for t in m] for m in state["mems"][run.rank]]
+    torch.set_rng_state(state["rng"][run.rank]["cpu"])
+    if run.device.type == "cuda" and state["rng"][run.rank]["cuda"] is not None:
+        torch.cuda.set_rng_state(state["rng"][run.rank]["cuda"], run.device)
+    if run.rank == 0:
+        print(f"train: resuming from {ckpt_path} at step {run.step}", flush=True)
+    return True
 
-    forward = torch.compile(model) if p.compile else model
-    ddp = (
-        torch.nn.parallel.DistributedDataParallel(forward, device_ids=[local_rank] if use_cuda else None)
-        if world > 1
-        else forward
-    )
-    tokens_per_step, num_params = p.batch_size * cfg.tgt_len, model.num_params()
-    live = _live(live_dir, resume_step=step if state is not None else None) if rank == 0 else None
-    if live is not None and state is not None:
-        _log(live, step, metrics, num_params, tokens_per_step, plot=False)  # not the killed run's later values
-    if live is not None:
-        live.log_params({"model": asdict(cfg), "train": asdict(p), "device": device.type, "processes": world})
 
-    def save() -> None:
-        training = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "config": identity,
-            "params": compared,
-            "step": step,
-            "epoch": epoch,
-            "segment": segment,
-            "metrics": metrics,
-        }
-        write_checkpoint(ckpt_path, training, mems, rank, world, device)
-
+def _loop(
+    run: _Run,
+    forward: torch.nn.Module,
+    save: Callable[[], None],
+    log: Callable[[dict], None],
+    on_step: Callable[[int], None] | None,
+) -> bool:
+    """Train to train.steps, or until SIGTERM or SIGINT; return whether it was stopped before the end."""
+    p, rank, world = run.p, run.rank, run.world
     stop = _Stop()
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    progress = _Progress(p.steps, step, tokens_per_step)
+    progress = Progress(p.steps, run.step, p.batch_size * run.model.cfg.tgt_len)
+    stopping = False
     try:
-        stopping = False
-        while step < p.steps and not stopping:
-            for k, x, y in stream.batches(epoch, segment):
-                x, y = to_device(x[rank::world], device), to_device(y[rank::world], device)
-                loss = train_step(ddp, model, optimizer, x, y, mems, p.clip, device, distributed=world > 1)
-                scheduler.step()
-                step, segment = step + 1, k + 1  # the next segment to train on, as a checkpoint records
-                logged = {}
+        while run.step < p.steps and not stopping:
+            for k, x, y in run.stream.batches(run.epoch, run.segment):
+                x, y = to_device(x[rank::world], run.device), to_device(y[rank::world], run.device)
+                loss = train_step(
+                    forward, run.model, run.optimizer, x, y, run.mems, p.clip, run.device, distributed=world > 1
+                )
+                run.scheduler.step()
+                run.step, run.segment = run.step + 1, k + 1  # the next segment to train on, as a checkpoint records
+                step, logged = run.step, {}
                 if step % p.log_interval == 0 or step == p.steps:  # the only host syncs, so the GPU is never idle
-                    metrics["train/loss"], stopping = _agree(loss, stop.requested, world)
+                    run.metrics["train/loss"], stopping = _agree(loss, stop.requested, world)
                     if rank == 0:
-                        progress.update(step, metrics["train/loss"], scheduler.get_last_lr()[0])
-                        logged["train/loss"] = metrics["train/loss"]
-                if val_stream is not None and rank == 0 and (step % p.eval_interval == 0 or step == p.steps):
-                    metrics["val/nll"] = logged["val/nll"] = evaluate(model, val_stream, p.eval_segments, device)
-                    progress.line(f"step {step}: validation NLL {metrics['val/nll']:.4f} nats/token")
-                if live is not None and logged:
-                    _log(live, step, logged, num_params, tokens_per_step)
+                        progress.update(step, run.metrics["train/loss"], run.scheduler.get_last_lr()[0])
+                        logged["train/loss"] = run.metrics["train/loss"]
+                if run.val_stream is not None and rank == 0 and (step % p.eval_interval == 0 or step == p.steps):
+                    nll = evaluate(run.model, run.val_stream, p.eval_segments, run.device)
+                    run.metrics["val/nll"] = logged["val/nll"] = nll
+                    progress.line(f"step {step}: validation NLL {nll:.4f} nats/token")
+                if logged:
+                    log(logged)
                 if on_step is not None:
                     on_step(step)
                 stopping = stopping or (stop.requested and world == 1)  # many processes agree at log steps only
@@ -353,67 +334,68 @@ def train(
                 if step >= p.steps or stopping:
                     break
             else:
-                epoch, segment, mems = epoch + 1, 0, [None] * chunks
+                run.epoch, run.segment, run.mems = run.epoch + 1, 0, [None] * p.grad_accum
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if stopping and step < p.steps:
-        if rank == 0:
-            progress.line(f"train: stopped at step {step}; {ckpt_path} holds everything to resume")
-        return {"interrupted": True, "step": step}
-    if rank == 0:
-        export_model(model, Path(model_out))
+    return stopping and run.step < p.steps
+
+
+def train(
+    tokens: Path,
+    checkpoints: Path,
+    model_out: Path,
+    live_dir: Path | None,
+    model_params: dict,
+    p: TrainParams,
+    on_step: Callable[[int], None] | None = None,
+) -> dict:
+    """Train, resuming from checkpoints/last.pt when it matches; return the final metrics (rank 0's)."""
+    run = _setup(tokens, model_params, p)
+    p, cfg, rank, world = run.p, run.model.cfg, run.rank, run.world
+    ckpt_path = Path(checkpoints) / "last.pt"
+    identity = {**asdict(cfg), "data": tokens_fingerprint(tokens)}
+    compared = {k: v for k, v in asdict(p).items() if k not in ("cpu_limits", "cpu_lr")}  # their effect is in p
+    resumed = _resume(run, ckpt_path, identity, compared)
+
+    forward = torch.compile(run.model) if p.compile else run.model
+    if world > 1:
+        device_ids = [run.device.index] if run.device.type == "cuda" else None
+        forward = torch.nn.parallel.DistributedDataParallel(forward, device_ids=device_ids)
+    tokens_per_step, num_params = p.batch_size * cfg.tgt_len, run.model.num_params()
+    live = open_live(live_dir, resume_step=run.step if resumed else None) if rank == 0 else None
+    if live is not None:
+        if resumed:  # the checkpoint's values, not those a killed run logged after it
+            log_metrics(live, run.step, run.metrics, num_params, tokens_per_step, plot=False)
+        live.log_params({"model": asdict(cfg), "train": asdict(p), "device": run.device.type, "processes": world})
+
+    def save() -> None:
+        training = {
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "config": identity,
+            "params": compared,
+            "step": run.step,
+            "epoch": run.epoch,
+            "segment": run.segment,
+            "metrics": run.metrics,
+        }
+        write_checkpoint(ckpt_path, training, run.mems, rank, world, run.device)
+
+    def log(logged: dict) -> None:
         if live is not None:
-            _log(live, step, metrics, num_params, tokens_per_step, plot=False)  # the summary, even if no step ran
+            log_metrics(live, run.step, logged, num_params, tokens_per_step)
+
+    if _loop(run, forward, save, log, on_step):
+        if rank == 0:
+            print(f"train: stopped at step {run.step}; {ckpt_path} holds everything to resume", flush=True)
+        return {"interrupted": True, "step": run.step}
+    if rank == 0:
+        export_model(run.model, Path(model_out))
+        if live is not None:  # the summary, even if no step ran
+            log_metrics(live, run.step, run.metrics, num_params, tokens_per_step, plot=False)
             live.end()
     if world > 1:
         dist.barrier()
-    return {"step": step, **metrics}
-
-
-def _live(live_dir: Path | None, resume_step: int | None):  # noqa: ANN202 (a dvclive.Live, or None)
-    """DVCLive logging into live_dir: afresh, or continuing the history of a resumed run from its checkpoint step."""
-    if live_dir is None:
-        return None
-    try:
-        from dvclive import Live
-    except ImportError:
-        print("train: dvclive is not installed; metrics are printed only")
-        return None
-    if resume_step is not None:
-        trim_history(Path(live_dir) / "plots" / "metrics", resume_step)
-    return Live(dir=str(live_dir), resume=resume_step is not None, dvcyaml=None, save_dvc_exp=False)
-
-
-def trim_history(plots: Path, step: int) -> None:
-    """Drop metric rows after `step` (logged after the last checkpoint by a run that was killed), atomically.
-
-    A row cut short by the kill, or otherwise unreadable, is dropped too.
-    """
-    for tsv in sorted(plots.rglob("*.tsv")):
-        lines = tsv.read_text().splitlines(keepends=True)
-        header = lines[0].rstrip("\n").split("\t") if lines else []
-        if "step" not in header:
-            continue
-        column, kept = header.index("step"), lines[:1]
-        for line in lines[1:]:
-            cells = line.rstrip("\n").split("\t")
-            if (
-                line.endswith("\n")
-                and len(cells) == len(header)
-                and cells[column].isdigit()
-                and int(cells[column]) <= step
-            ):
-                kept.append(line)
-        if len(kept) < len(lines):
-            atomic_write_text(tsv, "".join(kept))
-
-
-def _log(live, step: int, logged: dict, num_params: int, tokens_per_step: int, plot: bool = True) -> None:  # noqa: ANN001
-    """Plot points for this step, and a summary that also says the model's size and the tokens seen so far."""
-    live.step = step
-    for name, value in logged.items():
-        live.log_metric(name, value, plot=plot)
-    live.summary["num_params"] = num_params
-    live.summary["tokens_seen"] = step * tokens_per_step
-    live.make_summary()
+    return {"step": run.step, **run.metrics}

@@ -120,8 +120,9 @@ def real_events(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def write_tokens(folder: Path, pieces: dict[str, list[np.ndarray]]) -> Path:
-    """A token folder as the tokenize stage writes it: vocab.json, and per split one shard and index.json."""
+def write_tokens(folder: Path, pieces: dict[str, list[np.ndarray]], composers: tuple[str, ...] = ("A", "B")) -> Path:
+    """A token folder as the tokenize stage writes it: vocab.json, and per split one shard and index.json (composers
+    taken in turn from `composers`, a second of music per ten tokens)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps(vocab()))
     for split, arrays in pieces.items():
@@ -136,6 +137,8 @@ def write_tokens(folder: Path, pieces: dict[str, list[np.ndarray]]) -> Path:
             "shard": [0] * len(tokens),
             "start": starts,
             "length": lengths,
+            "composer": [composers[i % len(composers)] for i in range(len(tokens))],
+            "seconds": [n / 10 for n in lengths],
         }
         (folder / split / "index.json").write_text(json.dumps(index))
     return folder

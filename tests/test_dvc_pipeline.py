@@ -90,8 +90,10 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     source = few_real_pieces(tmp_path)
     set_params(project, "data", source=str(source), sha256="", size="")
     set_params(project, "train", cpu_limits=TINY_CPU_LIMITS, eval_interval=3, eval_segments=2, log_interval=1)
+    set_params(project, "evaluate", cpu_limits={"tgt_len": 64, "mem_len": 64})
     first = sh(["dvc", "repro"], project)
-    assert "on CPU, so train.cpu_limits lowers n_layer 12 → 3" in first.stdout
+    assert "on CPU, so train.cpu_limits and train.cpu_lr set n_layer 12 → 3" in first.stdout
+    assert "evaluate: the data has no test split" in first.stdout
     pieces = pq.read_table(project / "data" / "events" / "pieces.parquet")
     assert pieces.num_rows == 3
     metrics = json.loads((project / "reports" / "metrics" / "parse.json").read_text())
@@ -107,6 +109,10 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     assert (config["n_layer"], config["d_model"], config["d_head"]) == (3, 32, 16)
     assert (project / "data" / "checkpoints" / "last.pt").is_file()
     weights = torch.load(project / "data" / "model" / "model.pt", weights_only=True)
+    scored = json.loads((project / "reports" / "metrics" / "eval.json").read_text())
+    validation_tokens = sum(json.loads((tokens / "validation" / "index.json").read_text())["length"])
+    assert list(scored) == ["validation"] and scored["validation"]["tokens"] == validation_tokens - 1
+    assert set(scored["validation"]["baselines"]) == {"uniform", "unigram", "kneser_ney"}
 
     again = sh(["dvc", "repro"], project)
     assert "Running stage" not in again.stdout
@@ -125,6 +131,10 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     experiments = json.loads(sh(["dvc", "exp", "show", "--json"], project).stdout)
     text = json.dumps(experiments)
     assert '"workers": 1' in text and '"parsed": 3' in text and '"n_layer": 2' in text
+    rescored = json.loads((project / "reports" / "metrics" / "eval.json").read_text())
+    assert rescored["validation"]["nll"] != scored["validation"]["nll"] and '"kneser_ney"' in text
+    diff = json.loads(sh(["dvc", "metrics", "diff", "--json"], project).stdout)
+    assert "validation.nll" in diff["reports/metrics/eval.json"]
     smaller = json.loads((project / "reports" / "train" / "metrics.json").read_text())
     assert smaller["num_params"] < trained["num_params"] and f'"num_params": {smaller["num_params"]}' in text
     assert json.loads((project / "data" / "model" / "config.json").read_text())["n_layer"] == 2

@@ -54,7 +54,14 @@ def test_shards_index_and_vocab(parsed, tmp_path):
     assert len(index["piece_id"]) == 4 * 3  # each train piece in three tempos
     assert sorted(set(index["stretch"])) == [0.95, 1.0, 1.05]
     assert len(shards) > 1 and all(s.dtype == np.uint16 and len(s) <= 400 for s in shards.values())
-    for piece_id, stretch, shard, start, length in zip(*index.values(), strict=True):
+    import pyarrow.parquet as pq
+
+    pieces = pq.read_table(validated / "pieces.parquet").to_pandas().set_index("piece_id")
+    columns = ("piece_id", "stretch", "shard", "start", "length", "composer", "seconds")
+    assert sorted(index) == sorted(columns)
+    for piece_id, stretch, shard, start, length, composer, seconds in zip(*map(index.get, columns), strict=True):
+        assert composer == pieces.loc[piece_id, "composer"]
+        assert seconds == pytest.approx(pieces.loc[piece_id, "file_duration"] * stretch)
         tokens = np.asarray(shards[shard][start : start + length])
         assert tokens[0] == PIECE_START and tokens[-1] == PIECE_END
         notes = decode(tokens)

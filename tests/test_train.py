@@ -37,6 +37,7 @@ def params(**overrides) -> TrainParams:  # noqa: ANN003
         log_interval=1000,
         transpose=2,
         device="cpu",
+        cpu_lr=None,
     )
     return TrainParams(**{**base, **overrides})
 
@@ -192,6 +193,8 @@ def test_cpu_limits_cap_the_configured_size():
     assert (q.steps, q.batch_size) == (50, 4)  # a value already below its limit stays
     assert lowered == ["n_layer 6 → 3", "d_model 64 → 32", "steps 100 → 50"]
     assert limit_for_cpu(model, params())[0] == model
+    _, q, changed = limit_for_cpu(model, params(lr=3e-4, cpu_lr=1e-3))  # the one value a CPU run may raise
+    assert q.lr == 1e-3 and changed == ["lr 0.0003 → 0.001 (train.cpu_lr)"]
     with pytest.raises(PipelineError, match="unknown keys n_layers"):
         limit_for_cpu(model, params(cpu_limits={"n_layers": 2}))
 

@@ -1,0 +1,190 @@
+"""The evaluate stage: Transformer-XL's protocol against independent forward passes, the metrics file, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, write_tokens
+
+from model import TransformerXL, TransformerXLConfig
+from pipeline.checkpoint import export_model
+from pipeline.errors import PipelineError
+from pipeline.evaluate import HELD_OUT, EvaluateParams, evaluate, limit_for_cpu, score_pieces
+from pipeline.ngram import KneserNey, unigram_log_probs
+from pipeline.tokenizer import PIECE_END, PIECE_START, VOCAB_SIZE
+
+
+def tiny_model(**overrides) -> TransformerXL:  # noqa: ANN003
+    torch.manual_seed(0)
+    cfg = dict(n_layer=2, d_model=32, n_head=4, d_head=8, d_inner=64, dropout=0.0, tgt_len=8, mem_len=8)
+    model = TransformerXL(TransformerXLConfig(vocab_size=VOCAB_SIZE, **{**cfg, **overrides})).eval()
+    with torch.no_grad():  # global biases away from zero, so that both take part
+        model.r_w_bias.normal_(0, 0.5)
+        model.r_r_bias.normal_(0, 0.5)
+    return model
+
+
+def random_pieces(seed: int, count: int, low: int = 5, high: int = 60) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [
+        np.concatenate([[PIECE_START], rng.integers(0, 388, size=int(n)), [PIECE_END]]).astype(np.int64)
+        for n in rng.integers(low, high, size=count)
+    ]
+
+
+def one_pass_nll(model: TransformerXL, piece: np.ndarray) -> np.ndarray:
+    """Per-token NLL from one forward pass over the whole piece, with no memory."""
+    x = torch.from_numpy(piece[None, :-1])
+    with torch.no_grad():
+        logits, _, _ = model(x)
+    log_probs = torch.log_softmax(logits.float(), -1)[0]
+    return -log_probs.gather(-1, torch.from_numpy(piece[1:])[:, None])[:, 0].double().numpy()
+
+
+def test_pieces_that_fit_one_window_score_as_one_forward_pass_each():
+    model = tiny_model()
+    pieces = random_pieces(1, 7)
+    scores = score_pieces(model, pieces, tgt_len=64, batch_size=3)  # every piece fits one segment
+    for piece, nll, correct in zip(pieces, scores.nll, scores.correct, strict=True):
+        assert len(nll) == len(correct) == len(piece) - 1  # every token after PIECE_START, once
+        np.testing.assert_allclose(nll, one_pass_nll(model, piece), rtol=1e-5, atol=1e-5)
+
+
+def test_segments_with_a_long_memory_equal_a_single_pass_and_batching_changes_nothing():
+    model = tiny_model()
+    model.cfg = dataclasses.replace(model.cfg, mem_len=128)  # longer than any piece: nothing is forgotten
+    pieces = random_pieces(2, 9)
+    alone = score_pieces(model, pieces, tgt_len=7, batch_size=1)
+    batched = score_pieces(model, pieces, tgt_len=7, batch_size=4)  # pieces of unequal length side by side
+    for piece, a, b in zip(pieces, alone.nll, batched.nll, strict=True):
+        np.testing.assert_allclose(a, one_pass_nll(model, piece), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    assert [c.tolist() for c in alone.correct] == [c.tolist() for c in batched.correct]
+
+
+def test_a_short_memory_forgets_what_a_long_one_remembers():
+    model = tiny_model()
+    piece = random_pieces(3, 1, low=50, high=51)
+    short = score_pieces(model, piece, tgt_len=5, batch_size=1).nll[0]
+    np.testing.assert_allclose(short[:10], one_pass_nll(model, piece[0])[:10], rtol=1e-5, atol=1e-5)  # mem 8 + 5
+    assert not np.allclose(short[20:], one_pass_nll(model, piece[0])[20:], atol=1e-4)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Token splits (train with a stretched copy of each piece, validation) and a tiny trained-shape model."""
+    rng = np.random.default_rng(5)
+    phrase = rng.integers(0, 388, size=12)
+    train = [np.tile(phrase, 4) for _ in range(6)]
+    validation = [np.concatenate([np.tile(phrase, 2), rng.integers(0, 388, size=9)]) for _ in range(5)]
+    tokens = write_tokens(tmp_path / "tokens", {"train": train, "validation": validation})
+    index = json.loads((tokens / "train" / "index.json").read_text())
+    index["stretch"] = [1.0, 1.05] * 3  # the baselines must see only the unstretched half
+    (tokens / "train" / "index.json").write_text(json.dumps(index))
+    export_model(tiny_model(), tmp_path / "model")
+    return tmp_path
+
+
+def params(**overrides) -> EvaluateParams:  # noqa: ANN003
+    return EvaluateParams(**{**dict(tgt_len=16, mem_len=64, batch_size=2, ngram_order=3, device="cpu"), **overrides})
+
+
+def test_the_stage_writes_every_figure_of_the_validation_split(folder, capsys):
+    result = evaluate(folder / "tokens", folder / "model", folder / "eval.json", params())
+    assert "the data has no test split" in capsys.readouterr().out  # reported, not an error
+    assert json.loads((folder / "eval.json").read_text()) == result and list(result) == ["validation"]
+    m = result["validation"]
+    index = json.loads((folder / "tokens" / "validation" / "index.json").read_text())
+    pieces = [
+        np.load(folder / "tokens" / "validation" / "shard-00000.npy")[s : s + n].astype(np.int64)
+        for s, n in zip(index["start"], index["length"], strict=True)
+    ]
+    model = tiny_model()
+    model.cfg = dataclasses.replace(model.cfg, mem_len=64, same_length=True)
+    per_piece = [one_pass_nll(model, p) for p in pieces]  # every piece fits mem_len + tgt_len
+    nll = np.concatenate(per_piece)
+    assert m["tokens"] == len(nll) == sum(index["length"]) - len(pieces)
+    assert m["nll"] == pytest.approx(nll.mean(), abs=1e-4)
+    assert m["bits_per_token"] == pytest.approx(nll.mean() / math.log(2), abs=1e-4)
+    assert m["perplexity"] == pytest.approx(math.exp(nll.mean()), rel=1e-4)
+    assert m["seconds"] == pytest.approx(sum(index["seconds"]))
+    assert m["nats_per_second"] == pytest.approx(nll.sum() / sum(index["seconds"]), rel=1e-4)
+    assert 0 <= m["accuracy"] <= 1
+    composers = {
+        c: np.concatenate([n for n, k in zip(per_piece, index["composer"], strict=True) if k == c])
+        for c in set(index["composer"])
+    }
+    assert m["by_composer"] == pytest.approx({c: v.mean() for c, v in composers.items()}, abs=1e-4)
+
+    # Baselines: fit on the unstretched train copies only, scored on the same tokens.
+    train_index = json.loads((folder / "tokens" / "train" / "index.json").read_text())
+    shard = np.load(folder / "tokens" / "train" / "shard-00000.npy").astype(np.int64)
+    kept = [
+        shard[s : s + n]
+        for s, n, f in zip(train_index["start"], train_index["length"], train_index["stretch"], strict=True)
+        if f == 1.0
+    ]
+    corpus, lengths = np.concatenate(kept), np.array([len(p) for p in kept])
+    kn = KneserNey(3, VOCAB_SIZE, PIECE_START).fit(corpus, lengths)
+    held_out, held_lengths = np.concatenate(pieces), np.array([len(p) for p in pieces])
+    unigram = unigram_log_probs(corpus, lengths, VOCAB_SIZE)
+    assert m["baselines"]["kneser_ney"] == pytest.approx(-kn.log_probs(held_out, held_lengths).mean(), abs=1e-5)
+    assert m["baselines"]["unigram"] == pytest.approx(
+        -np.concatenate([unigram[p[1:]] for p in pieces]).mean(), abs=1e-5
+    )
+    assert m["baselines"]["uniform"] == pytest.approx(math.log(VOCAB_SIZE))
+    assert m["baselines"]["kneser_ney"] < 2.0 < m["baselines"]["unigram"]  # the repeated phrase is predictable
+
+
+def test_a_test_split_is_scored_when_the_data_has_one(folder):
+    bodies = {split: [p[1:-1] for p in random_pieces(seed, 3)] for seed, split in enumerate(HELD_OUT + ("train",))}
+    result = evaluate(write_tokens(folder / "tokens2", bodies), folder / "model", folder / "eval.json", params())
+    assert list(result) == ["validation", "test"]
+    assert result["test"]["tokens"] == sum(len(p) + 1 for p in bodies["test"])  # PIECE_START ... PIECE_END
+
+
+def test_bad_input_is_a_clear_error(folder, tmp_path):
+    with pytest.raises(PipelineError, match="no trained model there"):
+        evaluate(folder / "tokens", tmp_path / "nowhere", folder / "eval.json", params())
+    write_tokens(folder / "only-train", {"train": random_pieces(9, 3)})
+    with pytest.raises(PipelineError, match="no validation split"):
+        evaluate(folder / "only-train", folder / "model", folder / "eval.json", params())
+    with pytest.raises(PipelineError, match="out of range"):
+        evaluate(folder / "tokens", folder / "model", folder / "eval.json", params(tgt_len=0))
+    assert not (folder / "eval.json").exists()  # nothing half-written
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "evaluate",
+            "--tokens",
+            str(folder / "tokens"),
+            "--model",
+            str(tmp_path / "nowhere"),
+            "--metrics",
+            str(folder / "eval.json"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "no trained model there" in result.stderr
+
+
+def test_cpu_limits_cap_the_evaluation(capsys):
+    p = limit_for_cpu(EvaluateParams(tgt_len=512, mem_len=2048, cpu_limits={"tgt_len": 128, "mem_len": "4096"}))
+    assert (p.tgt_len, p.mem_len) == (128, 2048)
+    assert "tgt_len 512 → 128" in capsys.readouterr().out
+    with pytest.raises(PipelineError, match="unknown evaluate.cpu_limits params: memory"):
+        limit_for_cpu(EvaluateParams(cpu_limits={"memory": 1}))
