@@ -33,6 +33,7 @@ bench: setup
 	python benchmarks/parse.py
 	python benchmarks/tokenizer.py
 	python benchmarks/train.py
+	python benchmarks/evaluate.py
 
 clean:
 	rm -rf $(VENV)

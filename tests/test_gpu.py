@@ -52,3 +52,16 @@ def test_the_train_stage_learns_on_cuda_with_bf16_and_compile(tmp_path):
     p.transpose, p.device, p.compile = 0, "cuda", True
     result = train(tokens, tmp_path / "ckpt", tmp_path / "model", None, model, p)
     assert result["val/nll"] < 0.2  # from ln(390) = 5.97; the CPU run of this test reaches < 0.1
+
+
+def test_evaluation_on_cuda_gives_the_cpus_scores(monkeypatch):
+    from test_evaluate import random_pieces, tiny_model
+
+    from pipeline.evaluate import score_pieces
+
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # evaluation is float32 throughout
+    pieces = random_pieces(4, 6, low=100, high=300)
+    on_cpu = score_pieces(tiny_model(), pieces, tgt_len=64, batch_size=4)
+    on_gpu = score_pieces(tiny_model().cuda(), pieces, tgt_len=64, batch_size=4)
+    for a, b in zip(on_cpu.nll, on_gpu.nll, strict=True):
+        torch.testing.assert_close(torch.from_numpy(b), torch.from_numpy(a), rtol=1e-4, atol=1e-4)

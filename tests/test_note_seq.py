@@ -156,4 +156,3 @@ def test_tricky_files_encode_exactly_as_note_seq(tmp_path, name, tpq):
     theirs = magenta_tokens(path)
     assert len(theirs) > 2
     np.testing.assert_array_equal(our_tokens(path), theirs)
-

@@ -139,8 +139,8 @@ def test_decoding_malformed_sequences():
     assert notes["pitch"].tolist() == [60, 62] and notes["velocity"].tolist() == [41, 41]
 
 
-def token_names(tokens: np.ndarray) -> list[str]:
-    """Tokens as short readable names: S, E, on60, off60, shift25 (steps), vel20 (bin)."""
+def token_names(tokens: np.ndarray) -> str:
+    """Tokens as short readable names: S, E, on60, off60, shift25 (steps), vel20 (bin), space-separated."""
     names = []
     for t in tokens.tolist():
         if t in (PIECE_START, PIECE_END):
@@ -151,7 +151,7 @@ def token_names(tokens: np.ndarray) -> list[str]:
             names.append(f"off{t - NOTE_OFF}")
         else:
             names.append(f"shift{t - TIME_SHIFT + 1}" if t < VELOCITY else f"vel{t - VELOCITY}")
-    return names
+    return " ".join(names)
 
 
 def test_long_gaps_become_several_shifts_and_velocity_only_when_its_bin_changes():
@@ -161,7 +161,7 @@ def test_long_gaps_become_several_shifts_and_velocity_only_when_its_bin_changes(
     assert token_names(tokens) == (
         "S vel20 on60 shift25 off60 shift100 shift100 shift25 on62 on64 shift25 off62 off64 shift25 vel4 on65 shift25 "
         "off65 E"
-    ).split()
+    )
 
 
 def test_magenta_rounding_and_order_within_a_step():
@@ -176,7 +176,7 @@ def test_magenta_rounding_and_order_within_a_step():
     assert token_names(tokens) == (
         "S shift13 vel15 on70 shift37 off70 shift50 on64 on60 on62 shift50 off64 off60 shift10 off62 shift40 on72 "
         "shift1 off72 E"
-    ).split()
+    )
 
 
 def test_quantize_rounds_half_up_and_gives_every_note_a_step():
