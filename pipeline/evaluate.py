@@ -34,7 +34,7 @@ class EvaluateParams:
     """The `evaluate:` section of params.yaml."""
 
     tgt_len: int = 512  # tokens scored per forward pass
-    mem_len: int = 2048  # hidden states kept per layer: longer than in training, as Transformer-XL evaluates
+    mem_len: int = 1024  # hidden states kept per layer: twice the training memory
     same_length: bool = True  # every query sees mem_len keys
     clamp_len: int = -1  # relative distances beyond this share one encoding (-1: none)
     batch_size: int = 16  # pieces scored side by side

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -123,3 +124,14 @@ def test_training_needs_only_torch_numpy_and_typer(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "dvclive is not installed; metrics are printed only" in result.stdout
     assert (tmp_path / "model" / "model.pt").is_file() and not (tmp_path / "live").exists()
+
+
+@pytest.mark.parametrize("section", ["train", "evaluate"])
+def test_a_stage_run_without_params_yaml_gets_params_yamls_values(section):
+    """The dataclass defaults (what a stage called from Python gets) are params.yaml's values."""
+    from pipeline.evaluate import EvaluateParams
+
+    cls = {"train": TrainParams, "evaluate": EvaluateParams}[section]
+    values = typed(cls, yaml.safe_load((ROOT / "params.yaml").read_text())[section], section)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.name != "cpu_limits"}
+    assert {k: v for k, v in values.items() if k != "cpu_limits"} == defaults
