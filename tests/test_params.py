@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -104,7 +105,7 @@ class Block(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         if name.split(".")[0] in {blocked!r}:
             return importlib.machinery.ModuleSpec(name, self)
     def create_module(self, spec):
-        raise ImportError(f"{{spec.name}} is blocked: the train path must not need it")
+        raise ImportError(f"{{spec.name}} is blocked: the train and evaluate paths must not need it")
 sys.meta_path.insert(0, Block())
 sys.argv = ["maestro-xl", *{args!r}]
 from pipeline.cli import app
@@ -112,18 +113,26 @@ app()
 """
 
 
-def test_training_needs_only_torch_numpy_and_typer(tmp_path):
+def test_training_and_evaluation_need_only_torch_numpy_and_typer(tmp_path):
     tokens = repeating_corpus(tmp_path / "tokens")
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"model": TINY_MODEL, "train": {**params(steps=3).__dict__}}))
+    stages = {"model": TINY_MODEL, "train": {**params(steps=3).__dict__}, "evaluate": {"device": "cpu"}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(stages))
     blocked = {"yaml", "polars", "pyarrow", "symusic", "mido", "dvc", "dvclive", "great_expectations", "pandas"}
-    args = ["train", "--params", str(tmp_path / "p.yaml"), "--tokens", str(tokens)]
+    blocked |= {"scipy", "matplotlib", "pretty_midi", "note_seq", "nltk"}
+    common = ["--params", str(tmp_path / "p.yaml"), "--tokens", str(tokens)]
+    train_args = ["train", *common]
     for option, name in (("--checkpoints", "ckpt"), ("--out", "model"), ("--live", "live")):
-        args += [option, str(tmp_path / name)]
-    script = BLOCKER.format(blocked=sorted(blocked), args=args)
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "dvclive is not installed; metrics are printed only" in result.stdout
+        train_args += [option, str(tmp_path / name)]
+    evaluate_args = ["evaluate", *common, "--model", str(tmp_path / "model"), "--metrics", str(tmp_path / "e.json")]
+    outputs = []
+    for args in (train_args, evaluate_args):
+        script = BLOCKER.format(blocked=sorted(blocked), args=args)
+        result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        outputs.append(result.stdout)
+    assert "dvclive is not installed; metrics are printed only" in outputs[0]
     assert (tmp_path / "model" / "model.pt").is_file() and not (tmp_path / "live").exists()
+    assert "validation" in json.loads((tmp_path / "e.json").read_text())
 
 
 @pytest.mark.parametrize("section", ["train", "evaluate"])
