@@ -44,14 +44,15 @@ FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)  # KenLM's --discount_fallback, for counts 
 
 def modified_discounts(counts: np.ndarray) -> np.ndarray:
     """[0, D1, D2, D3+] from the counts of counts n1..n4 (Chen & Goodman's eq. 26): Y = n1 / (n1 + 2 n2),
-    Dc = c - (c + 1) Y n(c+1) / nc. As in KenLM, where n1, n2 or n3 is zero or an estimate leaves [0, c], the
-    fallback discounts are used instead; they keep some mass for the order below, so no id has probability 0."""
+    Dc = c - (c + 1) Y n(c+1) / nc. As in KenLM, where n1, n2 or n3 is zero or an estimate leaves (0, c], the
+    fallback discounts are used instead. Every discount is then above zero, so every context keeps some mass for
+    the order below, and no id has probability 0."""
     n = [int(np.count_nonzero(counts == c)) for c in (1, 2, 3, 4)]
     if min(n[:3]) == 0:
         return np.array([0.0, *FALLBACK_DISCOUNTS])
     y = n[0] / (n[0] + 2 * n[1])
     estimates = [c - (c + 1) * y * n[c] / n[c - 1] for c in (1, 2, 3)]
-    if any(not 0 <= d <= c for c, d in zip((1, 2, 3), estimates, strict=True)):
+    if any(not 0 < d <= c for c, d in zip((1, 2, 3), estimates, strict=True)):  # a zero would give mass 0 below
         return np.array([0.0, *FALLBACK_DISCOUNTS])
     return np.array([0.0, *estimates])
 
@@ -125,11 +126,13 @@ class KneserNey:
         at = np.flatnonzero(pos >= 1)
         prob = np.full(len(at), 1.0 / self.vocab_size)
         for k, tables in enumerate(self.orders, start=1):
+            if len(tables.contexts) == 0:  # no piece of the train split was this long
+                continue
             use = np.flatnonzero(pos[at] >= k - 1)  # the context of k - 1 tokens lies within the piece
             grams = _gram_keys(tokens, at[use], k, self.vocab_size)
             context = _lookup(tables.contexts, np.arange(len(tables.contexts)), grams // self.vocab_size, -1)
             c = np.maximum(context, 0)
-            seen = (context >= 0) & (tables.totals[c] > 0) if len(tables.totals) else context >= 0
+            seen = (context >= 0) & (tables.totals[c] > 0)
             count = _lookup(tables.grams, tables.counts, grams)
             total = np.where(seen, tables.totals[c], 1.0)
             higher = (count - tables.discounts[np.minimum(count, 3)] + tables.backoff[c] * prob[use]) / total

@@ -159,10 +159,12 @@ def read_performance(path: Path | str, max_duration: float = 7200.0) -> Performa
     )
     if sum(int(np.count_nonzero(n["duration"] > 0)) for n in notes) == 0:
         raise UnreadableMidi("contains no notes")
-    # note-seq lifts a sustain pedal that is never lifted at its last note release or sustain event, of any track.
+    # note-seq lifts a sustain pedal that is never lifted at the last note release or sustain event of the file. Its
+    # reader keeps control events only in tracks that have a sounding note, drum tracks among them.
+    sounding = [t.controls.numpy() for t in score.tracks if np.any(t.notes.numpy()["duration"] > 0)]
     sustain_end = max(
         [int(np.max((n["time"] + n["duration"])[n["duration"] > 0], initial=0)) for n in notes]
-        + [int(np.max(c["time"][c["number"] == SUSTAIN], initial=0)) for c in controls]
+        + [int(np.max(c["time"][c["number"] == SUSTAIN], initial=0)) for c in sounding]
     )
     ends = {number: sustain_end if number == SUSTAIN else end for number in PEDALS}
     per_track = [_track_arrays(n, c, ends) for n, c in zip(notes, controls, strict=True)]

@@ -298,6 +298,7 @@ def _loop(
     save: Callable[[], None],
     log: Callable[[dict], None],
     on_step: Callable[[int], None] | None,
+    ckpt_path: Path,
 ) -> bool:
     """Train to train.steps, or until SIGTERM or SIGINT; return whether it was stopped before the end."""
     p, rank, world = run.p, run.rank, run.world
@@ -338,7 +339,10 @@ def _loop(
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    return stopping and run.step < p.steps
+    stopped = stopping and run.step < p.steps
+    if stopped and rank == 0:
+        progress.line(f"train: stopped at step {run.step}; {ckpt_path} holds everything to resume")
+    return stopped
 
 
 def train(
@@ -387,9 +391,7 @@ def train(
         if live is not None:
             log_metrics(live, run.step, logged, num_params, tokens_per_step)
 
-    if _loop(run, forward, save, log, on_step):
-        if rank == 0:
-            print(f"train: stopped at step {run.step}; {ckpt_path} holds everything to resume", flush=True)
+    if _loop(run, forward, save, log, on_step, ckpt_path):
         return {"interrupted": True, "step": run.step}
     if rank == 0:
         export_model(run.model, Path(model_out))

@@ -43,6 +43,17 @@ def test_discounts_follow_chen_and_goodman_and_fall_back_like_kenlm():
     np.testing.assert_allclose(modified_discounts(counts), expected, rtol=1e-12)
     assert modified_discounts(np.array([5, 7, 9])).tolist() == [0, 0.5, 1.0, 1.5]  # n1 = 0
     assert modified_discounts(np.array([1, 2, 3, 3, 3])).tolist() == [0, 0.5, 1.0, 1.5]  # D2 = 2 - 3·(1/3)·3 < 0
+    zero = np.array([1] * 6 + [2] * 3 + [3] * 4)  # D2 = 2 - 3·(1/2)·4/3 = 0: a context seen twice would keep no mass
+    assert modified_discounts(zero).tolist() == [0, 0.5, 1.0, 1.5]
+
+
+def test_no_id_gets_probability_zero_and_short_train_pieces_are_no_error():
+    # Context 1 is only ever followed by 2, twice; every other id must still be possible after it.
+    pieces = [[S, 1, 2], [S, 1, 2]] + [[S, 3, 3, 3, 3, 3, 3, 3]] * 3
+    for order in (2, 9):  # no train piece is long enough for order 9
+        model = KneserNey(order, 4, S).fit(*flat(pieces))
+        log_probs = model.log_probs(*flat([[S, *[3] * 9, 1, w] for w in range(4)]))  # longer than any train piece
+        assert np.all(np.isfinite(log_probs))
 
 
 def reference_kneser_ney(pieces: list[list[int]], order: int, vocab_size: int, start: int):  # noqa: ANN201

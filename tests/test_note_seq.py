@@ -156,3 +156,34 @@ def test_tricky_files_encode_exactly_as_note_seq(tmp_path, name, tpq):
     theirs = magenta_tokens(path)
     assert len(theirs) > 2
     np.testing.assert_array_equal(our_tokens(path), theirs)
+
+
+def random_performance(rng: np.random.Generator) -> list[list[tuple]]:
+    """One or two tracks of notes on a coarse grid, so that strikes, releases and pedal changes often share a tick;
+    some key presses last no time at all, and sometimes the tempo changes."""
+    grid = int(rng.choice([5, 10, 24]))
+    tracks = [[tempo(0, 500_000)] + ([tempo(int(rng.integers(1, 12)) * grid, 431_000)] if rng.random() < 0.3 else [])]
+    for _ in range(int(rng.integers(1, 3))):
+        events = []
+        for pitch in rng.choice(np.arange(58, 66), size=int(rng.integers(1, 5)), replace=False).tolist():
+            tick = int(rng.integers(0, 5)) * grid
+            while tick < 12 * grid:  # one pitch's notes follow each other: no pitch is struck twice while held
+                length = int(rng.integers(0, 6)) * grid
+                events += note(tick, tick + length, pitch, int(rng.integers(1, 128)))
+                tick += length + int(rng.integers(0, 4)) * grid
+        events += [pedal(int(rng.integers(0, 17)) * grid, int(rng.choice([0, 63, 64, 127]))) for _ in range(8)]
+        tracks.append(events)
+    return tracks
+
+
+def test_random_performances_encode_exactly_as_note_seq(tmp_path):
+    rng = np.random.default_rng(2024)
+    compared = 0
+    for k in range(150):
+        path = write_midi(tmp_path / f"r{k}.mid", random_performance(rng), tpq=480)
+        theirs = magenta_tokens(path)
+        if len(theirs) == 0:  # only zero-length presses: the project refuses such a file (no notes)
+            continue
+        np.testing.assert_array_equal(our_tokens(path), theirs, err_msg=f"random performance {k}")
+        compared += 1
+    assert compared > 120
