@@ -66,34 +66,26 @@ def score_pieces(model: TransformerXL, pieces: list[np.ndarray], tgt_len: int, b
     for first in range(0, len(order), batch_size):
         batch = order[first : first + batch_size]
         lengths = np.array([len(pieces[i]) - 1 for i in batch])  # scored tokens per row
-        width = int(lengths.max()) if len(batch) else 0
-        x = np.zeros((len(batch), width), np.int64)
+        width = int(lengths.max())
+        x, y = np.zeros((len(batch), width), np.int64), np.full((len(batch), width), -1, np.int64)  # -1: past the end
         for row, i in enumerate(batch):
-            x[row, : lengths[row]] = pieces[i][:-1]
-        x_all = torch.from_numpy(x).to(device)
-        row_nll, row_hit = torch.zeros(len(batch), width, device=device), torch.zeros(len(batch), width, device=device)
-        y_all = torch.from_numpy(_targets(pieces, batch, width)).to(device)
+            x[row, : lengths[row]], y[row, : lengths[row]] = pieces[i][:-1], pieces[i][1:]
+        x_all, y_all = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        row_nll = torch.zeros(len(batch), width, device=device)
+        row_hit = torch.zeros(len(batch), width, dtype=torch.bool, device=device)
         mems = None
         for start in range(0, width, tgt_len):
             alive = int(np.count_nonzero(lengths > start))  # rows are longest first: the live ones are a prefix
             mems = None if mems is None else [m[:alive] for m in mems]
             logits, _, mems = model(x_all[:alive, start : start + tgt_len], None, mems)
             log_probs = torch.log_softmax(logits.float(), dim=-1)
-            y = y_all[:alive, start : start + tgt_len]
-            row_nll[:alive, start : start + tgt_len] = -log_probs.gather(-1, y.clamp(min=0)[..., None])[..., 0]
-            row_hit[:alive, start : start + tgt_len] = (log_probs.argmax(-1) == y).float()
-        row_nll, row_hit = row_nll.cpu().numpy(), row_hit.cpu().numpy().astype(bool)
+            target = y_all[:alive, start : start + tgt_len]
+            row_nll[:alive, start : start + tgt_len] = -log_probs.gather(-1, target.clamp(min=0)[..., None])[..., 0]
+            row_hit[:alive, start : start + tgt_len] = log_probs.argmax(-1) == target
+        row_nll, row_hit = row_nll.cpu().numpy(), row_hit.cpu().numpy()
         for row, i in enumerate(batch):
             nll[i], correct[i] = row_nll[row, : lengths[row]].astype(np.float64), row_hit[row, : lengths[row]]
     return Scores(nll, correct)
-
-
-def _targets(pieces: list[np.ndarray], batch: list[int], width: int) -> np.ndarray:
-    """Next-token targets per row, -1 past the row's end."""
-    y = np.full((len(batch), width), -1, np.int64)
-    for row, i in enumerate(batch):
-        y[row, : len(pieces[i]) - 1] = pieces[i][1:]
-    return y
 
 
 def prepare_model(folder: Path, p: EvaluateParams, device: torch.device) -> TransformerXL:

@@ -149,9 +149,9 @@ def read_performance(path: Path | str, max_duration: float = 7200.0) -> Performa
     tpq = int(score.ticks_per_quarter)
     if tpq <= 0:
         raise UnreadableMidi(f"unsupported time division (ticks per quarter {tpq})")
-    tracks = [t for t in score.tracks if not t.is_drum]
-    notes = [t.notes.numpy() for t in tracks]
-    controls = [t.controls.numpy() for t in tracks]
+    every = [(t.is_drum, t.notes.numpy(), t.controls.numpy()) for t in score.tracks]  # each track converted once
+    notes = [n for drum, n, _ in every if not drum]
+    controls = [c for drum, _, c in every if not drum]
     end = max(
         [int(np.max(n["time"] + n["duration"], initial=0)) for n in notes]
         + [int(np.max(c["time"], initial=0)) for c in controls]
@@ -161,7 +161,7 @@ def read_performance(path: Path | str, max_duration: float = 7200.0) -> Performa
         raise UnreadableMidi("contains no notes")
     # note-seq lifts a sustain pedal that is never lifted at the last note release or sustain event of the file. Its
     # reader keeps control events only in tracks that have a sounding note, drum tracks among them.
-    sounding = [t.controls.numpy() for t in score.tracks if np.any(t.notes.numpy()["duration"] > 0)]
+    sounding = [c for _, n, c in every if np.any(n["duration"] > 0)]
     sustain_end = max(
         [int(np.max((n["time"] + n["duration"])[n["duration"] > 0], initial=0)) for n in notes]
         + [int(np.max(c["time"][c["number"] == SUSTAIN], initial=0)) for c in sounding]
