@@ -92,25 +92,95 @@ class RelPartialLearnableMultiHeadAttn(nn.Module):
         # qkv_net's rows are [q; k; v]: queries only for the segment, keys and values for memory and segment.
         hd = self.n_head * self.d_head
         w_head_q = F.linear(normed[:, -qlen:], self.qkv_net.weight[:hd]).view(b, qlen, self.n_head, self.d_head)
-        kv = F.linear(normed, self.qkv_net.weight[hd:]).view(b, cat.size(1), 2, self.n_head, self.d_head)
-        w_head_q = w_head_q.transpose(1, 2)  # [b, h, qlen, d]
-        w_head_k, w_head_v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # [b, h, klen, d]
+        w_head_k, w_head_v = self._keys_values(normed)  # [b, h, klen, d]
         r_head_k = self.r_net(r).view(-1, self.n_head, self.d_head)  # [klen, h, d]
+        attn_vec = self._attend(w_head_q.transpose(1, 2), w_head_k, w_head_v, r_head_k, r_w_bias, r_r_bias, attn_mask)
+        return self._output(w, attn_vec)
 
+    def step(
+        self, w: torch.Tensor, cache: DecodeCache, layer: int, r_w_bias: torch.Tensor, r_r_bias: torch.Tensor
+    ) -> torch.Tensor:
+        """forward() for one new position w [b, 1, d_model], with the memory's keys and values read from `cache`."""
+        normed = self.layer_norm(w) if self.pre_lnorm else w
+        # The whole qkv weight at once: autocast casts a weight that is no view once per region, not once per step.
+        qkv = F.linear(normed, self.qkv_net.weight).view(w.size(0), 1, 3, self.n_head, self.d_head).to(w.dtype)
+        w_head_q, w_head_k, w_head_v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # [b, h, 1, d]
+        keys, values = cache.append(layer, w_head_k, w_head_v)  # memory and this position: [b, h, klen, d]
+        r_head_k = cache.r_head_k[layer][-keys.size(2) :]  # distances klen-1 ... 0
+        # Attention stays in the residual stream's precision: it reads the memory, where bf16 buys nothing on a CPU.
+        with torch.autocast(w.device.type, enabled=False):
+            attn_vec = self._attend(w_head_q, keys, values, r_head_k, r_w_bias, r_r_bias, cache.attn_mask)
+        return self._output(w, attn_vec)
+
+    def _attend(self, q, k, v, r_head_k, r_w_bias, r_r_bias, attn_mask):  # noqa: ANN001, ANN202
+        """Attention of queries [b, h, qlen, d] over keys and values [b, h, klen, d]; the result is [b, h, qlen, d]."""
         # (b) + (d): content-independent and global position terms, shifted to key positions.
-        bd = torch.einsum("bhid,jhd->bhij", w_head_q + r_r_bias[:, None], r_head_k)
+        bd = torch.einsum("bhid,jhd->bhij", q + r_r_bias[:, None], r_head_k)
         bias = (_rel_shift(bd) * self.scale).masked_fill(attn_mask, float("-inf"))
         # (a) + (c): the content terms, with r_w_bias folded into the query.
-        attn_vec = F.scaled_dot_product_attention(
-            w_head_q + r_w_bias[:, None],
-            w_head_k,
-            w_head_v,
-            attn_mask=bias.to(w_head_q.dtype),
+        return F.scaled_dot_product_attention(
+            q + r_w_bias[:, None],
+            k,
+            v,
+            attn_mask=bias.to(q.dtype),
             dropout_p=self.dropatt if self.training else 0.0,
             scale=self.scale,
         )
+
+    def _output(self, w: torch.Tensor, attn_vec: torch.Tensor) -> torch.Tensor:
+        b, _, qlen, _ = attn_vec.shape
         attn_out = self.drop(self.o_net(attn_vec.transpose(1, 2).reshape(b, qlen, -1)))
         return w + attn_out if self.pre_lnorm else self.layer_norm(w + attn_out)
+
+    def project_memory(self, mem: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [b, h, mlen, d] of memory hidden states [b, mlen, d_model], as forward() computes them."""
+        return self._keys_values(self.layer_norm(mem) if self.pre_lnorm else mem)
+
+    def _keys_values(self, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, n, _ = normed.shape
+        kv = F.linear(normed, self.qkv_net.weight[self.n_head * self.d_head :]).view(b, n, 2, self.n_head, self.d_head)
+        return kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+
+
+class DecodeCache:
+    """What one-token decoding steps reuse: per layer, the keys and values of the memory and the projected encodings
+    of every distance (the paper's W_{k,R} R). A memory position's key and value depend only on its hidden state,
+    since positions enter through R and the two biases, so they are computed once and slide with the memory.
+
+    Each layer's keys live in a buffer twice the window long; the window moves along it and is copied back to the
+    front when it reaches the end, so a step costs O(1) copies, not O(mem_len).
+    """
+
+    def __init__(
+        self, keys: list[torch.Tensor], values: list[torch.Tensor], r_head_k: list[torch.Tensor], mem_len: int
+    ) -> None:
+        b, h, mlen, d = keys[0].shape
+        self.mem_len, self.length, self.start = mem_len, mlen, 0
+        self.r_head_k = r_head_k  # per layer [mem_len + 1, h, d]: distances mem_len ... 0
+        self.attn_mask = torch.zeros(1, mlen + 1, dtype=torch.bool, device=keys[0].device)  # set by each step
+        size = 2 * (mem_len + 1)
+        self.keys = [k.new_zeros(b, h, size, d) for k in keys]
+        self.values = [v.new_zeros(b, h, size, d) for v in values]
+        for buffer, kept in zip(self.keys + self.values, keys + values, strict=True):
+            buffer[:, :, :mlen] = kept
+
+    def append(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add this step's key and value [b, h, 1, d] to a layer's window; return the window (memory, then them)."""
+        end = self.start + self.length
+        self.keys[layer][:, :, end : end + 1] = key
+        self.values[layer][:, :, end : end + 1] = value
+        return self.keys[layer][:, :, self.start : end + 1], self.values[layer][:, :, self.start : end + 1]
+
+    def advance(self) -> None:
+        """After a step through every layer: the memory keeps its last mem_len positions."""
+        if self.length == self.mem_len:
+            self.start += 1
+        else:
+            self.length += 1
+        if self.start + self.length == self.keys[0].size(2):  # no room for the next step: move the window back
+            for buffer in self.keys + self.values:
+                buffer[:, :, : self.length] = buffer[:, :, self.start :].clone()
+            self.start = 0
 
 
 class PositionwiseFF(nn.Module):
@@ -144,6 +214,9 @@ class RelPartialLearnableDecoderLayer(nn.Module):
 
     def forward(self, w, r, r_w_bias, r_r_bias, attn_mask, mems):  # noqa: ANN001, ANN201, D102
         return self.pos_ff(self.dec_attn(w, r, r_w_bias, r_r_bias, attn_mask, mems))
+
+    def step(self, w, cache, layer, r_w_bias, r_r_bias):  # noqa: ANN001, ANN201, D102
+        return self.pos_ff(self.dec_attn.step(w, cache, layer, r_w_bias, r_r_bias))
 
 
 class TransformerXL(nn.Module):
@@ -225,6 +298,31 @@ class TransformerXL(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss, self._update_mems(hids, mems)
+
+    @torch.no_grad()
+    def decode_cache(self, mems: list[torch.Tensor]) -> DecodeCache:
+        """A cache for step(), holding the keys and values of `mems` (the memory forward() returns)."""
+        c = self.cfg
+        pos_seq = torch.arange(c.mem_len, -1, -1.0, device=mems[0].device, dtype=mems[0].dtype)
+        if c.clamp_len > 0:
+            pos_seq = pos_seq.clamp(max=c.clamp_len)
+        r = self.pos_emb(pos_seq)
+        attn = [layer.dec_attn for layer in self.layers]
+        with torch.autocast(mems[0].device.type, enabled=False):  # the cache keeps the memory's precision
+            keys, values = zip(*(a.project_memory(m) for a, m in zip(attn, mems, strict=False)), strict=True)
+            r_head_k = [a.r_net(r).view(-1, c.n_head, c.d_head) for a in attn]
+        return DecodeCache(list(keys), list(values), r_head_k, c.mem_len)
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, cache: DecodeCache) -> torch.Tensor:
+        """Logits [batch, vocab] for the next token after `tokens` [batch], one position past the cache, which moves
+        on by one: the incremental forward at a cost that does not grow with the memory's projections."""
+        cache.attn_mask = self._attn_mask(1, cache.length, tokens.device)
+        core_out = self.word_emb(tokens[:, None]) * self.emb_scale
+        for i, layer in enumerate(self.layers):
+            core_out = layer.step(core_out, cache, i, self.r_w_bias, self.r_r_bias)
+        cache.advance()
+        return F.linear(self.final_norm(core_out[:, 0]), self.word_emb.weight, self.out_bias)
 
     def num_params(self) -> int:
         """Trainable parameters (the tied output weight counted once)."""

@@ -199,3 +199,54 @@ def evaluate(
             f"{m['accuracy']:.3f}) over {m['tokens']:,} tokens; Kneser–Ney {b['kneser_ney']:.4f}, unigram "
             f"{b['unigram']:.4f}, uniform {b['uniform']:.4f}"
         )
+
+
+@app.command()
+def generate(
+    model: Annotated[Path, typer.Option(help="trained model folder (model.pt, config.json)")] = Path("data/model"),
+    primer: Annotated[Path | None, typer.Option(help="MIDI file whose opening the samples continue")] = None,
+    primer_seconds: Annotated[float | None, typer.Option(help="seconds of the primer to keep [10]")] = None,
+    seconds: Annotated[float | None, typer.Option(help="seconds of new music per sample [20]")] = None,
+    temperature: Annotated[float | None, typer.Option(help="softmax temperature, above 0 [1.0]")] = None,
+    top_k: Annotated[int | None, typer.Option(help="sample among the k likeliest tokens; 0 is off [0]")] = None,
+    top_p: Annotated[
+        float | None, typer.Option(help="nucleus: the likeliest tokens holding p, in (0, 1] [0.95]")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="sample i uses seed + i [1234]")] = None,
+    samples: Annotated[int | None, typer.Option(help="samples per primer [4]")] = None,
+    out: Annotated[Path, typer.Option(help="folder for sample-NN.mid/.png/.wav and samples.json")] = Path("samples"),
+    no_primer: Annotated[bool, typer.Option("--no-primer", help="leave the primer out of the output")] = False,
+    params: ParamsOption = Path("params.yaml"),
+    tokens: Annotated[Path, typer.Option(help="token shards, for generate.primers")] = Path("data/tokens"),
+) -> None:
+    """Compose piano performances with the trained model: continue a primer (--primer FILE.mid, or the validation
+    pieces of generate.primers) or start from nothing, writing MIDI, a piano roll, WAV (with FluidSynth) and
+    samples.json to OUT.
+
+    Unset options come from params.yaml's generate: section when there is one, else the defaults in brackets.
+    """
+    from pipeline.generate import GenerateParams
+    from pipeline.generate import generate as run_generate
+    from pipeline.params import load_section, typed
+
+    section = _run(load_section, "generate", params) if params.is_file() or params != Path("params.yaml") else {}
+    given = {
+        "primer_seconds": primer_seconds,
+        "seconds": seconds,
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "seed": seed,
+        "samples": samples,
+    }
+    values = {**_run(typed, GenerateParams, section, "generate"), **{k: v for k, v in given.items() if v is not None}}
+    if no_primer:
+        values["keep_primer"] = False
+    summary = _run(run_generate, model, out, GenerateParams(**values), primer, tokens)
+    for s in summary["samples"]:
+        files = ", ".join(f for f in (s["midi"], s["png"], s["wav"]) if f)
+        flags = f" [{', '.join(s['flags'])}]" if s["flags"] else ""
+        typer.echo(
+            f"generate: {s['name']}: {s['seconds']:.1f} s, {s['notes']} notes, {s['tokens']} tokens, seed {s['seed']}, "
+            f"ended by {s['ended_by']}{flags} -> {out}/ ({files})"
+        )

@@ -72,6 +72,8 @@ _CONVERT = {
     "int": _integer,
     "float": float,
     "float | None": float,  # None itself is passed through
+    "int | None": _integer,
+    "list": lambda value: list(value) if isinstance(value, (list, tuple)) else [value],
     "bool": _boolean,
     "dict": lambda value: dict(value or {}),
 }

@@ -181,12 +181,30 @@ def _group_rank(group: np.ndarray) -> np.ndarray:
     return idx - np.maximum.accumulate(np.where(start, idx, 0))
 
 
-def write_midi(notes: dict[str, np.ndarray], path: Path) -> Path:
-    """Write decoded notes to a one-track MIDI file with mido (1 tick = 1 ms), atomically."""
+def one_note_per_key(notes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The notes with each ending by the next strike of its pitch; a note that then lasts no time is left out."""
+    onset, offset, pitch = (np.asarray(notes[k]) for k in ("onset", "offset", "pitch"))
+    order = np.lexsort((onset, pitch))
+    same_key_next = np.append(pitch[order][1:] == pitch[order][:-1], False)
+    next_onset = np.append(onset[order][1:], np.inf)
+    ends = offset.astype(np.float64).copy()
+    ends[order] = np.where(same_key_next, np.minimum(offset[order], next_onset), offset[order])
+    keep = ends > onset
+    return {**{k: np.asarray(v)[keep] for k, v in notes.items()}, "offset": ends[keep]}
+
+
+def write_midi(notes: dict[str, np.ndarray], path: Path, end: float | None = None) -> Path:
+    """Write decoded notes to a one-track MIDI file with mido (1 tick = 1 ms), atomically; the track ends at `end`
+    seconds when that is after the last note, so a closing silence is kept.
+
+    A key sounds one note at a time, as on a piano: a strike of a pitch still held ends the note before it. Without
+    that, readers pair the overlapping note-offs differently (pretty_midi ends both notes at the first).
+    """
     import mido
 
     from pipeline.atomic import atomic_write_bytes
 
+    notes = one_note_per_key(notes)
     midi = mido.MidiFile(type=0, ticks_per_beat=500)  # with 500,000 us per quarter, one tick is one millisecond
     track = mido.MidiTrack()
     track.append(mido.MetaMessage("set_tempo", tempo=500_000, time=0))
@@ -203,7 +221,8 @@ def write_midi(notes: dict[str, np.ndarray], path: Path) -> Path:
         vel = int(velocity[note]) if is_on[i] else 0
         track.append(mido.Message(kind, note=int(pitch[note]), velocity=vel, time=int(ticks[i] - now)))
         now = int(ticks[i])
-    track.append(mido.MetaMessage("end_of_track", time=0))
+    end_tick = now if end is None else max(now, round(end * 1000))
+    track.append(mido.MetaMessage("end_of_track", time=end_tick - now))
     midi.tracks.append(track)
     buffer = io.BytesIO()
     midi.save(file=buffer)

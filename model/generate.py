@@ -1,0 +1,150 @@
+"""Sampling from the Transformer-XL: temperature, top-k and top-p (nucleus), seeded, one cached step per token.
+
+Sampling knows ids and logits, not music: the caller says which id ends a piece and when a row has gone on long
+enough. Three ways to get the next logits give the same tokens; `cached` is the fast one, the other two are the
+references it is tested and measured against:
+
+- cached: the primer in segments of tgt_len with memory, then one `TransformerXL.step` per token, which reuses the
+  memory's keys and values and the projected position encodings (`DecodeCache`);
+- incremental: the plain forward of one token with the memory, recomputing every memory key and value each step;
+- recompute: the plain forward over the whole sequence (or its last `window` tokens) with no memory, each step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from model.transformer_xl import TransformerXL
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+Decoder = Callable[[torch.Tensor], torch.Tensor]  # the ids just sampled [b] -> the next logits [b, vocab]
+DECODINGS = ("cached", "incremental", "recompute")
+
+
+def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
+    """Raise ValueError for settings that select nothing: temperature ≤ 0, top_k < 0, top_p outside (0, 1]."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be above 0, not {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top-k must be 0 (off) or more, not {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top-p must be in (0, 1], not {top_p}")
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Logits [b, vocab] divided by the temperature, then -inf outside the k likeliest ids (top_k > 0) and outside
+    the smallest set of likeliest ids whose probability reaches top_p (top_p < 1), in that order."""
+    check_sampling(temperature, top_k, top_p)
+    logits = logits.float() / temperature
+    if 0 < top_k < logits.size(-1):
+        keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, logits.topk(top_k, dim=-1).indices, True)
+        logits = logits.masked_fill(~keep, float("-inf"))
+    if top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # An id stays while the ids likelier than it hold less than top_p: the likeliest always stays.
+        drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    return logits
+
+
+def sample(logits: torch.Tensor, generator: Generators = None) -> torch.Tensor:
+    """One id per row of logits [b, vocab]; with a list of generators, row i draws from generators[i] only."""
+    probs = F.softmax(logits.float(), dim=-1)
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    if len(generator) != len(probs):
+        raise ValueError(f"{len(generator)} generators for {len(probs)} rows")
+    return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generator, strict=True)])
+
+
+def _prefill(model: TransformerXL, prompt: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The prompt in segments of tgt_len, each with the memory of those before: the last logits and the memory."""
+    mems = None
+    for start in range(0, prompt.size(1), model.cfg.tgt_len):
+        logits, _, mems = model(prompt[:, start : start + model.cfg.tgt_len], mems=mems)
+    return logits[:, -1], mems
+
+
+def _cached(model: TransformerXL, prompt: torch.Tensor, window: int | None) -> tuple[torch.Tensor, Decoder]:
+    logits, mems = _prefill(model, prompt)
+    cache = model.decode_cache(mems)
+    return logits, lambda tokens: model.step(tokens, cache)
+
+
+def _incremental(model: TransformerXL, prompt: torch.Tensor, window: int | None) -> tuple[torch.Tensor, Decoder]:
+    logits, mems = _prefill(model, prompt)
+
+    def step(tokens: torch.Tensor) -> torch.Tensor:
+        nonlocal mems
+        out, _, mems = model(tokens[:, None], mems=mems)
+        return out[:, -1]
+
+    return logits, step
+
+
+def _recompute(model: TransformerXL, prompt: torch.Tensor, window: int | None) -> tuple[torch.Tensor, Decoder]:
+    seq = prompt
+
+    def step(tokens: torch.Tensor | None) -> torch.Tensor:
+        nonlocal seq
+        if tokens is not None:
+            seq = torch.cat([seq, tokens[:, None]], dim=1)
+        return model(seq if window is None else seq[:, -window:])[0][:, -1]
+
+    return step(None), step
+
+
+_DECODERS = {"cached": _cached, "incremental": _incremental, "recompute": _recompute}
+
+
+@torch.no_grad()
+def generate(
+    model: TransformerXL,
+    prompt: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: Generators = None,
+    stop_token: int | None = None,
+    stop: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    decoding: str = "cached",
+    window: int | None = None,
+    autocast: torch.dtype | None = None,
+) -> list[torch.Tensor]:
+    """Continue every row of `prompt` [b, p] (p ≥ 1) by up to max_new_tokens sampled ids; return each row's new ids.
+
+    A row ends with `stop_token`, or when `stop`, called once per step with the ids just sampled [b], returns True
+    for it (a stateful predicate, such as a clock); the loop ends when every row has ended. `decoding` picks how the
+    logits are computed (see the module docstring), `window` caps the recompute's context, and `autocast` runs the
+    weight matrices in that dtype (bf16) while attention and the memory keep the model's own.
+    """
+    check_sampling(temperature, top_k, top_p)
+    if decoding not in _DECODERS:
+        raise ValueError(f"decoding must be one of {', '.join(DECODINGS)}, not {decoding!r}")
+    if prompt.dim() != 2 or prompt.size(1) < 1:
+        raise ValueError(f"the prompt must be [batch, length ≥ 1], not {list(prompt.shape)}")
+    model.eval()
+    b, device = prompt.size(0), prompt.device
+    new = torch.zeros(b, max(max_new_tokens, 0), dtype=torch.long, device=device)
+    length = torch.full((b,), new.size(1), dtype=torch.long, device=device)
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        logits, step = _DECODERS[decoding](model, prompt, window)
+        for i in range(new.size(1)):
+            tokens = sample(filter_logits(logits, temperature, top_k, top_p), generator)
+            new[:, i] = tokens
+            ended = torch.zeros_like(done) if stop_token is None else tokens == stop_token
+            if stop is not None:
+                ended |= stop(tokens).to(device)
+            length = torch.where(ended & ~done, i + 1, length)
+            done |= ended
+            if i + 1 == new.size(1) or bool(done.all()):
+                break
+            logits = step(tokens)
+    return [new[row, : length[row]] for row in range(b)]

@@ -1,0 +1,245 @@
+"""generate stage and `maestro-xl generate`: piano performances from the trained model, from nothing or continuing
+a primer, as MIDI, piano rolls, WAV and a summary (samples.json).
+
+A primer (a MIDI file, read with the parse stage's reader, sustain applied; or a validation piece's tokens) is cut
+at primer_seconds, encoded with the tokenizer, and continued by `model.generate` with the memory cached, until
+PIECE_END or `seconds` of new music. Imports torch, numpy and the standard library at the top; symusic (a primer
+file), mido (MIDI out) and matplotlib (piano rolls) where they are used, and FluidSynth runs when it is installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model import generate as sample_tokens
+from model.generate import check_sampling
+from pipeline.atomic import atomic_write_text
+from pipeline.audio import render_wav, synthesizer
+from pipeline.checkpoint import load_model
+from pipeline.errors import PipelineError
+from pipeline.primer import Primer, cut_notes, elapsed_steps, primer_from_midi, primer_from_piece, unconditional
+from pipeline.tokenizer import (
+    PIECE_END,
+    SHIFT_STEPS,
+    STEP_S,
+    TIME_SHIFT,
+    VOCAB_SIZE,
+    decode,
+    one_note_per_key,
+    write_midi,
+)
+
+MAX_TOKENS_PER_SECOND = 300  # a cap on sampled tokens per second of music; MAESTRO averages about 43
+LONG_NOTE_S = 10.0
+SAMPLE_FILE = re.compile(r"^sample-\d+\.(mid|png|wav)$")
+
+
+@dataclass
+class GenerateParams:
+    """The `generate:` section of params.yaml; `maestro-xl generate` options override it."""
+
+    samples: int = 4  # per primer, or in all when there is none
+    seconds: float = 20.0  # of new music per sample
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 0.95  # 1: off
+    seed: int = 1234  # sample i draws from its own generator, seeded seed + i
+    primers: list = field(default_factory=list)  # validation piece ids; empty: unconditional samples
+    primer_seconds: float = 10.0  # of each primer
+    keep_primer: bool = True  # the output begins with the primer
+    mem_len: int | None = None  # hidden states kept per layer while sampling; None keeps the model's own
+    precision: str = "auto"  # float32, bfloat16 (weights' matmuls), or auto: bfloat16 where the hardware has it
+    device: str = "auto"  # auto, cuda or cpu
+
+
+def check_params(p: GenerateParams) -> None:
+    """Raise PipelineError naming the first setting that makes no sense."""
+    try:
+        check_sampling(p.temperature, p.top_k, p.top_p)
+    except ValueError as exc:
+        raise PipelineError(str(exc)) from exc
+    for name, ok in (
+        ("samples", p.samples >= 1),
+        ("seconds", p.seconds > 0),
+        ("primer seconds", p.primer_seconds > 0),
+        ("mem_len", p.mem_len is None or p.mem_len >= 0),
+        ("precision", p.precision in ("auto", "float32", "bfloat16")),
+        ("device", p.device in ("auto", "cuda", "cpu")),
+    ):
+        if not ok:
+            raise PipelineError(f"{name} cannot be {getattr(p, name.replace(' ', '_'))!r}")
+
+
+class MusicClock:
+    """The stop predicate for `seconds` of music: adds up each row's time shifts as they are sampled."""
+
+    def __init__(self, seconds: float, rows: int, device: torch.device) -> None:
+        self.limit = round(seconds / STEP_S)
+        self.steps = torch.zeros(rows, dtype=torch.long, device=device)
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        shift = (tokens >= TIME_SHIFT) & (tokens < TIME_SHIFT + SHIFT_STEPS)
+        self.steps += torch.where(shift, tokens - TIME_SHIFT + 1, 0)
+        return self.steps >= self.limit
+
+
+def pick_device(choice: str) -> torch.device:
+    """cuda when asked or (auto) when there is a GPU, else cpu."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("generate.device is cuda, but no GPU is available")
+    return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def pick_autocast(choice: str, device: torch.device) -> torch.dtype | None:
+    """bfloat16 for the weights' matmuls when asked, or (auto) where the GPU or CPU computes it natively."""
+    if choice == "auto":
+        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else _cpu_has_bf16()
+        return torch.bfloat16 if native else None
+    return torch.bfloat16 if choice == "bfloat16" else None
+
+
+def _cpu_has_bf16() -> bool:
+    cpu = getattr(torch, "cpu", None)
+    return any(
+        bool(getattr(cpu, name, lambda: False)()) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    )
+
+
+def sample_batch(model, primer: Primer, p: GenerateParams, seeds: list[int], autocast) -> list[np.ndarray]:  # noqa: ANN001
+    """`len(seeds)` continuations of `primer` in one batch, each until PIECE_END or p.seconds of new music."""
+    device = next(model.parameters()).device
+    prompt = torch.as_tensor(primer.tokens, device=device)[None].repeat(len(seeds), 1)
+    generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
+    new = sample_tokens(
+        model,
+        prompt,
+        max_new_tokens=int(p.seconds * MAX_TOKENS_PER_SECOND) + 64,
+        temperature=p.temperature,
+        top_k=p.top_k,
+        top_p=p.top_p,
+        generator=generators,
+        stop_token=PIECE_END,
+        stop=MusicClock(p.seconds, len(seeds), device),
+        autocast=autocast,
+    )
+    return [row.cpu().numpy() for row in new]
+
+
+def sample_flags(notes: dict[str, np.ndarray]) -> list[str]:
+    """What makes a sample suspect: silent, one pitch over and over, or a note held longer than LONG_NOTE_S."""
+    flags = []
+    if len(notes["pitch"]) == 0:
+        flags.append("silent")
+    elif len(notes["pitch"]) > 1 and len(np.unique(notes["pitch"])) == 1:
+        flags.append("one_pitch_repeated")
+    if len(notes["pitch"]) and float(np.max(notes["offset"] - notes["onset"])) > LONG_NOTE_S:
+        flags.append("note_held_over_10s")
+    return flags
+
+
+def write_sample(folder: Path, name: str, primer: Primer, new: np.ndarray, p: GenerateParams, synth) -> dict:  # noqa: ANN001
+    """Decode primer + new tokens and write NAME.mid, NAME.png and (with a synthesizer) NAME.wav; return its record."""
+    from pipeline.pianoroll import draw_piano_roll
+
+    new_steps = elapsed_steps(new)
+    end = primer.seconds + min(new_steps, round(p.seconds / STEP_S)) * STEP_S  # the clock's last crossing is cut
+    notes = one_note_per_key(cut_notes(decode(np.concatenate([primer.tokens, new])), end))  # as the MIDI holds them
+    new_notes = {k: v[notes["onset"] >= primer.seconds] for k, v in notes.items()}
+    shown, start = (notes, 0.0) if p.keep_primer else (new_notes, primer.seconds)
+    shown = {**shown, "onset": shown["onset"] - start, "offset": shown["offset"] - start}
+    length, primer_end = end - start, primer.seconds - start
+    write_midi(shown, folder / f"{name}.mid", end=length)
+    ended_by = "piece_end" if len(new) and new[-1] == PIECE_END else "seconds"
+    if ended_by == "seconds" and new_steps < round(p.seconds / STEP_S):
+        ended_by = "max_tokens"
+    flags = sample_flags(new_notes)
+    title = (
+        f"{name}: {end - primer.seconds:.1f} s after a {primer.seconds:.1f} s primer ({primer.source}); "
+        f"temperature {p.temperature:g}, top-k {p.top_k}, top-p {p.top_p:g}"
+        + (f"; {', '.join(flags)}" if flags else "")
+    )
+    draw_piano_roll(shown, folder / f"{name}.png", length, title, primer_end)
+    wav = None
+    if not isinstance(synth, str):
+        wav = render_wav(folder / f"{name}.mid", folder / f"{name}.wav", length, *synth).name
+    return {
+        "name": name,
+        "midi": f"{name}.mid",
+        "png": f"{name}.png",
+        "wav": wav,
+        "primer": {"source": primer.source, "seconds": round(primer.seconds, 2), "kept": p.keep_primer},
+        "tokens": int(len(new)),
+        "seconds": round(end - primer.seconds, 2),
+        "notes": int(len(new_notes["pitch"])),
+        "ended_by": ended_by,
+        "flags": flags,
+    }
+
+
+def load_primers(p: GenerateParams, primer_file: Path | None, tokens: Path) -> list[Primer]:
+    """The primer file, else the validation pieces of p.primers, else one empty primer (unconditional samples)."""
+    if primer_file is not None:
+        return [primer_from_midi(primer_file, p.primer_seconds)]
+    if p.primers:
+        return [primer_from_piece(tokens, int(piece), p.primer_seconds) for piece in p.primers]
+    return [unconditional()]
+
+
+def generate(
+    model_dir: Path, out: Path, p: GenerateParams, primer_file: Path | None = None, tokens: Path = Path("data/tokens")
+) -> dict:
+    """Write p.samples samples per primer to `out` (MIDI, PNG, WAV when possible, samples.json); return the summary.
+
+    Files are written to a temporary folder and moved into `out` one by one, samples.json last; earlier sample-NN
+    files that this run does not replace are removed, and nothing else in `out` is touched.
+    """
+    check_params(p)
+    primers = load_primers(p, primer_file, tokens)
+    device = pick_device(p.device)
+    autocast = pick_autocast(p.precision, device)
+    model = load_model(model_dir, device)
+    if model.cfg.vocab_size != VOCAB_SIZE:
+        raise PipelineError(f"{model_dir}: the model has {model.cfg.vocab_size} tokens, the tokenizer {VOCAB_SIZE}")
+    if p.mem_len is not None:  # how far back the sampling looks, not the weights
+        model.cfg = dataclasses.replace(model.cfg, mem_len=p.mem_len)
+    synth = synthesizer()
+    if isinstance(synth, str):
+        print(f"generate: WAV files skipped: {synth}", flush=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        for k, primer in enumerate(primers):
+            seeds = [p.seed + k * p.samples + i for i in range(p.samples)]
+            for seed, new in zip(seeds, sample_batch(model, primer, p, seeds, autocast), strict=True):
+                record = write_sample(Path(tmp), f"sample-{len(records) + 1:02d}", primer, new, p, synth)
+                records.append({**record, "seed": seed})
+        written = {path.name for path in Path(tmp).iterdir()}
+        for name in sorted(written):
+            os.replace(Path(tmp) / name, out / name)
+    for stale in out.iterdir():
+        if SAMPLE_FILE.match(stale.name) and stale.name not in written:
+            stale.unlink()
+    settings = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("primers", "precision")}
+    summary = {
+        "model": str(model_dir),
+        "settings": {
+            **settings,
+            "device": device.type,
+            "mem_len": model.cfg.mem_len,
+            "precision": "bfloat16" if autocast else "float32",
+        },
+        "wav": "rendered with FluidSynth" if not isinstance(synth, str) else f"skipped: {synth}",
+        "samples": records,
+    }
+    atomic_write_text(out / "samples.json", json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,269 @@
+"""The generate stage and command: primers back unchanged, lengths, files read back by mido and pretty_midi, audio,
+samples.json, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import wave
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, note, write_midi, write_tokens
+
+from model import TransformerXL, TransformerXLConfig
+from pipeline.audio import synthesizer
+from pipeline.checkpoint import export_model
+from pipeline.errors import PipelineError
+from pipeline.generate import GenerateParams, MusicClock, generate, sample_flags, write_sample
+from pipeline.primer import Primer, primer_from_midi, unconditional
+from pipeline.tokenizer import PIECE_END, PIECE_START, VOCAB_SIZE, decode, encode, velocity_bin
+
+# A primer at 120 bpm, 480 ticks per quarter (960 ticks a second), off the 10 ms grid. The third note is still held
+# at the 2-second cut; the fourth starts after it.
+PRIMER_NOTES = [(0.0503, 0.6109, 60, 80), (0.3021, 1.2, 64, 70), (1.0, 3.5, 67, 101), (2.5, 2.9, 72, 90)]
+CUT = 2.0
+
+
+def params(**overrides) -> GenerateParams:  # noqa: ANN003
+    return replace(GenerateParams(samples=2, seconds=3.0, device="cpu", precision="float32"), **overrides)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny model that never ends a piece on its own, as data/model holds a trained one."""
+    torch.manual_seed(0)
+    cfg = TransformerXLConfig(
+        VOCAB_SIZE, n_layer=2, d_model=32, n_head=2, d_head=16, d_inner=64, tgt_len=16, mem_len=16
+    )
+    model = TransformerXL(cfg)
+    with torch.no_grad():
+        model.out_bias[PIECE_END] = -1e4
+    folder = tmp_path_factory.mktemp("model")
+    export_model(model, folder)
+    return folder
+
+
+@pytest.fixture
+def primer_file(tmp_path: Path) -> Path:
+    events = [e for on, off, p, v in PRIMER_NOTES for e in note(round(on * 960), round(off * 960), p, v)]
+    return write_midi(tmp_path / "primer.mid", [events])
+
+
+def notes_by_pretty_midi(path: Path) -> list[tuple[float, float, int, int]]:
+    import pretty_midi
+
+    midi = pretty_midi.PrettyMIDI(str(path))
+    return sorted((n.start, n.end, n.pitch, n.velocity) for i in midi.instruments for n in i.notes)
+
+
+def notes_by_mido(path: Path) -> list[tuple[float, float, int, int]]:
+    """Notes paired by hand from mido's messages (seconds through the tempo map mido applies)."""
+    import mido
+
+    now, held, notes = 0.0, {}, []
+    for msg in mido.MidiFile(path):
+        now += msg.time
+        if msg.type == "note_on" and msg.velocity > 0:
+            held.setdefault(msg.note, []).append((now, msg.velocity))
+        elif msg.type in ("note_on", "note_off") and held.get(msg.note):
+            start, velocity = held[msg.note].pop(0)
+            notes.append((start, now, msg.note, velocity))
+    return sorted(notes)
+
+
+def test_the_primers_notes_come_back_unchanged_and_the_music_goes_on_for_the_seconds_asked(
+    model_dir, primer_file, tmp_path
+):
+    summary = generate(model_dir, tmp_path / "out", params(primer_seconds=CUT, seconds=3.0), primer_file)
+    expected = [(on, min(off, CUT), p, v) for on, off, p, v in notes_by_pretty_midi(primer_file) if on < CUT]
+    assert len(expected) == 3
+    import mido
+
+    for record in summary["samples"]:
+        path = tmp_path / "out" / record["midi"]
+        got = notes_by_pretty_midi(path)
+        primer = [n for n in got if n[0] < CUT]
+        assert len(primer) == len(expected)
+        for (on, off, pitch, vel), (on2, off2, pitch2, vel2) in zip(expected, primer, strict=True):
+            assert pitch == pitch2 and abs(on - on2) <= 0.01 and abs(off - off2) <= 0.01
+            assert velocity_bin(vel) == velocity_bin(vel2)
+        assert all(n[0] >= CUT for n in got[len(primer) :])
+        assert record["ended_by"] == "seconds" and record["seconds"] == 3.0
+        assert mido.MidiFile(path).length == pytest.approx(CUT + 3.0, abs=1e-3)
+        assert record["notes"] == len(got) - len(primer) and record["primer"]["seconds"] == CUT
+
+
+def test_no_primer_leaves_out_exactly_the_primer(model_dir, primer_file, tmp_path):
+    generate(model_dir, tmp_path / "with", params(primer_seconds=CUT), primer_file)
+    generate(model_dir, tmp_path / "without", params(primer_seconds=CUT, keep_primer=False), primer_file)
+    for name in ("sample-01.mid", "sample-02.mid"):
+        kept = [(on - CUT, off - CUT, p, v) for on, off, p, v in notes_by_pretty_midi(tmp_path / "with" / name)]
+        alone = notes_by_pretty_midi(tmp_path / "without" / name)
+        assert alone and np.allclose(np.array(alone), np.array([n for n in kept if n[0] >= -1e-9]), atol=1e-6)
+
+
+def test_the_midi_written_reads_back_the_same_in_mido_and_pretty_midi(tmp_path):
+    rng = np.random.default_rng(0)
+    body = rng.choice(np.r_[0:128, 256:300, 356:388], size=600)  # strikes, shifts and velocities, so notes overlap
+    body = np.where(rng.random(600) < 0.3, rng.integers(128, 256, 600), body)  # and releases
+    primer = unconditional()
+    record = write_sample(tmp_path, "sample-01", primer, body, params(seconds=1e6), "no synthesizer here")
+    decoded = decode(np.concatenate([primer.tokens, body]))
+    on, off, pitch, vel = (decoded[k].tolist() for k in ("onset", "offset", "pitch", "velocity"))
+    expected = []  # as a piano plays them: a strike of a key still sounding ends the note before it
+    for i in range(len(on)):
+        same_key = [j for j in range(len(on)) if pitch[j] == pitch[i]]
+        if any(on[j] == on[i] for j in same_key if j > i):
+            continue  # struck again at the same time: the later strike is the note
+        end = min([off[i]] + [on[j] for j in same_key if on[j] > on[i]])
+        expected.append((on[i], end, pitch[i], vel[i]))
+    expected.sort()
+    for read in (notes_by_pretty_midi, notes_by_mido):
+        got = read(tmp_path / "sample-01.mid")
+        assert len(got) == len(expected) == record["notes"] > 50
+        assert np.allclose(np.array(got, float), np.array(expected, float), atol=1e-6)
+
+
+def test_the_wav_has_the_midis_length_and_is_not_silent(model_dir, primer_file, tmp_path):
+    if isinstance(synthesizer(), str):
+        pytest.skip(f"{synthesizer()}; .ci/run installs both")
+    import mido
+
+    summary = generate(model_dir, tmp_path / "out", params(primer_seconds=CUT, samples=1), primer_file)
+    record = summary["samples"][0]
+    with wave.open(str(tmp_path / "out" / record["wav"])) as wav:
+        frames, rate = wav.getnframes(), wav.getframerate()
+        pcm = np.frombuffer(wav.readframes(frames), "<i2").astype(np.float64) / 32768
+    assert frames / rate == pytest.approx(mido.MidiFile(tmp_path / "out" / record["midi"]).length, abs=1 / rate)
+    assert np.sqrt(np.mean(pcm[: rate * 2] ** 2)) > 0.01  # the primer's notes sound in the first two seconds
+    assert 0.5 < np.abs(pcm).max() < 1.0
+
+
+def test_without_fluidsynth_the_wav_is_skipped_with_how_to_install(model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    summary = generate(model_dir, tmp_path / "out", params(samples=1))
+    assert "apt-get install fluidsynth fluid-soundfont-gm" in capsys.readouterr().out
+    assert summary["wav"].startswith("skipped") and summary["samples"][0]["wav"] is None
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sample-01.mid", "sample-01.png", "samples.json"]
+
+
+def test_a_seed_reproduces_the_files_and_each_sample_has_its_own(model_dir, tmp_path):
+    for name in ("a", "b"):
+        generate(model_dir, tmp_path / name, params(samples=3))
+    generate(model_dir, tmp_path / "c", params(samples=1, seed=GenerateParams().seed + 2))
+    mid = {name: [(tmp_path / name / f"sample-0{i}.mid").read_bytes() for i in (1, 2, 3)] for name in ("a", "b")}
+    assert mid["a"] == mid["b"] and len(set(mid["a"])) == 3
+    assert (tmp_path / "c" / "sample-01.mid").read_bytes() == mid["a"][2]  # sample 3 alone, from seed + 2
+    for i in (1, 2, 3):
+        assert (tmp_path / "a" / f"sample-0{i}.png").read_bytes() == (tmp_path / "b" / f"sample-0{i}.png").read_bytes()
+    records = json.loads((tmp_path / "a" / "samples.json").read_text())["samples"]
+    assert [r["seed"] for r in records] == [1234, 1235, 1236]
+
+
+def test_validation_pieces_prime_the_stage_and_old_samples_go_but_nothing_else(model_dir, tmp_path):
+    notes = {
+        "onset": np.array([0.0, 0.5, 1.5]),
+        "offset": np.array([0.4, 2.5, 1.7]),
+        "pitch": np.array([60, 62, 64]),
+        "velocity": np.array([64, 90, 30]),
+    }
+    body = encode(np.zeros(3, int), notes["onset"], notes["offset"], notes["pitch"], notes["velocity"])[0][1:-1]
+    tokens = write_tokens(tmp_path / "tokens", {"train": [body], "validation": [body[::-1], body]})
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "sample-09.mid").write_bytes(b"old")
+    summary = generate(model_dir, out, params(primers=[1], primer_seconds=1.0, samples=1), tokens=tokens)
+    assert (out / "notes.txt").read_text() == "mine" and not (out / "sample-09.mid").exists()
+    assert summary["samples"][0]["primer"]["source"] == "validation piece 1 (B)"
+    got = notes_by_pretty_midi(out / "sample-01.mid")
+    assert np.allclose([n[:3] for n in got[:2]], [(0.0, 0.4, 60), (0.5, 1.0, 62)])
+    with pytest.raises(PipelineError, match="piece 7 is not in"):
+        generate(model_dir, out, params(primers=[7]), tokens=tokens)
+
+
+def test_flags_name_silence_one_pitch_and_a_note_held_over_ten_seconds():
+    def notes(onset: list, offset: list, pitch: list) -> dict:
+        return {"onset": np.array(onset, float), "offset": np.array(offset, float), "pitch": np.array(pitch)}
+
+    assert sample_flags(notes([], [], [])) == ["silent"]
+    assert sample_flags(notes([0, 1, 2], [0.5, 1.5, 2.5], [60, 60, 60])) == ["one_pitch_repeated"]
+    assert sample_flags(notes([0, 1], [10.5, 1.5], [60, 62])) == ["note_held_over_10s"]
+    assert sample_flags(notes([0, 1], [9.9, 1.5], [60, 62])) == []
+
+
+def test_the_music_clock_counts_each_rows_time_shifts():
+    clock = MusicClock(1.0, rows=2, device=torch.device("cpu"))
+    assert clock(torch.tensor([256 + 49, 60])).tolist() == [False, False]  # 50 steps, and a note
+    assert clock(torch.tensor([256 + 49, 256 + 99])).tolist() == [True, True]  # 100 steps each: one second
+
+
+def test_a_primer_that_is_not_what_it_should_be_is_a_clear_error(tmp_path):
+    (tmp_path / "empty.mid").write_bytes(b"")
+    (tmp_path / "corrupt.mid").write_bytes(b"MThd\x00\x00\x00\x06garbage")
+    late = write_midi(tmp_path / "late.mid", [note(5 * 960, 6 * 960, 60)])
+    for path, message in (
+        (tmp_path / "missing.mid", "primer file not found"),
+        (tmp_path / "empty.mid", "primer file is empty"),
+        (tmp_path / "corrupt.mid", "not a readable MIDI primer"),
+        (late, r"no note starts in the first 2 s \(see --primer-seconds\)"),
+    ):
+        with pytest.raises(PipelineError, match=message):
+            primer_from_midi(path, 2.0)
+    assert isinstance(primer_from_midi(late, 5.5), Primer)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--primer", "{tmp}/missing.mid"], "missing.mid: primer file not found"),
+        (["--model", "{tmp}"], "no trained model there"),
+        (["--temperature", "0"], "temperature must be above 0, not 0.0"),
+        (["--top-p", "0"], "top-p must be in (0, 1], not 0.0"),
+        (["--top-p", "1.5"], "top-p must be in (0, 1], not 1.5"),
+        (["--seconds", "-1"], "seconds cannot be -1.0"),
+    ],
+)
+def test_the_command_gives_one_line_errors_and_writes_nothing(model_dir, tmp_path, options, message):
+    args = [a.format(tmp=tmp_path) for a in options]
+    if "--model" not in args:
+        args += ["--model", str(model_dir)]
+    out = tmp_path / "out"
+    (tmp_path / "p.yaml").write_text("generate:\n  device: cpu\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "generate", *args, "--out", str(out), "--params", str(tmp_path / "p.yaml")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and message in result.stderr
+    assert not out.exists()
+
+
+def test_the_command_runs_with_the_options_named_in_the_readme(model_dir, primer_file, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "generate", "--model", str(model_dir), "--primer", str(primer_file),
+         "--primer-seconds", "2", "--seconds", "1.5", "--temperature", "0.9", "--top-k", "40", "--top-p", "0.9",
+         "--seed", "3", "--samples", "2", "--out", str(tmp_path / "out"), "--no-primer"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "out" / "samples.json").read_text())
+    settings = summary["settings"]
+    assert (settings["temperature"], settings["top_k"], settings["top_p"], settings["seconds"]) == (0.9, 40, 0.9, 1.5)
+    assert [s["seed"] for s in summary["samples"]] == [3, 4] and not settings["keep_primer"]
+    assert result.stdout.count("generate: sample-0") == 2
+    import mido
+
+    assert mido.MidiFile(tmp_path / "out" / "sample-01.mid").length == pytest.approx(1.5, abs=1e-3)
+
+
+def test_an_unconditional_sample_starts_from_piece_start():
+    assert unconditional().tokens.tolist() == [PIECE_START] and unconditional().seconds == 0.0

@@ -1,0 +1,164 @@
+"""Sampling and cached decoding against independent computations: the plain forward, hand-written greedy decoding,
+a brute-force nucleus, and the frequencies of many draws."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_model import tiny
+
+from model import filter_logits, generate, sample
+from model.generate import check_sampling
+
+VOCAB = 50
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        {},
+        {"pre_lnorm": True},
+        {"same_length": True},
+        {"clamp_len": 3},
+        {"mem_len": 0},
+        {"mem_len": 1},
+        {"mem_len": 5, "tgt_len": 3},
+    ],
+)
+def test_cached_steps_give_the_plain_incremental_forwards_logits(shape):
+    """Past mem_len too, so the cache slides and its buffer wraps several times."""
+    model = tiny(**shape)
+    tokens = torch.randint(0, VOCAB, (3, 60))
+    _, _, mems = model(tokens[:, :7])
+    cache = model.decode_cache(mems)
+    for t in range(7, 60):
+        expected, _, mems = model(tokens[:, t : t + 1], mems=mems)
+        torch.testing.assert_close(model.step(tokens[:, t], cache), expected[:, 0], rtol=0, atol=1e-10)
+
+
+def test_cached_generation_gives_the_tokens_of_full_recompute_within_mem_len():
+    model = tiny(mem_len=40, tgt_len=4)
+    prompt = torch.randint(0, VOCAB, (3, 6))
+    runs = {
+        decoding: generate(model, prompt, 35, generator=[seeded(s) for s in (1, 2, 3)], decoding=decoding)
+        for decoding in ("cached", "incremental", "recompute")
+    }
+    for row in range(3):
+        assert len(runs["cached"][row]) == 35
+        assert torch.equal(runs["cached"][row], runs["recompute"][row])
+        assert torch.equal(runs["cached"][row], runs["incremental"][row])
+
+
+def test_cached_logits_are_the_full_forwards_up_to_mem_len_and_then_follow_the_memory():
+    model = tiny(mem_len=6)
+    tokens = torch.randint(0, VOCAB, (2, 20))
+    full = model(tokens)[0]
+    _, _, mems = model(tokens[:, :1])
+    cache = model.decode_cache(mems)
+    steps = torch.stack([model.step(tokens[:, t], cache) for t in range(1, 20)], dim=1)
+    # Position t sees t earlier tokens; the memory holds 6, so from t = 7 on the two differ.
+    torch.testing.assert_close(steps[:, :6], full[:, 1:7], rtol=0, atol=1e-10)
+    assert ((steps[:, 6:] - full[:, 7:]).abs().amax(dim=-1) > 1e-6).all()
+
+
+def test_a_seed_reproduces_a_sample_and_another_seed_does_not():
+    model = tiny()
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    first, again, other = (generate(model, prompt, 40, generator=seeded(s))[0] for s in (7, 7, 8))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_each_row_with_its_own_generator_is_the_sample_it_would_be_alone():
+    model = tiny()
+    prompt = torch.randint(0, VOCAB, (1, 4))
+    batch = generate(model, prompt.repeat(3, 1), 30, generator=[seeded(s) for s in (11, 12, 13)])
+    for row, s in enumerate((11, 12, 13)):
+        assert torch.equal(batch[row], generate(model, prompt, 30, generator=[seeded(s)])[0])
+    assert not torch.equal(batch[0], batch[1])
+
+
+def test_top_k_of_one_is_greedy_decoding():
+    model = tiny()
+    seq = torch.randint(0, VOCAB, (2, 3))
+    sampled = generate(model, seq, 25, top_k=1, temperature=1.7, generator=seeded(0))
+    for _ in range(25):  # greedy by hand: the argmax of a full forward over everything so far
+        seq = torch.cat([seq, model(seq)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(torch.stack(sampled), seq[:, 3:])
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.3, 0.5, 0.9, 0.999])
+def test_top_p_keeps_the_smallest_set_of_likeliest_tokens_that_reaches_p(top_p):
+    logits = torch.randn(6, 40, generator=seeded(3), dtype=torch.float64) * 2
+    kept = torch.isfinite(filter_logits(logits, top_p=top_p)).numpy()
+    probs = torch.softmax(logits, -1).numpy()
+    for row, p in enumerate(probs):
+        order = np.argsort(-p)
+        size = int(np.searchsorted(np.cumsum(p[order]), top_p)) + 1  # the first prefix whose mass reaches p
+        assert set(np.flatnonzero(kept[row])) == set(order[:size].tolist())
+        assert p[order[: size - 1]].sum() < top_p <= p[order[:size]].sum() + 1e-12
+
+
+def test_top_k_keeps_the_k_likeliest_and_off_keeps_all():
+    logits = torch.randn(4, 30, generator=seeded(4))
+    kept = torch.isfinite(filter_logits(logits, top_k=5))
+    assert torch.equal(kept.sum(-1), torch.full((4,), 5))
+    assert torch.equal(kept, logits >= logits.topk(5, dim=-1).values[:, -1:])
+    assert torch.isfinite(filter_logits(logits, top_k=0, top_p=1.0)).all()
+
+
+def test_sampled_frequencies_follow_the_tempered_softmax():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 0.5]])
+    draws = 40_000
+    tokens = sample(filter_logits(logits.repeat(draws, 1), temperature=0.7), seeded(9))
+    frequencies = torch.bincount(tokens, minlength=5).double() / draws
+    expected = torch.softmax(logits[0].double() / 0.7, -1)
+    assert (frequencies - expected).abs().max() < 0.01
+
+
+def test_rows_end_at_the_stop_token_or_when_the_predicate_says_so():
+    model = tiny()
+    with torch.no_grad():
+        model.out_bias[7] = -1e9  # never sampled, so no row ends by accident
+    prompt = torch.randint(0, VOCAB, (4, 2))
+    calls = []
+
+    def stop_row_one_at_step_five(tokens: torch.Tensor) -> torch.Tensor:
+        calls.append(tokens.clone())
+        return torch.tensor([False, len(calls) == 5, False, False])
+
+    rows = generate(model, prompt, 30, generator=seeded(1), stop=stop_row_one_at_step_five)
+    assert [len(r) for r in rows] == [30, 5, 30, 30] and len(calls) == 30
+    assert torch.equal(rows[1], torch.stack([c[1] for c in calls[:5]]))  # what the predicate saw
+    with torch.no_grad():
+        model.out_bias[7] = 50.0  # always sampled: every row ends at once, and so does the loop
+    ended = generate(model, prompt, 30, generator=seeded(1), stop_token=7)
+    assert [r.tolist() for r in ended] == [[7]] * 4
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p"), [(0, 0, 1.0), (-1, 0, 1.0), (1, -1, 1.0), (1, 0, 0.0), (1, 0, 1.5)]
+)
+def test_settings_that_select_nothing_are_refused(temperature, top_k, top_p):
+    with pytest.raises(ValueError, match="must be"):
+        check_sampling(temperature, top_k, top_p)
+    with pytest.raises(ValueError, match="must be"):
+        generate(tiny(), torch.zeros(1, 1, dtype=torch.long), 3, temperature=temperature, top_k=top_k, top_p=top_p)
+
+
+def test_bf16_weights_under_autocast_stay_close_to_float32():
+    torch.manual_seed(0)
+    model = tiny(mem_len=16).float()
+    tokens = torch.randint(0, VOCAB, (2, 30))
+    _, _, mems = model(tokens[:, :10])
+    cache = model.decode_cache(mems)
+    for t in range(10, 30):
+        expected, _, mems = model(tokens[:, t : t + 1], mems=mems)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = model.step(tokens[:, t], cache)
+        assert got.dtype == torch.bfloat16 and cache.keys[0].dtype == torch.float32
+        torch.testing.assert_close(got.float(), expected[:, 0], rtol=0, atol=0.05)
