@@ -101,6 +101,15 @@ def _recompute(model: TransformerXL, prompt: torch.Tensor, window: int | None) -
 _DECODERS = {"cached": _cached, "incremental": _incremental, "recompute": _recompute}
 
 
+def start_decoding(
+    model: TransformerXL, prompt: torch.Tensor, decoding: str = "cached", window: int | None = None
+) -> tuple[torch.Tensor, Decoder]:
+    """The logits after `prompt` [b, p], and a function from the ids sampled next [b] to the logits after them."""
+    if decoding not in _DECODERS:
+        raise ValueError(f"decoding must be one of {', '.join(DECODINGS)}, not {decoding!r}")
+    return _DECODERS[decoding](model, prompt, window)
+
+
 @torch.no_grad()
 def generate(
     model: TransformerXL,
@@ -125,8 +134,6 @@ def generate(
     weight matrices in that dtype (bf16) while attention and the memory keep the model's own.
     """
     check_sampling(temperature, top_k, top_p)
-    if decoding not in _DECODERS:
-        raise ValueError(f"decoding must be one of {', '.join(DECODINGS)}, not {decoding!r}")
     if prompt.dim() != 2 or prompt.size(1) < 1:
         raise ValueError(f"the prompt must be [batch, length ≥ 1], not {list(prompt.shape)}")
     model.eval()
@@ -135,7 +142,7 @@ def generate(
     length = torch.full((b,), new.size(1), dtype=torch.long, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
     with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-        logits, step = _DECODERS[decoding](model, prompt, window)
+        logits, step = start_decoding(model, prompt, decoding, window)
         for i in range(new.size(1)):
             tokens = sample(filter_logits(logits, temperature, top_k, top_p), generator)
             new[:, i] = tokens

@@ -267,3 +267,17 @@ def test_the_command_runs_with_the_options_named_in_the_readme(model_dir, primer
 
 def test_an_unconditional_sample_starts_from_piece_start():
     assert unconditional().tokens.tolist() == [PIECE_START] and unconditional().seconds == 0.0
+
+
+def test_bf16_is_chosen_where_it_pays_and_when_asked(monkeypatch):
+    import pipeline.generate as stage
+
+    cpu = torch.device("cpu")
+    small = TransformerXL(TransformerXLConfig(VOCAB_SIZE, n_layer=1, d_model=32, n_head=2, d_head=16, d_inner=64))
+    large = torch.nn.Linear(3000, 3000)  # 36 MB of float32 weights
+    assert stage.pick_autocast("float32", cpu, large) is None
+    assert stage.pick_autocast("bfloat16", cpu, small) is torch.bfloat16
+    for native in (True, False):
+        monkeypatch.setattr(stage, "cpu_has_bf16", lambda native=native: native)
+        assert stage.pick_autocast("auto", cpu, small) is None
+        assert stage.pick_autocast("auto", cpu, large) is (torch.bfloat16 if native else None)

@@ -1,0 +1,131 @@
+"""Generation throughput: cached decoding (`TransformerXL.step`) against recomputing the whole context window for
+every token, and against the plain incremental forward, at a context of 1,024 tokens, in the same run.
+
+Each contender starts from the same 1,024-token prompt (a validation piece when there are token shards), so the
+memory (or window) is full from the first timed token. The prompt is not timed; the steps are, after two untimed
+ones. Seconds of music per second = tokens/s ÷ the validation split's tokens per second of music.
+
+Usage: python benchmarks/generate.py [--model data/model] [--tokens data/tokens] [--context 1024] [--batches 1 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from model import TransformerXL, TransformerXLConfig  # noqa: E402
+from model.generate import start_decoding  # noqa: E402
+from pipeline.generate import cpu_has_bf16  # noqa: E402
+
+TOKENS_PER_SECOND_OF_MUSIC = 43.0  # MAESTRO's average, when there are no token shards to measure it on
+
+
+def models(model_dir: Path) -> dict[str, TransformerXL]:
+    """The default-size model (params.yaml's model:, freshly initialised) and the CPU-trained one."""
+    from pipeline.checkpoint import load_model
+    from pipeline.params import load_section, typed
+
+    torch.manual_seed(0)
+    shape = typed(TransformerXLConfig, load_section("model", ROOT / "params.yaml"), "model")
+    default = TransformerXL(TransformerXLConfig(**{**shape, "vocab_size": 390, "dropout": 0.0}))
+    if (model_dir / "model.pt").is_file():
+        trained, name = load_model(model_dir), f"trained ({model_dir.name})"
+    else:
+        print(f"no model at {model_dir}: a freshly initialised CPU-sized model is timed in its place")
+        cfg = TransformerXLConfig(390, n_layer=4, d_model=128, n_head=4, d_head=32, d_inner=512, dropout=0.0)
+        trained, name = TransformerXL(cfg), "CPU-sized"
+    size = {model: f"{model.num_params() / 1e6:.1f} M" for model in (default, trained)}
+    return {f"default size, {size[default]}": default, f"{name}, {size[trained]}": trained}
+
+
+def music_rate(tokens: Path) -> tuple[float, np.ndarray | None]:
+    """Tokens per second of music in the validation split, and its longest piece (for the prompt)."""
+    index = tokens / "validation" / "index.json"
+    if not index.is_file():
+        return TOKENS_PER_SECOND_OF_MUSIC, None
+    from pipeline.segments import PieceStore
+
+    store = PieceStore(tokens, "validation")
+    longest = max(range(len(store)), key=lambda i: store.index["length"][i])
+    return store.total_tokens / sum(store.index["seconds"]), store.piece(longest).astype(np.int64)
+
+
+def time_steps(
+    model: TransformerXL, prompt: torch.Tensor, decoding: str, steps: int, window: int, autocast: torch.dtype | None
+) -> float:
+    """Tokens per second over `steps` decoding steps after two untimed ones (the prompt's forward is not timed)."""
+    rng = torch.Generator().manual_seed(0)
+    with torch.no_grad(), torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        logits, step = start_decoding(model, prompt, decoding, window)
+        tokens = torch.randint(0, logits.size(-1), (prompt.size(0), steps + 2), generator=rng)
+        for i in range(2):
+            step(tokens[:, i])
+        start = time.perf_counter()
+        for i in range(2, steps + 2):
+            step(tokens[:, i])
+        return steps * prompt.size(0) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "data" / "model")
+    parser.add_argument("--tokens", type=Path, default=ROOT / "data" / "tokens")
+    parser.add_argument("--context", type=int, default=1024, help="memory length, and the recompute's window")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--steps", type=int, default=64, help="timed cached steps (the peers take fewer)")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+    rate, piece = music_rate(args.tokens)
+    cpu_bf16 = cpu_has_bf16()
+    print(
+        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"{rate:.1f} tokens per second of music; native bf16 on the CPU: {cpu_bf16}"
+    )
+    if piece is None or len(piece) < args.context:
+        print("no validation piece long enough: the prompt is random ids")
+        piece = np.random.default_rng(0).integers(0, 388, args.context)
+    # (name, decoding, autocast dtype, timed steps at batch 1): the slow peers take fewer steps, and fewer per row.
+    contenders = [
+        ("recompute the window", "recompute", None, 3),
+        ("plain incremental forward", "incremental", None, 8),
+        ("cached, float32", "cached", None, args.steps),
+        ("cached, bf16 weights", "cached", torch.bfloat16, args.steps),
+    ]
+    rows = []
+    for model_name, model in models(args.model).items():
+        model.eval()
+        model.cfg = dataclasses.replace(model.cfg, mem_len=args.context, same_length=False)
+        for batch in args.batches:
+            prompt = torch.from_numpy(piece[-args.context :]).repeat(batch, 1)
+            peer = None
+            for name, decoding, autocast, steps in contenders:
+                if autocast is not None and not cpu_bf16:
+                    continue
+                timed = steps if decoding == "cached" else max(1, steps // batch)
+                speed = time_steps(model, prompt, decoding, timed, args.context, autocast)
+                peer = peer or speed
+                row = {"model": model_name, "batch": batch, "contender": name, "tokens_per_s": round(speed, 2)}
+                rows.append({**row, "music_s_per_s": round(speed / rate, 3), "vs_recompute": round(speed / peer, 1)})
+                print(
+                    f"{model_name:24} batch {batch:2}  {name:26} {speed:9.1f} tokens/s  {speed / rate:7.2f} s of "
+                    f"music/s  {speed / peer:6.1f}x recompute",
+                    flush=True,
+                )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
