@@ -122,6 +122,7 @@ def generate(
     generator: Generators = None,
     stop_token: int | None = None,
     stop: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    banned: Sequence[int] = (),
     decoding: str = "cached",
     window: int | None = None,
     autocast: torch.dtype | None = None,
@@ -129,7 +130,8 @@ def generate(
     """Continue every row of `prompt` [b, p] (p ≥ 1) by up to max_new_tokens sampled ids; return each row's new ids.
 
     A row ends with `stop_token`, or when `stop`, called once per step with the ids just sampled [b], returns True
-    for it (a stateful predicate, such as a clock); the loop ends when every row has ended. `decoding` picks how the
+    for it (a stateful predicate, such as a clock); the loop ends when every row has ended. Ids in `banned` are never
+    sampled (the others' probabilities are renormalised). `decoding` picks how the
     logits are computed (see the module docstring), `window` caps the recompute's context, and `autocast` runs the
     weight matrices in that dtype (bf16) while attention and the memory keep the model's own.
     """
@@ -144,6 +146,8 @@ def generate(
     with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
         logits, step = start_decoding(model, prompt, decoding, window)
         for i in range(new.size(1)):
+            if banned:
+                logits = logits.index_fill(-1, torch.as_tensor(list(banned), device=device), float("-inf"))
             tokens = sample(filter_logits(logits, temperature, top_k, top_p), generator)
             new[:, i] = tokens
             ended = torch.zeros_like(done) if stop_token is None else tokens == stop_token

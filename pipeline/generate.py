@@ -29,6 +29,7 @@ from pipeline.errors import PipelineError
 from pipeline.primer import Primer, cut_notes, elapsed_steps, primer_from_midi, primer_from_piece, unconditional
 from pipeline.tokenizer import (
     PIECE_END,
+    PIECE_START,
     SHIFT_STEPS,
     STEP_S,
     TIME_SHIFT,
@@ -57,6 +58,7 @@ class GenerateParams:
     primers: list = field(default_factory=list)  # validation piece ids; empty: unconditional samples
     primer_seconds: float = 10.0  # of each primer
     keep_primer: bool = True  # the output begins with the primer
+    stop_at_piece_end: bool = False  # let the model end a sample early; False samples each to its full length
     mem_len: int | None = None  # hidden states kept per layer while sampling; None keeps the model's own
     precision: str = "auto"  # float32, bfloat16 (weights' matmuls), or auto: bfloat16 where it pays (pick_autocast)
     device: str = "auto"  # auto, cuda or cpu
@@ -134,6 +136,7 @@ def sample_batch(model, primer: Primer, p: GenerateParams, seeds: list[int], aut
         generator=generators,
         stop_token=PIECE_END,
         stop=MusicClock(p.seconds, len(seeds), device),
+        banned=[PIECE_START] if p.stop_at_piece_end else [PIECE_START, PIECE_END],  # a piece starts only once
         autocast=autocast,
     )
     return [row.cpu().numpy() for row in new]
@@ -167,11 +170,9 @@ def write_sample(folder: Path, name: str, primer: Primer, new: np.ndarray, p: Ge
     if ended_by == "seconds" and new_steps < round(p.seconds / STEP_S):
         ended_by = "max_tokens"
     flags = sample_flags(new_notes)
-    title = (
-        f"{name}: {end - primer.seconds:.1f} s after a {primer.seconds:.1f} s primer ({primer.source}); "
-        f"temperature {p.temperature:g}, top-k {p.top_k}, top-p {p.top_p:g}"
-        + (f"; {', '.join(flags)}" if flags else "")
-    )
+    opening = f"after {primer.seconds:.1f} s of {Path(primer.source).name}" if primer.seconds else "from nothing"
+    settings = f"temperature {p.temperature:g}, top-k {p.top_k}, top-p {p.top_p:g}"
+    title = f"{name}: {end - primer.seconds:.1f} s {opening}; {settings}" + (f"; {', '.join(flags)}" if flags else "")
     draw_piano_roll(shown, folder / f"{name}.png", length, title, primer_end)
     wav = None
     if not isinstance(synth, str):

@@ -91,6 +91,7 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     set_params(project, "data", source=str(source), sha256="", size="")
     set_params(project, "train", cpu_limits=TINY_CPU_LIMITS, eval_interval=3, eval_segments=2, log_interval=1)
     set_params(project, "evaluate", cpu_limits={"tgt_len": 64, "mem_len": 64})
+    set_params(project, "generate", samples=2, seconds=3.0)
     first = sh(["dvc", "repro"], project)
     assert "on CPU, so train.cpu_limits and train.cpu_lr set n_layer 12 → 3" in first.stdout
     assert "evaluate: the data has no test split" in first.stdout
@@ -113,6 +114,13 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     validation_tokens = sum(json.loads((tokens / "validation" / "index.json").read_text())["length"])
     assert list(scored) == ["validation"] and scored["validation"]["tokens"] == validation_tokens - 1
     assert set(scored["validation"]["baselines"]) == {"uniform", "unigram", "kneser_ney"}
+    samples = project / "reports" / "samples"
+    summary = json.loads((samples / "samples.json").read_text())
+    assert [s["name"] for s in summary["samples"]] == ["sample-01", "sample-02"]
+    assert all(s["seconds"] <= 3.0 and (samples / s["midi"]).is_file() and (samples / s["png"]).is_file()
+               for s in summary["samples"])  # fmt: skip
+    assert "generate: sample-02:" in first.stdout
+    first_sample = (samples / "sample-01.mid").read_bytes()
 
     again = sh(["dvc", "repro"], project)
     assert "Running stage" not in again.stdout
@@ -138,5 +146,6 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     smaller = json.loads((project / "reports" / "train" / "metrics.json").read_text())
     assert smaller["num_params"] < trained["num_params"] and f'"num_params": {smaller["num_params"]}' in text
     assert json.loads((project / "data" / "model" / "config.json").read_text())["n_layer"] == 2
+    assert (samples / "sample-01.mid").read_bytes() != first_sample  # another model, other music
     # One process or several, the tables are the same.
     assert pq.read_table(project / "data" / "events" / "pieces.parquet").equals(pieces)

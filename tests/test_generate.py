@@ -197,6 +197,20 @@ def test_flags_name_silence_one_pitch_and_a_note_held_over_ten_seconds():
     assert sample_flags(notes([0, 1], [9.9, 1.5], [60, 62])) == []
 
 
+def test_samples_run_their_full_length_unless_the_model_may_end_them(tmp_path):
+    torch.manual_seed(0)
+    cfg = TransformerXLConfig(VOCAB_SIZE, n_layer=1, d_model=32, n_head=2, d_head=16, d_inner=64, tgt_len=8, mem_len=8)
+    model = TransformerXL(cfg)
+    with torch.no_grad():
+        model.out_bias[PIECE_END] = 4.0  # about one token in seven would end the piece
+    export_model(model, tmp_path / "model")
+    full = generate(tmp_path / "model", tmp_path / "a", params(samples=3, seconds=5.0))
+    assert [s["ended_by"] for s in full["samples"]] == ["seconds"] * 3
+    ended = generate(tmp_path / "model", tmp_path / "b", params(samples=3, seconds=5.0, stop_at_piece_end=True))
+    assert [s["ended_by"] for s in ended["samples"]] == ["piece_end"] * 3
+    assert all(s["seconds"] < 5.0 for s in ended["samples"])
+
+
 def test_the_music_clock_counts_each_rows_time_shifts():
     clock = MusicClock(1.0, rows=2, device=torch.device("cpu"))
     assert clock(torch.tensor([256 + 49, 60])).tolist() == [False, False]  # 50 steps, and a note

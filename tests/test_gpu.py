@@ -65,3 +65,32 @@ def test_evaluation_on_cuda_gives_the_cpus_scores(monkeypatch):
     on_gpu = score_pieces(tiny_model().cuda(), pieces, tgt_len=64, batch_size=4)
     for a, b in zip(on_cpu.nll, on_gpu.nll, strict=True):
         torch.testing.assert_close(torch.from_numpy(b), torch.from_numpy(a), rtol=1e-4, atol=1e-4)
+
+
+def test_cached_decoding_on_cuda_matches_the_plain_incremental_forward_in_float32_and_bf16(monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    model = tiny(mem_len=16).float().cuda()
+    tokens = torch.randint(0, 50, (3, 48), device="cuda")
+    _, _, mems = model(tokens[:, :8])
+    cache = model.decode_cache(mems)
+    for t in range(8, 48):
+        expected, _, mems = model(tokens[:, t : t + 1], mems=mems)
+        torch.testing.assert_close(model.step(tokens[:, t], cache), expected[:, 0], rtol=1e-4, atol=1e-4)
+    _, _, mems = model(tokens[:, :8])
+    cache = model.decode_cache(mems)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        for t in range(8, 48):
+            expected, _, mems = model(tokens[:, t : t + 1], mems=mems)
+            got = model.step(tokens[:, t], cache).float()
+            torch.testing.assert_close(got, expected[:, 0].float(), rtol=0.05, atol=0.05)
+
+
+def test_generation_on_cuda_is_seeded_per_row():
+    from model import generate
+
+    model = tiny().float().cuda()
+    prompt = torch.randint(0, 50, (1, 4), device="cuda")
+    gens = [torch.Generator("cuda").manual_seed(s) for s in (1, 2)]
+    batch = generate(model, prompt.repeat(2, 1), 20, generator=gens)
+    alone = generate(model, prompt, 20, generator=[torch.Generator("cuda").manual_seed(2)])
+    assert torch.equal(batch[1], alone[0]) and not torch.equal(batch[0], batch[1])

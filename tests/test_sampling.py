@@ -162,3 +162,12 @@ def test_bf16_weights_under_autocast_stay_close_to_float32():
             got = model.step(tokens[:, t], cache)
         assert got.dtype == torch.bfloat16 and cache.keys[0].dtype == torch.float32
         torch.testing.assert_close(got.float(), expected[:, 0], rtol=0, atol=0.05)
+
+
+def test_banned_ids_are_never_sampled_and_the_rest_keep_their_proportions():
+    model = tiny()
+    with torch.no_grad():
+        model.out_bias[[3, 4]] = 20.0  # by far the likeliest, until banned
+    rows = generate(model, torch.zeros(4, 1, dtype=torch.long), 50, generator=seeded(2), banned=[3, 4])
+    sampled = torch.cat(rows)
+    assert not torch.isin(sampled, torch.tensor([3, 4])).any() and len(sampled.unique()) > 10
