@@ -38,7 +38,10 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
     """Logits [b, vocab] divided by the temperature, then -inf outside the k likeliest ids (top_k > 0) and outside
     the smallest set of likeliest ids whose probability reaches top_p (top_p < 1), in that order."""
     check_sampling(temperature, top_k, top_p)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    logits = (
+        logits - logits.amax(dim=-1, keepdim=True)
+    ) / temperature  # the max first: a small temperature can't overflow
     if 0 < top_k < logits.size(-1):
         keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, logits.topk(top_k, dim=-1).indices, True)
         logits = logits.masked_fill(~keep, float("-inf"))

@@ -70,6 +70,10 @@ def load_model(folder: Path, map_location: str | torch.device = "cpu") -> Transf
     for path in (config_path, weights_path):
         if not path.is_file():
             raise PipelineError(f"{path}: no trained model there (run the train stage first)")
-    model = TransformerXL(TransformerXLConfig(**json.loads(config_path.read_text())))
-    model.load_state_dict(torch.load(weights_path, map_location=map_location, weights_only=True))
+    try:
+        model = TransformerXL(TransformerXLConfig(**json.loads(config_path.read_text())))
+        model.load_state_dict(torch.load(weights_path, map_location=map_location, weights_only=True))
+    except Exception as exc:  # noqa: BLE001 (a truncated, foreign or mismatched file: say which)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(f"{folder}: not a model that the train stage wrote ({reason})") from exc
     return model.to(map_location)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import tempfile
@@ -39,6 +40,7 @@ from pipeline.tokenizer import (
     write_midi,
 )
 
+MAX_SAMPLES, MAX_SECONDS, MAX_MEM_LEN = 256, 3600.0, 16384  # beyond these a run would not fit in memory
 MAX_TOKENS_PER_SECOND = 300  # a cap on sampled tokens per second of music; MAESTRO averages about 43
 LONG_NOTE_S = 10.0
 CPU_BF16_MIN_BYTES = 32 << 20  # float32 weights beyond this make bf16 pay on a CPU (41 M parameters: 1.4x faster)
@@ -65,21 +67,27 @@ class GenerateParams:
 
 
 def check_params(p: GenerateParams) -> None:
-    """Raise PipelineError naming the first setting that makes no sense."""
+    """Raise PipelineError naming the first setting that makes no sense (or would not fit in memory)."""
+    if not math.isfinite(p.temperature):
+        raise PipelineError(f"temperature must be a finite number, not {p.temperature}")
     try:
         check_sampling(p.temperature, p.top_k, p.top_p)
     except ValueError as exc:
         raise PipelineError(str(exc)) from exc
-    for name, ok in (
-        ("samples", p.samples >= 1),
-        ("seconds", p.seconds > 0),
-        ("primer seconds", p.primer_seconds > 0),
-        ("mem_len", p.mem_len is None or p.mem_len >= 0),
-        ("precision", p.precision in ("auto", "float32", "bfloat16")),
-        ("device", p.device in ("auto", "cuda", "cpu")),
+    for name, value, ok, rule in (
+        ("samples", p.samples, 1 <= p.samples <= MAX_SAMPLES, f"from 1 to {MAX_SAMPLES}"),
+        ("seconds", p.seconds, 0 < p.seconds <= MAX_SECONDS, f"above 0 and at most {MAX_SECONDS}"),
+        ("primer seconds", p.primer_seconds, 0 < p.primer_seconds < math.inf, "above 0 and finite"),
+        ("seed", p.seed, 0 <= p.seed < 2**63 - MAX_SAMPLES * max(len(p.primers), 1), "from 0 to 2^63 - 1"),
+        ("mem_len", p.mem_len, p.mem_len is None or 0 <= p.mem_len <= MAX_MEM_LEN, f"from 0 to {MAX_MEM_LEN}"),
+        ("precision", p.precision, p.precision in ("auto", "float32", "bfloat16"), "auto, float32 or bfloat16"),
+        ("device", p.device, p.device in ("auto", "cuda", "cpu"), "auto, cuda or cpu"),
     ):
         if not ok:
-            raise PipelineError(f"{name} cannot be {getattr(p, name.replace(' ', '_'))!r}")
+            raise PipelineError(f"{name} must be {rule}, not {value!r}")
+    for piece in p.primers:
+        if isinstance(piece, bool) or not isinstance(piece, int):
+            raise PipelineError(f"generate.primers must list validation piece ids (integers), not {piece!r}")
 
 
 class MusicClock:
@@ -158,8 +166,8 @@ def write_sample(folder: Path, name: str, primer: Primer, new: np.ndarray, p: Ge
     """Decode primer + new tokens and write NAME.mid, NAME.png and (with a synthesizer) NAME.wav; return its record."""
     from pipeline.pianoroll import draw_piano_roll
 
-    new_steps = elapsed_steps(new)
-    end = primer.seconds + min(new_steps, round(p.seconds / STEP_S)) * STEP_S  # the clock's last crossing is cut
+    new_steps, limit = elapsed_steps(new), round(p.seconds / STEP_S)
+    end = (primer.steps + min(new_steps, limit)) * STEP_S  # in whole steps, as decode's times; a last crossing is cut
     notes = one_note_per_key(cut_notes(decode(np.concatenate([primer.tokens, new])), end))  # as the MIDI holds them
     new_notes = {k: v[notes["onset"] >= primer.seconds] for k, v in notes.items()}
     shown, start = (notes, 0.0) if p.keep_primer else (new_notes, primer.seconds)
@@ -167,7 +175,7 @@ def write_sample(folder: Path, name: str, primer: Primer, new: np.ndarray, p: Ge
     length, primer_end = end - start, primer.seconds - start
     write_midi(shown, folder / f"{name}.mid", end=length)
     ended_by = "piece_end" if len(new) and new[-1] == PIECE_END else "seconds"
-    if ended_by == "seconds" and new_steps < round(p.seconds / STEP_S):
+    if ended_by == "seconds" and new_steps < limit:
         ended_by = "max_tokens"
     flags = sample_flags(new_notes)
     opening = f"after {primer.seconds:.1f} s of {Path(primer.source).name}" if primer.seconds else "from nothing"
@@ -196,7 +204,7 @@ def load_primers(p: GenerateParams, primer_file: Path | None, tokens: Path) -> l
     if primer_file is not None:
         return [primer_from_midi(primer_file, p.primer_seconds)]
     if p.primers:
-        return [primer_from_piece(tokens, int(piece), p.primer_seconds) for piece in p.primers]
+        return [primer_from_piece(tokens, piece, p.primer_seconds) for piece in p.primers]
     return [unconditional()]
 
 
@@ -205,10 +213,14 @@ def generate(
 ) -> dict:
     """Write p.samples samples per primer to `out` (MIDI, PNG, WAV when possible, samples.json); return the summary.
 
-    Files are written to a temporary folder and moved into `out` one by one, samples.json last; earlier sample-NN
-    files that this run does not replace are removed, and nothing else in `out` is touched.
+    Files are written to a temporary folder and moved into `out` one by one, samples.json last. The sample files of
+    the previous run (those its samples.json lists) that this run does not replace are removed; nothing else in
+    `out` is touched, and nothing at all before every sample is made.
     """
+    out = Path(out)
     check_params(p)
+    if out.exists() and not out.is_dir():
+        raise PipelineError(f"{out}: exists and is not a folder (--out)")
     primers = load_primers(p, primer_file, tokens)
     device = pick_device(p.device)
     model = load_model(model_dir, device)
@@ -220,21 +232,21 @@ def generate(
     synth = synthesizer()
     if isinstance(synth, str):
         print(f"generate: WAV files skipped: {synth}", flush=True)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     records = []
+    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         for k, primer in enumerate(primers):
             seeds = [p.seed + k * p.samples + i for i in range(p.samples)]
             for seed, new in zip(seeds, sample_batch(model, primer, p, seeds, autocast), strict=True):
                 record = write_sample(Path(tmp), f"sample-{len(records) + 1:02d}", primer, new, p, synth)
                 records.append({**record, "seed": seed})
+        previous = previous_sample_files(out)
+        out.mkdir(exist_ok=True)
         written = {path.name for path in Path(tmp).iterdir()}
         for name in sorted(written):
             os.replace(Path(tmp) / name, out / name)
-    for stale in out.iterdir():
-        if SAMPLE_FILE.match(stale.name) and stale.name not in written:
-            stale.unlink()
+    for name in previous - written:
+        (out / name).unlink(missing_ok=True)
     settings = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("primers", "precision")}
     summary = {
         "model": str(model_dir),
@@ -249,3 +261,13 @@ def generate(
     }
     atomic_write_text(out / "samples.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def previous_sample_files(out: Path) -> set[str]:
+    """The files that the samples.json in `out` lists (a run's own files, and only those, are replaced)."""
+    try:
+        samples = json.loads((out / "samples.json").read_text())["samples"]
+        names = {s[key] for s in samples for key in ("midi", "png", "wav") if s.get(key)}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    return {name for name in names if isinstance(name, str) and SAMPLE_FILE.match(name)}

@@ -1,7 +1,8 @@
 """Primers for generation: the opening seconds of a MIDI file or of a validation piece, as the model's tokens.
 
 A MIDI file is read with the parse stage's reader (sustain applied), so a primer is encoded exactly as the training
-data was. Notes still sounding at the cut end there, as note-seq's `extract_subsequence` ends them.
+data was. Notes still sounding at the cut end there, as note-seq's `extract_subsequence` ends them, and a silence
+before the cut is kept, so the continuation starts at the cut (or at the file's end, if that comes first).
 """
 
 from __future__ import annotations
@@ -13,16 +14,21 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.segments import PieceStore
-from pipeline.tokenizer import PIECE_START, SHIFT_STEPS, STEP_S, TIME_SHIFT, decode, encode
+from pipeline.tokenizer import PIECE_START, SHIFT_STEPS, STEP_S, STEPS_PER_SECOND, TIME_SHIFT, decode, encode
 
 
 @dataclass
 class Primer:
-    """A primer's tokens (PIECE_START, its events, no PIECE_END), where it ends in seconds, and what it is."""
+    """A primer's tokens (PIECE_START, its events, no PIECE_END), where it ends in 10 ms steps, and what it is."""
 
     tokens: np.ndarray
-    seconds: float
+    steps: int
     source: str
+
+    @property
+    def seconds(self) -> float:
+        """Where the primer ends, as `decode` gives times: steps × STEP_S."""
+        return self.steps * STEP_S
 
 
 def cut_notes(notes: dict[str, np.ndarray], seconds: float) -> dict[str, np.ndarray]:
@@ -33,12 +39,18 @@ def cut_notes(notes: dict[str, np.ndarray], seconds: float) -> dict[str, np.ndar
     return cut
 
 
-def encode_primer(notes: dict[str, np.ndarray], source: str) -> Primer:
-    """Encode primer notes as one piece without its PIECE_END; the primer ends at its last event's step."""
+def encode_primer(notes: dict[str, np.ndarray], source: str, end: float) -> Primer:
+    """Encode primer notes as one piece without its PIECE_END, lasting until `end` seconds: a silence after the last
+    event becomes time shifts, so the continuation starts where the primer was cut."""
     tokens, _ = encode(
         np.zeros(len(notes["onset"]), np.int64), notes["onset"], notes["offset"], notes["pitch"], notes["velocity"]
     )
-    return Primer(tokens[:-1].astype(np.int64), elapsed_steps(tokens) * STEP_S, source)
+    tokens = tokens[:-1].astype(np.int64)
+    steps = elapsed_steps(tokens)
+    gap = max(int(np.floor(end * STEPS_PER_SECOND + 0.5)) - steps, 0)  # rounded as the tokenizer rounds times
+    full, rest = divmod(gap, SHIFT_STEPS)
+    shifts = [TIME_SHIFT + SHIFT_STEPS - 1] * full + ([TIME_SHIFT + rest - 1] if rest else [])
+    return Primer(np.concatenate([tokens, np.array(shifts, np.int64)]), steps + gap, source)
 
 
 def elapsed_steps(tokens: np.ndarray) -> int:
@@ -65,7 +77,7 @@ def primer_from_midi(path: Path, seconds: float) -> Primer:
     notes = cut_notes(notes, seconds)
     if len(notes["onset"]) == 0:
         raise PipelineError(f"{path}: no note starts in the first {seconds:g} s (see --primer-seconds)")
-    return encode_primer(notes, str(path))
+    return encode_primer(notes, str(path), min(seconds, performance.duration))
 
 
 def primer_from_piece(tokens: Path, piece_id: int, seconds: float) -> Primer:
@@ -79,13 +91,16 @@ def primer_from_piece(tokens: Path, piece_id: int, seconds: float) -> Primer:
     ]
     if not rows:
         raise PipelineError(f"generate.primers: piece {piece_id} is not in {Path(tokens) / 'validation'}")
-    notes = cut_notes(decode(store.piece(rows[0])), seconds)
+    piece = store.piece(rows[0])
+    notes = cut_notes(decode(piece), seconds)
     if len(notes["onset"]) == 0:
         raise PipelineError(f"generate.primers: piece {piece_id} has no note in its first {seconds:g} s")
     composer = index["composer"][rows[0]] if "composer" in index else "?"
-    return encode_primer(notes, f"validation piece {piece_id} ({composer})")
+    return encode_primer(
+        notes, f"validation piece {piece_id} ({composer})", min(seconds, elapsed_steps(piece) * STEP_S)
+    )
 
 
 def unconditional() -> Primer:
     """No primer: the piece starts from PIECE_START alone."""
-    return Primer(np.array([PIECE_START], np.int64), 0.0, "none")
+    return Primer(np.array([PIECE_START], np.int64), 0, "none")

@@ -175,11 +175,15 @@ def test_validation_pieces_prime_the_stage_and_old_samples_go_but_nothing_else(m
     body = encode(np.zeros(3, int), notes["onset"], notes["offset"], notes["pitch"], notes["velocity"])[0][1:-1]
     tokens = write_tokens(tmp_path / "tokens", {"train": [body], "validation": [body[::-1], body]})
     out = tmp_path / "out"
-    out.mkdir()
+    generate(model_dir, out, params(samples=3))  # an earlier run, and a user's own files beside it
     (out / "notes.txt").write_text("mine")
-    (out / "sample-09.mid").write_bytes(b"old")
+    (out / "sample-9.wav").write_bytes(b"mine too")
     summary = generate(model_dir, out, params(primers=[1], primer_seconds=1.0, samples=1), tokens=tokens)
-    assert (out / "notes.txt").read_text() == "mine" and not (out / "sample-09.mid").exists()
+    assert (out / "notes.txt").read_text() == "mine" and (out / "sample-9.wav").read_bytes() == b"mine too"
+    assert (
+        sorted(p.name for p in out.glob("sample-0*"))
+        == ["sample-01.mid", "sample-01.png", "sample-01.wav"][: 3 if summary["samples"][0]["wav"] else 2]
+    )
     assert summary["samples"][0]["primer"]["source"] == "validation piece 1 (B)"
     got = notes_by_pretty_midi(out / "sample-01.mid")
     assert np.allclose([n[:3] for n in got[:2]], [(0.0, 0.4, 60), (0.5, 1.0, 62)])
@@ -240,7 +244,8 @@ def test_a_primer_that_is_not_what_it_should_be_is_a_clear_error(tmp_path):
         (["--temperature", "0"], "temperature must be above 0, not 0.0"),
         (["--top-p", "0"], "top-p must be in (0, 1], not 0.0"),
         (["--top-p", "1.5"], "top-p must be in (0, 1], not 1.5"),
-        (["--seconds", "-1"], "seconds cannot be -1.0"),
+        (["--seconds", "-1"], "seconds must be above 0 and at most 3600.0, not -1.0"),
+        (["--temperature", "inf"], "temperature must be a finite number, not inf"),
     ],
 )
 def test_the_command_gives_one_line_errors_and_writes_nothing(model_dir, tmp_path, options, message):
@@ -295,3 +300,54 @@ def test_bf16_is_chosen_where_it_pays_and_when_asked(monkeypatch):
         monkeypatch.setattr(stage, "cpu_has_bf16", lambda native=native: native)
         assert stage.pick_autocast("auto", cpu, small) is None
         assert stage.pick_autocast("auto", cpu, large) is (torch.bfloat16 if native else None)
+
+
+def test_a_primer_keeps_its_silence_up_to_the_cut(model_dir, tmp_path):
+    events = note(0, round(1.2 * 960), 60) + note(5 * 960, 6 * 960, 64)  # silent from 1.2 s to 5 s
+    primer = primer_from_midi(write_midi(tmp_path / "p.mid", [events]), 2.0)
+    assert primer.steps == 200 and primer.tokens[-1] == 256 + 79  # 1.2 s to 2 s: a shift of 80 steps
+    early = primer_from_midi(write_midi(tmp_path / "q.mid", [note(0, 480, 60)]), 2.0)
+    assert early.steps == 50  # a file that ends before the cut ends the primer
+    summary = generate(model_dir, tmp_path / "out", params(primer_seconds=2.0, samples=1), tmp_path / "p.mid")
+    got = notes_by_pretty_midi(tmp_path / "out" / "sample-01.mid")
+    assert got[0][:3] == pytest.approx((0.0, 1.2, 60)) and all(n[0] >= 2.0 for n in got[1:])
+    assert summary["samples"][0]["primer"]["seconds"] == 2.0
+
+
+def test_a_note_struck_on_the_last_step_is_left_out_not_left_hanging(tmp_path):
+    import mido
+
+    primer = Primer(np.array([PIECE_START, 50, 256, 128 + 50]), 1, "one note")  # a 10 ms note, then the cut
+    new = np.array([256 + 4, 60, PIECE_END])  # 50 ms on, then a strike as the piece ends
+    record = write_sample(tmp_path, "sample-01", primer, new, params(stop_at_piece_end=True), "none")
+    messages = [m for m in mido.MidiFile(tmp_path / "sample-01.mid") if m.type in ("note_on", "note_off")]
+    assert [(m.type, m.note) for m in messages] == [("note_on", 50), ("note_off", 50)]
+    assert record["notes"] == 0 and record["ended_by"] == "piece_end" and record["seconds"] == 0.05
+
+
+def test_more_settings_and_inputs_that_make_no_sense(model_dir, tmp_path):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{}")
+    (tmp_path / "broken" / "model.pt").write_bytes(b"not torch")
+    (tmp_path / "a-file").write_text("")
+    for call, message in (
+        (lambda: generate(model_dir, tmp_path / "o", params(temperature=float("inf"))), "temperature must be a finite"),
+        (lambda: generate(model_dir, tmp_path / "o", params(seconds=float("inf"))), "seconds must be above 0 and at"),
+        (lambda: generate(model_dir, tmp_path / "o", params(seed=2**70)), "seed must be from 0"),
+        (lambda: generate(model_dir, tmp_path / "o", params(mem_len=10**8)), "mem_len must be from 0 to"),
+        (lambda: generate(model_dir, tmp_path / "o", params(primers=["abc"])), "must list validation piece ids"),
+        (lambda: generate(model_dir, tmp_path / "o", params(primers=[1.5])), "must list validation piece ids"),
+        (lambda: generate(tmp_path / "broken", tmp_path / "o", params()), "not a model that the train stage wrote"),
+        (lambda: generate(model_dir, tmp_path / "a-file", params()), "exists and is not a folder"),
+    ):
+        with pytest.raises(PipelineError, match=message):
+            call()
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_tiny_temperature_is_greedy_decoding(model_dir, tmp_path):
+    cold = generate(model_dir, tmp_path / "cold", params(samples=2, temperature=1e-30))
+    greedy = generate(model_dir, tmp_path / "greedy", params(samples=2, top_k=1, seed=99))
+    assert [s["tokens"] for s in cold["samples"]] == [s["tokens"] for s in greedy["samples"]]
+    midi = [(tmp_path / d / "sample-02.mid").read_bytes() for d in ("cold", "greedy")]
+    assert midi[0] == midi[1]

@@ -18,6 +18,16 @@ def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def sharp(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with large random matrices: its next-token choice then depends on the whole context (a freshly
+    initialised one nearly repeats its last input, through the tied embedding), so equal tokens mean something."""
+    rng = seeded(0)
+    with torch.no_grad():
+        for weight in (p for p in model.parameters() if p.dim() == 2):
+            weight.normal_(0, 0.5, generator=rng)
+    return model
+
+
 @pytest.mark.parametrize(
     "shape",
     [
@@ -42,12 +52,13 @@ def test_cached_steps_give_the_plain_incremental_forwards_logits(shape):
 
 
 def test_cached_generation_gives_the_tokens_of_full_recompute_within_mem_len():
-    model = tiny(mem_len=40, tgt_len=4)
+    model = sharp(tiny(mem_len=40, tgt_len=4))
     prompt = torch.randint(0, VOCAB, (3, 6))
     runs = {
         decoding: generate(model, prompt, 35, generator=[seeded(s) for s in (1, 2, 3)], decoding=decoding)
         for decoding in ("cached", "incremental", "recompute")
     }
+    assert len(torch.cat(runs["cached"]).unique()) > 15  # not a repeat: the draws follow the context
     for row in range(3):
         assert len(runs["cached"][row]) == 35
         assert torch.equal(runs["cached"][row], runs["recompute"][row])
@@ -83,12 +94,15 @@ def test_each_row_with_its_own_generator_is_the_sample_it_would_be_alone():
 
 
 def test_top_k_of_one_is_greedy_decoding():
-    model = tiny()
+    model = sharp(tiny(mem_len=32))
     seq = torch.randint(0, VOCAB, (2, 3))
     sampled = generate(model, seq, 25, top_k=1, temperature=1.7, generator=seeded(0))
+    last_only = seq.clone()
     for _ in range(25):  # greedy by hand: the argmax of a full forward over everything so far
         seq = torch.cat([seq, model(seq)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+        last_only = torch.cat([last_only, model(last_only[:, -1:])[0][:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(torch.stack(sampled), seq[:, 3:])
+    assert not torch.equal(seq, last_only) and len(seq[:, 3:].unique()) > 4  # the context decides
 
 
 @pytest.mark.parametrize("top_p", [0.05, 0.3, 0.5, 0.9, 0.999])
