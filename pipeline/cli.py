@@ -250,3 +250,20 @@ def generate(
             f"generate: {s['name']}: {s['seconds']:.1f} s, {s['notes']} notes, {s['tokens']} tokens, seed {s['seed']}, "
             f"ended by {s['ended_by']}{flags} -> {out}/ ({files})"
         )
+
+
+@app.command()
+def report(
+    params: ParamsOption = Path("params.yaml"),
+    out: Annotated[Path, typer.Option(help="folder of README.md, figures/ and plots/")] = Path("reports"),
+) -> None:
+    """Write the analysis report OUT/README.md (GitHub-flavoured Markdown) with its figures in OUT/figures/ and the
+    data of the comparable figures in OUT/plots/, from what the earlier stages wrote.
+
+    The same inputs give the same bytes; what changes from run to run (commit, machine) is in its last section.
+    """
+    from pipeline.report import Inputs
+    from pipeline.report import report as run_report
+
+    path = _run(run_report, Inputs(params=params), out)
+    typer.echo(f"report: {path}")
