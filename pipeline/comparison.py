@@ -33,7 +33,6 @@ def real_features(pieces: list[dict], seconds: float, per_piece: int, most: int,
 def samples_section(samples: Path, out: Path, plots: Path, pieces: dict, notes: dict) -> list[str]:
     """Each sample's piano roll and files, then generated against real music, feature by feature (Yang & Lerch)."""
     from pipeline.features import FEATURES, compare_sets, feature_values
-    from pipeline.performance import read_performance
     from pipeline.report import read_json, table
 
     summary = read_json(samples / "samples.json")
@@ -41,11 +40,7 @@ def samples_section(samples: Path, out: Path, plots: Path, pieces: dict, notes: 
     lines = ["## Samples", "", f"Settings: {json.dumps(summary['settings'])}.", ""]
     generated = []
     for s in summary["samples"]:
-        perf = read_performance(samples / s["midi"])
-        start = s["primer"]["seconds"] if s["primer"]["kept"] else 0.0
-        new = perf.onset >= start - 1e-6
-        notes_new = {"onset": perf.onset[new] - start, "offset": perf.offset[new] - start,
-                     "pitch": perf.pitch[new], "velocity": perf.velocity[new]}  # fmt: skip
+        notes_new = new_notes(samples / s["midi"], s["primer"]["seconds"] if s["primer"]["kept"] else 0.0)
         generated.append(feature_values(notes_new, max(s["seconds"], 1e-3)))
         files = f"[MIDI](samples/{s['midi']})" + (f" · [WAV](samples/{s['wav']})" if s.get("wav") else "")
         flags = ", ".join(s["flags"]) or "none"
@@ -107,3 +102,18 @@ def _rounded(value: float) -> float | None:
 
 def _num(value: float) -> str:
     return "n/a" if not np.isfinite(value) else f"{value:.3f}"
+
+
+def new_notes(midi: Path, start: float) -> dict[str, np.ndarray]:
+    """The notes of a sample's MIDI file from `start` seconds on (after its primer), times from there; a silent
+    sample has none."""
+    from pipeline.performance import UnreadableMidi, read_performance
+
+    keys = ("onset", "offset", "pitch", "velocity")
+    try:
+        perf = read_performance(midi)
+    except UnreadableMidi:  # the only MIDI generate writes that the reader refuses: one with no notes
+        return {k: np.zeros(0) for k in keys}
+    new = perf.onset >= start - 1e-6
+    return {"onset": perf.onset[new] - start, "offset": perf.offset[new] - start, "pitch": perf.pitch[new],
+            "velocity": perf.velocity[new]}  # fmt: skip

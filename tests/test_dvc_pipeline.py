@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -121,10 +122,21 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
                for s in summary["samples"])  # fmt: skip
     assert "generate: sample-02:" in first.stdout
     first_sample = (samples / "sample-01.mid").read_bytes()
+    report = (project / "reports" / "README.md").read_text()
+    for heading in ("## Data", "## Training", "## Evaluation", "## Samples", "## Reproducibility"):
+        assert heading in report
+    linked = re.findall(r"\]\(((?:figures|samples)/[^)]+)\)", report)
+    assert len(linked) > 10 and all((project / "reports" / link).is_file() for link in linked)
+    assert f"**{scored['validation']['nll']:.3f}**" in report
+    figures_before = {p.name: p.read_bytes() for p in (project / "reports" / "figures").iterdir()}
 
     again = sh(["dvc", "repro"], project)
     assert "Running stage" not in again.stdout
     assert "up to date" in again.stdout
+    sh(["dvc", "repro", "-f", "-s", "report"], project)  # the same inputs give the same bytes
+    assert {p.name: p.read_bytes() for p in (project / "reports" / "figures").iterdir()} == figures_before
+    measured = "## Measured on this run"
+    assert (project / "reports" / "README.md").read_text().split(measured)[0] == report.split(measured)[0]
     # The checkpoint is a persistent output, but a finished run is not resumed: a rerun (here forced) trains again,
     # and on a CPU the same seed gives the same weights.
     forced = sh(["dvc", "repro", "-f", "-s", "train"], project)
