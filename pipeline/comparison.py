@@ -37,7 +37,8 @@ def samples_section(samples: Path, out: Path, plots: Path, pieces: dict, notes: 
 
     summary = read_json(samples / "samples.json")
     seconds = float(summary["settings"]["seconds"])
-    lines = ["## Samples", "", f"Settings: {json.dumps(summary['settings'])}.", ""]
+    settings = ", ".join(f"{k} {v}" for k, v in summary["settings"].items())
+    lines = ["## Samples", "", f"Made by the generate stage with {settings}; audio: {summary['wav']}.", ""]
     generated = []
     for s in summary["samples"]:
         notes_new = new_notes(samples / s["midi"], s["primer"]["seconds"] if s["primer"]["kept"] else 0.0)

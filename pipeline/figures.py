@@ -42,7 +42,10 @@ def bars(path: Path, labels: list[str], values: list[float], title: str, xlabel:
     ax.set_yticks(y, labels)
     if reference is not None:
         ax.axvline(reference, color=PALETTE[1], linestyle="--", label=reference_label)
-        ax.legend(loc="lower right", frameon=False)
+        if reference_label:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+        low = min(min(values), reference)
+        ax.set_xlim(low - 0.25 * (max(max(values), reference) - low) - 1e-9, None)  # the differences, not the zero
     ax.set_xlabel(xlabel)
     ax.set_title(title, loc="left")
     return save(fig, path)
