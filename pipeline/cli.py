@@ -267,3 +267,17 @@ def report(
 
     path = _run(run_report, Inputs(params=params), out)
     typer.echo(f"report: {path}")
+
+
+@app.command()
+def compare(
+    base_rev: Annotated[str, typer.Argument(help="a git revision or a DVC experiment's name")],
+    figures: Annotated[Path, typer.Option(help="where the old figures go when they have no address")] = Path(
+        "reports/compare"
+    ),
+) -> None:
+    """Print a Markdown section for a pull request: the metrics and params diffs against BASE_REV and every report
+    figure that changed, old beside new."""
+    from pipeline.compare import compare as run_compare
+
+    typer.echo(_run(run_compare, base_rev, figures))

@@ -147,17 +147,21 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
 
     sh(["git", "add", "-A"], project)
     sh(["git", "commit", "-qm", "pipeline run"], project)
-    sh(["dvc", "exp", "run", "-S", "parse.workers=1", "-S", "model.n_layer=2"], project)
+    sh(["dvc", "exp", "run", "-S", "parse.workers=1", "-S", "model.n_layer=1"], project)
     experiments = json.loads(sh(["dvc", "exp", "show", "--json"], project).stdout)
     text = json.dumps(experiments)
-    assert '"workers": 1' in text and '"parsed": 3' in text and '"n_layer": 2' in text
+    assert '"workers": 1' in text and '"parsed": 3' in text and '"n_layer": 1' in text
     rescored = json.loads((project / "reports" / "metrics" / "eval.json").read_text())
     assert rescored["validation"]["nll"] != scored["validation"]["nll"] and '"kneser_ney"' in text
     diff = json.loads(sh(["dvc", "metrics", "diff", "--json"], project).stdout)
     assert "validation.nll" in diff["reports/metrics/eval.json"]
     smaller = json.loads((project / "reports" / "train" / "metrics.json").read_text())
     assert smaller["num_params"] < trained["num_params"] and f'"num_params": {smaller["num_params"]}' in text
-    assert json.loads((project / "data" / "model" / "config.json").read_text())["n_layer"] == 2
+    assert json.loads((project / "data" / "model" / "config.json").read_text())["n_layer"] == 1
+    section = sh([sys.executable, "-m", "pipeline", "compare", "HEAD"], project).stdout
+    assert re.search(r"validation\.nll\s*\|", section) and re.search(r"model\.n_layer\s*\|\s*12\s*\|\s*1\s*\|", section)
+    assert "`nll_by_composer_validation.png`" in section and "`composers.png`" not in section  # the data is the same
+    assert (project / "reports" / "compare").is_dir()  # no GitHub origin: the old figures are written out
     assert (samples / "sample-01.mid").read_bytes() != first_sample  # another model, other music
     # One process or several, the tables are the same.
     assert pq.read_table(project / "data" / "events" / "pieces.parquet").equals(pieces)
