@@ -5,6 +5,9 @@ DVCLive is imported lazily and skipped when it is not installed, so training nee
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -81,3 +84,32 @@ def log_metrics(live, step: int, logged: dict, num_params: int, tokens_per_step:
     live.summary["num_params"] = num_params
     live.summary["tokens_seen"] = step * tokens_per_step
     live.make_summary()
+
+
+def write_run_record(path: Path, seconds: float, steps: int, tokens_per_step: int, device: str, processes: int) -> None:
+    """What this invocation measured (wall time, tokens/s, hardware): reports/train/run.json, read by the report's
+    section of run-to-run figures. It is not a DVC metric, so it never shows up as a change between experiments."""
+    if device == "cuda":
+        import torch
+
+        hardware = f"{processes} × {torch.cuda.get_device_name()}"
+    else:
+        hardware = f"{platform.machine()} CPU, {os.cpu_count()} cores, {_cpu_model()}"
+    record = {
+        "wall_seconds": round(seconds, 1),
+        "steps": steps,
+        "tokens_per_second": round(steps * tokens_per_step / max(seconds, 1e-9), 1),
+        "hardware": hardware,
+        "device": device,
+        "processes": processes,
+    }
+    atomic_write_text(Path(path), json.dumps(record, indent=2) + "\n")
+
+
+def _cpu_model() -> str:
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]  # fmt: skip
+    except OSError:
+        names = []
+    return names[0] if names else (platform.processor() or "unknown model")

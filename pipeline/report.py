@@ -214,7 +214,8 @@ def training_section(inputs: Inputs, out: Path) -> list[str]:
         f"![loss by tokens](figures/{fig_tokens})",
         "",
         "The validation NLL here is the train stage's running estimate over a few segments; the evaluation below "
-        "scores every validation token.",
+        "scores every validation token. Wall time, tokens/s and hardware are in the last section, with the other "
+        "figures that change from run to run.",
         "",
     ]
 
@@ -317,15 +318,22 @@ def measured_section(inputs: Inputs) -> list[str]:
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
                            check=False)  # fmt: skip
     revision = (commit.stdout.strip() or "not a git checkout") + (" with uncommitted changes" if dirty.stdout else "")
-    return [
+    lines = [
         "## Measured on this run",
         "",
         "<!-- Everything above is a function of the pipeline's inputs; what follows changes from run to run. -->",
         "",
         f"- Commit: {revision}.",
         f"- Machine that wrote this report: {platform.machine()}, {platform.system()}, {_cpu_name()}.",
-        "",
     ]
+    run = inputs.train / "run.json"
+    if run.is_file():
+        r = json.loads(run.read_text())
+        lines.append(
+            f"- Training: {r['steps']:,} steps in {r['wall_seconds'] / 60:.1f} min, {r['tokens_per_second']:,.0f} "
+            f"tokens/s, on {r['hardware']} ({r['processes']} process{'es' if r['processes'] > 1 else ''})."
+        )
+    return [*lines, ""]
 
 
 def _cpu_name() -> str:

@@ -11,6 +11,7 @@ import hashlib
 import math
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch.distributed as dist
 from model import TransformerXL, TransformerXLConfig
 from pipeline.checkpoint import export_model, load_checkpoint, write_checkpoint
 from pipeline.errors import PipelineError
-from pipeline.live import Progress, log_metrics, open_live
+from pipeline.live import Progress, log_metrics, open_live, write_run_record
 from pipeline.params import typed
 from pipeline.segments import PieceStore, SegmentStream, load_vocab, pitch_ranges
 
@@ -391,10 +392,14 @@ def train(
         if live is not None:
             log_metrics(live, run.step, logged, num_params, tokens_per_step)
 
+    started, first_step = time.perf_counter(), run.step
     if _loop(run, forward, save, log, on_step, ckpt_path):
         return {"interrupted": True, "step": run.step}
     if rank == 0:
         export_model(run.model, Path(model_out))
+        if live_dir is not None:
+            seconds, steps = time.perf_counter() - started, run.step - first_step
+            write_run_record(Path(live_dir) / "run.json", seconds, steps, tokens_per_step, run.device.type, world)
         if live is not None:  # the summary, even if no step ran
             log_metrics(live, run.step, run.metrics, num_params, tokens_per_step, plot=False)
             live.end()

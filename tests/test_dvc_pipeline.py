@@ -128,6 +128,8 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     linked = re.findall(r"\]\(((?:figures|samples)/[^)]+)\)", report)
     assert len(linked) > 10 and all((project / "reports" / link).is_file() for link in linked)
     assert f"**{scored['validation']['nll']:.3f}**" in report
+    run = json.loads((project / "reports" / "train" / "run.json").read_text())
+    assert run["steps"] == 6 and run["device"] == "cpu" and "- Training: 6 steps in " in report
     figures_before = {p.name: p.read_bytes() for p in (project / "reports" / "figures").iterdir()}
 
     again = sh(["dvc", "repro"], project)
