@@ -315,8 +315,9 @@ def measured_section(inputs: Inputs) -> list[str]:
     import subprocess
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                           check=False)  # fmt: skip
+    # What a `dvc exp run -S` itself changes (params, lock, reports) is not a change to the code that ran.
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!params.yaml",
+                            ":!dvc.lock", ":!reports"], capture_output=True, text=True, check=False)  # fmt: skip
     revision = (commit.stdout.strip() or "not a git checkout") + (" with uncommitted changes" if dirty.stdout else "")
     lines = [
         "## Measured on this run",
