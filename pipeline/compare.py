@@ -19,8 +19,10 @@ FIGURES = "reports/figures"
 
 
 def git(*args: str, binary: bool = False) -> str | bytes | None:
-    """A git command's output, or None when it fails."""
-    result = subprocess.run(["git", *args], capture_output=True, text=not binary, check=False)
+    """A git command's output (run at the repository's top, wherever the command was started), or None when it fails."""
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=False)
+    cwd = top.stdout.strip() or None
+    result = subprocess.run(["git", *args], capture_output=True, text=not binary, check=False, cwd=cwd)
     return result.stdout if result.returncode == 0 else None
 
 
@@ -49,7 +51,9 @@ def dvc_table(*args: str) -> str:
 
 
 def github_raw(sha: str) -> str | None:
-    """The address prefix of files at `sha` when origin is on GitHub."""
+    """The address prefix of files at `sha` when origin is on GitHub and holds that commit (a branch of it does)."""
+    if not (git("branch", "--remotes", "--contains", sha) or "").strip():
+        return None
     url = (git("remote", "get-url", "origin") or "").strip()
     match = re.match(r"^(?:https://github\.com/|git@github\.com:)([^/]+/[^/]+?)(?:\.git)?/?$", url)
     return f"https://github.com/{match.group(1)}/raw/{sha}" if match else None
@@ -59,7 +63,7 @@ def changed_figures(base: str) -> list[tuple[str, bytes | None, bytes | None]]:
     """(name, old bytes, new bytes) of each report figure that differs between `base` and the workspace."""
     listed = git("ls-tree", "--name-only", f"{base}:{FIGURES}") or ""
     old_names = {n for n in listed.splitlines() if n.endswith(".png")}
-    folder = Path(FIGURES)
+    folder = Path((git("rev-parse", "--show-toplevel") or ".").strip()) / FIGURES
     new_names = {p.name for p in folder.glob("*.png")} if folder.is_dir() else set()
     changes = []
     for name in sorted(old_names | new_names):

@@ -92,16 +92,22 @@ def feature_grid(path: Path, sets: dict[str, list[dict[str, np.ndarray]]], names
     rows = -(-len(names) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(12, 2.6 * rows))
     for ax, name in zip(axes.ravel(), names, strict=False):
-        values = {label: np.array([p[name] for p in pieces]) for label, pieces in sets.items()}
+        size = 12 if name == "pitch_class_histogram" else 1
+        values = {label: np.array([p[name] for p in pieces], float).reshape(-1, size) for label, pieces in sets.items()}
         if name == "pitch_class_histogram":
             for k, ((label, v), color) in enumerate(zip(values.items(), PALETTE, strict=False)):
                 width = 0.8 / len(values)
+                if not np.isfinite(v).any():
+                    continue
                 ax.bar(np.arange(12) + (k - (len(values) - 1) / 2) * width, np.nanmean(v, axis=0), width,
                        color=color, label=label)  # fmt: skip
             ax.set_xticks(range(12), ["C", "", "D", "", "E", "F", "", "G", "", "A", "", "B"])
         else:
             finite = {label: v[np.isfinite(v)].ravel() for label, v in values.items()}
-            together = np.concatenate(list(finite.values()))
+            together = np.concatenate([v for v in finite.values() if len(v)] or [np.zeros(0)])
+            if len(together) == 0:  # no piece defines this feature: an empty panel, not an error
+                ax.set_title(name.replace("_", " "), fontsize=9)
+                continue
             bins = np.linspace(together.min(), together.max(), 25) if np.ptp(together) > 0 else 10
             for (label, v), color in zip(finite.items(), PALETTE, strict=False):
                 if len(v):
@@ -109,6 +115,7 @@ def feature_grid(path: Path, sets: dict[str, list[dict[str, np.ndarray]]], names
         ax.set_title(name.replace("_", " "), fontsize=9)
     for ax in axes.ravel()[len(names) :]:
         ax.axis("off")
-    axes.ravel()[0].legend(frameon=False, fontsize=8)
+    if axes.ravel()[0].get_legend_handles_labels()[0]:
+        axes.ravel()[0].legend(frameon=False, fontsize=8)
     fig.suptitle(title, x=0.01, ha="left")
     return save(fig, path)

@@ -83,6 +83,9 @@ def load_pieces(inputs: Inputs) -> tuple[dict[str, np.ndarray], dict[str, np.nda
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    for path in (inputs.validated / "pieces.parquet", inputs.events / "notes", inputs.events / "pedals"):
+        if not path.exists():
+            raise PipelineError(f"{path}: not found (run the stages before report: dvc repro)")
     pieces = pq.read_table(inputs.validated / "pieces.parquet").sort_by("piece_id")
     notes = pq.read_table(inputs.events / "notes", columns=["piece_id", "onset", "offset", "pitch", "velocity"])
     notes = notes.filter(pc.is_in(notes["piece_id"], pieces["piece_id"]))
@@ -203,8 +206,8 @@ def training_section(inputs: Inputs, out: Path) -> list[str]:
                     f"{summary['num_params']:,}",
                     f"{summary['step']:,}",
                     f"{summary['tokens_seen']:,}",
-                    f"{summary['train']['loss']:.3f}",
-                    f"{summary['val']['nll']:.3f}",
+                    _metric(summary, "train", "loss"),
+                    _metric(summary, "val", "nll"),
                     device,
                 ]
             ],
@@ -224,8 +227,11 @@ def data_checksum(inputs: Inputs, pieces: dict) -> str:
     """sha256 over the metadata-named MIDI files the report describes, in piece order (name, then bytes)."""
     digest = hashlib.sha256()
     for name in pieces["midi_filename"]:
+        path = inputs.raw / str(name)
+        if not path.is_file():
+            raise PipelineError(f"{path}: a validated piece's MIDI file is missing (rerun the fetch stage)")
         digest.update(str(name).encode() + b"\0")
-        digest.update((inputs.raw / str(name)).read_bytes())
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -267,7 +273,9 @@ def evaluation_section(inputs: Inputs, out: Path, plots: Path) -> list[str]:
             *table(["model", "nats per token", "bits per token", "accuracy"], rows),
             "",
         ]
-        composers = sorted(m["by_composer"].items(), key=lambda kv: kv[1])
+        composers = sorted(((c, v) for c, v in m["by_composer"].items() if np.isfinite(v)), key=lambda kv: kv[1])
+        if not composers:
+            continue
         name = figures.bars(out / f"nll_by_composer_{split}.png", [c for c, _ in composers],
                             [v for _, v in composers], f"NLL per composer ({split})", "nats per token",
                             reference=m["nll"], reference_label="all pieces")  # fmt: skip
@@ -381,3 +389,9 @@ def load_section_safe(inputs: Inputs) -> str:
     from pipeline.params import load_section
 
     return str(load_section("data", inputs.params).get("source"))
+
+
+def _metric(summary: dict, group: str, name: str) -> str:
+    """A DVCLive summary value to three decimals, or n/a (no validation split: no validation NLL)."""
+    value = summary.get(group, {}).get(name)
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"

@@ -4,9 +4,11 @@ data checksum and the published figures' sources. The whole stage runs in the DV
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pipeline import figures
-from pipeline.comparison import new_notes
+from pipeline.comparison import new_notes, reference_draws
+from pipeline.errors import PipelineError
 from pipeline.features import FEATURES, feature_values
 from pipeline.report import LITERATURE, Inputs, data_checksum, table
 from pipeline.tokenizer import write_midi
@@ -67,3 +69,29 @@ def test_the_data_checksum_covers_every_byte_and_name(tmp_path):
 def test_every_published_figure_names_its_data_and_its_source():
     for model, nll, data, source in LITERATURE:
         assert float(nll.strip("≈ ")) > 1 and "MAESTRO v" in data and "https://" in source, model
+
+
+def test_a_missing_or_broken_sample_is_an_error_not_silence(tmp_path):
+    with pytest.raises(PipelineError, match="missing"):
+        new_notes(tmp_path / "gone.mid", 0.0)
+    (tmp_path / "bad.mid").write_bytes(b"MThd garbage")
+    with pytest.raises(PipelineError, match="unreadable sample"):
+        new_notes(tmp_path / "bad.mid", 0.0)
+
+
+def test_the_reference_puts_real_music_of_the_samples_size_in_their_place():
+    rng = np.random.default_rng(0)
+
+    def piece(shift: float) -> dict:
+        onset = np.sort(rng.uniform(0, 20, 150))
+        notes = {"onset": onset, "offset": onset + rng.uniform(0.1, 1.0, 150),
+                 "pitch": rng.integers(40, 80, 150) + int(shift), "velocity": rng.integers(30, 100, 150)}  # fmt: skip
+        return feature_values(notes, 20.0)
+
+    reference = [piece(0) for _ in range(40)]
+    alike = reference_draws(reference, [piece(0) for _ in range(40)], 4)
+    apart = reference_draws(reference, [piece(30) for _ in range(40)], 4)
+    assert alike["pitch_class_histogram"]["overlap"] > 0.5 and alike["pitch_range"]["overlap"] > 0.5
+    assert apart["pitch_class_histogram"]["overlap"] < alike["pitch_class_histogram"]["overlap"]
+    assert alike["pitch_range"]["overlap_p10"] <= alike["pitch_range"]["overlap"]
+    assert all(np.isnan(v["overlap"]) for v in reference_draws(reference, reference, 0).values())
