@@ -21,7 +21,6 @@ from model.transformer_xl import TransformerXL
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 Decoder = Callable[[torch.Tensor], torch.Tensor]  # the ids just sampled [b] -> the next logits [b, vocab]
-DECODINGS = ("cached", "incremental", "recompute")
 
 
 def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
@@ -102,6 +101,7 @@ def _recompute(model: TransformerXL, prompt: torch.Tensor, window: int | None) -
 
 
 _DECODERS = {"cached": _cached, "incremental": _incremental, "recompute": _recompute}
+DECODINGS = tuple(_DECODERS)
 
 
 def start_decoding(
@@ -148,9 +148,10 @@ def generate(
     done = torch.zeros(b, dtype=torch.bool, device=device)
     with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
         logits, step = start_decoding(model, prompt, decoding, window)
+        banned_ids = torch.as_tensor(list(banned), dtype=torch.long, device=device)
         for i in range(new.size(1)):
-            if banned:
-                logits = logits.index_fill(-1, torch.as_tensor(list(banned), device=device), float("-inf"))
+            if len(banned_ids):
+                logits = logits.index_fill(-1, banned_ids, float("-inf"))
             tokens = sample(filter_logits(logits, temperature, top_k, top_p), generator)
             new[:, i] = tokens
             ended = torch.zeros_like(done) if stop_token is None else tokens == stop_token

@@ -9,6 +9,7 @@ new one at HEAD (when the workspace's figure is the committed one); otherwise th
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 from pathlib import Path
@@ -20,10 +21,14 @@ FIGURES = "reports/figures"
 
 def git(*args: str, binary: bool = False) -> str | bytes | None:
     """A git command's output (run at the repository's top, wherever the command was started), or None when it fails."""
-    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=False)
-    cwd = top.stdout.strip() or None
-    result = subprocess.run(["git", *args], capture_output=True, text=not binary, check=False, cwd=cwd)
+    result = subprocess.run(["git", *args], capture_output=True, text=not binary, check=False, cwd=_top())
     return result.stdout if result.returncode == 0 else None
+
+
+@functools.cache
+def _top() -> str | None:
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=False)
+    return top.stdout.strip() or None
 
 
 def resolve(rev: str) -> str:
@@ -63,7 +68,7 @@ def changed_figures(base: str) -> list[tuple[str, bytes | None, bytes | None]]:
     """(name, old bytes, new bytes) of each report figure that differs between `base` and the workspace."""
     listed = git("ls-tree", "--name-only", f"{base}:{FIGURES}") or ""
     old_names = {n for n in listed.splitlines() if n.endswith(".png")}
-    folder = Path((git("rev-parse", "--show-toplevel") or ".").strip()) / FIGURES
+    folder = Path(_top() or ".") / FIGURES
     new_names = {p.name for p in folder.glob("*.png")} if folder.is_dir() else set()
     changes = []
     for name in sorted(old_names | new_names):

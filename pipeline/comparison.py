@@ -11,6 +11,7 @@ import numpy as np
 from pipeline import figures
 from pipeline.atomic import atomic_write_text
 from pipeline.errors import PipelineError
+from pipeline.markdown import table
 
 REFERENCE_DRAWS, REFERENCE_SEED = 20, 3
 
@@ -54,12 +55,10 @@ def reference_draws(reference: list[dict], pool: list[dict], size: int) -> dict[
     return result
 
 
-def samples_section(samples: Path, out: Path, plots: Path, pieces: dict, notes: dict) -> list[str]:
+def samples_section(samples: Path, summary: dict, out: Path, plots: Path, pieces: dict, notes: dict) -> list[str]:
     """Each sample's piano roll and files, then generated against real music, feature by feature (Yang & Lerch)."""
     from pipeline.features import FEATURES, compare_sets, feature_values
-    from pipeline.report import read_json, table
 
-    summary = read_json(samples / "samples.json")
     seconds = float(summary["settings"]["seconds"])
     settings = ", ".join(f"{k} {v}" for k, v in summary["settings"].items())
     lines = ["## Samples", "", f"Made by the generate stage with {settings}; audio: {summary['wav']}.", ""]

@@ -94,7 +94,7 @@ def write_run_record(path: Path, seconds: float, steps: int, tokens_per_step: in
 
         hardware = f"{processes} × {torch.cuda.get_device_name()}"
     else:
-        hardware = f"{platform.machine()} CPU, {os.cpu_count()} cores, {_cpu_model()}"
+        hardware = f"{platform.machine()} CPU, {os.cpu_count()} cores, {cpu_model()}"
     record = {
         "wall_seconds": round(seconds, 1),
         "steps": steps,
@@ -106,7 +106,8 @@ def write_run_record(path: Path, seconds: float, steps: int, tokens_per_step: in
     atomic_write_text(Path(path), json.dumps(record, indent=2) + "\n")
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name, as the kernel reports it."""
     try:
         names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                  if line.startswith("model name")]  # fmt: skip

@@ -1,6 +1,6 @@
 """Piano-roll pictures of performances (matplotlib, imported only here): one bar per note, darker when louder.
 
-The PNG carries no software or date metadata, so the same notes always give the same bytes.
+Saved as the report's figures are (`figures.save`): the same notes always give the same bytes.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import atomic_path
+from pipeline import figures
 
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
@@ -43,8 +43,5 @@ def draw_piano_roll(notes: dict[str, np.ndarray], path: Path, end: float, title:
     ax.set_ylabel("pitch")
     ax.set_title(title, fontsize=10, loc="left")
     ax.grid(axis="y", color="#eeeeee", zorder=1)
-    fig.tight_layout()
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
+    figures.save(fig, path)
     return Path(path)

@@ -20,6 +20,9 @@ from pipeline import figures
 from pipeline.atomic import atomic_write_text
 from pipeline.comparison import samples_section
 from pipeline.errors import PipelineError
+from pipeline.live import cpu_model
+from pipeline.markdown import read_json, table
+from pipeline.params import load_section, read_plain_yaml
 
 SPLITS = ("train", "validation", "test")
 # Published figures, as far as their sources could be checked. None is comparable like for like: other MAESTRO
@@ -62,20 +65,6 @@ class Inputs:
     train: Path = Path("reports/train")
     samples: Path = Path("reports/samples")
     params: Path = Path("params.yaml")
-
-
-def read_json(path: Path) -> dict:
-    """A JSON file an earlier stage wrote, or a one-line error naming the stage to run."""
-    if not Path(path).is_file():
-        raise PipelineError(f"{path}: not found (run the stages before report: dvc repro)")
-    return json.loads(Path(path).read_text())
-
-
-def table(header: list[str], rows: list[list[object]], align: str = "") -> list[str]:
-    """A GitHub-flavoured Markdown table; `align` has one l or r per column (default: first left, rest right)."""
-    align = align or "l" + "r" * (len(header) - 1)
-    rule = ["---" if a == "l" else "---:" for a in align]
-    return [f"| {' | '.join(map(str, line))} |" for line in (header, rule, *rows)]
 
 
 def load_pieces(inputs: Inputs) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -190,12 +179,8 @@ def training_section(inputs: Inputs, out: Path) -> list[str]:
     by_tokens = {label: (x * per_step / 1e6, y) for label, (x, y) in curves.items()}
     fig_tokens = figures.curves(out / "loss_by_tokens.png", by_tokens, "Loss against tokens seen", "million tokens",
                                 "nats per token")  # fmt: skip
-    device = "?"
     params_path = inputs.train / "params.yaml"
-    if params_path.is_file():
-        for line in params_path.read_text().splitlines():
-            if line.startswith("device:"):
-                device = line.split(":", 1)[1].strip()
+    device = read_plain_yaml(params_path.read_text()).get("device", "?") if params_path.is_file() else "?"
     return [
         "## Training",
         "",
@@ -248,8 +233,6 @@ def versions() -> str:
 
 def evaluation_section(inputs: Inputs, out: Path, plots: Path) -> list[str]:
     """The NLL table with baselines, per composer, beside the published figures and their sources."""
-    from pipeline.params import load_section
-
     scored = read_json(inputs.metrics / "eval.json")
     order = load_section("evaluate", inputs.params).get("ngram_order", "?")
     lines = ["## Evaluation", ""]
@@ -293,16 +276,13 @@ def evaluation_section(inputs: Inputs, out: Path, plots: Path) -> list[str]:
     return lines
 
 
-def reproducibility_section(inputs: Inputs, pieces: dict) -> list[str]:
+def reproducibility_section(inputs: Inputs, pieces: dict, source: str) -> list[str]:
     """Params, the data and its checksum, and library versions: what the same report needs again."""
-    from pipeline.params import load_section
-
-    data = load_section("data", inputs.params)
     stages = [line for line in inputs.params.read_text().splitlines() if not line.lstrip().startswith("#")]
     return [
         "## Reproducibility",
         "",
-        f"- Data: `{data.get('source')}`; {len(pieces['piece_id'])} validated pieces, whose MIDI files hash to "
+        f"- Data: `{source}`; {len(pieces['piece_id'])} validated pieces, whose MIDI files hash to "
         f"sha256 `{data_checksum(inputs, pieces)}` (file names and bytes, in piece order).",
         f"- Libraries: {versions()}.",
         "- Rebuild: `dvc exp run` with the params below (or `dvc repro` when `params.yaml` holds them).",
@@ -333,7 +313,7 @@ def measured_section(inputs: Inputs) -> list[str]:
         "<!-- Everything above is a function of the pipeline's inputs; what follows changes from run to run. -->",
         "",
         f"- Commit: {revision}.",
-        f"- Machine that wrote this report: {platform.machine()}, {platform.system()}, {_cpu_name()}.",
+        f"- Machine that wrote this report: {platform.machine()}, {platform.system()}, {cpu_model()}.",
     ]
     run = inputs.train / "run.json"
     if run.is_file():
@@ -345,20 +325,11 @@ def measured_section(inputs: Inputs) -> list[str]:
     return [*lines, ""]
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def report(inputs: Inputs, out: Path = Path("reports")) -> Path:
     """Write out/README.md, out/figures/ and out/plots/ from the earlier stages' outputs; return the README's path."""
     from pipeline.atomic import atomic_dir
 
+    source = str(load_section("data", inputs.params).get("source"))
     pieces, notes = load_pieces(inputs)
     if len(pieces["piece_id"]) == 0:
         raise PipelineError(f"{inputs.validated / 'pieces.parquet'}: no validated pieces to report on")
@@ -367,14 +338,15 @@ def report(inputs: Inputs, out: Path = Path("reports")) -> Path:
             data_section(inputs, fig_dir, pieces, notes),
             training_section(inputs, fig_dir),
             evaluation_section(inputs, fig_dir, plot_dir),
-            samples_section(inputs.samples, fig_dir, plot_dir, pieces, notes),
-            reproducibility_section(inputs, pieces),
+            samples_section(
+                inputs.samples, read_json(inputs.samples / "samples.json"), fig_dir, plot_dir, pieces, notes
+            ),
+            reproducibility_section(inputs, pieces, source),
         ]
-    data = load_section_safe(inputs)
     head = [
         "# maestro-xl report",
         "",
-        f"Built by the pipeline's report stage from `{data}` ({len(pieces['piece_id'])} validated pieces); every "
+        f"Built by the pipeline's report stage from `{source}` ({len(pieces['piece_id'])} validated pieces); every "
         "figure and number below comes from the earlier stages' outputs. The machine and commit are in the last "
         "section.",
         "",
@@ -382,13 +354,6 @@ def report(inputs: Inputs, out: Path = Path("reports")) -> Path:
     text = "\n".join(head + [line for section in sections for line in section] + measured_section(inputs))
     atomic_write_text(out / "README.md", text.rstrip() + "\n")
     return out / "README.md"
-
-
-def load_section_safe(inputs: Inputs) -> str:
-    """data.source from params, for the report's first line."""
-    from pipeline.params import load_section
-
-    return str(load_section("data", inputs.params).get("source"))
 
 
 def _metric(summary: dict, group: str, name: str) -> str:

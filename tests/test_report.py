@@ -10,7 +10,8 @@ from pipeline import figures
 from pipeline.comparison import new_notes, reference_draws
 from pipeline.errors import PipelineError
 from pipeline.features import FEATURES, feature_values
-from pipeline.report import LITERATURE, Inputs, data_checksum, table
+from pipeline.markdown import table
+from pipeline.report import LITERATURE, Inputs, data_checksum
 from pipeline.tokenizer import write_midi
 
 
