@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model import TransformerXL, TransformerXLConfig  # noqa: E402
-from model.generate import start_decoding  # noqa: E402
+from model.sampling import start_decoding  # noqa: E402
 from pipeline.generate import cpu_has_bf16  # noqa: E402
 
 TOKENS_PER_SECOND_OF_MUSIC = 43.0  # MAESTRO's average, when there are no token shards to measure it on

@@ -1,6 +1,6 @@
-"""Transformer-XL language model and sampling from it, independent of music and of the pipeline."""
+"""Transformer-XL language model (`transformer_xl`) and sampling from it (`sampling`), independent of music and of the
+pipeline. Only the model is imported here, so code that trains or scores it does not depend on the sampling code."""
 
-from model.generate import filter_logits, generate, sample
 from model.transformer_xl import DecodeCache, TransformerXL, TransformerXLConfig
 
-__all__ = ["DecodeCache", "TransformerXL", "TransformerXLConfig", "filter_logits", "generate", "sample"]
+__all__ = ["DecodeCache", "TransformerXL", "TransformerXLConfig"]

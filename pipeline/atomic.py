@@ -1,4 +1,5 @@
-"""Write outputs under a temporary name and rename them into place, so no half-written output is ever seen."""
+"""Write outputs under a temporary name and rename them into place, so no half-written output is ever seen (Parquet
+tables too)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` (UTF-8) to `path` through a temporary file in the same folder."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_parquet(table, path: Path) -> None:  # noqa: ANN001 (a pyarrow.Table)
+    """Write one Parquet file as every stage writes its tables (lz4, dictionary-encoded ids), through a temporary
+    file in the same folder."""
+    import pyarrow.parquet as pq
+
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="lz4", use_dictionary=["piece_id", "pedal"])
 
 
 def _umask() -> int:

@@ -262,8 +262,8 @@ def report(
 
     The same inputs give the same bytes; what changes from run to run (commit, machine) is in its last section.
     """
-    from pipeline.report import Inputs
-    from pipeline.report import report as run_report
+    from pipeline.report.stage import Inputs
+    from pipeline.report.stage import report as run_report
 
     path = _run(run_report, Inputs(params=params), out)
     typer.echo(f"report: {path}")
@@ -278,6 +278,6 @@ def compare(
 ) -> None:
     """Print a Markdown section for a pull request: the metrics and params diffs against BASE_REV and every report
     figure that changed, old beside new."""
-    from pipeline.compare import compare as run_compare
+    from pipeline.report.compare import compare as run_compare
 
     typer.echo(_run(run_compare, base_rev, figures))

@@ -1,10 +1,12 @@
 """generate stage and `maestro-xl generate`: piano performances from the trained model, from nothing or continuing
 a primer, as MIDI, piano rolls, WAV and a summary (samples.json).
 
-A primer (a MIDI file, read with the parse stage's reader, sustain applied; or a validation piece's tokens) is cut
-at primer_seconds, encoded with the tokenizer, and continued by `model.generate` with the memory cached, until
-PIECE_END or `seconds` of new music. Imports torch, numpy and the standard library at the top; symusic (a primer
-file), mido (MIDI out) and matplotlib (piano rolls) where they are used, and FluidSynth runs when it is installed.
+A primer is the opening of a MIDI file (read with the parse stage's reader, sustain applied, so it is encoded exactly
+as the training data was) or of a validation piece's tokens. It is cut at primer_seconds: notes still sounding end
+there, and a silence before the cut is kept, so the continuation starts at the cut (or at the file's end, if that
+comes first). `model.sampling.generate` continues it with the memory cached, until PIECE_END or `seconds` of new
+music. Imports torch, numpy and the standard library at the top; symusic (a primer file), mido (MIDI out) and
+matplotlib (piano rolls) where they are used, and FluidSynth runs when it is installed.
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import generate as sample_tokens
-from model.generate import check_sampling
+from model.sampling import check_sampling
+from model.sampling import generate as sample_tokens
 from pipeline.atomic import atomic_write_text
-from pipeline.audio import render_wav, synthesizer
 from pipeline.checkpoint import load_model
 from pipeline.errors import PipelineError
-from pipeline.primer import Primer, cut_notes, elapsed_steps, primer_from_midi, primer_from_piece, unconditional
-from pipeline.tokenizer import (
+from pipeline.music.audio import render_wav, synthesizer
+from pipeline.music.midi import cut_notes, one_note_per_key, write_midi
+from pipeline.music.performance_encoding import (
     PIECE_END,
     PIECE_START,
     SHIFT_STEPS,
@@ -36,9 +38,10 @@ from pipeline.tokenizer import (
     TIME_SHIFT,
     VOCAB_SIZE,
     decode,
-    one_note_per_key,
-    write_midi,
+    elapsed_steps,
+    encode_opening,
 )
+from pipeline.segments import PieceStore
 
 MAX_SAMPLES, MAX_SECONDS, MAX_MEM_LEN = 256, 3600.0, 16384  # beyond these a run would not fit in memory
 MAX_TOKENS_PER_SECOND = 300  # a cap on sampled tokens per second of music; MAESTRO averages about 43
@@ -129,6 +132,65 @@ def cpu_has_bf16() -> bool:
     return any(bool(getattr(cpu, name, lambda: False)()) for name in names)
 
 
+@dataclass
+class Primer:
+    """A primer's tokens (PIECE_START, its events, no PIECE_END), where it ends in 10 ms steps, and what it is."""
+
+    tokens: np.ndarray
+    steps: int
+    source: str
+
+    @property
+    def seconds(self) -> float:
+        """Where the primer ends, as `decode` gives times: steps × STEP_S."""
+        return self.steps * STEP_S
+
+
+def primer_from_midi(path: Path, seconds: float) -> Primer:
+    """A MIDI file's first `seconds`, read as the parse stage reads it; a bad file is a one-line PipelineError."""
+    from pipeline.music.midi import UnreadableMidi, read_performance
+
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: primer file not found")
+    if path.stat().st_size == 0:
+        raise PipelineError(f"{path}: primer file is empty")
+    try:
+        performance = read_performance(path)
+    except UnreadableMidi as exc:
+        raise PipelineError(f"{path}: not a readable MIDI primer ({exc})") from exc
+    notes = {k: getattr(performance, k) for k in ("onset", "offset", "pitch", "velocity")}
+    notes = cut_notes(notes, seconds)
+    if len(notes["onset"]) == 0:
+        raise PipelineError(f"{path}: no note starts in the first {seconds:g} s (see --primer-seconds)")
+    return Primer(*encode_opening(notes, min(seconds, performance.duration)), str(path))
+
+
+def primer_from_piece(tokens: Path, piece_id: int, seconds: float) -> Primer:
+    """The first `seconds` of a validation piece, from the tokenize stage's shards."""
+    store = PieceStore(tokens, "validation")
+    index = store.index
+    rows = [
+        i
+        for i, (pid, s) in enumerate(zip(index["piece_id"], index["stretch"], strict=True))
+        if pid == piece_id and s == 1.0
+    ]
+    if not rows:
+        raise PipelineError(f"generate.primers: piece {piece_id} is not in {Path(tokens) / 'validation'}")
+    piece = store.piece(rows[0])
+    notes = cut_notes(decode(piece), seconds)
+    if len(notes["onset"]) == 0:
+        raise PipelineError(f"generate.primers: piece {piece_id} has no note in its first {seconds:g} s")
+    composer = index["composer"][rows[0]] if "composer" in index else "?"
+    end = min(seconds, elapsed_steps(piece) * STEP_S)
+    return Primer(*encode_opening(notes, end), f"validation piece {piece_id} ({composer})")
+
+
+def unconditional() -> Primer:
+    """No primer: the piece starts from PIECE_START alone."""
+    return Primer(np.array([PIECE_START], np.int64), 0, "none")
+
+
 def sample_batch(model, primer: Primer, p: GenerateParams, seeds: list[int], autocast) -> list[np.ndarray]:  # noqa: ANN001
     """`len(seeds)` continuations of `primer` in one batch, each until PIECE_END or p.seconds of new music."""
     device = next(model.parameters()).device
@@ -164,7 +226,7 @@ def sample_flags(notes: dict[str, np.ndarray]) -> list[str]:
 
 def write_sample(folder: Path, name: str, primer: Primer, new: np.ndarray, p: GenerateParams, synth) -> dict:  # noqa: ANN001
     """Decode primer + new tokens and write NAME.mid, NAME.png and (with a synthesizer) NAME.wav; return its record."""
-    from pipeline.pianoroll import draw_piano_roll
+    from pipeline.music.pianoroll import draw_piano_roll
 
     new_steps, limit = elapsed_steps(new), round(p.seconds / STEP_S)
     end = (primer.steps + min(new_steps, limit)) * STEP_S  # in whole steps, as decode's times; a last crossing is cut
@@ -226,7 +288,7 @@ def generate(
     model = load_model(model_dir, device)
     autocast = pick_autocast(p.precision, device, model)
     if model.cfg.vocab_size != VOCAB_SIZE:
-        raise PipelineError(f"{model_dir}: the model has {model.cfg.vocab_size} tokens, the tokenizer {VOCAB_SIZE}")
+        raise PipelineError(f"{model_dir}: the model has {model.cfg.vocab_size} tokens, the encoding {VOCAB_SIZE}")
     if p.mem_len is not None:  # how far back the sampling looks, not the weights
         model.cfg = dataclasses.replace(model.cfg, mem_len=p.mem_len)
     synth = synthesizer()

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import atomic_dir, atomic_write_text
+from pipeline.atomic import atomic_dir, atomic_write_text, write_parquet
 from pipeline.errors import PipelineError
 from pipeline.metadata import PieceInfo, read_metadata
-from pipeline.performance import PEDALS, Performance, UnreadableMidi, read_performance
+from pipeline.music.midi import PEDALS, Performance, TooLong, UnreadableMidi, read_performance
 
 Outcome = tuple[int, float] | str  # (note count, file duration) of a parsed file, or why it failed
 TABLES = ("notes", "pedals")  # each a folder of Parquet parts, one part per chunk of files
@@ -25,6 +25,8 @@ def parse_file(path: Path, max_duration: float) -> Performance | str:
         return "file listed in the metadata is missing"
     try:
         return read_performance(path, max_duration)
+    except TooLong as exc:
+        return f"{exc} (parse.max_duration_s)"
     except UnreadableMidi as exc:
         return str(exc)
     except Exception as exc:  # a reader bug must not take the whole stage down
@@ -69,13 +71,6 @@ PEDAL_INDEX = np.zeros(256, np.int8)  # control number -> position of its name i
 PEDAL_INDEX[list(PEDALS)] = np.arange(len(PEDALS))
 
 
-def write_table(table, path: Path) -> None:  # noqa: ANN001 (a pyarrow.Table)
-    """Write one Parquet file the way every table of this stage is written."""
-    import pyarrow.parquet as pq
-
-    pq.write_table(table, path, compression="lz4", use_dictionary=["piece_id", "pedal"])
-
-
 def parse_chunk(part: int, items: list[tuple[int, Path]], out: Path, max_duration: float) -> list[Outcome]:
     """Parse a chunk of (piece id, path) and write its notes and pedals as part `part` of each table."""
     ids, performances, outcomes = [], [], []
@@ -89,7 +84,7 @@ def parse_chunk(part: int, items: list[tuple[int, Path]], out: Path, max_duratio
             outcomes.append((len(result.onset), result.duration))
     if performances:
         for name, table in performance_tables(ids, performances).items():
-            write_table(table, out / name / f"part-{part:05d}.parquet")
+            write_parquet(table, out / name / f"part-{part:05d}.parquet")
     return outcomes
 
 
@@ -178,7 +173,7 @@ def parse(
                 f"parse.max_bad_fraction={max_bad_fraction}; nothing was written. Full list: {report_path}\n"
                 f"{examples}"
             )
-        write_table(pieces_table(pieces, outcomes), tmp / "pieces.parquet")
+        write_parquet(pieces_table(pieces, outcomes), tmp / "pieces.parquet")
         (tmp / "parse_report.json").write_text(json.dumps(report, indent=2))
     summary = {k: v for k, v in report.items() if k != "failures"}
     atomic_write_text(Path(metrics), json.dumps(summary, indent=2) + "\n")

@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.atomic import atomic_dir, atomic_write_text
 from pipeline.errors import PipelineError
-from pipeline.tokenizer import NOTE_OFF, NOTE_ON, TIME_SHIFT, VELOCITY, VELOCITY_BINS, encode, vocab
+from pipeline.music.performance_encoding import NOTE_OFF, NOTE_ON, TIME_SHIFT, VELOCITY, VELOCITY_BINS, encode, vocab
 
 EVENT_RANGES = {
     "note_on": (NOTE_ON, NOTE_OFF),

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.atomic import atomic_dir, atomic_write_text
+from pipeline.atomic import atomic_dir, atomic_write_text, write_parquet
 from pipeline.errors import PipelineError
 from pipeline.metadata import COLUMNS, find_metadata
 
@@ -234,8 +234,6 @@ def validate(
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from pipeline.parse import write_table
-
     raw, events, out = Path(raw), Path(events), Path(out)
     for path in (events / "pieces.parquet", events / "notes"):
         if not path.exists():
@@ -298,7 +296,7 @@ def validate(
         )
     with atomic_dir(out) as tmp:
         keep = pc.invert(pc.is_in(pieces["piece_id"], pa.array(bad, pa.int32())))
-        write_table(pieces.filter(keep), tmp / "pieces.parquet")
+        write_parquet(pieces.filter(keep), tmp / "pieces.parquet")
         schema = pa.schema(
             [
                 ("piece_id", pa.int32()),
@@ -307,6 +305,6 @@ def validate(
                 ("detail", pa.string()),
             ]
         )
-        write_table(pa.Table.from_pylist(quarantine, schema=schema), tmp / "quarantine.parquet")
+        write_parquet(pa.Table.from_pylist(quarantine, schema=schema), tmp / "quarantine.parquet")
     atomic_write_text(Path(metrics), json.dumps(summary, indent=2) + "\n")
     return {**summary, "quarantine": quarantine}

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 from pipeline.metadata import COLUMNS
-from pipeline.tokenizer import PIECE_END, PIECE_START, vocab
+from pipeline.music.performance_encoding import PIECE_END, PIECE_START, vocab
 
 if TYPE_CHECKING:  # mido is imported where it is used, so GPU-only test runs need only torch and numpy
     import mido
+
+    from model import TransformerXL
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -149,3 +151,18 @@ def repeating_corpus(folder: Path, shift: int = 0) -> Path:
     phrase = np.array([60, 300, 188, 64, 300, 192, 67, 300, 195]) + shift * np.array([1, 0, 1] * 3)
     pieces = [np.tile(phrase, 12) for _ in range(24)]
     return write_tokens(folder, {"train": pieces[:20], "validation": pieces[20:]})
+
+
+def tiny(**overrides) -> TransformerXL:  # noqa: ANN003
+    """A small seeded float64 Transformer-XL in eval mode with non-zero global biases; `overrides` change its config."""
+    import torch
+
+    from model import TransformerXL, TransformerXLConfig
+
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=50, n_layer=3, d_model=32, n_head=4, d_head=8, d_inner=64, dropout=0.0, tgt_len=8, mem_len=8)
+    model = TransformerXL(TransformerXLConfig(**{**cfg, **overrides})).double().eval()
+    with torch.no_grad():  # non-zero global biases, so that both take part in what is compared
+        model.r_w_bias.normal_(0, 0.5)
+        model.r_r_bias.normal_(0, 0.5)
+    return model

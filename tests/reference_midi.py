@@ -1,6 +1,6 @@
 """An independent, deliberately plain reference reader: mido's pure-Python parser and an event loop.
 
-It shares no code with pipeline.performance, so agreement between the two is evidence that both follow the
+It shares no code with pipeline.music.midi, so agreement between the two is evidence that both follow the
 documented rules: notes paired first-in first-out per track, channel and pitch; drums (channel 10) left out; notes
 of zero length dropped before the pedal is applied; note-seq's sustain rule, with events at one tick taken as pedal
 presses, pedal lifts, note-ons, key releases; a sustain pedal never lifted lifted at the last key release or sustain

@@ -17,8 +17,8 @@ from model import TransformerXL, TransformerXLConfig
 from pipeline.checkpoint import export_model
 from pipeline.errors import PipelineError
 from pipeline.evaluate import HELD_OUT, EvaluateParams, evaluate, limit_for_cpu, score_pieces
+from pipeline.music.performance_encoding import PIECE_END, PIECE_START, VOCAB_SIZE
 from pipeline.ngram import KneserNey, unigram_log_probs
-from pipeline.tokenizer import PIECE_END, PIECE_START, VOCAB_SIZE
 
 
 def tiny_model(**overrides) -> TransformerXL:  # noqa: ANN003

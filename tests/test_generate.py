@@ -16,12 +16,20 @@ import torch
 from conftest import ROOT, note, write_midi, write_tokens
 
 from model import TransformerXL, TransformerXLConfig
-from pipeline.audio import synthesizer
 from pipeline.checkpoint import export_model
 from pipeline.errors import PipelineError
-from pipeline.generate import GenerateParams, MusicClock, generate, sample_flags, write_sample
-from pipeline.primer import Primer, primer_from_midi, unconditional
-from pipeline.tokenizer import PIECE_END, PIECE_START, VOCAB_SIZE, decode, encode, velocity_bin
+from pipeline.generate import (
+    GenerateParams,
+    MusicClock,
+    Primer,
+    generate,
+    primer_from_midi,
+    sample_flags,
+    unconditional,
+    write_sample,
+)
+from pipeline.music.audio import synthesizer
+from pipeline.music.performance_encoding import PIECE_END, PIECE_START, VOCAB_SIZE, decode, encode, velocity_bin
 
 # A primer at 120 bpm, 480 ticks per quarter (960 ticks a second), off the 10 ms grid. The third note is still held
 # at the 2-second cut; the fourth starts after it.

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import repeating_corpus
-from test_model import tiny
+from conftest import repeating_corpus, tiny
 
 from pipeline.train import TrainParams, train
 
@@ -86,7 +85,7 @@ def test_cached_decoding_on_cuda_matches_the_plain_incremental_forward_in_float3
 
 
 def test_generation_on_cuda_is_seeded_per_row():
-    from model import generate
+    from model.sampling import generate
 
     model = tiny().float().cuda()
     prompt = torch.randint(0, 50, (1, 4), device="cuda")

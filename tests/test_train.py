@@ -18,7 +18,7 @@ from conftest import ROOT, repeating_corpus
 
 from pipeline.checkpoint import load_model
 from pipeline.errors import PipelineError
-from pipeline.tokenizer import vocab
+from pipeline.music.performance_encoding import vocab
 from pipeline.train import TrainParams, build_model, limit_for_cpu, train
 
 TINY_MODEL = dict(n_layer=2, d_model=32, n_head=4, d_head=8, d_inner=64, dropout=0.0, tgt_len=16, mem_len=16)

@@ -1,6 +1,6 @@
 """Piano-roll pictures of performances (matplotlib, imported only here): one bar per note, darker when louder.
 
-Saved as the report's figures are (`figures.save`): the same notes always give the same bytes.
+Saved as the report's figures are (`plot.save_png`): the same notes always give the same bytes.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import figures
+from pipeline.music.plot import save_png
 
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
@@ -43,5 +43,5 @@ def draw_piano_roll(notes: dict[str, np.ndarray], path: Path, end: float, title:
     ax.set_ylabel("pitch")
     ax.set_title(title, fontsize=10, loc="left")
     ax.grid(axis="y", color="#eeeeee", zorder=1)
-    figures.save(fig, path)
+    save_png(fig, path)
     return Path(path)

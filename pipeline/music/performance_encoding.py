@@ -1,13 +1,11 @@
-"""Music Transformer's performance-event vocabulary (Huang et al. 2018, after Oore et al. 2018), vectorised.
+"""The performance encoding: Music Transformer's performance events (Huang et al. 2018, after Oore et al. 2018),
+vectorised, token for token as Magenta's note-seq `performance_lib` encodes them. Notes in, ids out, and back.
 
 Ids 0-127 NOTE_ON(pitch), 128-255 NOTE_OFF(pitch), 256-355 TIME_SHIFT of 1-100 steps of 10 ms, 356-387
 VELOCITY in 32 bins (emitted only when the bin changes), then PIECE_START and PIECE_END.
 """
 
 from __future__ import annotations
-
-import io
-from pathlib import Path
 
 import numpy as np
 
@@ -181,52 +179,22 @@ def _group_rank(group: np.ndarray) -> np.ndarray:
     return idx - np.maximum.accumulate(np.where(start, idx, 0))
 
 
-def one_note_per_key(notes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The notes with each ending by the next strike of its pitch; a note that then lasts no time is left out."""
-    onset, offset, pitch = (np.asarray(notes[k]) for k in ("onset", "offset", "pitch"))
-    order = np.lexsort((onset, pitch))
-    same_key_next = np.append(pitch[order][1:] == pitch[order][:-1], False)
-    next_onset = np.append(onset[order][1:], np.inf)
-    ends = offset.astype(np.float64).copy()
-    ends[order] = np.where(same_key_next, np.minimum(offset[order], next_onset), offset[order])
-    keep = ends > onset
-    return {**{k: np.asarray(v)[keep] for k, v in notes.items()}, "offset": ends[keep]}
+def elapsed_steps(tokens: np.ndarray) -> int:
+    """Time steps that the TIME_SHIFT events of `tokens` add up to."""
+    t = np.asarray(tokens, np.int64)
+    shifts = t[(t >= TIME_SHIFT) & (t < TIME_SHIFT + SHIFT_STEPS)]
+    return int((shifts - TIME_SHIFT + 1).sum())
 
 
-def write_midi(notes: dict[str, np.ndarray], path: Path, end: float | None = None) -> Path:
-    """Write decoded notes to a one-track MIDI file with mido (1 tick = 1 ms), atomically; the track ends at `end`
-    seconds when that is after the last note, so a closing silence is kept.
-
-    A key sounds one note at a time, as on a piano: a strike of a pitch still held ends the note before it. Without
-    that, readers pair the overlapping note-offs differently (pretty_midi ends both notes at the first).
-    """
-    import mido
-
-    from pipeline.atomic import atomic_write_bytes
-
-    notes = one_note_per_key(notes)
-    midi = mido.MidiFile(type=0, ticks_per_beat=500)  # with 500,000 us per quarter, one tick is one millisecond
-    track = mido.MidiTrack()
-    track.append(mido.MetaMessage("set_tempo", tempo=500_000, time=0))
-    on_tick = np.rint(np.asarray(notes["onset"]) * 1000).astype(np.int64)
-    off_tick = np.rint(np.asarray(notes["offset"]) * 1000).astype(np.int64)
-    pitch, velocity = np.asarray(notes["pitch"]), np.asarray(notes["velocity"])
-    lasts = off_tick > on_tick  # a note shorter than half a tick would be written release first, and hang
-    on_tick, off_tick, pitch, velocity = on_tick[lasts], off_tick[lasts], pitch[lasts], velocity[lasts]
-    ticks = np.concatenate([off_tick, on_tick])
-    is_on = np.concatenate([np.zeros(len(on_tick), bool), np.ones(len(on_tick), bool)])
-    order = np.lexsort((is_on, ticks))  # releases first at a tick, so a re-struck pitch sounds again
-    now = 0
-    for i in order:
-        note = i % len(on_tick)
-        kind = "note_on" if is_on[i] else "note_off"
-        vel = int(velocity[note]) if is_on[i] else 0
-        track.append(mido.Message(kind, note=int(pitch[note]), velocity=vel, time=int(ticks[i] - now)))
-        now = int(ticks[i])
-    end_tick = now if end is None else max(now, round(end * 1000))
-    track.append(mido.MetaMessage("end_of_track", time=end_tick - now))
-    midi.tracks.append(track)
-    buffer = io.BytesIO()
-    midi.save(file=buffer)
-    atomic_write_bytes(Path(path), buffer.getvalue())
-    return Path(path)
+def encode_opening(notes: dict[str, np.ndarray], end: float) -> tuple[np.ndarray, int]:
+    """Encode notes as the opening of a piece, to be continued: PIECE_START and the events, no PIECE_END, and a
+    silence after the last event up to `end` seconds as time shifts. Returns the int64 ids and the steps they last."""
+    tokens, _ = encode(
+        np.zeros(len(notes["onset"]), np.int64), notes["onset"], notes["offset"], notes["pitch"], notes["velocity"]
+    )
+    tokens = tokens[:-1].astype(np.int64)
+    steps = elapsed_steps(tokens)
+    gap = max(int(np.floor(end * STEPS_PER_SECOND + 0.5)) - steps, 0)  # rounded as `quantize` rounds times
+    full, rest = divmod(gap, SHIFT_STEPS)
+    shifts = [TIME_SHIFT + SHIFT_STEPS - 1] * full + ([TIME_SHIFT + rest - 1] if rest else [])
+    return np.concatenate([tokens, np.array(shifts, np.int64)]), steps + gap

@@ -1,5 +1,6 @@
-"""The report's figures (matplotlib, imported only here): bars, histograms and curves, saved as PNG without metadata,
-so the same data always gives the same bytes and a figure's diff in a pull request means the data changed."""
+"""The report's figures: bars, histograms, curves and feature panels, drawn with matplotlib and saved as PNG without
+metadata (`plot.save_png`), so the same data always gives the same bytes and a figure's diff in a pull request means
+the data changed."""
 
 from __future__ import annotations
 
@@ -7,35 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import atomic_path
+from pipeline.music.plot import pyplot, save_png
 
 PALETTE = ("#2b6cb0", "#dd6b20", "#38a169", "#805ad5", "#e53e3e")
-
-
-def _plt():  # noqa: ANN202
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
-    return plt
-
-
-def save(fig, path: Path) -> str:  # noqa: ANN001
-    """Write `fig` to `path` as a metadata-free PNG, atomically; return the file name for a Markdown link."""
-    plt = _plt()
-    fig.tight_layout()
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
-    return Path(path).name
 
 
 def bars(path: Path, labels: list[str], values: list[float], title: str, xlabel: str, reference: float | None = None,
          reference_label: str = "") -> str:  # fmt: skip
     """Horizontal bars, first label on top; an optional vertical reference line."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.32 * len(labels) + 1.2))
     y = np.arange(len(labels))[::-1]
     ax.barh(y, values, color=PALETTE[0])
@@ -48,13 +29,13 @@ def bars(path: Path, labels: list[str], values: list[float], title: str, xlabel:
         ax.set_xlim(low - 0.25 * (max(max(values), reference) - low) - 1e-9, None)  # the differences, not the zero
     ax.set_xlabel(xlabel)
     ax.set_title(title, loc="left")
-    return save(fig, path)
+    return save_png(fig, path)
 
 
 def histograms(path: Path, series: dict[str, np.ndarray], bins: np.ndarray, title: str, xlabel: str,
                log_x: bool = False) -> str:  # fmt: skip
     """One or more distributions over the same bins, each normalised to a density, drawn as steps."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3))
     for (label, values), color in zip(series.items(), PALETTE, strict=False):
         density, edges = np.histogram(np.asarray(values, float), bins=bins, density=True)
@@ -65,13 +46,13 @@ def histograms(path: Path, series: dict[str, np.ndarray], bins: np.ndarray, titl
     ax.set_ylabel("density")
     ax.set_title(title, loc="left")
     ax.legend(frameon=False)
-    return save(fig, path)
+    return save_png(fig, path)
 
 
 def curves(path: Path, series: dict[str, tuple[np.ndarray, np.ndarray]], title: str, xlabel: str, ylabel: str,
            hlines: dict[str, float] | None = None) -> str:  # fmt: skip
     """Lines y(x), one per series, with optional labelled horizontal reference lines."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.2))
     for (label, (x, y)), color in zip(series.items(), PALETTE, strict=False):
         ax.plot(x, y, label=label, color=color, linewidth=1.4)
@@ -82,12 +63,12 @@ def curves(path: Path, series: dict[str, tuple[np.ndarray, np.ndarray]], title: 
     ax.set_title(title, loc="left")
     ax.legend(frameon=False)
     ax.grid(color="#eeeeee")
-    return save(fig, path)
+    return save_png(fig, path)
 
 
 def feature_grid(path: Path, sets: dict[str, list[dict[str, np.ndarray]]], names: tuple[str, ...], title: str) -> str:
     """One panel per feature: the mean pitch-class histogram of each set, or each set's distribution of a scalar."""
-    plt = _plt()
+    plt = pyplot()
     columns = 4
     rows = -(-len(names) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(12, 2.6 * rows))
@@ -118,4 +99,4 @@ def feature_grid(path: Path, sets: dict[str, list[dict[str, np.ndarray]]], names
     if axes.ravel()[0].get_legend_handles_labels()[0]:
         axes.ravel()[0].legend(frameon=False, fontsize=8)
     fig.suptitle(title, x=0.01, ha="left")
-    return save(fig, path)
+    return save_png(fig, path)

@@ -1,15 +1,20 @@
-"""Read one MIDI performance into note and pedal arrays: symusic's C++ parser, then numpy.
+"""MIDI files in and out: a file read into a piano performance (symusic's C++ parser, then numpy), and notes written
+back with mido. Magenta's `midi_io` and the sustain rule of its `sequences_lib`, for this project.
 
 All timing work is done in integer ticks, so pedal and re-strike comparisons are exact, and only the
-finished ticks are converted to seconds through the file's tempo map.
+finished ticks are converted to seconds through the file's tempo map. Notes travel as a dict of arrays with the keys
+`onset`, `offset` (seconds), `pitch` and `velocity`.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.atomic import atomic_write_bytes
 
 SUSTAIN, SOSTENUTO, SOFT = 64, 66, 67
 PEDALS = {SUSTAIN: "sustain", SOSTENUTO: "sostenuto", SOFT: "soft"}
@@ -17,6 +22,10 @@ PEDALS = {SUSTAIN: "sustain", SOSTENUTO: "sostenuto", SOFT: "soft"}
 
 class UnreadableMidi(Exception):
     """A MIDI file that cannot be turned into a performance; the message is the reason."""
+
+
+class TooLong(UnreadableMidi):
+    """A MIDI file whose events span more than the reader allows."""
 
 
 @dataclass
@@ -196,9 +205,7 @@ def read_performance(path: Path | str, max_duration: float = 7200.0) -> Performa
         raise UnreadableMidi("note times are not finite")
     duration = float(to_sec[-1])
     if duration > max_duration:
-        raise UnreadableMidi(
-            f"events span {duration:.0f} s, more than the {max_duration:.0f} s allowed (parse.max_duration_s)"
-        )
+        raise TooLong(f"events span {duration:.0f} s, more than the {max_duration:.0f} s allowed")
     onset, offset, key_offset, pedal_onset, pedal_offset = np.split(
         to_sec[:-1], np.cumsum([len(on)] * 3 + [len(start)])
     )
@@ -213,3 +220,60 @@ def read_performance(path: Path | str, max_duration: float = 7200.0) -> Performa
         pedal_offset=pedal_offset,
         duration=duration,
     )
+
+
+def cut_notes(notes: dict[str, np.ndarray], seconds: float) -> dict[str, np.ndarray]:
+    """The notes that start before `seconds`, each ending by then (note-seq's `extract_subsequence` of the start)."""
+    keep = np.asarray(notes["onset"]) < seconds
+    cut = {k: np.asarray(v)[keep] for k, v in notes.items()}
+    cut["offset"] = np.minimum(cut["offset"], seconds)
+    return cut
+
+
+def one_note_per_key(notes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The notes with each ending by the next strike of its pitch; a note that then lasts no time is left out."""
+    onset, offset, pitch = (np.asarray(notes[k]) for k in ("onset", "offset", "pitch"))
+    order = np.lexsort((onset, pitch))
+    same_key_next = np.append(pitch[order][1:] == pitch[order][:-1], False)
+    next_onset = np.append(onset[order][1:], np.inf)
+    ends = offset.astype(np.float64).copy()
+    ends[order] = np.where(same_key_next, np.minimum(offset[order], next_onset), offset[order])
+    keep = ends > onset
+    return {**{k: np.asarray(v)[keep] for k, v in notes.items()}, "offset": ends[keep]}
+
+
+def write_midi(notes: dict[str, np.ndarray], path: Path, end: float | None = None) -> Path:
+    """Write decoded notes to a one-track MIDI file with mido (1 tick = 1 ms), atomically; the track ends at `end`
+    seconds when that is after the last note, so a closing silence is kept.
+
+    A key sounds one note at a time, as on a piano: a strike of a pitch still held ends the note before it. Without
+    that, readers pair the overlapping note-offs differently (pretty_midi ends both notes at the first).
+    """
+    import mido
+
+    notes = one_note_per_key(notes)
+    midi = mido.MidiFile(type=0, ticks_per_beat=500)  # with 500,000 us per quarter, one tick is one millisecond
+    track = mido.MidiTrack()
+    track.append(mido.MetaMessage("set_tempo", tempo=500_000, time=0))
+    on_tick = np.rint(np.asarray(notes["onset"]) * 1000).astype(np.int64)
+    off_tick = np.rint(np.asarray(notes["offset"]) * 1000).astype(np.int64)
+    pitch, velocity = np.asarray(notes["pitch"]), np.asarray(notes["velocity"])
+    lasts = off_tick > on_tick  # a note shorter than half a tick would be written release first, and hang
+    on_tick, off_tick, pitch, velocity = on_tick[lasts], off_tick[lasts], pitch[lasts], velocity[lasts]
+    ticks = np.concatenate([off_tick, on_tick])
+    is_on = np.concatenate([np.zeros(len(on_tick), bool), np.ones(len(on_tick), bool)])
+    order = np.lexsort((is_on, ticks))  # releases first at a tick, so a re-struck pitch sounds again
+    now = 0
+    for i in order:
+        note = i % len(on_tick)
+        kind = "note_on" if is_on[i] else "note_off"
+        vel = int(velocity[note]) if is_on[i] else 0
+        track.append(mido.Message(kind, note=int(pitch[note]), velocity=vel, time=int(ticks[i] - now)))
+        now = int(ticks[i])
+    end_tick = now if end is None else max(now, round(end * 1000))
+    track.append(mido.MetaMessage("end_of_track", time=end_tick - now))
+    midi.tracks.append(track)
+    buffer = io.BytesIO()
+    midi.save(file=buffer)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)

@@ -1,4 +1,4 @@
-"""The performance-event tokenizer: round trips on real files, properties on random notes, robust decoding."""
+"""The performance encoding: round trips on real files, properties on random notes, robust decoding."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.performance import read_performance
-from pipeline.tokenizer import (
+from pipeline.music.midi import read_performance, write_midi
+from pipeline.music.performance_encoding import (
     NOTE_OFF,
     NOTE_ON,
     PIECE_END,
@@ -23,7 +23,6 @@ from pipeline.tokenizer import (
     encode,
     quantize,
     velocity_bin,
-    write_midi,
 )
 
 HALF_STEP = STEP_S / 2 + 1e-9

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import figures
-from pipeline.comparison import new_notes, reference_draws
 from pipeline.errors import PipelineError
-from pipeline.features import FEATURES, feature_values
-from pipeline.markdown import table
-from pipeline.report import LITERATURE, Inputs, data_checksum
-from pipeline.tokenizer import write_midi
+from pipeline.music.features import FEATURES, feature_values
+from pipeline.music.midi import write_midi
+from pipeline.report import figures
+from pipeline.report.markdown import table
+from pipeline.report.samples import new_notes, reference_draws
+from pipeline.report.stage import LITERATURE, Inputs, data_checksum
 
 
 def test_tables_are_github_markdown_with_numbers_right_aligned():

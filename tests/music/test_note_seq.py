@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import MAESTRO_ASAP, note, pedal, tempo, write_midi
 
-from pipeline.performance import read_performance
-from pipeline.tokenizer import PIECE_END, PIECE_START, decode, encode
+from pipeline.music.midi import read_performance
+from pipeline.music.performance_encoding import PIECE_END, PIECE_START, decode, encode
 
 with warnings.catch_warnings():  # pydub, imported by note-seq, warns that ffmpeg is missing; no audio is used here
     warnings.simplefilter("ignore")
@@ -43,7 +43,7 @@ def magenta_tokens(path: str) -> np.ndarray:
 
 
 def our_tokens(path: str) -> np.ndarray:
-    """The project's tokens for a MIDI file (parse's reader, then the tokenizer), without PIECE_START/PIECE_END."""
+    """The project's tokens for a MIDI file (parse's reader, then the encoding), without PIECE_START/PIECE_END."""
     perf = read_performance(path)
     tokens, _ = encode(np.zeros(len(perf.onset), int), perf.onset, perf.offset, perf.pitch, perf.velocity)
     assert tokens[0] == PIECE_START and tokens[-1] == PIECE_END

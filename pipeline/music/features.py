@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pipeline.tokenizer import STEPS_PER_SECOND
+from pipeline.music.performance_encoding import STEPS_PER_SECOND
 
 FEATURES = (
     "pitch_class_histogram",
@@ -59,7 +59,7 @@ def feature_values(notes: dict[str, np.ndarray], seconds: float) -> dict[str, np
         nan = np.array([np.nan])
         values = {name: nan.copy() for name in FEATURES}
         return {**values, "pitch_class_histogram": np.full(12, np.nan), "note_density": density}
-    # Onsets in one 10 ms step (the tokenizer's resolution) are one onset: a performed chord spreads its notes over
+    # Onsets in one 10 ms step (the encoding's resolution) are one onset: a performed chord spreads its notes over
     # a few milliseconds, a decoded one does not, and both must count as one chord.
     steps = np.unique(np.floor(onset * STEPS_PER_SECOND + 0.5))
     ioi = np.diff(steps).mean() / STEPS_PER_SECOND if len(steps) > 1 else np.nan

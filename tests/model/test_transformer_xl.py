@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny
 
-from model import TransformerXL, TransformerXLConfig
+from model import TransformerXLConfig
 from model.transformer_xl import _rel_shift
-
-
-def tiny(**overrides) -> TransformerXL:  # noqa: ANN003
-    torch.manual_seed(0)
-    cfg = dict(vocab_size=50, n_layer=3, d_model=32, n_head=4, d_head=8, d_inner=64, dropout=0.0, tgt_len=8, mem_len=8)
-    model = TransformerXL(TransformerXLConfig(**{**cfg, **overrides})).double().eval()
-    with torch.no_grad():  # non-zero global biases, so that both take part in what is compared
-        model.r_w_bias.normal_(0, 0.5)
-        model.r_r_bias.normal_(0, 0.5)
-    return model
 
 
 @pytest.mark.parametrize("pre_lnorm", [False, True])

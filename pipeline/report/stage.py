@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import figures
 from pipeline.atomic import atomic_write_text
-from pipeline.comparison import samples_section
 from pipeline.errors import PipelineError
 from pipeline.live import cpu_model
-from pipeline.markdown import read_json, table
 from pipeline.params import load_section, read_plain_yaml
+from pipeline.report import figures
+from pipeline.report.markdown import read_json, table
+from pipeline.report.samples import samples_section
 
 SPLITS = ("train", "validation", "test")
 # Published figures, as far as their sources could be checked. None is comparable like for like: other MAESTRO

@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_model import tiny
+from conftest import tiny
 
-from model import filter_logits, generate, sample
-from model.generate import check_sampling
+from model.sampling import check_sampling, filter_logits, generate, sample
 
 VOCAB = 50
 

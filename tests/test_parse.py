@@ -10,7 +10,7 @@ from conftest import METADATA_COLUMNS, note, tempo, write_metadata, write_midi
 
 from pipeline.errors import PipelineError
 from pipeline.metadata import read_metadata
-from pipeline.parse import parse
+from pipeline.parse import parse, parse_file
 
 
 def leftovers(folder) -> list[str]:  # noqa: ANN001
@@ -159,3 +159,10 @@ def test_metadata_with_a_bad_number_names_row_and_column(tiny_maestro):
     write_metadata(tiny_maestro, [{"midi_filename": "2018/a.midi", "duration": "long"}])
     with pytest.raises(PipelineError, match=r"row 2: duration 'long' is not a number"):
         read_metadata(tiny_maestro)
+
+
+def test_a_file_too_long_is_recorded_with_the_setting_that_allows_it(tmp_path):
+    path = write_midi(tmp_path / "t.mid", [[tempo(0, 500_000)], note(0, 480, 60) + note(480 * 7200, 480 * 7202, 62)])
+    assert parse_file(path, 3600.0) == "events span 3601 s, more than the 3600 s allowed (parse.max_duration_s)"
+    assert parse_file(tmp_path / "missing.mid", 3600.0) == "file listed in the metadata is missing"
+    assert not isinstance(parse_file(path, 3602.0), str)

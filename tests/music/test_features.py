@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.features import (
+from pipeline.music.features import (
     FEATURES,
     compare_sets,
     density_overlap_kl,

@@ -1,6 +1,6 @@
 """Tokenize throughput: MIDI files to performance-event token ids, beside MidiTok's MIDILike on the same files.
 
-Usage: python benchmarks/tokenizer.py [--data ../shared/data/maestro-asap] [--limit N]
+Usage: python benchmarks/tokenize.py [--data ../shared/data/maestro-asap] [--limit N]
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 def ours(files: list[Path]) -> int:
     """MIDI to ids in one process: the parse stage's reader, then the vectorised encoder."""
-    from pipeline.performance import read_performance
-    from pipeline.tokenizer import encode
+    from pipeline.music.midi import read_performance
+    from pipeline.music.performance_encoding import encode
 
     total = 0
     for f in files:

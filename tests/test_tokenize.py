@@ -10,9 +10,9 @@ import pytest
 from conftest import note, tempo, write_metadata, write_midi
 
 from pipeline.errors import PipelineError
+from pipeline.music.performance_encoding import PIECE_END, PIECE_START, VOCAB_SIZE, decode
 from pipeline.parse import parse
 from pipeline.tokenize import tokenize
-from pipeline.tokenizer import PIECE_END, PIECE_START, VOCAB_SIZE, decode
 
 
 @pytest.fixture

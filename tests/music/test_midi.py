@@ -8,7 +8,7 @@ import pytest
 from conftest import note, pedal, tempo, write_midi
 from reference_midi import read_reference
 
-from pipeline.performance import UnreadableMidi, pedal_intervals, read_performance, tick_seconds
+from pipeline.music.midi import TooLong, UnreadableMidi, pedal_intervals, read_performance, tick_seconds
 
 
 def notes_of(perf) -> list[tuple]:  # noqa: ANN001
@@ -163,8 +163,9 @@ def test_notes_hours_apart_are_refused(tmp_path):
         tmp_path / "t.mid",
         [[tempo(0, 500_000)], note(0, 480, 60) + note(480 * 2 * 3 * 3600, 480 * 2 * 3 * 3600 + 480, 62)],
     )
-    with pytest.raises(UnreadableMidi, match="max_duration_s"):
+    with pytest.raises(TooLong, match=r"^events span 10800 s, more than the 7200 s allowed$"):
         read_performance(path, max_duration=7200)
+    assert len(read_performance(path, max_duration=10801).onset) == 2
 
 
 def test_a_file_without_notes_is_refused(tmp_path):

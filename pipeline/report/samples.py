@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import figures
 from pipeline.atomic import atomic_write_text
 from pipeline.errors import PipelineError
-from pipeline.markdown import table
+from pipeline.report import figures
+from pipeline.report.markdown import table
 
 REFERENCE_DRAWS, REFERENCE_SEED = 20, 3
 
@@ -27,7 +27,7 @@ def split_notes(pieces: dict, notes: dict, split: str) -> list[dict[str, np.ndar
 
 def real_features(pieces: list[dict], seconds: float, per_piece: int, most: int, seed: int) -> list[dict]:
     """Features of up to `per_piece` excerpts of `seconds` from each piece, from at most `most` pieces (seeded)."""
-    from pipeline.features import excerpts, feature_values
+    from pipeline.music.features import excerpts, feature_values
 
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(pieces), size=min(most, len(pieces)), replace=False).tolist())
@@ -37,7 +37,7 @@ def real_features(pieces: list[dict], seconds: float, per_piece: int, most: int,
 def reference_draws(reference: list[dict], pool: list[dict], size: int) -> dict[str, dict[str, float]]:
     """compare_sets(reference, B) for REFERENCE_DRAWS seeded draws B of `size` pieces from `pool` (real music in the
     generated set's place, at its size): per feature the mean overlap and KL, and the overlap's 10th percentile."""
-    from pipeline.features import FEATURES, compare_sets
+    from pipeline.music.features import FEATURES, compare_sets
 
     rng = np.random.default_rng(REFERENCE_SEED)
     draws = [compare_sets(reference, [pool[i] for i in rng.choice(len(pool), size, replace=False)])
@@ -57,7 +57,7 @@ def reference_draws(reference: list[dict], pool: list[dict], size: int) -> dict[
 
 def samples_section(samples: Path, summary: dict, out: Path, plots: Path, pieces: dict, notes: dict) -> list[str]:
     """Each sample's piano roll and files, then generated against real music, feature by feature (Yang & Lerch)."""
-    from pipeline.features import FEATURES, compare_sets, feature_values
+    from pipeline.music.features import FEATURES, compare_sets, feature_values
 
     seconds = float(summary["settings"]["seconds"])
     settings = ", ".join(f"{k} {v}" for k, v in summary["settings"].items())
@@ -130,7 +130,7 @@ def _num(value: float) -> str:
 def new_notes(midi: Path, start: float) -> dict[str, np.ndarray]:
     """The notes of a sample's MIDI file from `start` seconds on (after its primer), times from there; a silent
     sample has none."""
-    from pipeline.performance import UnreadableMidi, read_performance
+    from pipeline.music.midi import UnreadableMidi, read_performance
 
     keys = ("onset", "offset", "pitch", "velocity")
     if not Path(midi).is_file():

@@ -1,0 +1,219 @@
+"""The code's layout, read from its import statements: imports run one way (stages -> report -> music -> helpers;
+model apart), nothing imports in a cycle, dvc.yaml lists exactly the code each stage runs, and no two modules are
+named as near-twins."""
+
+from __future__ import annotations
+
+import ast
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT
+
+PACKAGES = ("pipeline", "model")
+HELPERS = {"pipeline.atomic", "pipeline.errors"}  # what the music library may use of the pipeline
+STAGES = {"fetch", "parse", "validate", "tokenize", "train", "evaluate", "generate"}  # pipeline/<stage>.py
+
+
+def module_files() -> dict[str, Path]:
+    """Every module of the project's packages by dotted name (a package by its __init__.py)."""
+    modules = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+MODULES = module_files()
+
+
+def _type_checking(node: ast.If) -> bool:
+    return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+
+
+def imported_names(tree: ast.AST, module: str) -> list[str]:
+    """Every module name that `tree` imports, at the top or inside functions, leaving out `if TYPE_CHECKING:`."""
+    names: list[str] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and _type_checking(node):
+            stack.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{module}: a relative import (the project imports absolutely)"
+            names.append(node.module)
+            names += [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in MODULES]
+        stack.extend(ast.iter_child_nodes(node))
+    return names
+
+
+def project_imports(module: str) -> set[str]:
+    """The project modules that `module` imports directly, with the packages whose __init__ each import runs."""
+    found = set()
+    for name in imported_names(ast.parse(MODULES[module].read_text()), module):
+        parts = name.split(".")
+        if parts[0] not in PACKAGES:
+            continue
+        for k in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__.py and a/b/__init__.py first
+            prefix = ".".join(parts[:k])
+            if prefix in MODULES and prefix != module:
+                found.add(prefix)
+    return found
+
+
+GRAPH = {module: project_imports(module) for module in MODULES}
+
+
+def closure(start: set[str]) -> set[str]:
+    """`start` and every project module it imports, transitively."""
+    seen, todo = set(), list(start)
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += GRAPH[module]
+    return seen
+
+
+def layer(module: str) -> str:
+    """Which room a module is in: model, music, report, a stage, the cli, or a shared helper of the pipeline."""
+    parts = module.split(".")
+    if parts[0] == "model":
+        return "model"
+    if len(parts) > 1 and parts[1] in ("music", "report"):
+        return parts[1]
+    if len(parts) > 1 and parts[1] in STAGES:
+        return "stage"
+    if module in ("pipeline.cli", "pipeline.__main__"):
+        return "cli"
+    return "helper"
+
+
+def test_the_layout_is_read_from_real_imports():
+    # The graph itself must be right, or every check below is vacuous.
+    assert {"pipeline.music.midi", "pipeline.atomic", "pipeline.segments"} <= GRAPH["pipeline.generate"]
+    assert "pipeline.music.features" in GRAPH["pipeline.report.samples"]  # imported inside a function
+    assert "model" in GRAPH["pipeline.checkpoint"] and "model.transformer_xl" in GRAPH["model"]
+    assert "pipeline.report.figures" in GRAPH["pipeline.report.stage"]  # `from pipeline.report import figures`
+    assert {layer(m) for m in MODULES} == {"model", "music", "report", "stage", "cli", "helper"}
+
+
+def test_model_knows_no_music_and_no_pipeline():
+    for module in (m for m in MODULES if layer(m) == "model"):
+        outside = {m for m in GRAPH[module] if layer(m) != "model"}
+        assert not outside, f"{module} imports {outside}"
+        names = {n.split(".")[0] for n in imported_names(ast.parse(MODULES[module].read_text()), module)}
+        assert names <= {"torch", "math", "dataclasses", "collections", "__future__", "model", "typing"}, names
+
+
+def test_music_imports_only_music_and_the_helpers():
+    for module in (m for m in MODULES if layer(m) == "music"):
+        outside = {m for m in GRAPH[module] if layer(m) != "music" and m not in HELPERS and m != "pipeline"}
+        assert not outside, f"{module} imports {outside}"
+        text = MODULES[module].read_text().lower()
+        for word in ("params.yaml", "data/", "dvc"):  # no pipeline folder, setting or tool named in the library
+            assert word not in text, f"{module} mentions {word!r}"
+
+
+def test_report_imports_no_stage_and_stages_no_report_or_other_stage():
+    for module, imports in GRAPH.items():
+        rooms = {m: layer(m) for m in imports}
+        if layer(module) == "report":
+            assert not {m for m, r in rooms.items() if r in ("stage", "cli")}, f"{module} imports {rooms}"
+        if layer(module) == "stage":
+            assert not {m for m, r in rooms.items() if r in ("stage", "report", "cli")}, f"{module} imports {rooms}"
+        if layer(module) == "helper":
+            assert not {m for m, r in rooms.items() if r in ("stage", "report", "music", "cli")}, f"{module}: {rooms}"
+
+
+def test_no_import_cycles():
+    # Depth-first search; a module met again while still on the path closes a cycle.
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for child in sorted(GRAPH[module]):
+            if state.get(child) == 1:
+                pytest.fail(f"import cycle: {' -> '.join([*path[path.index(child) :], child])}")
+            if child not in state:
+                visit(child, [*path, child])
+        state[module] = 2
+
+    for module in sorted(MODULES):
+        if module not in state:
+            visit(module, [module])
+
+
+def _has_code(path: Path) -> bool:
+    """Whether a file holds more than a docstring (an __init__.py of only a docstring is no dependency)."""
+    body = ast.parse(path.read_text()).body
+    return any(not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)) for s in body)
+
+
+def stage_code(stage: str) -> set[str]:
+    """The project files that `python -m pipeline STAGE` runs, the CLI's own dispatch file left out: what the
+    stage's command imports, transitively."""
+    cli = ast.parse(MODULES["pipeline.cli"].read_text())
+    command = next(f for f in cli.body if isinstance(f, ast.FunctionDef) and f.name == stage)
+    runner = next(f for f in cli.body if isinstance(f, ast.FunctionDef) and f.name == "_run")
+    start = set()
+    for name in imported_names(command, "pipeline.cli") + imported_names(runner, "pipeline.cli"):
+        parts = name.split(".")
+        start |= {".".join(parts[:k]) for k in range(1, len(parts) + 1) if ".".join(parts[:k]) in MODULES}
+    files = {MODULES[m] for m in closure(start) if _has_code(MODULES[m])}
+    return {str(f.relative_to(ROOT)) for f in files}
+
+
+def dvc_code_deps(stage: dict) -> set[str]:
+    """The Python files a dvc.yaml stage lists, a folder standing for every .py file under it."""
+    files = set()
+    for dep in stage.get("deps", []):
+        path = ROOT / dep
+        if not dep.startswith(PACKAGES):
+            continue
+        listed = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        assert all(p.is_file() for p in listed), f"dvc.yaml lists {dep}, which does not exist"
+        files |= {str(p.relative_to(ROOT)) for p in listed if _has_code(p)}
+    return files
+
+
+def test_each_dvc_stage_depends_on_exactly_the_code_it_imports():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert set(stages) == STAGES | {"report"}
+    for name, stage in stages.items():
+        assert stage["cmd"].split()[:4] == ["python", "-m", "pipeline", name]
+        needed, listed = stage_code(name), dvc_code_deps(stage)
+        assert listed == needed, f"{name}: missing {sorted(needed - listed)}, not imported {sorted(listed - needed)}"
+
+
+def test_a_figure_change_reruns_the_report_stage_only():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    users = {name for name, stage in stages.items() if "pipeline/report/figures.py" in dvc_code_deps(stage)}
+    assert users == {"report"}
+    users = {name for name, stage in stages.items() if "pipeline/music/performance_encoding.py" in dvc_code_deps(stage)}
+    assert users == {"tokenize", "generate", "report"}
+
+
+def near_twins(a: str, b: str) -> bool:
+    """Names one letter-ending apart, like tokenize and tokenizer or compare and comparison."""
+    common = len(os.path.commonprefix([a, b]))
+    return a != b and common >= 5 and common >= 0.75 * min(len(a), len(b))
+
+
+def test_near_twins_are_recognised():
+    assert near_twins("tokenize", "tokenizer") and near_twins("compare", "comparison")
+    assert not near_twins("params", "parse") and not near_twins("features", "figures")
+
+
+def test_no_two_modules_are_near_twins():
+    stems = [p.stem for p in MODULES.values() if p.name not in ("__init__.py", "__main__.py")]
+    assert len(stems) == len(set(stems)), sorted(s for s in stems if stems.count(s) > 1)
+    assert not [(a, b) for a in stems for b in stems if a < b and near_twins(a, b)]
+    top = sorted(p.name for p in (ROOT / "pipeline").glob("*.py"))
+    assert len(top) <= 20, top
