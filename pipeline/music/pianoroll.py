@@ -1,4 +1,4 @@
-"""Piano-roll pictures of performances (matplotlib, imported only here): one bar per note, darker when louder.
+"""Piano-roll pictures of performances: one bar per note, darker when louder.
 
 Saved as the report's figures are (`plot.save_png`): the same notes always give the same bytes.
 """
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.music.plot import save_png
+from pipeline.music.plot import pyplot, save_png
 
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
@@ -21,11 +21,7 @@ def note_name(pitch: int) -> str:
 
 def draw_piano_roll(notes: dict[str, np.ndarray], path: Path, end: float, title: str, primer_end: float = 0.0) -> Path:
     """Write a piano roll of `notes` from 0 to `end` seconds to `path`, shading the primer (before primer_end)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()  # the style is set before the figure is made, so every roll looks alike
     onset, offset = np.asarray(notes["onset"], float), np.asarray(notes["offset"], float)
     pitch, velocity = np.asarray(notes["pitch"], int), np.asarray(notes["velocity"], float)
     low, high = (int(pitch.min()) - 2, int(pitch.max()) + 2) if len(pitch) else (57, 75)
