@@ -31,7 +31,7 @@ test: $(VENV)/.installed-oracle
 bench: setup
 	$(BIN)/pip install --quiet -e ".[dev,oracle,bench]"
 	python benchmarks/parse.py
-	python benchmarks/tokenize.py
+	python benchmarks/encoding.py
 	python benchmarks/train.py
 	python benchmarks/evaluate.py
 

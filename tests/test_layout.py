@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,10 @@ def test_no_two_modules_are_near_twins():
     assert not [(a, b) for a in stems for b in stems if a < b and near_twins(a, b)]
     top = sorted(p.name for p in (ROOT / "pipeline").glob("*.py"))
     assert len(top) <= 20, top
+
+
+def test_no_script_shadows_a_standard_module():
+    # `python benchmarks/X.py` puts benchmarks/ first on sys.path, so a script named like a standard module (tokenize,
+    # for one) would be imported in its place by everything that imports that module.
+    scripts = [p.stem for p in (ROOT / "benchmarks").glob("*.py")]
+    assert scripts and not set(scripts) & set(sys.stdlib_module_names)

@@ -1,6 +1,6 @@
 """Tokenize throughput: MIDI files to performance-event token ids, beside MidiTok's MIDILike on the same files.
 
-Usage: python benchmarks/tokenize.py [--data ../shared/data/maestro-asap] [--limit N]
+Usage: python benchmarks/encoding.py [--data ../shared/data/maestro-asap] [--limit N]
 """
 
 from __future__ import annotations
