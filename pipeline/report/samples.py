@@ -1,5 +1,5 @@
 """The report's Samples section: each sample's piano roll and files, and generated against real music as Yang & Lerch
-(2018) compare them (pipeline/features.py), beside real held-out against real train music as the reference."""
+(2018) compare them (pipeline/music/features.py), beside real held-out against real train music as the reference."""
 
 from __future__ import annotations
 
