@@ -177,10 +177,35 @@ def test_bf16_weights_under_autocast_stay_close_to_float32():
         torch.testing.assert_close(got.float(), expected[:, 0], rtol=0, atol=0.05)
 
 
-def test_banned_ids_are_never_sampled_and_the_rest_keep_their_proportions():
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_banned_ids_are_never_sampled_and_the_rest_keep_their_proportions(temperature):
+    """Over many rows and several steps, each allowed id is drawn as often as the tempered softmax of the full
+    forward's logits, renormalised by hand over the allowed ids, predicts (within 5 standard errors)."""
     model = tiny()
+    banned = [3, 4, 17]
+    is_banned = torch.zeros(VOCAB, dtype=torch.bool)
+    is_banned[banned] = True
     with torch.no_grad():
-        model.out_bias[[3, 4]] = 20.0  # by far the likeliest, until banned
-    rows = generate(model, torch.zeros(4, 1, dtype=torch.long), 50, generator=seeded(2), banned=[3, 4])
-    sampled = torch.cat(rows)
-    assert not torch.isin(sampled, torch.tensor([3, 4])).any() and len(sampled.unique()) > 10
+        model.out_bias.normal_(0, 1, generator=seeded(5))  # unequal proportions
+        model.out_bias[banned] = 3.0  # together the likeliest by far, until banned
+    rows, steps = 3000, 4
+    prompt = torch.randint(0, VOCAB, (rows, 1), generator=seeded(6))
+    drawn = torch.stack(generate(model, prompt, steps, temperature=temperature, generator=seeded(2), banned=banned))
+    assert drawn.shape == (rows, steps)
+    assert not is_banned[drawn].any(), f"banned ids drawn {int(is_banned[drawn].sum())} times"
+    allowed = ~is_banned
+    with torch.no_grad():
+        logits = model(torch.cat([prompt, drawn[:, :-1]], dim=1))[0] / temperature  # [row, step, vocab]
+    banned_mass = torch.softmax(logits, -1)[..., ~allowed].sum(-1)
+    assert banned_mass.mean() > 0.3  # banning matters: without renormalising, the proportions would be far off
+    probs = torch.softmax(logits[..., allowed], -1)  # renormalised over the allowed ids only
+    for step in range(steps):
+        p = probs[:, step]  # each row draws one id from its own distribution
+        counts = torch.bincount(drawn[:, step], minlength=VOCAB)[allowed].double()
+        z = (counts - p.sum(0)) / (p * (1 - p)).sum(0).sqrt()
+        worst = z.abs().argmax()
+        seen, expected = counts[worst], p.sum(0)[worst]
+        assert z[worst].abs() < 5, (
+            f"step {step}: id {int(allowed.nonzero()[worst])} drawn {seen:.0f} times, expected {expected:.1f} "
+            f"({z[worst]:+.1f} standard errors)"
+        )

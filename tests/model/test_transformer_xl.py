@@ -53,13 +53,25 @@ def test_changing_a_future_token_changes_no_earlier_logit():
 
 
 def test_no_gradient_flows_into_the_memory():
+    """The memory is a constant to the next segment: no graph behind it, so segment 1 gets nothing from loss 2."""
     model = tiny().train()
     tokens = torch.randint(0, 50, (2, 16))
+    embedded = []  # the embedding output of segment 1, a tensor that needs a gradient
+    hook = model.word_emb.register_forward_hook(lambda _module, _inputs, out: embedded.append(out))
     _, _, mems = model(tokens[:, :8])
+    hook.remove()
+    assert all(not m.requires_grad and m.grad_fn is None for m in mems)
     _, loss, _ = model(tokens[:, 8:], targets=tokens[:, 8:], mems=mems)
-    loss.backward()
-    assert all(m.grad is None for m in mems)
-    assert model.r_r_bias.grad is not None and model.r_w_bias.grad is not None
+    assert embedded[0].requires_grad
+    (into_segment_one,) = torch.autograd.grad(loss, embedded[0], retain_graph=True, allow_unused=True)
+    assert into_segment_one is None  # loss 2 does not depend on segment 1's embeddings at all
+    names, params = zip(*model.named_parameters(), strict=True)
+    grads = dict(zip(names, torch.autograd.grad(loss, params), strict=True))
+    # The same loss on memories cut from any graph by hand: every parameter gets the same gradient.
+    _, detached_loss, _ = model(tokens[:, 8:], targets=tokens[:, 8:], mems=[m.detach().clone() for m in mems])
+    for name, expected in zip(names, torch.autograd.grad(detached_loss, params), strict=True):
+        torch.testing.assert_close(grads[name], expected, rtol=0, atol=0, msg=f"{name} differs")
+    assert grads["r_r_bias"].abs().sum() > 0 and grads["r_w_bias"].abs().sum() > 0
 
 
 def test_same_length_gives_every_query_mem_len_keys():
@@ -69,11 +81,74 @@ def test_same_length_gives_every_query_mem_len_keys():
     assert (~tiny()._attn_mask(4, 6, torch.device("cpu"))).sum(dim=1).tolist() == [7, 8, 9, 10]
 
 
-def test_clamp_len_reuses_the_farthest_encoding():
-    long_memory = tiny(clamp_len=3, mem_len=64)
-    tokens = torch.randint(0, 50, (1, 12))
-    logits, _, _ = long_memory(tokens)
-    assert torch.isfinite(logits).all()
+def sinusoid(distances: torch.Tensor, d_model: int) -> torch.Tensor:
+    """The paper's R for each distance: sin then cos of distance / 10000^(2k / d_model), k < d_model / 2."""
+    angles = distances[..., None] / 10000 ** (torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def reference_logits(model, tokens: torch.Tensor, clamp_len: int) -> torch.Tensor:
+    """The model's logits for tokens [b, n] with no memory, by the paper's score written out per (query, key):
+    (q_i + u)·k_j + (q_i + v)·W_R R(min(i - j, clamp_len)) for keys j ≤ i; no _rel_shift, no reversed positions."""
+    c = model.cfg
+    n, h, d = tokens.size(1), c.n_head, c.d_head
+    distance = torch.arange(n)[:, None] - torch.arange(n)[None, :]  # query i, key j: i - j
+    if clamp_len > 0:
+        distance = distance.clamp(max=clamp_len)
+    r = sinusoid(distance.double(), c.d_model)  # [query, key, d_model]
+    future = torch.ones(n, n, dtype=torch.bool).triu(1)
+    x = model.word_emb.weight[tokens] * c.d_model**0.5
+    for layer in model.layers:
+        attn = layer.dec_attn
+        normed = attn.layer_norm(x) if c.pre_lnorm else x
+        q, k, v = (normed @ w.T for w in attn.qkv_net.weight.split(h * d))
+        q, k, v = (t.view(*t.shape[:2], h, d) for t in (q, k, v))
+        r_k = (r @ attn.r_net.weight.T).view(n, n, h, d)
+        content = torch.einsum("bihd,bjhd->bhij", q + model.r_w_bias, k)
+        position = torch.einsum("bihd,ijhd->bhij", q + model.r_r_bias, r_k)
+        scores = ((content + position) / d**0.5).masked_fill(future, float("-inf"))
+        out = torch.einsum("bhij,bjhd->bihd", scores.softmax(-1), v).flatten(2) @ attn.o_net.weight.T
+        x = x + out if c.pre_lnorm else attn.layer_norm(x + out)
+        ff = layer.pos_ff
+        x = x + ff.core_net(ff.layer_norm(x)) if c.pre_lnorm else ff.layer_norm(x + ff.core_net(x))
+    return model.final_norm(x) @ model.word_emb.weight.T + model.out_bias
+
+
+def strong_positions(model):
+    """The model with large position projections W_R, so that which encoding a distance gets shows in the logits."""
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.dec_attn.r_net.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    return model
+
+
+@pytest.mark.parametrize("pre_lnorm", [False, True])
+@pytest.mark.parametrize("clamp_len", [-1, 3])
+def test_clamp_len_reuses_the_farthest_encoding(clamp_len, pre_lnorm):
+    """One pass and two segments with memory give the hand-written forward with distances clamped by hand."""
+    model = strong_positions(tiny(clamp_len=clamp_len, pre_lnorm=pre_lnorm, mem_len=16))
+    tokens = torch.randint(0, 50, (2, 14))
+    with torch.no_grad():  # atol 1e-8: the model's sinusoid frequencies are float32, the reference's float64
+        expected = reference_logits(model, tokens, clamp_len)
+        if clamp_len > 0:  # the clamp changes the logits far beyond the tolerance
+            assert (expected - reference_logits(model, tokens, -1)).abs().amax() > 1e-3
+        torch.testing.assert_close(model(tokens)[0], expected, rtol=0, atol=1e-8)
+        first, _, mems = model(tokens[:, :6])
+        second, _, _ = model(tokens[:, 6:], mems=mems)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), expected, rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("pre_lnorm", [False, True])
+@pytest.mark.parametrize("clamp_len", [-1, 3])
+def test_cached_decoding_with_clamp_len_gives_the_hand_written_forward(clamp_len, pre_lnorm):
+    """decode_cache and step, over distances up to 13 (past clamp_len), give the hand-written forward's logits."""
+    model = strong_positions(tiny(clamp_len=clamp_len, pre_lnorm=pre_lnorm, mem_len=16))
+    tokens = torch.randint(0, 50, (2, 14))
+    expected = reference_logits(model, tokens, clamp_len).detach()
+    _, _, mems = model(tokens[:, :2])
+    cache = model.decode_cache(mems)
+    steps = torch.stack([model.step(tokens[:, t], cache) for t in range(2, 14)], dim=1)
+    torch.testing.assert_close(steps, expected[:, 2:], rtol=0, atol=1e-8)
 
 
 def test_output_layer_is_the_input_embedding_and_inconsistent_shapes_are_refused():
