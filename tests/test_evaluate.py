@@ -48,6 +48,69 @@ def one_pass_nll(model: TransformerXL, piece: np.ndarray) -> np.ndarray:
     return -log_probs.gather(-1, torch.from_numpy(piece[1:])[:, None])[:, 0].double().numpy()
 
 
+def one_pass_logits(model: TransformerXL, piece: np.ndarray) -> torch.Tensor:
+    """Logits at every position of the piece but the last, from one forward pass with no memory: [len - 1, vocab]."""
+    with torch.no_grad():
+        logits, _, _ = model(torch.from_numpy(piece[None, :-1]))
+    return logits.float()[0]
+
+
+def one_pass_correct(model: TransformerXL, piece: np.ndarray) -> np.ndarray:
+    """Whether the most likely token at each position is the next token of the piece, from one pass with no memory.
+
+    Asserts that no two top logits nearly tie, so that the argmax is the same however the pass is split up."""
+    logits = one_pass_logits(model, piece)
+    top2 = logits.topk(2, dim=-1).values
+    assert bool((top2[:, 0] - top2[:, 1] > 1e-4).all()), "a near tie: choose another seed"
+    return (logits.argmax(-1) == torch.from_numpy(piece[1:])).numpy()
+
+
+def guessing_model() -> TransformerXL:
+    """tiny_model with a small random output bias: with tied embeddings alone, an untrained model's most likely next
+    token is nearly always its input token; the bias makes that so only about half the time, so that comparing the
+    prediction with the input token and with the next one differ."""
+    model = tiny_model()
+    with torch.no_grad():
+        model.out_bias.normal_(0, 0.15)
+    return model
+
+
+def half_greedy_pieces(model: TransformerXL, seed: int, count: int, low: int = 15, high: int = 45) -> list[np.ndarray]:
+    """Pieces where about half the tokens are the model's own most likely next token and the rest random, so that
+    scoring them has hits and misses (a tiny untrained model rarely predicts a random token). A token after which
+    the two most likely next tokens nearly tie is drawn again, so that every argmax is clear-cut."""
+    rng = np.random.default_rng(seed)
+    pieces = []
+    for n in rng.integers(low, high, size=count):
+        piece = [PIECE_START]
+        while True:
+            logits = one_pass_logits(model, np.array([*piece, 0], np.int64))[-1]
+            top2 = logits.topk(2).values
+            if top2[0] - top2[1] < 1e-3 and len(piece) > 1:
+                piece[-1] = int(rng.integers(0, 388))
+            elif len(piece) == n + 1:
+                break
+            else:
+                piece.append(int(logits.argmax()) if rng.random() < 0.5 else int(rng.integers(0, 388)))
+        pieces.append(np.array([*piece, PIECE_END], np.int64))
+    return pieces
+
+
+def test_accuracy_counts_the_most_likely_token_against_the_next_token():
+    model = guessing_model()
+    model.cfg = dataclasses.replace(model.cfg, mem_len=128)  # longer than any piece: segments equal a single pass
+    pieces = half_greedy_pieces(model, 11, 6)
+    expected = [one_pass_correct(model, piece) for piece in pieces]
+    hits = np.concatenate(expected)
+    assert 0.2 < hits.mean() < 0.8  # hits and misses both, so that a wrong comparison shows
+    inputs = np.concatenate([one_pass_logits(model, piece).argmax(-1).numpy() == piece[:-1] for piece in pieces])
+    assert (inputs != hits).mean() > 0.2  # guessing the input token is often right where guessing the next is not
+    for tgt_len, batch_size in ((64, 3), (7, 1), (7, 4)):  # one segment per piece; several, alone and batched
+        scores = score_pieces(model, pieces, tgt_len=tgt_len, batch_size=batch_size)
+        for want, got in zip(expected, scores.correct, strict=True):
+            assert got.dtype == bool and got.tolist() == want.tolist()
+
+
 def test_pieces_that_fit_one_window_score_as_one_forward_pass_each():
     model = tiny_model()
     pieces = random_pieces(1, 7)
@@ -141,6 +204,20 @@ def test_the_stage_writes_every_figure_of_the_validation_split(folder, capsys):
     )
     assert m["baselines"]["uniform"] == pytest.approx(math.log(VOCAB_SIZE))
     assert m["baselines"]["kneser_ney"] < 2.0 < m["baselines"]["unigram"]  # the repeated phrase is predictable
+
+
+def test_the_stage_reports_accuracy_as_the_share_of_next_tokens_predicted(tmp_path):
+    model = guessing_model()
+    validation = half_greedy_pieces(model, 12, 5)  # each fits mem_len + tgt_len: scored as one pass
+    bodies = {"train": [p[1:-1] for p in random_pieces(4, 3)], "validation": [p[1:-1] for p in validation]}
+    tokens = write_tokens(tmp_path / "tokens", bodies)
+    export_model(model, tmp_path / "model")
+    result = evaluate(tokens, tmp_path / "model", tmp_path / "eval.json", params())
+    model.cfg = dataclasses.replace(model.cfg, mem_len=64, same_length=True)  # as params() evaluates
+    hits = np.concatenate([one_pass_correct(model, piece) for piece in validation])  # write_tokens keeps the ends
+    assert 0.2 < hits.mean() < 0.8 and result["validation"]["tokens"] == len(hits)
+    assert result["validation"]["accuracy"] == round(float(hits.mean()), 5)
+    assert json.loads((tmp_path / "eval.json").read_text()) == result
 
 
 def test_a_test_split_is_scored_when_the_data_has_one(folder):

@@ -27,10 +27,12 @@ def zip_folder(folder: Path, archive: Path, top: str = "maestro-v3.0.0") -> Path
 
 
 class ArchiveServer:
-    """Serves one payload with HTTP Range support; can break the first response off after `cut_after` bytes."""
+    """Serves one payload with HTTP Range support; can break the first response off after `cut_after` bytes, and
+    can leave out the Content-Length header (the body then ends where the connection closes)."""
 
-    def __init__(self, payload: bytes, cut_after: int | None = None) -> None:
+    def __init__(self, payload: bytes, cut_after: int | None = None, content_length: bool = True) -> None:
         self.payload, self.cut_after, self.ranges = payload, cut_after, []
+        self.content_length = content_length
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -45,7 +47,8 @@ class ArchiveServer:
                 self.send_response(206 if header else 200)
                 if header:
                     self.send_header("Content-Range", f"bytes {start}-{len(server.payload) - 1}/{len(server.payload)}")
-                self.send_header("Content-Length", str(len(body)))
+                if server.content_length:
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if server.cut_after is not None:
                     body, server.cut_after = body[: server.cut_after], None
@@ -110,6 +113,21 @@ def test_interrupted_download_resumes_with_a_range_request(archive, tiny_maestro
     assert same_tree(dest, tiny_maestro)
 
 
+def test_without_a_content_length_the_expected_size_tells_a_download_that_broke_off(archive, tiny_maestro, tmp_path):
+    _, size = checks(archive)
+    dest, downloads = tmp_path / "raw" / "maestro-v3.0.0", tmp_path / "downloads"
+    half = size // 2
+    with ArchiveServer(archive.read_bytes(), cut_after=half, content_length=False) as server:
+        with pytest.raises(PipelineError, match=f"ended early at {half:,} of {size:,} bytes") as info:
+            fetch(server.url, dest, None, size, downloads)  # the cut looks like the end of the body
+        assert "\n" not in str(info.value)
+        part = downloads / "maestro-v3.0.0-midi.zip.part"
+        assert part.stat().st_size == half and not dest.exists()
+        fetch(server.url, dest, None, size, downloads)
+    assert server.ranges == [None, f"bytes={half}-"] and not part.exists()
+    assert same_tree(dest, tiny_maestro)
+
+
 def test_checksum_mismatch_leaves_nothing_behind(archive, tmp_path):
     _, size = checks(archive)
     dest, downloads = tmp_path / "raw" / "maestro-v3.0.0", tmp_path / "downloads"
@@ -118,6 +136,40 @@ def test_checksum_mismatch_leaves_nothing_behind(archive, tmp_path):
     assert server.url in str(info.value)
     assert list(downloads.iterdir()) == []
     assert list(dest.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("wrong", [-1, 1])
+def test_a_download_of_the_wrong_size_is_refused_and_leaves_nothing_behind(archive, tmp_path, wrong):
+    _, size = checks(archive)
+    dest, downloads = tmp_path / "raw" / "maestro-v3.0.0", tmp_path / "downloads"
+    with ArchiveServer(archive.read_bytes()) as server, pytest.raises(PipelineError) as info:
+        fetch(server.url, dest, None, size + wrong, downloads)  # no sha256: only the size can tell
+    message = str(info.value)
+    assert "\n" not in message and f"size {size:,} bytes, expected {size + wrong:,}" in message
+    assert server.url in message
+    assert list(downloads.iterdir()) == []  # neither the archive nor a .part file
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_a_download_of_the_right_size_passes_the_size_check(archive, tiny_maestro, tmp_path):
+    _, size = checks(archive)
+    dest, downloads = tmp_path / "raw" / "maestro-v3.0.0", tmp_path / "downloads"
+    with ArchiveServer(archive.read_bytes()) as server:
+        assert fetch(server.url, dest, None, size, downloads) == {"listed": 3, "missing": 0}
+    assert same_tree(dest, tiny_maestro)
+    assert (downloads / "maestro-v3.0.0-midi.zip").read_bytes() == archive.read_bytes()
+
+
+def test_an_earlier_download_of_the_wrong_size_is_downloaded_again(archive, tiny_maestro, tmp_path):
+    _, size = checks(archive)
+    dest, downloads = tmp_path / "raw" / "maestro-v3.0.0", tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / "maestro-v3.0.0-midi.zip").write_bytes(archive.read_bytes()[:-1])  # a truncated earlier download
+    with ArchiveServer(archive.read_bytes()) as server:
+        fetch(server.url, dest, None, size, downloads)
+    assert server.ranges == [None]  # fetched afresh, from the first byte
+    assert (downloads / "maestro-v3.0.0-midi.zip").read_bytes() == archive.read_bytes()
+    assert same_tree(dest, tiny_maestro)
 
 
 def test_unreachable_url_says_how_to_use_a_local_copy(tmp_path):
@@ -144,6 +196,18 @@ def test_local_zip_with_the_wrong_checksum_is_refused(archive, tmp_path):
     with pytest.raises(PipelineError, match="set data.sha256 and data.size to ''"):
         fetch(str(archive), tmp_path / "raw", "f" * 64, None, tmp_path / "downloads")
     assert not (tmp_path / "raw").exists()
+
+
+@pytest.mark.parametrize("wrong", [-1, 1])
+def test_local_zip_of_the_wrong_size_is_refused(archive, tiny_maestro, tmp_path, wrong):
+    _, size = checks(archive)
+    with pytest.raises(PipelineError, match="set data.sha256 and data.size to ''") as info:
+        fetch(str(archive), tmp_path / "raw", None, size + wrong, tmp_path / "downloads")
+    message = str(info.value)
+    assert "\n" not in message and f"size {size:,} bytes, expected {size + wrong:,}" in message
+    assert not (tmp_path / "raw").exists()
+    fetch(str(archive), tmp_path / "raw", None, size, tmp_path / "downloads")  # the right size passes
+    assert same_tree(tmp_path / "raw", tiny_maestro)
 
 
 def test_folder_without_metadata_is_a_clear_error(tmp_path):

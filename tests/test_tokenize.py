@@ -80,6 +80,32 @@ def test_shards_index_and_vocab(parsed, tmp_path):
     assert frequency["note_on"] == frequency["note_off"] > 0 and abs(sum(frequency.values()) - 1) < 1e-3
 
 
+def test_every_onset_and_offset_of_a_stretched_copy_is_stretched(parsed, tmp_path):
+    import pyarrow.parquet as pq
+
+    events, validated = parsed
+    factors = [0.9, 0.95, 1.0, 1.05, 1.1]
+    tokenize(events, validated, tmp_path / "tokens", tmp_path / "tokens.json", stretch=factors, workers=1)
+    notes = pq.read_table(events / "notes", columns=["piece_id", "onset", "offset", "pitch"]).to_pandas()
+    seen = []
+    for split in ("train", "validation", "test"):
+        index, shards = load_split(tmp_path / "tokens" / split)
+        for piece_id, stretch, shard, start, length in zip(
+            *map(index.get, ("piece_id", "stretch", "shard", "start", "length")), strict=True
+        ):
+            parsed_notes = notes[notes["piece_id"] == piece_id].sort_values(["onset", "pitch"])
+            onset, offset = parsed_notes["onset"].to_numpy(), parsed_notes["offset"].to_numpy()
+            # Notes that never overlap and last far more than a step: each decodes as itself, no step is forced.
+            assert len(onset) > 5 and (offset[:-1] < onset[1:]).all() and (offset - onset > 0.1).all()
+            decoded = decode(np.asarray(shards[shard][start : start + length]))
+            assert decoded["pitch"].tolist() == parsed_notes["pitch"].tolist()
+            # Times are rounded to the nearest 10 ms step: off by half a step at most.
+            np.testing.assert_allclose(decoded["onset"], onset * stretch, rtol=0, atol=0.005 + 1e-9)
+            np.testing.assert_allclose(decoded["offset"], offset * stretch, rtol=0, atol=0.005 + 1e-9)
+            seen.append((split, stretch))
+    assert sorted({s for split, s in seen if split == "train"}) == factors and len(seen) == 4 * len(factors) + 2
+
+
 def test_only_validated_pieces_are_tokenized(parsed, tmp_path):
     import pyarrow.parquet as pq
 
