@@ -45,6 +45,7 @@ from pipeline.segments import PieceStore
 
 MAX_SAMPLES, MAX_SECONDS, MAX_MEM_LEN = 256, 3600.0, 16384  # beyond these a run would not fit in memory
 MAX_TOKENS_PER_SECOND = 300  # a cap on sampled tokens per second of music; MAESTRO averages about 43
+TOKEN_CAP_FLOOR = 64  # added to that cap, so that a very short sample still has room for a chord
 LONG_NOTE_S = 10.0
 CPU_BF16_MIN_BYTES = 32 << 20  # float32 weights beyond this make bf16 pay on a CPU (41 M parameters: 1.4x faster)
 SAMPLE_FILE = re.compile(r"^sample-\d+\.(mid|png|wav)$")
@@ -199,7 +200,7 @@ def sample_batch(model, primer: Primer, p: GenerateParams, seeds: list[int], aut
     new = sample_tokens(
         model,
         prompt,
-        max_new_tokens=int(p.seconds * MAX_TOKENS_PER_SECOND) + 64,
+        max_new_tokens=int(p.seconds * MAX_TOKENS_PER_SECOND) + TOKEN_CAP_FLOOR,
         temperature=p.temperature,
         top_k=p.top_k,
         top_p=p.top_p,

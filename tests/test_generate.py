@@ -4,6 +4,7 @@ samples.json, and one-line errors for bad input."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import wave
@@ -19,9 +20,13 @@ from model import TransformerXL, TransformerXLConfig
 from pipeline.checkpoint import export_model
 from pipeline.errors import PipelineError
 from pipeline.generate import (
+    MAX_SAMPLES,
+    MAX_TOKENS_PER_SECOND,
+    TOKEN_CAP_FLOOR,
     GenerateParams,
     MusicClock,
     Primer,
+    check_params,
     generate,
     primer_from_midi,
     sample_flags,
@@ -29,7 +34,16 @@ from pipeline.generate import (
     write_sample,
 )
 from pipeline.music.audio import synthesizer
-from pipeline.music.performance_encoding import PIECE_END, PIECE_START, VOCAB_SIZE, decode, encode, velocity_bin
+from pipeline.music.performance_encoding import (
+    PIECE_END,
+    PIECE_START,
+    SHIFT_STEPS,
+    TIME_SHIFT,
+    VOCAB_SIZE,
+    decode,
+    encode,
+    velocity_bin,
+)
 
 # A primer at 120 bpm, 480 ticks per quarter (960 ticks a second), off the 10 ms grid. The third note is still held
 # at the 2-second cut; the fourth starts after it.
@@ -223,6 +237,44 @@ def test_samples_run_their_full_length_unless_the_model_may_end_them(tmp_path):
     assert all(s["seconds"] < 5.0 for s in ended["samples"])
 
 
+def test_a_model_that_never_moves_time_on_is_cut_off_at_the_token_cap(tmp_path):
+    torch.manual_seed(0)
+    cfg = TransformerXLConfig(VOCAB_SIZE, n_layer=1, d_model=32, n_head=2, d_head=16, d_inner=64, tgt_len=8, mem_len=8)
+    model = TransformerXL(cfg)
+    with torch.no_grad():  # strikes, releases and velocities only: the music never gets past its first instant
+        model.out_bias[TIME_SHIFT : TIME_SHIFT + SHIFT_STEPS] = -1e4
+        model.out_bias[PIECE_END] = -1e4
+    export_model(model, tmp_path / "model")
+    seconds = 0.5
+    cap = int(seconds * MAX_TOKENS_PER_SECOND) + TOKEN_CAP_FLOOR  # the README's cap: 300 tokens per second, plus 64
+
+    def ran_on(signum: int, frame: object) -> None:
+        raise TimeoutError("the sample ran on: no cap on its tokens")
+
+    previous = signal.signal(signal.SIGALRM, ran_on)  # without a cap the model would sample for ever
+    signal.alarm(120)
+    try:
+        summary = generate(tmp_path / "model", tmp_path / "out", params(samples=2, seconds=seconds))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    written = json.loads((tmp_path / "out" / "samples.json").read_text())["samples"]
+    assert written == summary["samples"] and len(written) == 2
+    for record in written:
+        assert record["ended_by"] == "max_tokens" and record["seconds"] == 0.0, record
+        assert record["tokens"] == cap, record  # every sample runs into the same cap, exactly
+    assert len({r["tokens"] for r in written}) == 1
+
+
+def test_the_samples_limit_is_checked_at_its_edge():
+    assert MAX_SAMPLES == 256  # the limit the README gives
+    check_params(GenerateParams(samples=256))
+    check_params(GenerateParams(samples=1))
+    for samples in (0, 257):
+        with pytest.raises(PipelineError, match=rf"^samples must be from 1 to 256, not {samples}$"):
+            check_params(GenerateParams(samples=samples))
+
+
 def test_the_music_clock_counts_each_rows_time_shifts():
     clock = MusicClock(1.0, rows=2, device=torch.device("cpu"))
     assert clock(torch.tensor([256 + 49, 60])).tolist() == [False, False]  # 50 steps, and a note
@@ -254,6 +306,7 @@ def test_a_primer_that_is_not_what_it_should_be_is_a_clear_error(tmp_path):
         (["--top-p", "1.5"], "top-p must be in (0, 1], not 1.5"),
         (["--seconds", "-1"], "seconds must be above 0 and at most 3600.0, not -1.0"),
         (["--temperature", "inf"], "temperature must be a finite number, not inf"),
+        (["--samples", "257"], "samples must be from 1 to 256, not 257"),
     ],
 )
 def test_the_command_gives_one_line_errors_and_writes_nothing(model_dir, tmp_path, options, message):

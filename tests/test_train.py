@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -202,12 +203,19 @@ def test_cpu_limits_cap_the_configured_size():
 def test_the_cpu_run_trains_and_exports_the_capped_model(tmp_path):
     tokens = repeating_corpus(tmp_path / "tokens")
     big = {**TINY_MODEL, "n_layer": 8, "d_model": 64, "n_head": 4, "d_head": 16}
-    p = params(steps=50, cpu_limits={"n_layer": 1, "d_model": 32, "steps": 3})
-    assert train(tokens, tmp_path / "c", tmp_path / "model", None, big, p)["step"] == 3
+    p = params(steps=50, lr=3e-3, cpu_lr=1e-3, cpu_limits={"n_layer": 1, "d_model": 32, "steps": 3})
+    assert train(tokens, tmp_path / "c", tmp_path / "model", tmp_path / "live", big, p)["step"] == 3
     model = load_model(tmp_path / "model")
     assert (model.cfg.n_layer, model.cfg.d_model, model.cfg.d_head) == (1, 32, 8)
-    # The exported weights are the trained ones: same logits as the model held in the last checkpoint.
+    # reports/train/params.yaml records what was trained, not what was asked for: the config of the exported model,
+    # the train params the checkpoint was written with (the caps and cpu_lr applied), the device and the processes.
+    written = yaml.safe_load((tmp_path / "live" / "params.yaml").read_text())
+    assert written["model"] == asdict(model.cfg)
     state = torch.load(tmp_path / "c" / "last.pt", weights_only=True)
+    assert {k: v for k, v in written["train"].items() if k not in ("cpu_limits", "cpu_lr")} == state["params"]
+    assert (written["train"]["steps"], written["train"]["lr"]) == (3, 1e-3)
+    assert (written["device"], written["processes"]) == ("cpu", 1)
+    # The exported weights are the trained ones: same logits as the model held in the last checkpoint.
     reference = build_model(vocab(), {k: v for k, v in state["config"].items() if k not in ("vocab_size", "data")})
     reference.load_state_dict(state["model"])
     x = torch.randint(0, 390, (2, 16))

@@ -3,6 +3,8 @@ data checksum and the published figures' sources. The whole stage runs in the DV
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,7 @@ from pipeline.music.features import FEATURES, feature_values
 from pipeline.music.midi import write_midi
 from pipeline.report import figures
 from pipeline.report.markdown import table
-from pipeline.report.samples import new_notes, reference_draws
+from pipeline.report.samples import new_notes, reference_draws, samples_section
 from pipeline.report.stage import LITERATURE, Inputs, data_checksum
 
 
@@ -65,6 +67,74 @@ def test_the_data_checksum_covers_every_byte_and_name(tmp_path):
     assert first == data_checksum(Inputs(raw=raw), pieces)
     (raw / "2004" / "b.midi").write_bytes(b"twO")
     assert data_checksum(Inputs(raw=raw), pieces) != first
+
+
+def test_the_data_checksum_changes_with_a_files_name_and_the_pieces_order(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "2004").mkdir(parents=True)
+    for name, data in (("a.midi", b"one"), ("b.midi", b"two"), ("c.midi", b"one")):  # c holds a's bytes
+        (raw / "2004" / name).write_bytes(data)
+    inputs = Inputs(raw=raw)
+
+    def checksum(*names: str) -> str:
+        return data_checksum(inputs, {"midi_filename": np.array([f"2004/{n}" for n in names])})
+
+    first = checksum("a.midi", "b.midi")
+    assert checksum("c.midi", "b.midi") != first  # the same bytes under another name is other data
+    assert checksum("b.midi", "a.midi") != first  # a hash "in piece order": the order is part of it
+    assert first == checksum("a.midi", "b.midi")
+    (raw / "2004" / "a.midi").write_bytes(b"onf")  # one byte of one file
+    assert checksum("a.midi", "b.midi") != first
+
+
+def test_samples_that_ended_early_are_left_out_of_the_comparison_with_real_music(tmp_path):
+    rng = np.random.default_rng(0)
+    seconds = 4.0
+
+    def notes(count: int, length: float, velocity: tuple[int, int], pitch: tuple[int, int]) -> dict:
+        onset = np.sort(rng.uniform(0, length - 0.5, count)).round(3)
+        return {"onset": onset, "offset": onset + rng.uniform(0.1, 0.4, count).round(3),
+                "pitch": rng.integers(*pitch, count), "velocity": rng.integers(*velocity, count)}  # fmt: skip
+
+    # Real music: eight pieces of 12 s per split, as the parse stage's tables hold them.
+    real = [notes(60, 12.0, (40, 90), (40, 80)) for _ in range(16)]
+    pieces = {"piece_id": np.arange(16), "split": np.array(["train"] * 8 + ["validation"] * 8)}
+    table_of_notes = {k: np.concatenate([p[k] for p in real]) for k in ("onset", "offset", "pitch", "velocity")}
+    table_of_notes["piece"] = np.repeat(np.arange(16), 60)
+
+    # Three samples that ran their full length, then two that ended early, loud and high (and so easy to tell apart).
+    samples_dir, records, full = tmp_path / "samples", [], []
+    samples_dir.mkdir()
+    for i, ended_by in enumerate(["seconds", "seconds", "seconds", "piece_end", "max_tokens"]):
+        early = ended_by != "seconds"
+        length = seconds / 2 if early else seconds
+        if early:
+            made = notes(12, length, velocity=(118, 127), pitch=(90, 100))
+        else:
+            made = notes(12, length, velocity=(30 + 20 * i, 50 + 20 * i), pitch=(50, 60 + 5 * i))
+            full.append(made)
+        name = f"sample-0{i + 1}"
+        write_midi(made, samples_dir / f"{name}.mid", end=length)
+        records.append(
+            {"name": name, "midi": f"{name}.mid", "png": f"{name}.png", "wav": None, "seed": i, "seconds": length,
+             "primer": {"source": "none", "seconds": 0.0, "kept": True}, "notes": 12, "ended_by": ended_by,
+             "flags": []}
+        )  # fmt: skip
+    summary = {"settings": {"seconds": seconds}, "wav": "skipped", "samples": records}
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "plots").mkdir()
+    lines = samples_section(samples_dir, summary, tmp_path / "figures", tmp_path / "plots", pieces, table_of_notes)
+
+    assert any(line.startswith(f"### Generated against real music ({len(full)} samples, ") for line in lines), lines
+    rows = {line.split(" | ")[0].lstrip("| "): line.strip("| ").split(" | ") for line in lines if line.startswith("| ")}
+    # The generated column, computed here from the notes written into the full-length samples alone.
+    for feature, per_sample in (
+        ("velocity", [np.mean(n["velocity"]) for n in full]),
+        ("pitch range", [float(n["pitch"].max() - n["pitch"].min()) for n in full]),
+    ):
+        assert rows[feature][2] == f"{np.mean(per_sample):.3g} ± {np.std(per_sample):.2g}", rows[feature]
+    assert len(json.loads((tmp_path / "plots" / "feature_overlap.json").read_text())) == len(FEATURES)
+    assert all(r["name"] in "\n".join(lines) for r in records)  # every sample is still shown, early or not
 
 
 def test_every_published_figure_names_its_data_and_its_source():
