@@ -29,6 +29,7 @@ from pipeline.generate import (
     check_params,
     generate,
     primer_from_midi,
+    primer_from_piece,
     sample_flags,
     unconditional,
     write_sample,
@@ -412,3 +413,25 @@ def test_a_tiny_temperature_is_greedy_decoding(model_dir, tmp_path):
     assert [s["tokens"] for s in cold["samples"]] == [s["tokens"] for s in greedy["samples"]]
     midi = [(tmp_path / d / "sample-02.mid").read_bytes() for d in ("cold", "greedy")]
     assert midi[0] == midi[1]
+
+
+def test_a_primer_too_long_to_read_is_a_one_line_error(tmp_path):
+    path = write_midi(tmp_path / "long.mid", [note(0, 480, 60) + note(960 * 7300, 960 * 7301, 62)])
+    with pytest.raises(PipelineError, match=r"^\S+long.mid: not a readable MIDI primer \(events span 7301 s, more"):
+        primer_from_midi(path, 10.0)
+
+
+def test_a_validation_primer_is_the_piece_as_played_not_a_stretched_copy(tmp_path):
+    played = np.array([356 + 15, 60, 256 + 49, 128 + 60, 64, 256 + 99, 128 + 64])  # 0.5 s and 1 s notes
+    stretched = np.array([356 + 15, 60, 256 + 52, 128 + 60, 64, 256 + 99, 256 + 4, 128 + 64])
+    tokens = write_tokens(tmp_path / "tokens", {"validation": [stretched, played]})
+    index = json.loads((tokens / "validation" / "index.json").read_text())
+    index.update(piece_id=[7, 7], stretch=[1.05, 1.0])  # the stretched copy first, as a source may list it
+    (tokens / "validation" / "index.json").write_text(json.dumps(index))
+    primer = primer_from_piece(tokens, 7, 10.0)
+    want = decode(np.concatenate([[PIECE_START], played, [PIECE_END]]))
+    got = decode(np.append(primer.tokens, PIECE_END))
+    assert {k: v.tolist() for k, v in got.items()} == {k: v.tolist() for k, v in want.items()}
+    assert primer.steps == 150 and primer.source.startswith("validation piece 7")
+    with pytest.raises(PipelineError, match="piece 8 is not in"):
+        primer_from_piece(tokens, 8, 10.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -31,8 +32,9 @@ def test_the_readme_example_runs_on_the_library_alone(tmp_path):
         + "\nprint(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('pipeline', 'model', 'torch', 'dvc', 'yaml', 'polars', 'pyarrow'))))\n"
     )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's code, wherever the package is installed from
     result = subprocess.run(
-        [sys.executable, "-c", loaded], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", loaded], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, result.stderr
     modules = set(json.loads(result.stdout.strip().splitlines()[-1]))

@@ -8,7 +8,14 @@ import pytest
 from conftest import note, pedal, tempo, write_midi
 from reference_midi import read_reference
 
-from pipeline.music.midi import TooLong, UnreadableMidi, pedal_intervals, read_performance, tick_seconds
+from pipeline.music.midi import (
+    TooLong,
+    UnreadableMidi,
+    cut_notes,
+    pedal_intervals,
+    read_performance,
+    tick_seconds,
+)
 
 
 def notes_of(perf) -> list[tuple]:  # noqa: ANN001
@@ -239,3 +246,24 @@ def test_an_unlifted_sustain_pedal_ends_at_the_last_release_or_sustain_event(tmp
     assert perf.offset.tolist() == [0.5, 0.5]
     assert perf.duration == 2.0
     assert_matches_reference(path)
+
+
+def test_a_cut_keeps_the_notes_struck_before_it_and_ends_them_there():
+    notes = {
+        "onset": np.array([0.0, 1.0, 1.5, 2.0, 2.5]),
+        "offset": np.array([0.5, 3.0, 1.9, 2.2, 3.0]),
+        "pitch": np.array([60, 62, 64, 65, 67]),
+        "velocity": np.array([10, 20, 30, 40, 50]),
+    }
+    cut = cut_notes(notes, 2.0)
+    assert cut["pitch"].tolist() == [60, 62, 64]  # a note struck exactly at the cut belongs to what follows
+    assert cut["onset"].tolist() == [0.0, 1.0, 1.5] and cut["velocity"].tolist() == [10, 20, 30]
+    assert cut["offset"].tolist() == [0.5, 2.0, 1.9]
+    assert notes["offset"].tolist() == [0.5, 3.0, 1.9, 2.2, 3.0]  # the input is left as it was
+
+
+def test_too_long_is_an_unreadable_file(tmp_path):
+    # Every reader of MIDI files (parse, a primer, the report's samples) turns UnreadableMidi into a one-line error.
+    path = write_midi(tmp_path / "t.mid", [[tempo(0, 500_000)], note(0, 480, 60) + note(960 * 8000, 960 * 8001, 62)])
+    with pytest.raises(UnreadableMidi, match="more than the 7200 s allowed"):
+        read_performance(path)

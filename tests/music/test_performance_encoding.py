@@ -20,7 +20,9 @@ from pipeline.music.performance_encoding import (
     VOCAB_SIZE,
     bin_velocity,
     decode,
+    elapsed_steps,
     encode,
+    encode_opening,
     quantize,
     velocity_bin,
 )
@@ -181,3 +183,18 @@ def test_magenta_rounding_and_order_within_a_step():
 def test_quantize_rounds_half_up_and_gives_every_note_a_step():
     on, off = quantize(np.array([0.0, 0.004999, 0.125, 0.37]), np.array([0.004, 0.005, 0.135, 0.3749]))
     assert on.tolist() == [0, 0, 13, 37] and off.tolist() == [1, 1, 14, 38]
+
+
+def test_an_opening_lasts_until_its_end_rounded_half_up_to_a_step():
+    from decimal import ROUND_HALF_UP, Decimal
+
+    one = {"onset": np.array([0.0]), "offset": np.array([0.01]), "pitch": np.array([60]), "velocity": np.array([64])}
+    for end in (0.015, 0.125, 0.29, 0.5, 1.0, 3.7):  # as written, half a step rounds up; 0.29 is 28.99… × 100
+        tokens, steps = encode_opening(one, end)
+        expected = int((Decimal(repr(end)) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))  # decimal, not float
+        assert steps == expected == elapsed_steps(tokens), end
+        assert tokens[0] == PIECE_START and PIECE_END not in tokens.tolist()
+        shifts = tokens[np.flatnonzero(tokens == NOTE_OFF + 60)[0] + 1 :] - TIME_SHIFT + 1  # after the note's release
+        assert shifts.sum() == expected - 1 and (shifts[:-1] == 100).all() and 1 <= shifts[-1] <= 100
+        back = decode(np.append(tokens, PIECE_END))
+        assert back["onset"].tolist() == [0.0] and back["offset"].tolist() == [0.01]

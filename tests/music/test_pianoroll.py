@@ -48,6 +48,7 @@ def test_same_notes_same_bytes_and_other_notes_other_bytes(tmp_path):
     c = draw_piano_roll(louder, tmp_path / "c.png", 2.5, "roll").read_bytes()
     shaded = draw_piano_roll(NOTES, tmp_path / "d.png", 2.5, "roll", primer_end=1.0).read_bytes()
     assert a == b and len({a, c, shaded}) == 3
+    assert b"tEXt" not in a and b"Software" not in a and b"tIME" not in a  # no software version or date in the bytes
     assert not list(tmp_path.glob(".*.tmp"))  # written through a temporary file, nothing left behind
 
 
