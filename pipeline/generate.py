@@ -29,7 +29,7 @@ from pipeline.atomic import atomic_write_text
 from pipeline.checkpoint import load_model
 from pipeline.errors import PipelineError
 from pipeline.music.audio import render_wav, synthesizer
-from pipeline.music.midi import cut_notes, one_note_per_key, write_midi
+from pipeline.music.midi import UnreadableMidi, cut_notes, one_note_per_key, read_performance, write_midi
 from pipeline.music.performance_encoding import (
     PIECE_END,
     PIECE_START,
@@ -149,8 +149,6 @@ class Primer:
 
 def primer_from_midi(path: Path, seconds: float) -> Primer:
     """A MIDI file's first `seconds`, read as the parse stage reads it; a bad file is a one-line PipelineError."""
-    from pipeline.music.midi import UnreadableMidi, read_performance
-
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: primer file not found")
