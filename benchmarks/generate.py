@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model import TransformerXL, TransformerXLConfig  # noqa: E402
+from model.precision import cpu_has_bf16  # noqa: E402
 from model.sampling import start_decoding  # noqa: E402
-from pipeline.generate import cpu_has_bf16  # noqa: E402
+from pipeline.music.piano_state import PIANO_STATE_SIZE, PianoState  # noqa: E402
 
 TOKENS_PER_SECOND_OF_MUSIC = 43.0  # MAESTRO's average, when there are no token shards to measure it on
 
@@ -39,12 +40,14 @@ def models(model_dir: Path) -> dict[str, TransformerXL]:
 
     torch.manual_seed(0)
     shape = typed(TransformerXLConfig, load_section("model", ROOT / "params.yaml"), "model")
-    default = TransformerXL(TransformerXLConfig(**{**shape, "vocab_size": 390, "dropout": 0.0}))
+    side = PIANO_STATE_SIZE if load_section("model", ROOT / "params.yaml").get("state_input") else 0
+    default = TransformerXL(TransformerXLConfig(**{**shape, "vocab_size": 390, "dropout": 0.0, "side_size": side}))
     if (model_dir / "model.pt").is_file():
         trained, name = load_model(model_dir), f"trained ({model_dir.name})"
     else:
         print(f"no model at {model_dir}: a freshly initialised CPU-sized model is timed in its place")
-        cfg = TransformerXLConfig(390, n_layer=4, d_model=128, n_head=4, d_head=32, d_inner=512, dropout=0.0)
+        cfg = TransformerXLConfig(390, n_layer=4, d_model=128, n_head=4, d_head=32, d_inner=512, dropout=0.0,
+                                  side_size=side)  # fmt: skip
         trained, name = TransformerXL(cfg), "CPU-sized"
     size = {model: f"{model.num_params() / 1e6:.1f} M" for model in (default, trained)}
     return {f"default size, {size[default]}": default, f"{name}, {size[trained]}": trained}
@@ -68,7 +71,7 @@ def time_steps(
     """Tokens per second over `steps` decoding steps after two untimed ones (the prompt's forward is not timed)."""
     rng = torch.Generator().manual_seed(0)
     with torch.no_grad(), torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-        logits, step = start_decoding(model, prompt, decoding, window)
+        logits, step = start_decoding(model, prompt, decoding, window, piano_state_input(model, prompt.size(0)))
         tokens = torch.randint(0, logits.size(-1), (prompt.size(0), steps + 2), generator=rng)
         for i in range(2):
             step(tokens[:, i])
@@ -76,6 +79,19 @@ def time_steps(
         for i in range(2, steps + 2):
             step(tokens[:, i])
         return steps * prompt.size(0) / (time.perf_counter() - start)
+
+
+def piano_state_input(model: TransformerXL, rows: int):  # noqa: ANN201
+    """The generate stage's side input for a model that reads the piano state (None for one that does not)."""
+    if not model.cfg.side_size:
+        return None
+    state = PianoState(rows)
+
+    def side(ids: torch.Tensor) -> torch.Tensor:
+        ids = ids.numpy()
+        return torch.from_numpy(state.step(ids[:, 0])[:, None] if ids.shape[1] == 1 else state(ids))
+
+    return side
 
 
 def main() -> None:

@@ -47,10 +47,12 @@ ONE_RUN_OPTIONS = ("params", "tokens", "steps", "warmup", "batch_size", "peak_tf
 
 
 def settings_for(cuda: bool) -> list[str]:
-    """The settings worth measuring on this machine (bf16 autocast is the GPU's; the CPU trains in float32)."""
+    """The settings worth measuring on this machine (bf16 on a CPU only where it is native)."""
+    from model.precision import cpu_has_bf16
+
     if cuda:
         return ["eager float32", "eager float32 + TF32", "eager bf16", "compiled bf16"]
-    return ["eager float32", "compiled float32"]
+    return ["eager float32", "compiled float32"] + (["eager bf16", "compiled bf16"] if cpu_has_bf16() else [])
 
 
 def peak_flops(name: str) -> float | None:
@@ -66,16 +68,15 @@ def measure(setting: str, args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from model import TransformerXLConfig
     from pipeline.params import load_section, typed
-    from pipeline.segments import PieceStore, SegmentStream, load_vocab
-    from pipeline.train import TrainParams, build_model, limit_for_cpu, to_device, train_step
+    from pipeline.segments import PieceStore, Segment, SegmentStream, load_vocab
+    from pipeline.train import TrainParams, build_model, limit_for_cpu, model_section, segment_tensors, train_step
 
     bf16, compiled, tf32 = SETTINGS[setting]
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
-    model_params = typed(TransformerXLConfig, load_section("model", args.params), "model")
+    model_params = model_section(load_section("model", args.params))
     p = TrainParams(**typed(TrainParams, load_section("train", args.params), "train"))
     if not cuda:
         model_params, p, _ = limit_for_cpu(model_params, p)
@@ -85,23 +86,27 @@ def measure(setting: str, args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     model = build_model(vocab, model_params).to(device)
     cfg = model.cfg
+    state = cfg.side_size > 0
     if (tokens / "train" / "index.json").is_file():
-        stream = SegmentStream(PieceStore(tokens, "train"), batch_size, cfg.tgt_len, seed=0)
-        batches = (batch for epoch in count() for batch in stream.batches(epoch))
+        stream = SegmentStream(PieceStore(tokens, "train"), batch_size, cfg.tgt_len, seed=0, state_input=state)
+        batches = (segment for epoch in count() for _, segment in stream.batches(epoch))
         source = "token shards"
     else:
         rng = np.random.default_rng(0)
         shape = (batch_size, cfg.tgt_len)
-        batches = ((k, rng.integers(0, cfg.vocab_size, shape), rng.integers(0, cfg.vocab_size, shape)) for k in count())
+        side = (lambda: rng.random((*shape, cfg.side_size), np.float32)) if state else (lambda: None)
+        batches = (Segment(rng.integers(0, cfg.vocab_size, shape), rng.integers(0, cfg.vocab_size, shape),
+                           np.tile(np.arange(cfg.tgt_len), (batch_size, 1)), side()) for _ in count())  # fmt: skip
         source = "random ids"
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda or None)
     forward = torch.compile(model) if compiled else model
     mems: list = [None] * p.grad_accum
 
+    dtype = torch.bfloat16 if bf16 else None
+
     def step() -> torch.Tensor:
-        _, x, y = next(batches)
-        x, y = to_device(np.asarray(x), device), to_device(np.asarray(y), device)
-        return train_step(forward, model, optimizer, x, y, mems, p.clip, device, bf16=bf16)
+        batch = segment_tensors(next(batches), device)
+        return train_step(forward, model, optimizer, batch, mems, p.clip, device, dtype=dtype)
 
     for _ in range(max(1, args.warmup)):
         loss = step()

@@ -1,8 +1,9 @@
 """Sampling from the Transformer-XL: temperature, top-k and top-p (nucleus), seeded, one cached step per token.
 
-Sampling knows ids and logits, not music: the caller says which id ends a piece and when a row has gone on long
-enough. Three ways to get the next logits give the same tokens; `cached` is the fast one, the other two are the
-references it is tested and measured against:
+Sampling knows ids and logits, not music: the caller says which id ends a piece, when a row has gone on long
+enough, and, for a model with a side input, what that input is after each id (a `Side` function). Three ways to
+get the next logits give the same tokens; `cached` is the fast one, the other two are the references it is tested
+and measured against:
 
 - cached: the primer in segments of tgt_len with memory, then one `TransformerXL.step` per token, which reuses the
   memory's keys and values and the projected position encodings (`DecodeCache`);
@@ -12,6 +13,7 @@ references it is tested and measured against:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -21,6 +23,9 @@ from model.transformer_xl import TransformerXL
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 Decoder = Callable[[torch.Tensor], torch.Tensor]  # the ids just sampled [b] -> the next logits [b, vocab]
+# A model's side input for ids [b, t] that follow those it was given before: [b, t, side_size]. It is called once
+# with the prompt, then with each step's sampled ids [b, 1], so it may keep state from call to call.
+Side = Callable[[torch.Tensor], torch.Tensor]
 
 
 def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
@@ -63,39 +68,49 @@ def sample(logits: torch.Tensor, generator: Generators = None) -> torch.Tensor:
     return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generator, strict=True)])
 
 
-def _prefill(model: TransformerXL, prompt: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _side_of(side: Side | None, tokens: torch.Tensor) -> torch.Tensor | None:
+    return None if side is None else side(tokens)
+
+
+def _prefill(
+    model: TransformerXL, prompt: torch.Tensor, side: torch.Tensor | None
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The prompt in segments of tgt_len, each with the memory of those before: the last logits and the memory."""
-    mems = None
-    for start in range(0, prompt.size(1), model.cfg.tgt_len):
-        logits, _, mems = model(prompt[:, start : start + model.cfg.tgt_len], mems=mems)
+    mems, n = None, model.cfg.tgt_len
+    for start in range(0, prompt.size(1), n):
+        segment_side = None if side is None else side[:, start : start + n]
+        logits, _, mems = model(prompt[:, start : start + n], mems=mems, side=segment_side)
     return logits[:, -1], mems
 
 
-def _cached(model: TransformerXL, prompt: torch.Tensor, window: int | None) -> tuple[torch.Tensor, Decoder]:
-    logits, mems = _prefill(model, prompt)
+def _cached(model: TransformerXL, prompt: torch.Tensor, window: int | None, side: Side | None):  # noqa: ANN202
+    logits, mems = _prefill(model, prompt, _side_of(side, prompt))
     cache = model.decode_cache(mems)
-    return logits, lambda tokens: model.step(tokens, cache)
+    return logits, lambda tokens: model.step(tokens, cache, _side_of(side, tokens[:, None]))
 
 
-def _incremental(model: TransformerXL, prompt: torch.Tensor, window: int | None) -> tuple[torch.Tensor, Decoder]:
-    logits, mems = _prefill(model, prompt)
+def _incremental(model: TransformerXL, prompt: torch.Tensor, window: int | None, side: Side | None):  # noqa: ANN202
+    logits, mems = _prefill(model, prompt, _side_of(side, prompt))
 
     def step(tokens: torch.Tensor) -> torch.Tensor:
         nonlocal mems
-        out, _, mems = model(tokens[:, None], mems=mems)
+        out, _, mems = model(tokens[:, None], mems=mems, side=_side_of(side, tokens[:, None]))
         return out[:, -1]
 
     return logits, step
 
 
-def _recompute(model: TransformerXL, prompt: torch.Tensor, window: int | None) -> tuple[torch.Tensor, Decoder]:
-    seq = prompt
+def _recompute(model: TransformerXL, prompt: torch.Tensor, window: int | None, side: Side | None):  # noqa: ANN202
+    seq, seq_side = prompt, _side_of(side, prompt)
 
     def step(tokens: torch.Tensor | None) -> torch.Tensor:
-        nonlocal seq
+        nonlocal seq, seq_side
         if tokens is not None:
             seq = torch.cat([seq, tokens[:, None]], dim=1)
-        return model(seq if window is None else seq[:, -window:])[0][:, -1]
+            if seq_side is not None:
+                seq_side = torch.cat([seq_side, side(tokens[:, None])], dim=1)
+        keep = slice(None) if window is None else slice(-window, None)
+        return model(seq[:, keep], side=None if seq_side is None else seq_side[:, keep])[0][:, -1]
 
     return step(None), step
 
@@ -105,12 +120,16 @@ DECODINGS = tuple(_DECODERS)
 
 
 def start_decoding(
-    model: TransformerXL, prompt: torch.Tensor, decoding: str = "cached", window: int | None = None
+    model: TransformerXL,
+    prompt: torch.Tensor,
+    decoding: str = "cached",
+    window: int | None = None,
+    side: Side | None = None,
 ) -> tuple[torch.Tensor, Decoder]:
     """The logits after `prompt` [b, p], and a function from the ids sampled next [b] to the logits after them."""
     if decoding not in _DECODERS:
         raise ValueError(f"decoding must be one of {', '.join(DECODINGS)}, not {decoding!r}")
-    return _DECODERS[decoding](model, prompt, window)
+    return _DECODERS[decoding](model, prompt, window, side)
 
 
 @torch.no_grad()
@@ -129,14 +148,19 @@ def generate(
     decoding: str = "cached",
     window: int | None = None,
     autocast: torch.dtype | None = None,
+    side: Side | None = None,
+    forced: Callable[[torch.Tensor | None], torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """Continue every row of `prompt` [b, p] (p ≥ 1) by up to max_new_tokens sampled ids; return each row's new ids.
 
     A row ends with `stop_token`, or when `stop`, called once per step with the ids just sampled [b], returns True
     for it (a stateful predicate, such as a clock); the loop ends when every row has ended. Ids in `banned` are never
     sampled (the others' probabilities are renormalised). `decoding` picks how the
-    logits are computed (see the module docstring), `window` caps the recompute's context, and `autocast` runs the
-    weight matrices in that dtype (bf16) while attention and the memory keep the model's own.
+    logits are computed (see the module docstring), `window` caps the recompute's context, `autocast` runs the
+    weight matrices in that dtype (bf16) while attention and the memory keep the model's own, and `side` gives a
+    model with a side input that input (see `Side`). `forced`, called each step with the ids of the step before
+    (None at the first), returns ids [b] to emit in place of the sampled ones, -1 where a row samples: a rule the
+    caller imposes, whose ids the model then reads like any other.
     """
     check_sampling(temperature, top_k, top_p)
     if prompt.dim() != 2 or prompt.size(1) < 1:
@@ -147,12 +171,15 @@ def generate(
     length = torch.full((b,), new.size(1), dtype=torch.long, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
     with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-        logits, step = start_decoding(model, prompt, decoding, window)
+        logits, step = start_decoding(model, prompt, decoding, window, side)
         banned_ids = torch.as_tensor(list(banned), dtype=torch.long, device=device)
         for i in range(new.size(1)):
             if len(banned_ids):
                 logits = logits.index_fill(-1, banned_ids, float("-inf"))
             tokens = sample(filter_logits(logits, temperature, top_k, top_p), generator)
+            if forced is not None:
+                rule = forced(new[:, i - 1] if i else None).to(device)
+                tokens = torch.where(rule >= 0, rule, tokens)
             new[:, i] = tokens
             ended = torch.zeros_like(done) if stop_token is None else tokens == stop_token
             if stop is not None:
@@ -163,3 +190,28 @@ def generate(
                 break
             logits = step(tokens)
     return [new[row, : length[row]] for row in range(b)]
+
+
+@torch.no_grad()
+def bf16_decodes_faster(model: torch.nn.Module, rows: int, steps: int = 24, prompt_len: int = 32) -> bool:
+    """Whether cached decoding of `rows` rows takes less time with bf16 weights than in float32 on this machine,
+    timed once over `steps` steps after as many untimed ones (the first calls of each precision warm it up)."""
+    cfg = model.cfg
+    prompt = torch.randint(0, cfg.vocab_size, (rows, prompt_len), generator=torch.Generator().manual_seed(0))
+    side = (lambda ids: torch.zeros(*ids.shape, cfg.side_size)) if cfg.side_size else None
+    device = next(model.parameters()).device
+    seconds = {}
+    was_training = model.training
+    model.eval()
+    for dtype in (None, torch.bfloat16, None, torch.bfloat16):  # twice each, alternating: the second pair counts
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            _, step = start_decoding(model, prompt.to(device), "cached", side=side)
+            ids = prompt[:, -1].to(device)
+            for _ in range(steps):
+                step(ids)
+            started = time.perf_counter()
+            for _ in range(steps):
+                step(ids)
+            seconds[dtype] = time.perf_counter() - started
+    model.train(was_training)
+    return seconds[torch.bfloat16] < seconds[None]

@@ -32,6 +32,7 @@ class TransformerXLConfig:
     pre_lnorm: bool = False
     same_length: bool = False  # every query sees the same number of keys (for evaluation with a long memory)
     clamp_len: int = -1  # relative distances beyond this use the same encoding (-1: no clamp)
+    side_size: int = 0  # features per position of a side input added to the token embedding (0: none)
 
     def __post_init__(self) -> None:
         if self.n_head * self.d_head != self.d_model:
@@ -39,7 +40,7 @@ class TransformerXLConfig:
                 f"n_head × d_head must equal d_model: {self.n_head} × {self.d_head} = "
                 f"{self.n_head * self.d_head}, but d_model is {self.d_model}"
             )
-        if self.vocab_size < 1 or self.n_layer < 1 or self.tgt_len < 1 or self.mem_len < 0:
+        if self.vocab_size < 1 or self.n_layer < 1 or self.tgt_len < 1 or self.mem_len < 0 or self.side_size < 0:
             raise ValueError(f"invalid model shape: {self}")
 
 
@@ -227,6 +228,11 @@ class TransformerXL(nn.Module):
         self.cfg = cfg
         self.word_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.emb_scale = math.sqrt(cfg.d_model)
+        # The side input enters twice: into the embedding, where every layer can use it, and straight into the
+        # logits, where a feature can raise or lower a next token directly. Both start at zero, so a side input
+        # begins as the plain model and training decides what it adds.
+        self.side_net = nn.Linear(cfg.side_size, cfg.d_model, bias=False) if cfg.side_size else None
+        self.side_logits = nn.Linear(cfg.side_size, cfg.vocab_size, bias=False) if cfg.side_size else None
         self.pos_emb = PositionalEmbedding(cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(RelPartialLearnableDecoderLayer(cfg) for _ in range(cfg.n_layer))
@@ -235,6 +241,9 @@ class TransformerXL(nn.Module):
         self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_lnorm else nn.Identity()
         self.out_bias = nn.Parameter(torch.zeros(cfg.vocab_size))  # the output layer's weight is word_emb's
         self.apply(self._init_weights)
+        if self.side_net is not None:
+            nn.init.zeros_(self.side_net.weight)
+            nn.init.zeros_(self.side_logits.weight)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -248,8 +257,12 @@ class TransformerXL(nn.Module):
         p = self.word_emb.weight
         return [p.new_zeros(batch_size, 0, self.cfg.d_model) for _ in range(self.cfg.n_layer + 1)]
 
-    def _attn_mask(self, qlen: int, mlen: int, device: torch.device) -> torch.Tensor:
-        """True where a query may not look: the future, and with same_length keys older than mem_len."""
+    def _attn_mask(
+        self, qlen: int, mlen: int, device: torch.device, seq_pos: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """True where a query may not look: the future, with same_length keys older than mem_len, and with seq_pos
+        [b, qlen] keys more than seq_pos positions back (before the query's sequence began). [qlen, klen], or
+        [b, 1, qlen, klen] with seq_pos."""
         klen = mlen + qlen
         ones = torch.ones(qlen, klen, dtype=torch.bool, device=device)
         mask = torch.triu(ones, diagonal=1 + mlen)
@@ -257,6 +270,9 @@ class TransformerXL(nn.Module):
             mask_len = klen - self.cfg.mem_len
             mask_shift_len = qlen - mask_len if mask_len > 0 else qlen
             mask = mask | torch.tril(ones, diagonal=-mask_shift_len)
+        if seq_pos is not None:
+            distance = torch.arange(mlen, klen, device=device)[:, None] - torch.arange(klen, device=device)
+            mask = (mask | (distance > seq_pos[:, :, None]))[:, None]
         return mask
 
     def _update_mems(self, hids: list[torch.Tensor], mems: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -268,11 +284,19 @@ class TransformerXL(nn.Module):
             ]
 
     def forward(
-        self, tokens: torch.Tensor, targets: torch.Tensor | None = None, mems: list[torch.Tensor] | None = None
+        self,
+        tokens: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        mems: list[torch.Tensor] | None = None,
+        side: torch.Tensor | None = None,
+        seq_pos: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
         """Logits for tokens [batch, qlen] given the memory; with targets also the mean cross-entropy (nats).
 
-        Returns (logits, loss, new_mems). Feeding one token at a time with the returned memory is the
+        `side` [batch, qlen, side_size] is the side input of each position. `seq_pos` [batch, qlen] is each token's
+        position in its own sequence (0 at its first token), where sequences lie end to end in a row: a query then
+        attends to nothing before its sequence began, in the segment or the memory, as if it had started from an
+        empty memory. Returns (logits, loss, new_mems). Feeding one token at a time with the returned memory is the
         incremental forward used for generation.
         """
         b, qlen = tokens.shape
@@ -280,12 +304,12 @@ class TransformerXL(nn.Module):
             mems = self.init_mems(b)
         mlen = mems[0].size(1)
         klen = mlen + qlen
-        word_emb = self.word_emb(tokens) * self.emb_scale
+        word_emb = self._embed(tokens, side)
         pos_seq = torch.arange(klen - 1, -1, -1.0, device=tokens.device, dtype=word_emb.dtype)
         if self.cfg.clamp_len > 0:
             pos_seq = pos_seq.clamp(max=self.cfg.clamp_len)
         r = self.drop(self.pos_emb(pos_seq))
-        attn_mask = self._attn_mask(qlen, mlen, tokens.device)
+        attn_mask = self._attn_mask(qlen, mlen, tokens.device, seq_pos)
 
         core_out = self.drop(word_emb)
         hids = [core_out]
@@ -293,11 +317,29 @@ class TransformerXL(nn.Module):
             core_out = layer(core_out, r, self.r_w_bias, self.r_r_bias, attn_mask, mem)
             hids.append(core_out)
         core_out = self.drop(self.final_norm(core_out))
-        logits = F.linear(core_out, self.word_emb.weight, self.out_bias)
+        logits = self._logits(core_out, side)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss, self._update_mems(hids, mems)
+
+    def _embed(self, tokens: torch.Tensor, side: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings [b, t, d_model], plus the side input's projection when the model has one."""
+        emb = self.word_emb(tokens) * self.emb_scale
+        if self.side_net is None:
+            if side is not None:
+                raise ValueError("the model takes no side input (side_size is 0), but one was given")
+            return emb
+        if side is None:
+            raise ValueError(f"the model takes a side input of {self.cfg.side_size} features per position; none given")
+        if side.shape != (*tokens.shape, self.cfg.side_size):
+            raise ValueError(f"side input must be {[*tokens.shape, self.cfg.side_size]}, not {list(side.shape)}")
+        return emb + self.side_net(side.to(emb.dtype))
+
+    def _logits(self, core_out: torch.Tensor, side: torch.Tensor | None) -> torch.Tensor:
+        """The output layer (the tied embedding), plus the side input's direct term when the model has one."""
+        logits = F.linear(core_out, self.word_emb.weight, self.out_bias)
+        return logits if side is None else logits + self.side_logits(side.to(core_out.dtype))
 
     @torch.no_grad()
     def decode_cache(self, mems: list[torch.Tensor]) -> DecodeCache:
@@ -314,15 +356,16 @@ class TransformerXL(nn.Module):
         return DecodeCache(list(keys), list(values), r_head_k, c.mem_len)
 
     @torch.no_grad()
-    def step(self, tokens: torch.Tensor, cache: DecodeCache) -> torch.Tensor:
-        """Logits [batch, vocab] for the next token after `tokens` [batch], one position past the cache, which moves
-        on by one: the incremental forward at a cost that does not grow with the memory's projections."""
+    def step(self, tokens: torch.Tensor, cache: DecodeCache, side: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [batch, vocab] for the next token after `tokens` [batch] (with its side input [batch, 1,
+        side_size]), one position past the cache, which moves on by one: the incremental forward at a cost that does
+        not grow with the memory's projections."""
         cache.attn_mask = self._attn_mask(1, cache.length, tokens.device)
-        core_out = self.word_emb(tokens[:, None]) * self.emb_scale
+        core_out = self._embed(tokens[:, None], side)
         for i, layer in enumerate(self.layers):
             core_out = layer.step(core_out, cache, i, self.r_w_bias, self.r_r_bias)
         cache.advance()
-        return F.linear(self.final_norm(core_out[:, 0]), self.word_emb.weight, self.out_bias)
+        return self._logits(self.final_norm(core_out), side)[:, 0]
 
     def num_params(self) -> int:
         """Trainable parameters (the tied output weight counted once)."""
@@ -346,4 +389,5 @@ class TransformerXL(nn.Module):
             + 2 * 2 * c.d_model * c.d_inner  # feed-forward
         )
         r_net = 2 * c.d_model * h * klen / (qlen * batch_size)
-        return 3 * (c.n_layer * per_layer + 2 * c.d_model * c.vocab_size) + 2 * c.n_layer * r_net
+        side = 2 * c.side_size * (c.d_model + c.vocab_size) * 2  # forward and the weights' gradients (not the input's)
+        return 3 * (c.n_layer * per_layer + 2 * c.d_model * c.vocab_size) + 2 * c.n_layer * r_net + side

@@ -63,8 +63,9 @@ def export_model(model: TransformerXL, out: Path) -> None:
         (tmp / "config.json").write_text(json.dumps(asdict(model.cfg), indent=2))
 
 
-def load_model(folder: Path, map_location: str | torch.device = "cpu") -> TransformerXL:
-    """The model that `export_model` wrote, weights loaded with weights_only=True."""
+def load_model(folder: Path, map_location: str | torch.device = "cpu", side_size: int = 0) -> TransformerXL:
+    """The model that `export_model` wrote, weights loaded with weights_only=True; its side input must be none or
+    the `side_size` features the caller makes."""
     folder = Path(folder)
     config_path, weights_path = folder / "config.json", folder / "model.pt"
     for path in (config_path, weights_path):
@@ -76,4 +77,8 @@ def load_model(folder: Path, map_location: str | torch.device = "cpu") -> Transf
     except Exception as exc:  # noqa: BLE001 (a truncated, foreign or mismatched file: say which)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PipelineError(f"{folder}: not a model that the train stage wrote ({reason})") from exc
+    if model.cfg.side_size not in (0, side_size):
+        raise PipelineError(
+            f"{folder}: the model reads {model.cfg.side_size} side features per token, but {side_size} are made here"
+        )
     return model.to(map_location)

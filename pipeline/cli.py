@@ -158,15 +158,15 @@ def train(
 ) -> None:
     """Train the Transformer-XL (model: and train: params) on the token shards, resuming from CHECKPOINTS.
 
-    On a GPU: bf16 autocast, TF32, fused AdamW, optional torch.compile; on a CPU: float32, the same code. SIGTERM or
-    SIGINT saves a checkpoint and stops; the next run resumes exactly there. Under torchrun it trains with DDP.
+    On a GPU: bf16 autocast, TF32, fused AdamW, optional torch.compile; on a CPU: bf16 autocast where the CPU has it
+    natively (train.precision), the same code. SIGTERM or SIGINT saves a checkpoint and stops; the next run resumes
+    exactly there. Under torchrun it trains with DDP.
     """
-    from model import TransformerXLConfig
     from pipeline.params import load_section, typed
-    from pipeline.train import TrainParams
+    from pipeline.train import TrainParams, model_section
     from pipeline.train import train as run_train
 
-    model_params = _run(typed, TransformerXLConfig, _run(load_section, "model", params), "model")
+    model_params = _run(model_section, _run(load_section, "model", params))
     section = _run(typed, TrainParams, _run(load_section, "train", params), "train")
     result = _run(run_train, tokens, checkpoints, out, live, model_params, TrainParams(**section))
     if result.get("interrupted"):
@@ -206,14 +206,17 @@ def generate(
     model: Annotated[Path, typer.Option(help="trained model folder (model.pt, config.json)")] = Path("data/model"),
     primer: Annotated[Path | None, typer.Option(help="MIDI file whose opening the samples continue")] = None,
     primer_seconds: Annotated[float | None, typer.Option(help="seconds of the primer to keep [10]")] = None,
-    seconds: Annotated[float | None, typer.Option(help="seconds of new music per sample [20]")] = None,
+    seconds: Annotated[float | None, typer.Option(help="seconds of new music per sample [30]")] = None,
     temperature: Annotated[float | None, typer.Option(help="softmax temperature, above 0 [1.0]")] = None,
     top_k: Annotated[int | None, typer.Option(help="sample among the k likeliest tokens; 0 is off [0]")] = None,
     top_p: Annotated[
         float | None, typer.Option(help="nucleus: the likeliest tokens holding p, in (0, 1] [0.95]")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="sample i uses seed + i [1234]")] = None,
-    samples: Annotated[int | None, typer.Option(help="samples per primer [4]")] = None,
+    samples: Annotated[int | None, typer.Option(help="samples per primer [16]")] = None,
+    max_note_s: Annotated[
+        float | None, typer.Option(help="release a key sounding this many seconds; 0 is off [8]")
+    ] = None,
     out: Annotated[Path, typer.Option(help="folder for sample-NN.mid/.png/.wav and samples.json")] = Path("samples"),
     no_primer: Annotated[bool, typer.Option("--no-primer", help="leave the primer out of the output")] = False,
     params: ParamsOption = Path("params.yaml"),
@@ -238,6 +241,7 @@ def generate(
         "top_p": top_p,
         "seed": seed,
         "samples": samples,
+        "max_note_s": max_note_s,
     }
     values = {**_run(typed, GenerateParams, section, "generate"), **{k: v for k, v in given.items() if v is not None}}
     if no_primer:
@@ -246,9 +250,10 @@ def generate(
     for s in summary["samples"]:
         files = ", ".join(f for f in (s["midi"], s["png"], s["wav"]) if f)
         flags = f" [{', '.join(s['flags'])}]" if s["flags"] else ""
+        rule = f", {s['rule_releases']} released by the rule" if s.get("rule_releases") else ""
         typer.echo(
             f"generate: {s['name']}: {s['seconds']:.1f} s, {s['notes']} notes, {s['tokens']} tokens, seed {s['seed']}, "
-            f"ended by {s['ended_by']}{flags} -> {out}/ ({files})"
+            f"ended by {s['ended_by']}{rule}{flags} -> {out}/ ({files})"
         )
 
 

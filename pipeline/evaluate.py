@@ -2,8 +2,10 @@
 
 Each piece is scored from its PIECE_START with an empty memory, in segments of `tgt_len` tokens whose memory of
 `mem_len` hidden states carries over, so every token is predicted exactly once, from all of its piece before it (up
-to the memory). The baselines (uniform, unigram, Kneser–Ney) are fit on the unstretched train pieces and score the
-same tokens. Imports only torch, numpy and the standard library.
+to the memory); a model with the state input reads the piano's state after each token. `piece_start_nll` is the NLL
+of each piece's first PIECE_START_TOKENS predicted tokens: how well the model begins a piece. The baselines
+(uniform, unigram, Kneser–Ney) are fit on the unstretched train pieces and score the same tokens. Imports only
+torch, numpy, the standard library and numpy-only music modules.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from model import TransformerXL
 from pipeline.atomic import atomic_write_text
 from pipeline.checkpoint import load_model
 from pipeline.errors import PipelineError
+from pipeline.music.piano_state import PIANO_STATE_SIZE, PianoState
 from pipeline.ngram import KneserNey, uniform_nll, unigram_log_probs
 from pipeline.params import typed
 from pipeline.segments import PieceStore, load_vocab
 
 HELD_OUT = ("validation", "test")
+PIECE_START_TOKENS = 64  # the opening whose NLL is piece_start_nll
 
 
 @dataclass
@@ -73,11 +77,15 @@ def score_pieces(model: TransformerXL, pieces: list[np.ndarray], tgt_len: int, b
         x_all, y_all = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
         row_nll = torch.zeros(len(batch), width, device=device)
         row_hit = torch.zeros(len(batch), width, dtype=torch.bool, device=device)
-        mems = None
+        mems, state = None, PianoState(len(batch)) if model.cfg.side_size else None
         for start in range(0, width, tgt_len):
             alive = int(np.count_nonzero(lengths > start))  # rows are longest first: the live ones are a prefix
             mems = None if mems is None else [m[:alive] for m in mems]
-            logits, _, mems = model(x_all[:alive, start : start + tgt_len], None, mems)
+            side = None
+            if state is not None:
+                state.keep(alive)
+                side = torch.from_numpy(state(x[:alive, start : start + tgt_len])).to(device)
+            logits, _, mems = model(x_all[:alive, start : start + tgt_len], None, mems, side)
             log_probs = torch.log_softmax(logits.float(), dim=-1)
             target = y_all[:alive, start : start + tgt_len]
             row_nll[:alive, start : start + tgt_len] = -log_probs.gather(-1, target.clamp(min=0)[..., None])[..., 0]
@@ -90,7 +98,7 @@ def score_pieces(model: TransformerXL, pieces: list[np.ndarray], tgt_len: int, b
 
 def prepare_model(folder: Path, p: EvaluateParams, device: torch.device) -> TransformerXL:
     """The trained model, on `device`, with the evaluation's memory length, same_length and clamp_len."""
-    model = load_model(folder, device)
+    model = load_model(folder, device, PIANO_STATE_SIZE)
     # These change how the forward pass attends, not the weights: a model evaluates with a longer memory than it
     # was trained with, as in the Transformer-XL paper.
     model.cfg = dataclasses.replace(model.cfg, mem_len=p.mem_len, same_length=p.same_length, clamp_len=p.clamp_len)
@@ -110,8 +118,10 @@ def split_metrics(
     for composer, piece_nll in zip(store.index["composer"], scores.nll, strict=True):
         by_composer[composer][0] += float(piece_nll.sum())
         by_composer[composer][1] += len(piece_nll)
+    opening = np.concatenate([piece_nll[:PIECE_START_TOKENS] for piece_nll in scores.nll])
     return {
         "nll": round(mean, 5),
+        "piece_start_nll": round(float(opening.mean()), 5) if len(opening) else 0.0,
         "bits_per_token": round(mean / math.log(2), 5),
         "perplexity": round(math.exp(mean), 4),
         "accuracy": round(float(np.concatenate(scores.correct).mean()) if tokens else 0.0, 5),

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.sampling import check_sampling
+from model.precision import cpu_has_bf16
+from model.sampling import bf16_decodes_faster, check_sampling
 from model.sampling import generate as sample_tokens
 from pipeline.atomic import atomic_write_text
 from pipeline.checkpoint import load_model
@@ -41,22 +42,25 @@ from pipeline.music.performance_encoding import (
     elapsed_steps,
     encode_opening,
 )
+from pipeline.music.piano_state import PIANO_STATE_SIZE, NoteLimit, PianoState
 from pipeline.segments import PieceStore
 
 MAX_SAMPLES, MAX_SECONDS, MAX_MEM_LEN = 256, 3600.0, 16384  # beyond these a run would not fit in memory
 MAX_TOKENS_PER_SECOND = 300  # a cap on sampled tokens per second of music; MAESTRO averages about 43
 TOKEN_CAP_FLOOR = 64  # added to that cap, so that a very short sample still has room for a chord
 LONG_NOTE_S = 10.0
-CPU_BF16_MIN_BYTES = 32 << 20  # float32 weights beyond this make bf16 pay on a CPU (41 M parameters: 1.4x faster)
-SAMPLE_FILE = re.compile(r"^sample-\d+\.(mid|png|wav)$")
+HELD_NOTE_S = 5.0  # a sample's share of notes longer than this is in its record (real music has next to none)
+SAMPLE_FILE = re.compile(r"^sample-\d+(-without-rule)?\.(mid|png|wav)$")
+WITHOUT_RULE = "-without-rule"  # the MIDI of a sample made again without the note-length rule, for the report
 
 
 @dataclass
 class GenerateParams:
     """The `generate:` section of params.yaml; `maestro-xl generate` options override it."""
 
-    samples: int = 4  # per primer, or in all when there is none
-    seconds: float = 20.0  # of new music per sample
+    samples: int = 16  # per primer, or in all when there is none
+    seconds: float = 30.0  # of new music per sample
+    wav_samples: int = 4  # WAV files for the first this many samples only (each 30 s is 2.6 MB)
     temperature: float = 1.0
     top_k: int = 0  # 0: off
     top_p: float = 0.95  # 1: off
@@ -65,6 +69,7 @@ class GenerateParams:
     primer_seconds: float = 10.0  # of each primer
     keep_primer: bool = True  # the output begins with the primer
     stop_at_piece_end: bool = False  # let the model end a sample early; False samples each to its full length
+    max_note_s: float = 8.0  # the decoding rule: a key sounding this long is released (0: off)
     mem_len: int | None = None  # hidden states kept per layer while sampling; None keeps the model's own
     precision: str = "auto"  # float32, bfloat16 (weights' matmuls), or auto: bfloat16 where it pays (pick_autocast)
     device: str = "auto"  # auto, cuda or cpu
@@ -80,6 +85,8 @@ def check_params(p: GenerateParams) -> None:
         raise PipelineError(str(exc)) from exc
     for name, value, ok, rule in (
         ("samples", p.samples, 1 <= p.samples <= MAX_SAMPLES, f"from 1 to {MAX_SAMPLES}"),
+        ("wav_samples", p.wav_samples, p.wav_samples >= 0, "0 or more"),
+        ("max_note_s", p.max_note_s, 0 <= p.max_note_s < math.inf, "0 (off) or a number of seconds"),
         ("seconds", p.seconds, 0 < p.seconds <= MAX_SECONDS, f"above 0 and at most {MAX_SECONDS}"),
         ("primer seconds", p.primer_seconds, 0 < p.primer_seconds < math.inf, "above 0 and finite"),
         ("seed", p.seed, 0 <= p.seed < 2**63 - MAX_SAMPLES * max(len(p.primers), 1), "from 0 to 2^63 - 1"),
@@ -114,23 +121,15 @@ def pick_device(choice: str) -> torch.device:
     return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-def pick_autocast(choice: str, device: torch.device, model: torch.nn.Module) -> torch.dtype | None:
+def pick_autocast(choice: str, device: torch.device, model: torch.nn.Module, rows: int) -> torch.dtype | None:
     """bfloat16 for the weights' matmuls when asked, or (auto) where it pays: on a GPU with bf16, and on a CPU with
-    native bf16 once the float32 weights outgrow its caches (decoding is then bound by memory traffic, which bf16
-    halves; a smaller model only pays for the casts)."""
+    native bf16 where a timing of `rows` rows at start-up says it decodes faster (a large model is bound by memory
+    traffic, which bf16 halves; a small one only pays for the casts)."""
     if choice != "auto":
         return torch.bfloat16 if choice == "bfloat16" else None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    large = sum(p.numel() for p in model.parameters()) * 4 > CPU_BF16_MIN_BYTES
-    return torch.bfloat16 if large and cpu_has_bf16() else None
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); torch says so through private helpers."""
-    cpu = getattr(torch, "cpu", None)
-    names = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(cpu, name, lambda: False)()) for name in names)
+    return torch.bfloat16 if cpu_has_bf16() and bf16_decodes_faster(model, rows) else None
 
 
 @dataclass
@@ -190,11 +189,37 @@ def unconditional() -> Primer:
     return Primer(np.array([PIECE_START], np.int64), 0, "none")
 
 
-def sample_batch(model, primer: Primer, p: GenerateParams, seeds: list[int], autocast) -> list[np.ndarray]:  # noqa: ANN001
-    """`len(seeds)` continuations of `primer` in one batch, each until PIECE_END or p.seconds of new music."""
+def sample_batch(
+    model,
+    primer: Primer,
+    p: GenerateParams,
+    seeds: list[int],
+    autocast,
+    rule: bool = True,  # noqa: ANN001
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """`len(seeds)` continuations of `primer` in one batch, each until PIECE_END or p.seconds of new music, with the
+    note-length rule when `rule` and p.max_note_s are on; and how many releases the rule imposed on each."""
     device = next(model.parameters()).device
     prompt = torch.as_tensor(primer.tokens, device=device)[None].repeat(len(seeds), 1)
     generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
+    side = None
+    if model.cfg.side_size:  # the piano state, one token at a time as they are sampled
+        state = PianoState(len(seeds))
+
+        def side(ids: torch.Tensor) -> torch.Tensor:
+            ids = ids.cpu().numpy()
+            features = state.step(ids[:, 0])[:, None] if ids.shape[1] == 1 else state(ids)
+            return torch.from_numpy(features).to(device)
+
+    forced, imposed = None, []  # per step, the rows whose token the rule chose
+    if rule and p.max_note_s:
+        limit = NoteLimit(np.repeat(primer.tokens[None], len(seeds), axis=0), p.max_note_s)
+
+        def forced(ids: torch.Tensor | None) -> torch.Tensor:
+            release = limit(None if ids is None else ids.cpu().numpy())
+            imposed.append(release >= 0)
+            return torch.from_numpy(release)
+
     new = sample_tokens(
         model,
         prompt,
@@ -207,8 +232,12 @@ def sample_batch(model, primer: Primer, p: GenerateParams, seeds: list[int], aut
         stop=MusicClock(p.seconds, len(seeds), device),
         banned=[PIECE_START] if p.stop_at_piece_end else [PIECE_START, PIECE_END],  # a piece starts only once
         autocast=autocast,
+        side=side,
+        forced=forced,
     )
-    return [row.cpu().numpy() for row in new]
+    rows = [row.cpu().numpy() for row in new]
+    steps = np.array(imposed, bool).reshape(-1, len(seeds))  # [steps, rows]
+    return rows, np.array([int(steps[: len(row), i].sum()) for i, row in enumerate(rows)])
 
 
 def sample_flags(notes: dict[str, np.ndarray]) -> list[str]:
@@ -223,8 +252,17 @@ def sample_flags(notes: dict[str, np.ndarray]) -> list[str]:
     return flags
 
 
-def write_sample(folder: Path, name: str, primer: Primer, new: np.ndarray, p: GenerateParams, synth) -> dict:  # noqa: ANN001
-    """Decode primer + new tokens and write NAME.mid, NAME.png and (with a synthesizer) NAME.wav; return its record."""
+def write_sample(  # noqa: PLR0913
+    folder: Path,
+    name: str,
+    primer: Primer,
+    new: np.ndarray,
+    p: GenerateParams,
+    synth,
+    figures: bool = True,  # noqa: ANN001
+) -> dict:
+    """Decode primer + new tokens and write NAME.mid, NAME.png (with `figures`) and (with a synthesizer) NAME.wav;
+    return its record."""
     from pipeline.music.pianoroll import draw_piano_roll
 
     new_steps, limit = elapsed_steps(new), round(p.seconds / STEP_S)
@@ -239,22 +277,26 @@ def write_sample(folder: Path, name: str, primer: Primer, new: np.ndarray, p: Ge
     if ended_by == "seconds" and new_steps < limit:
         ended_by = "max_tokens"
     flags = sample_flags(new_notes)
+    durations = new_notes["offset"] - new_notes["onset"]
     opening = f"after {primer.seconds:.1f} s of {Path(primer.source).name}" if primer.seconds else "from nothing"
     settings = f"temperature {p.temperature:g}, top-k {p.top_k}, top-p {p.top_p:g}"
     title = f"{name}: {end - primer.seconds:.1f} s {opening}; {settings}" + (f"; {', '.join(flags)}" if flags else "")
-    draw_piano_roll(shown, folder / f"{name}.png", length, title, primer_end)
+    if figures:
+        draw_piano_roll(shown, folder / f"{name}.png", length, title, primer_end)
     wav = None
-    if not isinstance(synth, str):
+    if synth is not None and not isinstance(synth, str):
         wav = render_wav(folder / f"{name}.mid", folder / f"{name}.wav", length, *synth).name
     return {
         "name": name,
         "midi": f"{name}.mid",
-        "png": f"{name}.png",
+        "png": f"{name}.png" if figures else None,
         "wav": wav,
         "primer": {"source": primer.source, "seconds": round(primer.seconds, 2), "kept": p.keep_primer},
         "tokens": int(len(new)),
         "seconds": round(end - primer.seconds, 2),
         "notes": int(len(new_notes["pitch"])),
+        "first_note_s": round(float(new_notes["onset"].min() - primer.seconds), 2) if len(durations) else None,
+        "held_over_5s": round(float(np.mean(durations > HELD_NOTE_S)), 4) if len(durations) else 0.0,
         "ended_by": ended_by,
         "flags": flags,
     }
@@ -284,8 +326,8 @@ def generate(
         raise PipelineError(f"{out}: exists and is not a folder (--out)")
     primers = load_primers(p, primer_file, tokens)
     device = pick_device(p.device)
-    model = load_model(model_dir, device)
-    autocast = pick_autocast(p.precision, device, model)
+    model = load_model(model_dir, device, PIANO_STATE_SIZE)
+    autocast = pick_autocast(p.precision, device, model, p.samples)
     if model.cfg.vocab_size != VOCAB_SIZE:
         raise PipelineError(f"{model_dir}: the model has {model.cfg.vocab_size} tokens, the encoding {VOCAB_SIZE}")
     if p.mem_len is not None:  # how far back the sampling looks, not the weights
@@ -293,14 +335,22 @@ def generate(
     synth = synthesizer()
     if isinstance(synth, str):
         print(f"generate: WAV files skipped: {synth}", flush=True)
-    records = []
+    records, free = [], []  # free: the same samples made without the rule, when it is on
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         for k, primer in enumerate(primers):
             seeds = [p.seed + k * p.samples + i for i in range(p.samples)]
-            for seed, new in zip(seeds, sample_batch(model, primer, p, seeds, autocast), strict=True):
-                record = write_sample(Path(tmp), f"sample-{len(records) + 1:02d}", primer, new, p, synth)
-                records.append({**record, "seed": seed})
+            rows, released = sample_batch(model, primer, p, seeds, autocast)
+            for seed, new, count in zip(seeds, rows, released, strict=True):
+                audio = synth if len(records) < p.wav_samples else None
+                record = write_sample(Path(tmp), f"sample-{len(records) + 1:02d}", primer, new, p, audio)
+                records.append({**record, "seed": seed, "rule_releases": int(count)})
+            if p.max_note_s:
+                for seed, new in zip(
+                    seeds, sample_batch(model, primer, p, seeds, autocast, rule=False)[0], strict=True
+                ):
+                    name = f"sample-{len(free) + 1:02d}{WITHOUT_RULE}"
+                    free.append({**write_sample(Path(tmp), name, primer, new, p, None, figures=False), "seed": seed})
         previous = previous_sample_files(out)
         out.mkdir(exist_ok=True)
         written = {path.name for path in Path(tmp).iterdir()}
@@ -317,8 +367,11 @@ def generate(
             "mem_len": model.cfg.mem_len,
             "precision": "bfloat16" if autocast else "float32",
         },
-        "wav": "rendered with FluidSynth" if not isinstance(synth, str) else f"skipped: {synth}",
+        "wav": f"rendered with FluidSynth for the first {min(p.wav_samples, len(records))} samples"
+        if not isinstance(synth, str)
+        else f"skipped: {synth}",
         "samples": records,
+        "without_rule": free,
     }
     atomic_write_text(out / "samples.json", json.dumps(summary, indent=2) + "\n")
     return summary
@@ -327,7 +380,8 @@ def generate(
 def previous_sample_files(out: Path) -> set[str]:
     """The files that the samples.json in `out` lists (a run's own files, and only those, are replaced)."""
     try:
-        samples = json.loads((out / "samples.json").read_text())["samples"]
+        listed = json.loads((out / "samples.json").read_text())
+        samples = listed["samples"] + listed.get("without_rule", [])
         names = {s[key] for s in samples for key in ("midi", "png", "wav") if s.get(key)}
     except (OSError, ValueError, KeyError, TypeError):
         return set()

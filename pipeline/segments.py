@@ -1,6 +1,9 @@
 """Training data from token shards: whole pieces laid end to end in batch rows, cut into segments that carry memory.
 
-Imports only numpy and the standard library, so the train path runs where polars, symusic and dvc are missing.
+Each segment comes with every token's position in its piece, so that the model attends to nothing of an earlier
+piece (a piece starts from an empty past, as in evaluation and generation), and, when asked, the piano's state after
+each token (pipeline/music/piano_state.py). Imports only numpy, the standard library and the numpy-only music
+modules, so the train path runs where polars, symusic and dvc are missing.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.music.performance_encoding import PIECE_START
+from pipeline.music.piano_state import PianoState
 
 
 def load_vocab(tokens: Path) -> dict:
@@ -74,8 +79,18 @@ def transpose(tokens: np.ndarray, semitones: int, ranges: list[tuple[int, int]])
 
 
 @dataclass
+class Segment:
+    """One segment of every batch row: inputs, next-token targets, positions in their pieces, and the piano state."""
+
+    tokens: np.ndarray  # [rows, tgt_len]
+    targets: np.ndarray  # [rows, tgt_len]
+    seq_pos: np.ndarray  # [rows, tgt_len]: 0 at a PIECE_START, counting on from there
+    side: np.ndarray | None  # [rows, tgt_len, PIANO_STATE_SIZE] float32, or None when the stream has no state input
+
+
+@dataclass
 class SegmentStream:
-    """Batches [rows, tgt_len] of inputs and next-token targets. Each row is a stream of whole pieces, shuffled
+    """Segments [rows, tgt_len] of inputs and next-token targets. Each row is a stream of whole pieces, shuffled
     per epoch with `seed`, so the memory of a row's last segment is the true past of its next one."""
 
     store: PieceStore
@@ -84,6 +99,7 @@ class SegmentStream:
     seed: int = 0
     max_transpose: int = 0
     ranges: tuple = ()
+    state_input: bool = False  # each segment carries the piano state after each token
 
     def rows(self, epoch: int) -> np.ndarray:
         """This epoch's token streams, one per batch row, cut to the shortest row's length."""
@@ -105,9 +121,27 @@ class SegmentStream:
             )
         return np.stack([np.concatenate(s)[:length] for s in streams])
 
-    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """(segment number, inputs, targets) from segment `start` of `epoch` to the end of the epoch."""
+    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[int, Segment]]:
+        """(segment number, segment) from segment `start` of `epoch` to the end of the epoch."""
         rows = self.rows(epoch)
+        first = start * self.tgt_len
+        # Where each row's current piece began: the state of a segment depends on its piece so far, no further.
+        piece_begin = np.array([_last_piece_start(row, first) for row in rows])
+        state = PianoState(len(rows)) if self.state_input else None
+        if state is not None and first > 0:  # resuming mid-epoch: replay the current pieces up to here
+            state(rows[:, piece_begin.min() : first])
+        position = first - piece_begin  # of each row's next token in its piece
+        span = np.arange(self.tgt_len)
         for k in range(start, (rows.shape[1] - 1) // self.tgt_len):
             a = k * self.tgt_len
-            yield k, rows[:, a : a + self.tgt_len], rows[:, a + 1 : a + self.tgt_len + 1]
+            x, y = rows[:, a : a + self.tgt_len], rows[:, a + 1 : a + self.tgt_len + 1]
+            last = np.maximum.accumulate(np.where(x == PIECE_START, span, -1), axis=1)
+            seq_pos = np.where(last >= 0, span - last, position[:, None] + span)
+            position = seq_pos[:, -1] + 1
+            yield k, Segment(x, y, seq_pos, None if state is None else state(x))
+
+
+def _last_piece_start(row: np.ndarray, end: int) -> int:
+    """The index of the last PIECE_START in row[:end] (0 when there is none: a row begins with a piece)."""
+    found = np.flatnonzero(row[:end] == PIECE_START)
+    return int(found[-1]) if len(found) else 0

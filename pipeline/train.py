@@ -1,7 +1,9 @@
-"""train stage: a Transformer-XL on the token shards, resumable, on GPU (bf16) or CPU, single process or torchrun DDP.
+"""train stage: a Transformer-XL on the token shards, resumable, on GPU or CPU (bf16 where native), single process or
+torchrun DDP. Pieces lie end to end in each row, but no token attends to an earlier piece; with `model.state_input`
+the model also reads the piano's state after each token.
 
-Imports only torch, numpy and the standard library; DVCLive is loaded lazily (pipeline/live.py) and skipped when it
-is not installed.
+Imports only torch, numpy, the standard library and numpy-only music modules; DVCLive is loaded lazily
+(pipeline/live.py) and skipped when it is not installed.
 """
 
 from __future__ import annotations
@@ -21,11 +23,15 @@ import torch
 import torch.distributed as dist
 
 from model import TransformerXL, TransformerXLConfig
+from model.precision import native_bf16
 from pipeline.checkpoint import export_model, load_checkpoint, write_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.live import Progress, log_metrics, open_live, write_run_record
+from pipeline.music.piano_state import PIANO_STATE_SIZE
 from pipeline.params import typed
-from pipeline.segments import PieceStore, SegmentStream, load_vocab, pitch_ranges
+from pipeline.segments import PieceStore, Segment, SegmentStream, load_vocab, pitch_ranges
+
+PRECISIONS = ("auto", "bfloat16", "float32")
 
 
 @dataclass
@@ -48,6 +54,7 @@ class TrainParams:
     seed: int = 1234
     transpose: int = 3
     compile: bool = False
+    precision: str = "auto"  # bfloat16 autocast, float32, or auto: bfloat16 where the device computes it natively
     device: str = "auto"  # auto, cuda or cpu
     cpu_limits: dict = field(default_factory=dict)  # upper bounds on model and train params when training on a CPU
     cpu_lr: float | None = 1e-3  # the peak learning rate when training on a CPU (None: lr)
@@ -63,7 +70,7 @@ def limit_for_cpu(model_params: dict, p: TrainParams) -> tuple[dict, TrainParams
     if not isinstance(limits, dict):
         raise PipelineError(f"train.cpu_limits must map model or train keys to upper bounds, not {limits!r}")
     defaults = {f.name: f.default for f in fields(TransformerXLConfig) if f.name != "vocab_size"}
-    train_keys = {f.name for f in fields(TrainParams)} - {"cpu_limits", "cpu_lr", "device", "compile"}
+    train_keys = {f.name for f in fields(TrainParams)} - {"cpu_limits", "cpu_lr", "device", "compile", "precision"}
     unknown = set(limits) - set(defaults) - train_keys
     if unknown:
         raise PipelineError(f"train.cpu_limits: unknown keys {', '.join(sorted(unknown))}")
@@ -112,33 +119,63 @@ def _distributed() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def model_section(values: dict) -> dict:
+    """The `model:` section of params.yaml typed: TransformerXLConfig's keys and `state_input` (a bool)."""
+    values = dict(values)
+    state_input = values.pop("state_input", False)
+    if not isinstance(state_input, bool):
+        raise PipelineError(f"model.state_input must be true or false, not {state_input!r}")
+    return {**typed(TransformerXLConfig, values, "model"), "state_input": state_input}
+
+
 def build_model(vocab: dict, model_params: dict) -> TransformerXL:
-    """The model for a token vocabulary (vocab.json): vocab_size from it, the rest from the `model:` params."""
+    """The model for a token vocabulary (vocab.json): vocab_size from it, the rest from the `model:` params, where
+    `state_input: true` gives it the piano state as a side input."""
+    params = dict(model_params)
+    params["side_size"] = params.get("side_size", PIANO_STATE_SIZE if params.pop("state_input", False) else 0)
     try:
-        return TransformerXL(TransformerXLConfig(vocab_size=int(vocab["vocab_size"]), **model_params))
+        return TransformerXL(TransformerXLConfig(vocab_size=int(vocab["vocab_size"]), **params))
     except (TypeError, ValueError) as exc:
         raise PipelineError(f"model params: {exc}") from exc
 
 
-def autocast(device: torch.device, bf16: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (unless bf16 is False); float32 (no autocast) on CPU."""
-    if device.type == "cuda" and bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def train_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of train.precision on `device` (None: float32): auto is bf16 where it is native."""
+    if precision not in PRECISIONS:
+        raise PipelineError(f"train.precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "auto":
+        return torch.bfloat16 if native_bf16(device) else None
+    return torch.bfloat16 if precision == "bfloat16" else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to `dtype` on `device`, or nothing (float32) for None."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def segment_tensors(segment: Segment, device: torch.device, rows: slice = slice(None)) -> dict[str, torch.Tensor]:
+    """A segment's rows as the model's inputs: tokens, targets, seq_pos, and side when the segment has it."""
+    arrays = {"tokens": segment.tokens, "targets": segment.targets, "seq_pos": segment.seq_pos}
+    if segment.side is not None:
+        arrays["side"] = segment.side
+    return {name: to_device(array[rows], device) for name, array in arrays.items()}
 
 
 @torch.no_grad()
-def evaluate(model: TransformerXL, stream: SegmentStream, max_segments: int, device: torch.device) -> float:
+def evaluate(
+    model: TransformerXL, stream: SegmentStream, max_segments: int, device: torch.device, dtype: torch.dtype | None
+) -> float:
     """Mean negative log-likelihood per token (nats) over the first segments of a stream, memory carried."""
     was_training = model.training
     model.eval()
     mems, total, count = None, 0.0, 0
-    for k, x, y in stream.batches(0):
+    for k, segment in stream.batches(0):
         if k >= max_segments:
             break
-        with autocast(device):
-            _, loss, mems = model(to_device(x, device), to_device(y, device), mems)
-        total, count = total + float(loss) * y.size, count + y.size
+        batch = segment_tensors(segment, device)
+        with autocast(device, dtype):
+            _, loss, mems = model(mems=mems, **batch)
+        total, count = total + float(loss) * segment.targets.size, count + segment.targets.size
     model.train(was_training)
     return total / max(count, 1)
 
@@ -147,24 +184,25 @@ def train_step(
     forward: torch.nn.Module,
     model: TransformerXL,
     optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    batch: dict[str, torch.Tensor],
     mems: list,
     clip: float,
     device: torch.device,
     distributed: bool = False,
-    bf16: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """One optimiser step over a batch split into len(mems) accumulation chunks, each carrying its own memory.
+    """One optimiser step over a batch (segment_tensors) split into len(mems) accumulation chunks, each carrying its
+    own memory, under autocast to `dtype` (None: float32).
 
     `mems` is updated in place; returns the mean loss as a tensor, so the caller decides when to wait for the GPU.
     """
     chunks, total = len(mems), torch.zeros((), device=device)
-    for c, (xc, yc) in enumerate(zip(x.chunk(chunks), y.chunk(chunks), strict=True)):
+    pieces = {name: tensor.chunk(chunks) for name, tensor in batch.items()}
+    for c in range(chunks):
         # DDP averages gradients once per step: skip its all-reduce on every chunk but the last.
         sync = forward.no_sync() if distributed and c < chunks - 1 else contextlib.nullcontext()
-        with sync, autocast(device, bf16):
-            _, loss, mems[c] = forward(xc, yc, mems[c])
+        with sync, autocast(device, dtype):
+            _, loss, mems[c] = forward(mems=mems[c], **{name: piece[c] for name, piece in pieces.items()})
             (loss / chunks).backward()
         total += loss.detach() / chunks
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -182,10 +220,12 @@ def _agree(loss: torch.Tensor, stop: bool, world: int) -> tuple[float, bool]:
     return float(both[0]) / world, bool(both[1] > 0)
 
 
-def to_device(batch: np.ndarray, device: torch.device) -> torch.Tensor:
-    """int64 ids on `device`; to a GPU through pinned memory without waiting, so the host never stalls on it."""
-    ids = torch.from_numpy(batch.astype(np.int64))
-    return ids.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else ids
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Integers as int64, floats as float32, on `device`; to a GPU through pinned memory without waiting, so the host
+    never stalls on it."""
+    dtype = np.float32 if np.issubdtype(array.dtype, np.floating) else np.int64
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
+    return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor
 
 
 def tokens_fingerprint(tokens: Path) -> str:
@@ -213,6 +253,7 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     stream: SegmentStream
     val_stream: SegmentStream | None
+    dtype: torch.dtype | None = None  # autocast's (None: float32)
     step: int = 0
     epoch: int = 0
     segment: int = 0  # the next segment of this epoch's row streams
@@ -243,17 +284,18 @@ def _setup(tokens: Path, model_params: dict, p: TrainParams) -> _Run:
             f"train.batch_size {p.batch_size} must divide by processes × grad_accum ({world} × {p.grad_accum})"
         )
 
+    dtype = train_dtype(p.precision, device)
     torch.manual_seed(p.seed)
     vocab = load_vocab(tokens)
     model = build_model(vocab, model_params).to(device)
-    tgt_len = model.cfg.tgt_len
-    stream = SegmentStream(
-        PieceStore(tokens, "train"), p.batch_size, tgt_len, p.seed, p.transpose, tuple(pitch_ranges(vocab))
-    )
+    tgt_len, state = model.cfg.tgt_len, model.cfg.side_size > 0
+    ranges = tuple(pitch_ranges(vocab))
+    stream = SegmentStream(PieceStore(tokens, "train"), p.batch_size, tgt_len, p.seed, p.transpose, ranges, state)
     val_stream = None
     if (Path(tokens) / "validation" / "index.json").is_file():
         val_store = PieceStore(tokens, "validation")
-        val_stream = SegmentStream(val_store, min(p.eval_batch_size, len(val_store)), tgt_len)  # rows need pieces
+        rows = min(p.eval_batch_size, len(val_store))  # rows need pieces
+        val_stream = SegmentStream(val_store, rows, tgt_len, state_input=state)
         val_stream.rows(0)  # a validation split too short for one segment fails now, not at the first evaluation
     decay = [q for q in model.parameters() if q.dim() >= 2]
     no_decay = [q for q in model.parameters() if q.dim() < 2]
@@ -265,7 +307,7 @@ def _setup(tokens: Path, model_params: dict, p: TrainParams) -> _Run:
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, p))
     mems = [None] * p.grad_accum
-    return _Run(p, rank, world, device, model, optimizer, scheduler, stream, val_stream, mems=mems)
+    return _Run(p, rank, world, device, model, optimizer, scheduler, stream, val_stream, dtype, mems=mems)
 
 
 def _resume(run: _Run, ckpt_path: Path, identity: dict, compared: dict) -> bool:
@@ -309,10 +351,10 @@ def _loop(
     stopping = False
     try:
         while run.step < p.steps and not stopping:
-            for k, x, y in run.stream.batches(run.epoch, run.segment):
-                x, y = to_device(x[rank::world], run.device), to_device(y[rank::world], run.device)
+            for k, segment in run.stream.batches(run.epoch, run.segment):
+                batch = segment_tensors(segment, run.device, slice(rank, None, world))
                 loss = train_step(
-                    forward, run.model, run.optimizer, x, y, run.mems, p.clip, run.device, distributed=world > 1
+                    forward, run.model, run.optimizer, batch, run.mems, p.clip, run.device, world > 1, run.dtype
                 )
                 run.scheduler.step()
                 run.step, run.segment = run.step + 1, k + 1  # the next segment to train on, as a checkpoint records
@@ -323,7 +365,7 @@ def _loop(
                         progress.update(step, run.metrics["train/loss"], run.scheduler.get_last_lr()[0])
                         logged["train/loss"] = run.metrics["train/loss"]
                 if run.val_stream is not None and rank == 0 and (step % p.eval_interval == 0 or step == p.steps):
-                    nll = evaluate(run.model, run.val_stream, p.eval_segments, run.device)
+                    nll = evaluate(run.model, run.val_stream, p.eval_segments, run.device, run.dtype)
                     run.metrics["val/nll"] = logged["val/nll"] = nll
                     progress.line(f"step {step}: validation NLL {nll:.4f} nats/token")
                 if logged:
@@ -372,7 +414,16 @@ def train(
     if live is not None:
         if resumed:  # the checkpoint's values, not those a killed run logged after it
             log_metrics(live, run.step, run.metrics, num_params, tokens_per_step, plot=False)
-        live.log_params({"model": asdict(cfg), "train": asdict(p), "device": run.device.type, "processes": world})
+        precision = "bfloat16" if run.dtype == torch.bfloat16 else "float32"
+        live.log_params(
+            {
+                "model": asdict(cfg),
+                "train": asdict(p),
+                "device": run.device.type,
+                "precision": precision,
+                "processes": world,
+            }
+        )
 
     def save() -> None:
         training = {

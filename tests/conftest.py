@@ -162,7 +162,10 @@ def tiny(**overrides) -> TransformerXL:  # noqa: ANN003
     torch.manual_seed(0)
     cfg = dict(vocab_size=50, n_layer=3, d_model=32, n_head=4, d_head=8, d_inner=64, dropout=0.0, tgt_len=8, mem_len=8)
     model = TransformerXL(TransformerXLConfig(**{**cfg, **overrides})).double().eval()
-    with torch.no_grad():  # non-zero global biases, so that both take part in what is compared
+    with torch.no_grad():  # non-zero global biases (and side weights), so that they take part in what is compared
         model.r_w_bias.normal_(0, 0.5)
         model.r_r_bias.normal_(0, 0.5)
+        if model.side_net is not None:
+            model.side_net.weight.normal_(0, 0.5)
+            model.side_logits.weight.normal_(0, 0.5)
     return model

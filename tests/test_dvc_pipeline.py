@@ -108,7 +108,7 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     trained = json.loads((project / "reports" / "train" / "metrics.json").read_text())
     assert trained["step"] == 6 and trained["tokens_seen"] == 6 * 2 * 32 and trained["val"]["nll"] > 0
     config = json.loads((project / "data" / "model" / "config.json").read_text())
-    assert (config["n_layer"], config["d_model"], config["d_head"]) == (3, 32, 16)
+    assert (config["n_layer"], config["d_model"], config["d_head"], config["side_size"]) == (3, 32, 16, 256)
     assert (project / "data" / "checkpoints" / "last.pt").is_file()
     weights = torch.load(project / "data" / "model" / "model.pt", weights_only=True)
     scored = json.loads((project / "reports" / "metrics" / "eval.json").read_text())
@@ -121,6 +121,10 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     assert all(s["seconds"] <= 3.0 and (samples / s["midi"]).is_file() and (samples / s["png"]).is_file()
                for s in summary["samples"])  # fmt: skip
     assert "generate: sample-02:" in first.stdout
+    assert [s["name"] for s in summary["without_rule"]] == ["sample-01-without-rule", "sample-02-without-rule"]
+    assert all((samples / s["midi"]).is_file() and s["png"] is None for s in summary["without_rule"])
+    judged = json.loads((project / "reports" / "metrics" / "samples.json").read_text())
+    assert judged["samples"] == 2 and judged["without_rule"]["samples"] == 2
     first_sample = (samples / "sample-01.mid").read_bytes()
     report = (project / "reports" / "README.md").read_text()
     for heading in ("## Data", "## Training", "## Evaluation", "## Samples", "## Reproducibility"):

@@ -265,3 +265,37 @@ def test_cpu_limits_cap_the_evaluation(capsys):
     assert "tgt_len 512 → 128" in capsys.readouterr().out
     with pytest.raises(PipelineError, match="unknown evaluate.cpu_limits params: memory"):
         limit_for_cpu(EvaluateParams(cpu_limits={"memory": 1}))
+
+
+def test_a_model_with_the_state_input_scores_each_piece_with_its_own_piano_state():
+    from pipeline.music.piano_state import PIANO_STATE_SIZE, piano_state
+
+    model = tiny_model(side_size=PIANO_STATE_SIZE).double()
+    with torch.no_grad():
+        model.side_net.weight.normal_(0, 0.3)
+        model.side_logits.weight.normal_(0, 0.3)
+    model.cfg = dataclasses.replace(model.cfg, mem_len=128)  # longer than any piece: segments equal one pass
+    rng = np.random.default_rng(4)
+    pieces = [np.concatenate([[PIECE_START], rng.choice([60, 62, 188, 190, 300, 350, 370], n), [PIECE_END]])
+              for n in (40, 9, 70, 23)]  # fmt: skip
+    scores = score_pieces(model, pieces, tgt_len=8, batch_size=3)  # rows end at different segments
+    for piece, nll in zip(pieces, scores.nll, strict=True):
+        side = torch.from_numpy(piano_state(piece[:-1])[None]).double()
+        with torch.no_grad():
+            logits, _, _ = model(torch.from_numpy(piece[None, :-1]), side=side)
+        expected = -torch.log_softmax(logits, -1)[0].gather(-1, torch.from_numpy(piece[1:])[:, None])[:, 0]
+        np.testing.assert_allclose(nll, expected.numpy(), rtol=1e-6, atol=1e-6)
+        assert side[0, :, :128].sum() > 0  # keys do sound in these pieces, so the state takes part
+
+
+def test_piece_start_nll_is_the_nll_of_each_pieces_first_64_tokens():
+    from pipeline.evaluate import PIECE_START_TOKENS, Scores, split_metrics
+
+    rng = np.random.default_rng(1)
+    nll = [rng.uniform(0, 5, n) for n in (200, 30, 64, 65)]
+    store = type("Store", (), {"index": {"seconds": [1.0] * 4, "composer": ["A"] * 4}})()
+    m = split_metrics(Scores(nll, [np.zeros(len(n), bool) for n in nll]), store, {}, VOCAB_SIZE)
+    opening = [x for piece in nll for x in piece[:64]]
+    assert PIECE_START_TOKENS == 64 and len(opening) == 64 + 30 + 64 + 64
+    assert m["piece_start_nll"] == pytest.approx(np.mean(opening), abs=1e-5)
+    assert m["piece_start_nll"] != pytest.approx(m["nll"], abs=1e-3)

@@ -172,7 +172,8 @@ def test_without_fluidsynth_the_wav_is_skipped_with_how_to_install(model_dir, tm
     summary = generate(model_dir, tmp_path / "out", params(samples=1))
     assert "apt-get install fluidsynth fluid-soundfont-gm" in capsys.readouterr().out
     assert summary["wav"].startswith("skipped") and summary["samples"][0]["wav"] is None
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sample-01.mid", "sample-01.png", "samples.json"]
+    made = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert made == ["sample-01-without-rule.mid", "sample-01.mid", "sample-01.png", "samples.json"]
 
 
 def test_a_seed_reproduces_the_files_and_each_sample_has_its_own(model_dir, tmp_path):
@@ -203,10 +204,9 @@ def test_validation_pieces_prime_the_stage_and_old_samples_go_but_nothing_else(m
     (out / "sample-9.wav").write_bytes(b"mine too")
     summary = generate(model_dir, out, params(primers=[1], primer_seconds=1.0, samples=1), tokens=tokens)
     assert (out / "notes.txt").read_text() == "mine" and (out / "sample-9.wav").read_bytes() == b"mine too"
-    assert (
-        sorted(p.name for p in out.glob("sample-0*"))
-        == ["sample-01.mid", "sample-01.png", "sample-01.wav"][: 3 if summary["samples"][0]["wav"] else 2]
-    )
+    wav = ["sample-01.wav"] if summary["samples"][0]["wav"] else []
+    assert sorted(p.name for p in out.glob("sample-0*")) == ["sample-01-without-rule.mid", "sample-01.mid",
+                                                             "sample-01.png", *wav]  # fmt: skip
     assert summary["samples"][0]["primer"]["source"] == "validation piece 1 (B)"
     got = notes_by_pretty_midi(out / "sample-01.mid")
     assert np.allclose([n[:3] for n in got[:2]], [(0.0, 0.4, 60), (0.5, 1.0, 62)])
@@ -355,13 +355,15 @@ def test_bf16_is_chosen_where_it_pays_and_when_asked(monkeypatch):
 
     cpu = torch.device("cpu")
     small = TransformerXL(TransformerXLConfig(VOCAB_SIZE, n_layer=1, d_model=32, n_head=2, d_head=16, d_inner=64))
-    large = torch.nn.Linear(3000, 3000)  # 36 MB of float32 weights
-    assert stage.pick_autocast("float32", cpu, large) is None
-    assert stage.pick_autocast("bfloat16", cpu, small) is torch.bfloat16
+    assert stage.pick_autocast("float32", cpu, small, 4) is None
+    assert stage.pick_autocast("bfloat16", cpu, small, 4) is torch.bfloat16
+    timed = []
     for native in (True, False):
-        monkeypatch.setattr(stage, "cpu_has_bf16", lambda native=native: native)
-        assert stage.pick_autocast("auto", cpu, small) is None
-        assert stage.pick_autocast("auto", cpu, large) is (torch.bfloat16 if native else None)
+        for faster in (True, False):
+            monkeypatch.setattr(stage, "cpu_has_bf16", lambda native=native: native)
+            monkeypatch.setattr(stage, "bf16_decodes_faster", lambda m, rows, f=faster: timed.append(rows) or f)
+            assert stage.pick_autocast("auto", cpu, small, 4) is (torch.bfloat16 if native and faster else None)
+    assert timed == [4, 4]  # timed at the batch's size, and only where the CPU has bf16 at all
 
 
 def test_a_primer_keeps_its_silence_up_to_the_cut(model_dir, tmp_path):
@@ -435,3 +437,52 @@ def test_a_validation_primer_is_the_piece_as_played_not_a_stretched_copy(tmp_pat
     assert primer.steps == 150 and primer.source.startswith("validation piece 7")
     with pytest.raises(PipelineError, match="piece 8 is not in"):
         primer_from_piece(tokens, 8, 10.0)
+
+
+def test_a_state_input_model_samples_what_a_full_recompute_with_the_piano_state_would(tmp_path):
+    """The stage's incremental piano state, fed one token at a time, against the state of the whole sequence so far
+    recomputed at every step with a plain forward over it (greedy, so the tokens must be the same)."""
+    from pipeline.generate import sample_batch
+    from pipeline.music.piano_state import PIANO_STATE_SIZE, piano_state
+
+    torch.manual_seed(0)
+    cfg = TransformerXLConfig(VOCAB_SIZE, n_layer=2, d_model=32, n_head=2, d_head=16, d_inner=64, tgt_len=16,
+                              mem_len=256, side_size=PIANO_STATE_SIZE)  # fmt: skip
+    model = TransformerXL(cfg).double().eval()
+    with torch.no_grad():  # the state pushes hard: sounding keys toward their release, silent ones toward a strike
+        model.side_logits.weight.zero_()
+        for pitch in range(128):
+            model.side_logits.weight[pitch, pitch] = -20.0
+            model.side_logits.weight[128 + pitch, pitch] = 6.0
+            model.side_logits.weight[128 + pitch, 128 + pitch] = 40.0
+        model.side_net.weight.normal_(0, 0.5)
+    p = params(seconds=1.0, top_k=1, top_p=1.0)
+    (new,) = sample_batch(model, unconditional(), p, [0], None)
+    seq = [PIECE_START]
+    for _ in range(len(new)):
+        tokens = torch.tensor([seq])
+        side = torch.from_numpy(piano_state(np.array(seq))[None]).double()
+        with torch.no_grad():
+            logits = model(tokens, side=side)[0][0, -1]
+        logits[[PIECE_START, PIECE_END]] = -torch.inf
+        seq.append(int(logits.argmax()))
+    assert new.tolist() == seq[1:]
+    state = piano_state(np.array(seq))
+    assert state[:, :128].sum() > 0 and ((np.array(seq) >= 128) & (np.array(seq) < 256)).any()  # keys struck, released
+
+
+def test_a_samples_record_has_its_first_note_and_its_share_of_long_notes(tmp_path):
+    notes = {"onset": np.array([0.5, 1.0, 2.0]), "offset": np.array([7.0, 1.5, 2.2]), "pitch": np.array([60, 64, 67]),
+             "velocity": np.array([80, 80, 80])}  # fmt: skip
+    tokens, _ = encode(np.zeros(3, np.int64), notes["onset"], notes["offset"], notes["pitch"], notes["velocity"])
+    body = tokens[1:-1].astype(np.int64)
+    record = write_sample(tmp_path, "sample-01", unconditional(), body, params(seconds=8.0), "no synthesizer here")
+    assert record["first_note_s"] == 0.5 and record["held_over_5s"] == pytest.approx(1 / 3, abs=1e-4)
+
+
+def test_only_the_first_wav_samples_get_audio(model_dir, tmp_path):
+    if isinstance(synthesizer(), str):
+        pytest.skip(f"no synthesizer: {synthesizer()}")
+    summary = generate(model_dir, tmp_path / "out", params(samples=3, seconds=1.0, wav_samples=2))
+    assert [s["wav"] for s in summary["samples"]] == ["sample-01.wav", "sample-02.wav", None]
+    assert not (tmp_path / "out" / "sample-03.wav").exists() and "first 2 samples" in summary["wav"]

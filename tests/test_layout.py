@@ -110,7 +110,7 @@ def test_model_knows_no_music_and_no_pipeline():
         outside = {m for m in GRAPH[module] if layer(m) != "model"}
         assert not outside, f"{module} imports {outside}"
         names = {n.split(".")[0] for n in imported_names(ast.parse(MODULES[module].read_text()), module)}
-        assert names <= {"torch", "math", "dataclasses", "collections", "__future__", "model", "typing"}, names
+        assert names <= {"torch", "math", "time", "dataclasses", "collections", "__future__", "model", "typing"}, names
 
 
 def test_music_imports_only_music_and_the_helpers():
@@ -129,8 +129,9 @@ def test_report_imports_no_stage_and_stages_no_report_or_other_stage():
             assert not {m for m, r in rooms.items() if r in ("stage", "cli")}, f"{module} imports {rooms}"
         if layer(module) == "stage":
             assert not {m for m, r in rooms.items() if r in ("stage", "report", "cli")}, f"{module} imports {rooms}"
-        if layer(module) == "helper":
-            assert not {m for m, r in rooms.items() if r in ("stage", "report", "music", "cli")}, f"{module}: {rooms}"
+        if layer(module) == "helper":  # a stage's helper (segments) may use the music library; atomic and errors not
+            banned = ("stage", "report", "cli", "music") if module in HELPERS else ("stage", "report", "cli")
+            assert not {m for m, r in rooms.items() if r in banned}, f"{module}: {rooms}"
 
 
 def test_no_import_cycles():
@@ -198,7 +199,7 @@ def test_a_figure_change_reruns_the_report_stage_only():
     users = {name for name, stage in stages.items() if "pipeline/report/figures.py" in dvc_code_deps(stage)}
     assert users == {"report"}
     users = {name for name, stage in stages.items() if "pipeline/music/performance_encoding.py" in dvc_code_deps(stage)}
-    assert users == {"tokenize", "generate", "report"}
+    assert users == {"tokenize", "train", "evaluate", "generate", "report"}  # the piano state reads the encoding
 
 
 def near_twins(a: str, b: str) -> bool:

@@ -38,6 +38,7 @@ def params(**overrides) -> TrainParams:  # noqa: ANN003
         log_interval=1000,
         transpose=2,
         device="cpu",
+        precision="float32",  # the same numbers on every CPU; bf16 has its own test
         cpu_lr=None,
     )
     return TrainParams(**{**base, **overrides})
@@ -234,3 +235,30 @@ def test_a_checkpoint_of_other_data_or_a_broken_one(tmp_path, capsys):
         train(tokens, tmp_path / "c", tmp_path / "m", None, TINY_MODEL, params(steps=2))
     with pytest.raises(PipelineError, match="no trained model there"):
         load_model(tmp_path / "nowhere")
+
+
+def test_the_state_input_model_trains_and_is_exported_with_its_side_layers(tmp_path):
+    from pipeline.music.piano_state import PIANO_STATE_SIZE
+
+    tokens = repeating_corpus(tmp_path / "tokens")
+    model = {**TINY_MODEL, "state_input": True}
+    result = train(tokens, tmp_path / "ckpt", tmp_path / "model", None, model, params(steps=150, transpose=0))
+    assert result["val/nll"] < 0.3
+    trained = load_model(tmp_path / "model", side_size=PIANO_STATE_SIZE)
+    assert trained.cfg.side_size == PIANO_STATE_SIZE and trained.side_logits.weight.abs().sum() > 0
+    with pytest.raises(PipelineError, match="reads 256 side features per token, but 0 are made here"):
+        load_model(tmp_path / "model")
+
+
+def test_bf16_training_on_the_cpu_learns_and_is_recorded(tmp_path):
+    tokens = repeating_corpus(tmp_path / "tokens")
+    p = params(steps=120, transpose=0, precision="bfloat16")
+    result = train(tokens, tmp_path / "ckpt", tmp_path / "model", tmp_path / "live", TINY_MODEL, p)
+    assert result["val/nll"] < 1.0  # from ln(390) = 5.97
+    assert yaml.safe_load((tmp_path / "live" / "params.yaml").read_text())["precision"] == "bfloat16"
+    with pytest.raises(PipelineError, match="train.precision must be one of auto, bfloat16, float32, not 'half'"):
+        train(tokens, tmp_path / "c2", tmp_path / "m2", None, TINY_MODEL, params(steps=1, precision="half"))
+    with pytest.raises(PipelineError, match="model.state_input must be true or false, not 'yes'"):
+        from pipeline.train import model_section
+
+        model_section({**TINY_MODEL, "state_input": "yes"})

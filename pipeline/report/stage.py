@@ -180,23 +180,22 @@ def training_section(inputs: Inputs, out: Path) -> list[str]:
     fig_tokens = figures.curves(out / "loss_by_tokens.png", by_tokens, "Loss against tokens seen", "million tokens",
                                 "nats per token")  # fmt: skip
     params_path = inputs.train / "params.yaml"
-    device = read_plain_yaml(params_path.read_text()).get("device", "?") if params_path.is_file() else "?"
+    trained = read_plain_yaml(params_path.read_text()) if params_path.is_file() else {}
+    side = trained.get("model", {}).get("side_size", "?")
+    state = "?" if side == "?" else "on" if side else "off"
+    header = ["parameters", "steps", "tokens seen", "final train loss", "final validation NLL", "piano state input",
+              "precision", "device"]  # fmt: skip
+    row = [f"{summary['num_params']:,}", f"{summary['step']:,}", f"{summary['tokens_seen']:,}",
+           _metric(summary, "train", "loss"), _metric(summary, "val", "nll"), state,
+           trained.get("precision", "float32"), trained.get("device", "?")]  # fmt: skip
     return [
         "## Training",
         "",
-        *table(
-            ["parameters", "steps", "tokens seen", "final train loss", "final validation NLL", "device"],
-            [
-                [
-                    f"{summary['num_params']:,}",
-                    f"{summary['step']:,}",
-                    f"{summary['tokens_seen']:,}",
-                    _metric(summary, "train", "loss"),
-                    _metric(summary, "val", "nll"),
-                    device,
-                ]
-            ],
-        ),  # fmt: skip
+        *table(header, [row]),
+        "",
+        "Pieces lie end to end in each training row, but no token attends to an earlier piece, so the model learns to "
+        "begin a piece from nothing, as it is evaluated and sampled. With the piano state input, the model also "
+        "reads after each token which keys sound and for how long (pipeline/music/piano_state.py).",
         "",
         f"![loss by step](figures/{fig_steps})",
         f"![loss by tokens](figures/{fig_tokens})",
@@ -249,9 +248,11 @@ def evaluation_section(inputs: Inputs, out: Path, plots: Path) -> list[str]:
             ["unigram", f"{b['unigram']:.3f}", f"{b['unigram'] / np.log(2):.3f}", ""],
             ["uniform", f"{b['uniform']:.3f}", f"{b['uniform'] / np.log(2):.3f}", ""],
         ]
+        start = m.get("piece_start_nll")
+        opening = f" Each piece's first 64 tokens: {start:.3f} nats per token." if start is not None else ""
         lines += [
             f"**{split}**: {m['tokens']:,} tokens, {m['seconds'] / 3600:.1f} hours, {m['nats_per_second']:.1f} nats "
-            "per second of music.",
+            f"per second of music.{opening}",
             "",
             *table(["model", "nats per token", "bits per token", "accuracy"], rows),
             "",
@@ -339,7 +340,13 @@ def report(inputs: Inputs, out: Path = Path("reports")) -> Path:
             training_section(inputs, fig_dir),
             evaluation_section(inputs, fig_dir, plot_dir),
             samples_section(
-                inputs.samples, read_json(inputs.samples / "samples.json"), fig_dir, plot_dir, pieces, notes
+                inputs.samples,
+                read_json(inputs.samples / "samples.json"),
+                fig_dir,
+                plot_dir,
+                pieces,
+                notes,
+                inputs.metrics / "samples.json",
             ),
             reproducibility_section(inputs, pieces, source),
         ]

@@ -209,3 +209,56 @@ def test_banned_ids_are_never_sampled_and_the_rest_keep_their_proportions(temper
             f"step {step}: id {int(allowed.nonzero()[worst])} drawn {seen:.0f} times, expected {expected:.1f} "
             f"({z[worst]:+.1f} standard errors)"
         )
+
+
+class RunningSum:
+    """A stateful side input for tests: per row, the running sum of one-hot ids folded into `size` features, so each
+    position's side input depends on every id before it (as the piano state does)."""
+
+    def __init__(self, rows: int, size: int = 3) -> None:
+        self.total, self.size = torch.zeros(rows, size, dtype=torch.float64), size
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        onehot = torch.nn.functional.one_hot(ids % self.size, self.size).double()
+        out = self.total[:, None] + onehot.cumsum(dim=1)
+        self.total = out[:, -1]
+        return out / 10
+
+
+def test_the_three_decoders_agree_with_a_side_input():
+    model = sharp(tiny(mem_len=40, tgt_len=4, side_size=3))
+    prompt = torch.randint(0, VOCAB, (3, 6))
+    runs = {
+        decoding: generate(
+            model, prompt, 30, generator=[seeded(s) for s in (1, 2, 3)], decoding=decoding, side=RunningSum(3)
+        )  # fmt: skip
+        for decoding in ("cached", "incremental", "recompute")
+    }
+    for row in range(3):
+        assert torch.equal(runs["cached"][row], runs["recompute"][row])
+        assert torch.equal(runs["cached"][row], runs["incremental"][row])
+    # The side input takes part: with another one the same seeds sample something else.
+    other = generate(
+        model, prompt, 30, generator=[seeded(s) for s in (1, 2, 3)], side=lambda ids: RunningSum(3)(ids) * 0
+    )
+    assert any(not torch.equal(a, b) for a, b in zip(runs["cached"], other, strict=True))
+
+
+def test_cached_steps_with_a_side_input_give_the_full_forwards_logits():
+    model = tiny(mem_len=40, side_size=3)
+    tokens = torch.randint(0, VOCAB, (2, 25))
+    side = RunningSum(2)(tokens)
+    full = model(tokens, side=side)[0]
+    _, _, mems = model(tokens[:, :5], side=side[:, :5])
+    cache = model.decode_cache(mems)
+    steps = torch.stack([model.step(tokens[:, t], cache, side[:, t : t + 1]) for t in range(5, 25)], dim=1)
+    torch.testing.assert_close(steps, full[:, 5:], rtol=0, atol=1e-10)
+
+
+def test_bf16_decodes_faster_times_both_and_leaves_the_model_as_it_was():
+    from model.sampling import bf16_decodes_faster
+
+    model = tiny(side_size=3).float().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert isinstance(bf16_decodes_faster(model, rows=2, steps=2), bool)
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -174,15 +174,16 @@ def test_rel_shift_puts_each_distance_at_its_key():
             assert shifted[:, :, i, j].equal(raw[:, :, i, klen - 1 - distance])
 
 
-@pytest.mark.parametrize("mem_len,batch", [(16, 3), (8, 1)])
-def test_flops_per_token_matches_pytorchs_flop_counter(mem_len, batch):
+@pytest.mark.parametrize("mem_len,batch,side_size", [(16, 3, 0), (8, 1, 0), (8, 2, 6)])
+def test_flops_per_token_matches_pytorchs_flop_counter(mem_len, batch, side_size):
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = tiny(tgt_len=16, mem_len=mem_len).float().train()
+    model = tiny(tgt_len=16, mem_len=mem_len, side_size=side_size).float().train()
     tokens = torch.randint(0, 50, (batch, 32))
-    _, _, mems = model(tokens[:, :16], tokens[:, 1:17])
+    side = torch.rand(batch, 32, side_size) if side_size else None
+    _, _, mems = model(tokens[:, :16], tokens[:, 1:17], side=None if side is None else side[:, :16])
     counter = FlopCounterMode(display=False)
     with counter:  # one training step's forward and backward, attending to a full memory
-        _, loss, _ = model(tokens[:, 16:], tokens[:, 16:], mems)
+        _, loss, _ = model(tokens[:, 16:], tokens[:, 16:], mems, side=None if side is None else side[:, 16:])
         loss.backward()
     assert counter.get_total_flops() == pytest.approx(model.flops_per_token(batch_size=batch) * batch * 16, rel=1e-9)

@@ -166,3 +166,58 @@ def test_the_reference_puts_real_music_of_the_samples_size_in_their_place():
     assert apart["pitch_class_histogram"]["overlap"] < alike["pitch_class_histogram"]["overlap"]
     assert alike["pitch_range"]["overlap_p10"] <= alike["pitch_range"]["overlap"]
     assert all(np.isnan(v["overlap"]) for v in reference_draws(reference, reference, 0).values())
+
+
+def test_the_reference_test_asks_each_feature_for_its_share_and_the_mean_for_more():
+    from pipeline.report.samples import MIN_FEATURE_RATIO, MIN_MEAN_RATIO, reference_test
+
+    reference = {"a": {"overlap": 0.9}, "b": {"overlap": 0.8}, "c": {"overlap": 0.7}}
+
+    def verdict(a: float, b: float, c: float) -> dict:
+        return reference_test({"a": {"overlap": a}, "b": {"overlap": b}, "c": {"overlap": c}}, reference)
+
+    passing = verdict(0.9, 0.8, 0.7)
+    assert passing["passed"] and passing["mean_ratio"] == pytest.approx(1.0)
+    low = verdict(0.9, 0.8, 0.7 * MIN_FEATURE_RATIO - 0.01)  # one feature below its share fails the whole
+    assert not low["passed"] and low["lowest"] == "c"
+    assert low["ratios"]["c"] == pytest.approx(MIN_FEATURE_RATIO - 0.01 / 0.7)
+    edge = verdict(0.9 * 0.85, 0.8 * 0.85, 0.7 * 0.85)  # every feature above 0.8, but the mean below 0.9
+    assert not edge["passed"] and edge["mean_ratio"] == pytest.approx(0.85) and MIN_MEAN_RATIO > 0.85
+    assert not verdict(0.9, 0.8, float("nan"))["passed"]  # a feature the samples do not define fails
+
+
+def test_two_way_overlap_takes_the_lower_direction_and_openings_start_at_zero():
+    from pipeline.music.features import compare_sets
+    from pipeline.report.samples import openings, two_way_overlap
+
+    rng = np.random.default_rng(3)
+
+    def piece(spread: float) -> dict:
+        onset = np.sort(rng.uniform(0, 12, 40))
+        return {"onset": onset, "offset": onset + rng.uniform(0.1, spread, 40), "pitch": rng.integers(40, 90, 40),
+                "velocity": rng.integers(20, 120, 40)}  # fmt: skip
+
+    a = [feature_values(piece(1.0), 12.0) for _ in range(12)]
+    b = [feature_values(piece(4.0), 12.0) for _ in range(6)]
+    both = two_way_overlap(a, b)
+    forward, backward = compare_sets(a, b), compare_sets(b, a)
+    for name in FEATURES:
+        assert both[name]["overlap"] == pytest.approx(min(forward[name]["overlap"], backward[name]["overlap"]))
+    assert any(forward[n]["overlap"] != backward[n]["overlap"] for n in FEATURES)  # the two ways do differ
+    short, long = piece(1.0), piece(1.0)
+    short["offset"] = np.minimum(short["offset"], 5.0)
+    (opening,) = openings([short, long], 6.0)  # the piece that ends before 6 s is left out
+    assert opening["onset"].tolist() == long["onset"][long["onset"] < 6.0].tolist()
+    assert opening["offset"].max() <= 6.0 and len(opening["pitch"]) == len(opening["onset"])
+
+
+def test_the_samples_metrics_count_what_the_samples_show():
+    from pipeline.report.samples import sample_metrics
+
+    records = [{"flags": ["silent"]}, {"flags": ["note_held_over_10s"]}, {"flags": []}, {"flags": []}]
+    durations = [np.zeros(0), np.array([11.0, 0.5]), np.array([6.0, 1.0, 1.0]), np.array([0.2])]
+    verdict = {"ratios": {"a": 0.7, "b": 0.95}, "lowest": "a", "mean_ratio": 0.85, "passed": False}
+    m = sample_metrics(records, durations, [0.4, 1.0, 3.0], verdict)
+    assert (m["samples"], m["silent"], m["note_held_over_10s"]) == (4, 1, 1)
+    assert m["first_note_median_s"] == 1.0 and m["notes_over_5s"] == pytest.approx(2 / 6, abs=1e-4)
+    assert (m["overlap_ratio_lowest"], m["overlap_ratio_mean"], m["reference_test_passed"]) == (0.7, 0.85, False)

@@ -1,0 +1,127 @@
+"""The piano's state as a performance is played token by token: which keys sound, and for how long they have.
+
+After each token, each of the 128 pitches gets two numbers: whether it is sounding, and how long it has sounded
+(seconds / HELD_SCALE_S, capped at 1). They follow `performance_encoding.decode` exactly: strikes and releases pair
+first-in first-out per pitch, a release with nothing held does nothing, and a pitch struck again while it sounds
+sounds on, from its latest strike (as the MIDI file then holds it). PIECE_START silences every key.
+
+A feature at position t depends on tokens up to t only. `PianoState` carries the state from one call to the next:
+`__call__` takes chunks [rows, time] and is vectorised over them (training, evaluation), `step` takes one token per
+row (generation). Both give the same numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.music.performance_encoding import NOTE_OFF, NOTE_ON, PIECE_START, SHIFT_STEPS, STEP_S, TIME_SHIFT
+
+PITCHES = 128
+PIANO_STATE_SIZE = 2 * PITCHES  # [sounding of pitches 0-127, held time of pitches 0-127]
+HELD_SCALE_S = 10.0  # a note held this long or longer gets held time 1
+CHUNK = 1024  # positions per vectorised pass: bounds the [rows, CHUNK, 128] work arrays
+
+
+class PianoState:
+    """The state of `rows` pianos, each starting silent; call it with successive tokens to get their features."""
+
+    def __init__(self, rows: int) -> None:
+        self.held = np.zeros((rows, PITCHES), np.int64)  # open strikes per key (decode pairs them first in, first out)
+        self.onset = np.zeros((rows, PITCHES), np.int64)  # the step of each key's latest strike
+        self.clock = np.zeros(rows, np.int64)  # steps since the start
+
+    def keep(self, rows: int) -> None:
+        """Keep the first `rows` pianos only (rows that have ended drop out of a batch)."""
+        self.held, self.onset, self.clock = self.held[:rows], self.onset[:rows], self.clock[:rows]
+
+    def seconds_held(self) -> np.ndarray:
+        """How long each key has sounded, in seconds, since its latest strike [rows, 128]; 0 for a silent key."""
+        return np.where(self.held > 0, (self.clock[:, None] - self.onset) * STEP_S, 0.0)
+
+    def features(self) -> np.ndarray:
+        """The current features [rows, PIANO_STATE_SIZE] (float32)."""
+        return _features(self.held, self.onset, self.clock[:, None])
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        """Advance by one token per row ([rows]); return the features after it [rows, PIANO_STATE_SIZE]."""
+        t = np.asarray(tokens, np.int64)
+        rows = np.arange(len(t))
+        shift = (t >= TIME_SHIFT) & (t < TIME_SHIFT + SHIFT_STEPS)
+        self.clock += np.where(shift, t - TIME_SHIFT + 1, 0)
+        self.held[t == PIECE_START] = 0
+        on = np.flatnonzero(t < NOTE_OFF)
+        self.held[on, t[on] - NOTE_ON] += 1
+        self.onset[on, t[on] - NOTE_ON] = self.clock[on]
+        off = rows[(t >= NOTE_OFF) & (t < TIME_SHIFT)]
+        pitch = t[off] - NOTE_OFF
+        self.held[off, pitch] = np.maximum(self.held[off, pitch] - 1, 0)
+        return self.features()
+
+    def __call__(self, tokens: np.ndarray) -> np.ndarray:
+        """Advance by tokens [rows, time]; return the features after each [rows, time, PIANO_STATE_SIZE] (float32)."""
+        tokens = np.asarray(tokens, np.int64)
+        out = np.empty((*tokens.shape, PIANO_STATE_SIZE), np.float32)
+        for start in range(0, tokens.shape[1], CHUNK):
+            out[:, start : start + CHUNK] = self._chunk(tokens[:, start : start + CHUNK])
+        return out
+
+    def _chunk(self, t: np.ndarray) -> np.ndarray:
+        rows, time = t.shape
+        shift = (t >= TIME_SHIFT) & (t < TIME_SHIFT + SHIFT_STEPS)
+        clock = self.clock[:, None] + np.cumsum(np.where(shift, t - TIME_SHIFT + 1, 0), axis=1)  # [rows, time]
+        is_on, is_off = t < NOTE_OFF, (t >= NOTE_OFF) & (t < TIME_SHIFT)
+        r, s = np.nonzero(is_on | is_off)
+        delta = np.zeros((rows, time, PITCHES), np.int64)  # +1 a strike, -1 a release, per key
+        delta[r, s, t[r, s] % NOTE_OFF] = np.where(is_on[r, s], 1, -1)
+        # The open strikes follow S_t = max(0, S_{t-1} + delta_t), restarted at 0 by PIECE_START. With C the running
+        # sum measured from the latest restart (from the carried count before any), S = C - min(0, running min of
+        # C), and subtracting `group × big` keeps each restart's running minimum to its own stretch.
+        reset = t == PIECE_START
+        group = np.cumsum(reset, axis=1)[..., None]  # restarts so far, [rows, time, 1]
+        total = self.held[:, None] + np.cumsum(delta, axis=1)
+        last_reset = np.maximum.accumulate(np.where(reset, np.arange(time), -1), axis=1)  # [rows, time]
+        base = np.where(
+            (last_reset >= 0)[..., None], np.take_along_axis(total, np.maximum(last_reset, 0)[..., None], 1), 0
+        )
+        running = total - base  # at a restart itself 0, since PIECE_START strikes and releases nothing
+        big = 2 * (int(np.abs(running).max(initial=0)) + 1)
+        lowest = np.minimum.accumulate(running - group * big, axis=1) + group * big
+        held = running - np.minimum(lowest, 0)
+        # The latest strike since the latest restart, else the carried one.
+        strike = np.where(delta > 0, np.arange(time)[None, :, None], -1)
+        last_strike = np.maximum.accumulate(strike, axis=1)
+        struck = last_strike > last_reset[..., None]
+        onset = np.where(struck, np.take_along_axis(clock, np.maximum(last_strike, 0).reshape(rows, -1), 1).reshape(
+            rows, time, PITCHES), self.onset[:, None])  # fmt: skip
+        self.held, self.onset, self.clock = held[:, -1].copy(), onset[:, -1].copy(), clock[:, -1].copy()
+        return _features(held, onset, clock[..., None])
+
+
+def _features(held: np.ndarray, onset: np.ndarray, clock: np.ndarray) -> np.ndarray:
+    sounding = held > 0
+    seconds = np.where(sounding, (clock - onset) * STEP_S, 0.0)
+    return np.concatenate([sounding, np.minimum(seconds / HELD_SCALE_S, 1.0)], axis=-1).astype(np.float32)
+
+
+def piano_state(tokens: np.ndarray) -> np.ndarray:
+    """The features after each token of one sequence [time] that starts silent: [time, PIANO_STATE_SIZE]."""
+    return PianoState(1)(np.asarray(tokens)[None])[0]
+
+
+class NoteLimit:
+    """A decoding rule: a key that has sounded `seconds` or longer is released at the next event. Called with each
+    step's tokens [rows] (None at the first step), it returns the NOTE_OFF to emit per row (the longest-held such
+    key), or -1 where the row goes on freely."""
+
+    def __init__(self, opening: np.ndarray, seconds: float) -> None:
+        opening = np.asarray(opening, np.int64)
+        self.state, self.seconds = PianoState(len(opening)), seconds
+        self.state(opening)
+
+    def __call__(self, tokens: np.ndarray | None) -> np.ndarray:
+        if tokens is not None:
+            self.state.step(tokens)
+        held = self.state.seconds_held()
+        longest = held.argmax(axis=1)
+        over = held[np.arange(len(held)), longest] >= self.seconds
+        return np.where(over, NOTE_OFF + longest, -1)
