@@ -262,3 +262,48 @@ def test_bf16_training_on_the_cpu_learns_and_is_recorded(tmp_path):
         from pipeline.train import model_section
 
         model_section({**TINY_MODEL, "state_input": "yes"})
+
+
+def test_a_train_step_scores_each_piece_of_a_row_as_if_it_were_alone(tmp_path):
+    """The loss train_step reports on a segment that holds several pieces equals the mean of the losses of those
+    pieces (the last one cut where the segment ends) scored alone from an empty memory, PIECE_START after PIECE_END
+    included: no piece attends to another, and the piano state restarts with each."""
+    import torch.nn.functional as F
+    from conftest import write_tokens
+
+    from pipeline.music.performance_encoding import PIECE_START
+    from pipeline.music.piano_state import piano_state
+    from pipeline.segments import PieceStore, SegmentStream
+    from pipeline.train import segment_tensors, train_step
+
+    rng = np.random.default_rng(0)
+    bodies = [rng.choice([60, 64, 67, 188, 192, 195, 300, 320], n) for n in (15, 9, 13, 21, 6, 18, 11)]
+    store = PieceStore(write_tokens(tmp_path / "tokens", {"train": bodies}), "train")
+    stream = SegmentStream(store, batch_size=2, tgt_len=40, state_input=True)
+    _, segment = next(stream.batches(0))
+    torch.manual_seed(0)
+    model = build_model(vocab(), {**TINY_MODEL, "tgt_len": 40, "state_input": True}).double()
+    with torch.no_grad():  # large weights, so that what each token attends to shows in the loss
+        for weight in (p for p in model.parameters() if p.dim() == 2):
+            weight.normal_(0, 0.3)
+    expected, starts_seen = [], 0
+    for row, targets in zip(segment.tokens, segment.targets, strict=True):
+        whole = np.append(row, targets[-1]).astype(np.int64)  # inputs 0..T-1 predict 1..T
+        starts = [*np.flatnonzero(row == PIECE_START), len(row)]
+        starts_seen += len(starts) - 1
+        for a, b in zip(starts[:-1], starts[1:], strict=True):
+            piece = torch.from_numpy(whole[a:b])[None]
+            side = torch.from_numpy(piano_state(whole[a:b])[None]).double()
+            logits = model(piece, side=side)[0][0]
+            expected.append(F.cross_entropy(logits, torch.from_numpy(whole[a + 1 : b + 1]), reduction="none"))
+    assert starts_seen >= 4  # pieces do begin inside the segment
+    batch = {
+        k: v.double() if v.is_floating_point() else v for k, v in segment_tensors(segment, torch.device("cpu")).items()
+    }
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    loss = train_step(model, model, optimizer, batch, [None], clip=1.0, device=torch.device("cpu"))
+    alone = torch.cat(expected).mean().detach()
+    torch.testing.assert_close(loss.double(), alone, rtol=0, atol=1e-6)  # the stage's loss is float32
+    unmasked = train_step(model, model, optimizer, {k: v for k, v in batch.items() if k != "seq_pos"}, [None], 1.0,
+                          torch.device("cpu"))  # fmt: skip
+    assert abs(float(unmasked) - float(alone)) > 1e-3  # pieces that saw each other would score otherwise
