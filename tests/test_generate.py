@@ -449,15 +449,18 @@ def test_a_state_input_model_samples_what_a_full_recompute_with_the_piano_state_
     cfg = TransformerXLConfig(VOCAB_SIZE, n_layer=2, d_model=32, n_head=2, d_head=16, d_inner=64, tgt_len=16,
                               mem_len=256, side_size=PIANO_STATE_SIZE)  # fmt: skip
     model = TransformerXL(cfg).double().eval()
-    with torch.no_grad():  # the state pushes hard: sounding keys toward their release, silent ones toward a strike
+    with torch.no_grad():  # a few keys and shifts are likely; the state keeps a sounding key from being struck and
+        # pushes it toward its release the longer it sounds, so what is sampled depends on the state at every step
+        model.out_bias[[60, 64, 67]] += 9.0
+        model.out_bias[TIME_SHIFT + 9] += 8.0
         model.side_logits.weight.zero_()
         for pitch in range(128):
-            model.side_logits.weight[pitch, pitch] = -20.0
-            model.side_logits.weight[128 + pitch, pitch] = 6.0
-            model.side_logits.weight[128 + pitch, 128 + pitch] = 40.0
+            model.side_logits.weight[pitch, pitch] = -30.0
+            model.side_logits.weight[128 + pitch, pitch] = 4.0
+            model.side_logits.weight[128 + pitch, 128 + pitch] = 400.0
         model.side_net.weight.normal_(0, 0.5)
     p = params(seconds=1.0, top_k=1, top_p=1.0)
-    (new,) = sample_batch(model, unconditional(), p, [0], None)
+    (new,), released = sample_batch(model, unconditional(), p, [0], None, rule=False)
     seq = [PIECE_START]
     for _ in range(len(new)):
         tokens = torch.tensor([seq])
@@ -466,9 +469,13 @@ def test_a_state_input_model_samples_what_a_full_recompute_with_the_piano_state_
             logits = model(tokens, side=side)[0][0, -1]
         logits[[PIECE_START, PIECE_END]] = -torch.inf
         seq.append(int(logits.argmax()))
-    assert new.tolist() == seq[1:]
-    state = piano_state(np.array(seq))
-    assert state[:, :128].sum() > 0 and ((np.array(seq) >= 128) & (np.array(seq) < 256)).any()  # keys struck, released
+    assert new.tolist() == seq[1:] and released.tolist() == [0]
+    seq = np.array(seq)
+    assert set(seq[seq < 128].tolist()) == {60, 64, 67} and set(seq[(seq >= 128) & (seq < 256)].tolist()) == {
+        188,
+        192,
+        195,
+    }
 
 
 def test_a_samples_record_has_its_first_note_and_its_share_of_long_notes(tmp_path):
@@ -486,3 +493,38 @@ def test_only_the_first_wav_samples_get_audio(model_dir, tmp_path):
     summary = generate(model_dir, tmp_path / "out", params(samples=3, seconds=1.0, wav_samples=2))
     assert [s["wav"] for s in summary["samples"]] == ["sample-01.wav", "sample-02.wav", None]
     assert not (tmp_path / "out" / "sample-03.wav").exists() and "first 2 samples" in summary["wav"]
+
+
+def test_the_note_length_rule_releases_the_longest_held_key_once_it_has_sounded_long_enough():
+    from pipeline.music.piano_state import NoteLimit
+
+    opening = np.array([[PIECE_START, 60, TIME_SHIFT + 99, 64], [PIECE_START, 62, 65, TIME_SHIFT + 49]])
+    rule = NoteLimit(opening, seconds=1.5)  # row 0: key 60 has sounded 1 s; row 1: keys 62 and 65 0.5 s
+    assert rule(None).tolist() == [-1, -1]
+    assert rule(np.array([TIME_SHIFT + 48, TIME_SHIFT + 99])).tolist() == [-1, 128 + 62]  # 1.49 s; 1.5 s (a tie)
+    assert rule(np.array([TIME_SHIFT, 128 + 62])).tolist() == [128 + 60, 128 + 65]  # 60 at 1.5 s, not 64 (0.5 s)
+    assert rule(np.array([128 + 60, 128 + 65])).tolist() == [-1, -1]
+
+
+def test_the_stage_applies_the_rule_and_counts_what_it_changed(tmp_path):
+    """A model that strikes one key and never releases it: with the rule each sample's key is released on time,
+    and the samples made again without it (listed beside them) hold it to the end."""
+    from pipeline.music.piano_state import PIANO_STATE_SIZE
+
+    torch.manual_seed(0)
+    cfg = TransformerXLConfig(VOCAB_SIZE, n_layer=1, d_model=16, n_head=2, d_head=8, d_inner=32, tgt_len=8, mem_len=8,
+                              side_size=PIANO_STATE_SIZE)  # fmt: skip
+    model = TransformerXL(cfg)
+    with torch.no_grad():
+        model.out_bias[:] = -30.0
+        model.out_bias[60] = model.out_bias[TIME_SHIFT + 99] = 0.0  # strike 60, or wait a second
+        model.side_logits.weight[60, 60] = -60.0  # never while it sounds
+    export_model(model, tmp_path / "model")
+    summary = generate(tmp_path / "model", tmp_path / "out", params(samples=2, seconds=20.0, max_note_s=3.0))
+    assert sum(s["rule_releases"] for s in summary["samples"]) >= 3
+    for ruled, free in zip(summary["samples"], summary["without_rule"], strict=True):
+        assert ruled["rule_releases"] >= 1 and "note_held_over_10s" not in ruled["flags"]
+        assert "note_held_over_10s" in free["flags"] and "rule_releases" not in free
+        longest = max(n[1] - n[0] for n in notes_by_pretty_midi(tmp_path / "out" / ruled["midi"]))
+        assert 3.0 <= longest <= 4.0  # released at the first event after 3 s (a shift of at most 1 s)
+    assert generate(tmp_path / "model", tmp_path / "off", params(samples=1, max_note_s=0.0))["without_rule"] == []

@@ -307,3 +307,13 @@ def test_a_train_step_scores_each_piece_of_a_row_as_if_it_were_alone(tmp_path):
     unmasked = train_step(model, model, optimizer, {k: v for k, v in batch.items() if k != "seq_pos"}, [None], 1.0,
                           torch.device("cpu"))  # fmt: skip
     assert abs(float(unmasked) - float(alone)) > 1e-3  # pieces that saw each other would score otherwise
+
+
+def test_auto_precision_is_bf16_where_the_device_has_it_natively(monkeypatch):
+    import pipeline.train as stage
+
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(stage, "native_bf16", lambda device, native=native: native)
+        assert stage.train_dtype("auto", cpu) is (torch.bfloat16 if native else None)
+        assert stage.train_dtype("float32", cpu) is None and stage.train_dtype("bfloat16", cpu) is torch.bfloat16

@@ -262,3 +262,21 @@ def test_bf16_decodes_faster_times_both_and_leaves_the_model_as_it_was():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert isinstance(bf16_decodes_faster(model, rows=2, steps=2), bool)
     assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_forced_ids_replace_the_sampled_ones_and_the_rule_sees_each_steps_ids():
+    model = sharp(tiny(mem_len=40))
+    prompt = torch.randint(0, VOCAB, (2, 3))
+    free = generate(model, prompt, 12, generator=[seeded(1), seeded(2)])
+    seen = []
+
+    def forced(previous: torch.Tensor | None) -> torch.Tensor:
+        seen.append(None if previous is None else previous.clone())
+        step = len(seen) - 1
+        return torch.tensor([7, -1]) if step in (2, 5) else torch.tensor([-1, -1])
+
+    ruled = generate(model, prompt, 12, generator=[seeded(1), seeded(2)], forced=forced)
+    assert ruled[0][2] == 7 and ruled[0][5] == 7 and torch.equal(ruled[0][:2], free[0][:2])
+    assert not torch.equal(ruled[0][3:], free[0][3:])  # the model reads the forced id like its own
+    assert torch.equal(ruled[1], free[1])  # a row left free samples exactly what it would have
+    assert seen[0] is None and all(torch.equal(seen[i + 1], torch.stack([r[i] for r in ruled])) for i in range(11))
