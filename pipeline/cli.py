@@ -210,7 +210,7 @@ def generate(
     temperature: Annotated[float | None, typer.Option(help="softmax temperature, above 0 [1.0]")] = None,
     top_k: Annotated[int | None, typer.Option(help="sample among the k likeliest tokens; 0 is off [0]")] = None,
     top_p: Annotated[
-        float | None, typer.Option(help="nucleus: the likeliest tokens holding p, in (0, 1] [0.95]")
+        float | None, typer.Option(help="nucleus: the likeliest tokens holding p, in (0, 1] [0.98]")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="sample i uses seed + i [1234]")] = None,
     samples: Annotated[int | None, typer.Option(help="samples per primer [16]")] = None,

@@ -63,7 +63,7 @@ class GenerateParams:
     wav_samples: int = 4  # WAV files for the first this many samples only (each 30 s is 2.6 MB)
     temperature: float = 1.0
     top_k: int = 0  # 0: off
-    top_p: float = 0.95  # 1: off
+    top_p: float = 0.98  # 1: off
     seed: int = 1234  # sample i draws from its own generator, seeded seed + i
     primers: list = field(default_factory=list)  # validation piece ids; empty: unconditional samples
     primer_seconds: float = 10.0  # of each primer
