@@ -38,7 +38,7 @@ PRECISIONS = ("auto", "bfloat16", "float32")
 class TrainParams:
     """The `train:` section of params.yaml."""
 
-    steps: int = 4000
+    steps: int = 6000
     batch_size: int = 16  # rows in the global batch, split over processes and then over grad_accum chunks
     grad_accum: int = 1
     lr: float = 2.5e-4
