@@ -70,7 +70,7 @@ class GenerateParams:
     keep_primer: bool = True  # the output begins with the primer
     stop_at_piece_end: bool = False  # let the model end a sample early; False samples each to its full length
     max_note_s: float = 8.0  # the decoding rule: a key sounding this long is released (0: off)
-    mem_len: int | None = None  # hidden states kept per layer while sampling; None keeps the model's own
+    mem_len: int | None = None  # hidden states kept per layer while sampling; None: twice the model's own
     precision: str = "auto"  # float32, bfloat16 (weights' matmuls), or auto: bfloat16 where it pays (pick_autocast)
     device: str = "auto"  # auto, cuda or cpu
 
@@ -330,8 +330,10 @@ def generate(
     autocast = pick_autocast(p.precision, device, model, p.samples)
     if model.cfg.vocab_size != VOCAB_SIZE:
         raise PipelineError(f"{model_dir}: the model has {model.cfg.vocab_size} tokens, the encoding {VOCAB_SIZE}")
-    if p.mem_len is not None:  # how far back the sampling looks, not the weights
-        model.cfg = dataclasses.replace(model.cfg, mem_len=p.mem_len)
+    # How far back the sampling looks, not the weights. Twice the training memory by default, as the evaluation:
+    # a Transformer-XL attends well past the memory it was trained with, and the samples keep their key for longer.
+    mem_len = p.mem_len if p.mem_len is not None else min(2 * model.cfg.mem_len, MAX_MEM_LEN)
+    model.cfg = dataclasses.replace(model.cfg, mem_len=mem_len)
     synth = synthesizer()
     if isinstance(synth, str):
         print(f"generate: WAV files skipped: {synth}", flush=True)

@@ -528,3 +528,8 @@ def test_the_stage_applies_the_rule_and_counts_what_it_changed(tmp_path):
         longest = max(n[1] - n[0] for n in notes_by_pretty_midi(tmp_path / "out" / ruled["midi"]))
         assert 3.0 <= longest <= 4.0  # released at the first event after 3 s (a shift of at most 1 s)
     assert generate(tmp_path / "model", tmp_path / "off", params(samples=1, max_note_s=0.0))["without_rule"] == []
+
+
+def test_sampling_remembers_twice_the_training_memory_unless_told(model_dir, tmp_path):
+    assert generate(model_dir, tmp_path / "a", params(samples=1, seconds=0.5))["settings"]["mem_len"] == 2 * 16
+    assert generate(model_dir, tmp_path / "b", params(samples=1, seconds=0.5, mem_len=5))["settings"]["mem_len"] == 5
