@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from model import TransformerXL, TransformerXLConfig  # noqa: E402
 from model.precision import cpu_has_bf16  # noqa: E402
 from model.sampling import start_decoding  # noqa: E402
-from pipeline.music.piano_state import PIANO_STATE_SIZE, PianoState  # noqa: E402
+from pipeline.generate import piano_state_input  # noqa: E402
 
 TOKENS_PER_SECOND_OF_MUSIC = 43.0  # MAESTRO's average, when there are no token shards to measure it on
 
@@ -36,14 +36,15 @@ TOKENS_PER_SECOND_OF_MUSIC = 43.0  # MAESTRO's average, when there are no token 
 def models(model_dir: Path) -> dict[str, TransformerXL]:
     """The default-size model (params.yaml's model:, freshly initialised) and the CPU-trained one."""
     from pipeline.checkpoint import load_model
-    from pipeline.params import load_section, typed
+    from pipeline.params import load_section
+    from pipeline.train import build_model, model_section
 
     torch.manual_seed(0)
-    shape = typed(TransformerXLConfig, load_section("model", ROOT / "params.yaml"), "model")
-    side = PIANO_STATE_SIZE if load_section("model", ROOT / "params.yaml").get("state_input") else 0
-    default = TransformerXL(TransformerXLConfig(**{**shape, "vocab_size": 390, "dropout": 0.0, "side_size": side}))
+    shape = model_section(load_section("model", ROOT / "params.yaml"))
+    default = build_model({"vocab_size": 390}, {**shape, "dropout": 0.0})
+    side = default.cfg.side_size
     if (model_dir / "model.pt").is_file():
-        trained, name = load_model(model_dir), f"trained ({model_dir.name})"
+        trained, name = load_model(model_dir, side_size=side), f"trained ({model_dir.name})"
     else:
         print(f"no model at {model_dir}: a freshly initialised CPU-sized model is timed in its place")
         cfg = TransformerXLConfig(390, n_layer=4, d_model=128, n_head=4, d_head=32, d_inner=512, dropout=0.0,
@@ -71,7 +72,8 @@ def time_steps(
     """Tokens per second over `steps` decoding steps after two untimed ones (the prompt's forward is not timed)."""
     rng = torch.Generator().manual_seed(0)
     with torch.no_grad(), torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-        logits, step = start_decoding(model, prompt, decoding, window, piano_state_input(model, prompt.size(0)))
+        side = piano_state_input(prompt.size(0), prompt.device) if model.cfg.side_size else None
+        logits, step = start_decoding(model, prompt, decoding, window, side)
         tokens = torch.randint(0, logits.size(-1), (prompt.size(0), steps + 2), generator=rng)
         for i in range(2):
             step(tokens[:, i])
@@ -79,19 +81,6 @@ def time_steps(
         for i in range(2, steps + 2):
             step(tokens[:, i])
         return steps * prompt.size(0) / (time.perf_counter() - start)
-
-
-def piano_state_input(model: TransformerXL, rows: int):  # noqa: ANN201
-    """The generate stage's side input for a model that reads the piano state (None for one that does not)."""
-    if not model.cfg.side_size:
-        return None
-    state = PianoState(rows)
-
-    def side(ids: torch.Tensor) -> torch.Tensor:
-        ids = ids.numpy()
-        return torch.from_numpy(state.step(ids[:, 0])[:, None] if ids.shape[1] == 1 else state(ids))
-
-    return side
 
 
 def main() -> None:

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model import TransformerXL
 from model.precision import cpu_has_bf16
-from model.sampling import bf16_decodes_faster, check_sampling
+from model.sampling import Side, bf16_decodes_faster, check_sampling
 from model.sampling import generate as sample_tokens
 from pipeline.atomic import atomic_write_text
 from pipeline.checkpoint import load_model
@@ -189,28 +190,33 @@ def unconditional() -> Primer:
     return Primer(np.array([PIECE_START], np.int64), 0, "none")
 
 
+def piano_state_input(rows: int, device: torch.device) -> Side:
+    """The side input of a state-input model while it samples: the piano state of `rows` rows, computed for the
+    prompt at once and then one token at a time as they are sampled."""
+    state = PianoState(rows)
+
+    def side(ids: torch.Tensor) -> torch.Tensor:
+        ids = ids.cpu().numpy()
+        features = state.step(ids[:, 0])[:, None] if ids.shape[1] == 1 else state(ids)
+        return torch.from_numpy(features).to(device)
+
+    return side
+
+
 def sample_batch(
-    model,
+    model: TransformerXL,
     primer: Primer,
     p: GenerateParams,
     seeds: list[int],
-    autocast,
-    rule: bool = True,  # noqa: ANN001
+    autocast: torch.dtype | None,
+    rule: bool = True,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """`len(seeds)` continuations of `primer` in one batch, each until PIECE_END or p.seconds of new music, with the
     note-length rule when `rule` and p.max_note_s are on; and how many releases the rule imposed on each."""
     device = next(model.parameters()).device
     prompt = torch.as_tensor(primer.tokens, device=device)[None].repeat(len(seeds), 1)
     generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
-    side = None
-    if model.cfg.side_size:  # the piano state, one token at a time as they are sampled
-        state = PianoState(len(seeds))
-
-        def side(ids: torch.Tensor) -> torch.Tensor:
-            ids = ids.cpu().numpy()
-            features = state.step(ids[:, 0])[:, None] if ids.shape[1] == 1 else state(ids)
-            return torch.from_numpy(features).to(device)
-
+    side = piano_state_input(len(seeds), device) if model.cfg.side_size else None
     forced, imposed = None, []  # per step, the rows whose token the rule chose
     if rule and p.max_note_s:
         limit = NoteLimit(np.repeat(primer.tokens[None], len(seeds), axis=0), p.max_note_s)
@@ -258,8 +264,8 @@ def write_sample(  # noqa: PLR0913
     primer: Primer,
     new: np.ndarray,
     p: GenerateParams,
-    synth,
-    figures: bool = True,  # noqa: ANN001
+    synth: tuple | str | None,
+    figures: bool = True,
 ) -> dict:
     """Decode primer + new tokens and write NAME.mid, NAME.png (with `figures`) and (with a synthesizer) NAME.wav;
     return its record."""

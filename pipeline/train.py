@@ -132,7 +132,8 @@ def build_model(vocab: dict, model_params: dict) -> TransformerXL:
     """The model for a token vocabulary (vocab.json): vocab_size from it, the rest from the `model:` params, where
     `state_input: true` gives it the piano state as a side input."""
     params = dict(model_params)
-    params["side_size"] = params.get("side_size", PIANO_STATE_SIZE if params.pop("state_input", False) else 0)
+    state_input = params.pop("state_input", False)
+    params.setdefault("side_size", PIANO_STATE_SIZE if state_input else 0)  # a checkpoint's config has side_size
     try:
         return TransformerXL(TransformerXLConfig(vocab_size=int(vocab["vocab_size"]), **params))
     except (TypeError, ValueError) as exc:

@@ -1,5 +1,6 @@
-"""The report's Samples section: each sample's piano roll and files, and generated against real music as Yang & Lerch
-(2018) compare them (pipeline/music/features.py), beside real held-out against real train music as the reference."""
+"""The report's Samples section: each sample's figures, piano roll and files, and generated against real music as
+Yang & Lerch (2018) compare them (pipeline/music/features.py), beside real openings of the samples' count and length
+as the reference (the same-size reference test), with and without the note-length rule."""
 
 from __future__ import annotations
 
