@@ -11,7 +11,6 @@ Usage: python benchmarks/generate.py [--model data/model] [--tokens data/tokens]
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -25,8 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model import TransformerXL, TransformerXLConfig  # noqa: E402
-from model.precision import cpu_has_bf16  # noqa: E402
+from model import AttnSpan, TransformerXL, TransformerXLConfig  # noqa: E402
+from model.device import autocast, cpu_has_bf16, native_bf16  # noqa: E402
 from model.sampling import start_decoding  # noqa: E402
 from pipeline.generate import piano_state_input  # noqa: E402
 
@@ -35,9 +34,8 @@ TOKENS_PER_SECOND_OF_MUSIC = 43.0  # MAESTRO's average, when there are no token 
 
 def models(model_dir: Path) -> dict[str, TransformerXL]:
     """The default-size model (params.yaml's model:, freshly initialised) and the CPU-trained one."""
-    from pipeline.checkpoint import load_model
+    from pipeline.checkpoint import build_model, load_model, model_section
     from pipeline.params import load_section
-    from pipeline.train import build_model, model_section
 
     torch.manual_seed(0)
     shape = model_section(load_section("model", ROOT / "params.yaml"))
@@ -67,20 +65,29 @@ def music_rate(tokens: Path) -> tuple[float, np.ndarray | None]:
 
 
 def time_steps(
-    model: TransformerXL, prompt: torch.Tensor, decoding: str, steps: int, window: int, autocast: torch.dtype | None
+    model: TransformerXL, prompt: torch.Tensor, decoding: str, steps: int, window: int, dtype: torch.dtype | None
 ) -> float:
     """Tokens per second over `steps` decoding steps after two untimed ones (the prompt's forward is not timed)."""
     rng = torch.Generator().manual_seed(0)
-    with torch.no_grad(), torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-        side = piano_state_input(prompt.size(0), prompt.device) if model.cfg.side_size else None
-        logits, step = start_decoding(model, prompt, decoding, window, side)
-        tokens = torch.randint(0, logits.size(-1), (prompt.size(0), steps + 2), generator=rng)
+    device = prompt.device
+    with torch.no_grad(), autocast(device, dtype):
+        side = piano_state_input(prompt.size(0), device) if model.cfg.side_size else None
+        logits, step = start_decoding(model, prompt, decoding, window, side, AttnSpan(window))
+        tokens = torch.randint(0, logits.size(-1), (prompt.size(0), steps + 2), generator=rng).to(device)
         for i in range(2):
             step(tokens[:, i])
+        synchronize(device)
         start = time.perf_counter()
         for i in range(2, steps + 2):
             step(tokens[:, i])
+        synchronize(device)
         return steps * prompt.size(0) / (time.perf_counter() - start)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so that a timing covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -93,15 +100,18 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     rate, piece = music_rate(args.tokens)
-    cpu_bf16 = cpu_has_bf16()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    bf16 = native_bf16(device)
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"native bf16 on the CPU: {cpu_has_bf16()}"
     print(
         f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"{rate:.1f} tokens per second of music; native bf16 on the CPU: {cpu_bf16}"
+        f"{rate:.1f} tokens per second of music; {where}"
     )
     if piece is None or len(piece) < args.context:
         print("no validation piece long enough: the prompt is random ids")
         piece = np.random.default_rng(0).integers(0, 388, args.context)
-    # (name, decoding, autocast dtype, timed steps at batch 1): the slow peers take fewer steps, and fewer per row.
+    # (name, decoding, dtype of the weights' matmuls, timed steps at batch 1): the slow peers take fewer steps, and
+    # fewer per row.
     contenders = [
         ("recompute the window", "recompute", None, 3),
         ("plain incremental forward", "incremental", None, 8),
@@ -110,16 +120,15 @@ def main() -> None:
     ]
     rows = []
     for model_name, model in models(args.model).items():
-        model.eval()
-        model.cfg = dataclasses.replace(model.cfg, mem_len=args.context, same_length=False)
+        model.eval().to(device)
         for batch in args.batches:
-            prompt = torch.from_numpy(piece[-args.context :]).repeat(batch, 1)
+            prompt = torch.from_numpy(piece[-args.context :]).repeat(batch, 1).to(device)
             peer = None
-            for name, decoding, autocast, steps in contenders:
-                if autocast is not None and not cpu_bf16:
+            for name, decoding, dtype, steps in contenders:
+                if dtype is not None and not bf16:
                     continue
                 timed = steps if decoding == "cached" else max(1, steps // batch)
-                speed = time_steps(model, prompt, decoding, timed, args.context, autocast)
+                speed = time_steps(model, prompt, decoding, timed, args.context, dtype)
                 peer = peer or speed
                 row = {"model": model_name, "batch": batch, "contender": name, "tokens_per_s": round(speed, 2)}
                 rows.append({**row, "music_s_per_s": round(speed / rate, 3), "vs_recompute": round(speed / peer, 1)})

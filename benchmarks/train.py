@@ -1,5 +1,7 @@
 """Train-step throughput of the Transformer-XL: tokens/s, model FLOPs utilisation and peak memory per precision and
-compile setting, each against eager float32 on the same model, batch and machine in the same run.
+compile setting, each against eager float32 on the same model, batch and machine in the same run. On a GPU it also
+gives the activations' peak per layer (the step's peak above the weights, gradients and optimiser state, over
+n_layer), where eager and compiled attention differ most.
 
 Usage: python benchmarks/train.py [--params params.yaml] [--tokens data/tokens] [--steps 30] [--warmup 8]
                                    [--batch-size N] [--peak-tflops T] [--json results.json]
@@ -48,7 +50,7 @@ ONE_RUN_OPTIONS = ("params", "tokens", "steps", "warmup", "batch_size", "peak_tf
 
 def settings_for(cuda: bool) -> list[str]:
     """The settings worth measuring on this machine (bf16 on a CPU only where it is native)."""
-    from model.precision import cpu_has_bf16
+    from model.device import cpu_has_bf16
 
     if cuda:
         return ["eager float32", "eager float32 + TF32", "eager bf16", "compiled bf16"]
@@ -68,9 +70,11 @@ def measure(setting: str, args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
+    from pipeline import cpu_profile
+    from pipeline.checkpoint import build_model, model_section
     from pipeline.params import load_section, typed
     from pipeline.segments import PieceStore, Segment, SegmentStream, load_vocab
-    from pipeline.train import TrainParams, build_model, limit_for_cpu, model_section, segment_tensors, train_step
+    from pipeline.train import TrainParams, segment_tensors, train_step
 
     bf16, compiled, tf32 = SETTINGS[setting]
     cuda = torch.cuda.is_available()
@@ -78,8 +82,8 @@ def measure(setting: str, args: argparse.Namespace) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     model_params = model_section(load_section("model", args.params))
     p = TrainParams(**typed(TrainParams, load_section("train", args.params), "train"))
-    if not cuda:
-        model_params, p, _ = limit_for_cpu(model_params, p)
+    if cpu_profile.applies(p.profile, device):
+        model_params, p, _ = cpu_profile.for_training(model_params, p)
     batch_size = args.batch_size or p.batch_size
     tokens = Path(args.tokens)
     vocab = load_vocab(tokens) if (tokens / "vocab.json").is_file() else {"vocab_size": 390}
@@ -113,6 +117,7 @@ def measure(setting: str, args: argparse.Namespace) -> dict:
     float(loss)
     if cuda:
         torch.cuda.synchronize()
+        resident = torch.cuda.memory_allocated()  # weights, optimiser state and memories, between steps
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     for _ in range(args.steps):
@@ -129,6 +134,7 @@ def measure(setting: str, args: argparse.Namespace) -> dict:
         "tflops": tokens_per_s * flops / 1e12,
         "mfu": tokens_per_s * flops / peak if peak else None,
         "peak_memory_gib": memory / 2**30,
+        "activations_per_layer_mib": (memory - resident) / cfg.n_layer / 2**20 if cuda else None,
         "loss": final_loss,
         "batch": f"{batch_size} × {cfg.tgt_len} (mem_len {cfg.mem_len})",
         "model": f"{cfg.n_layer} layers, d_model {cfg.d_model}, {model.num_params() / 1e6:.1f} M parameters",
@@ -189,14 +195,16 @@ def main() -> None:
     print(f"model: {first['model']}; batch {first['batch']}; {first['flops_per_token'] / 1e6:.0f} MFLOP per token")
     print(f"batches from {first['source']}; {args.steps} timed steps after {args.warmup} warm-up steps\n")
     peer = next((r["tokens_per_s"] for r in results if r["setting"] == PEER), None)
-    print("| setting | tokens/s | vs eager float32 | TFLOP/s | MFU (bf16 peak) | peak memory |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| setting | tokens/s | vs eager float32 | TFLOP/s | MFU (bf16 peak) | peak memory | activations per layer |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
         ratio = f"{r['tokens_per_s'] / peer:.2f}×" if peer else "n/a"
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+        per_layer = r.get("activations_per_layer_mib")
+        per_layer = f"{per_layer:,.0f} MiB" if per_layer is not None else "n/a (CPU)"
         print(
             f"| {r['setting']} | {r['tokens_per_s']:,.0f} | {ratio} | {r['tflops']:.2f} | {mfu} | "
-            f"{r['peak_memory_gib']:.2f} GiB |"
+            f"{r['peak_memory_gib']:.2f} GiB | {per_layer} |"
         )
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": first["machine"], "results": results}, indent=2))

@@ -19,13 +19,16 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from model.transformer_xl import TransformerXL
+from model.device import autocast
+from model.transformer_xl import AttnSpan, TransformerXL
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 Decoder = Callable[[torch.Tensor], torch.Tensor]  # the ids just sampled [b] -> the next logits [b, vocab]
 # A model's side input for ids [b, t] that follow those it was given before: [b, t, side_size]. It is called once
 # with the prompt, then with each step's sampled ids [b, 1], so it may keep state from call to call.
 Side = Callable[[torch.Tensor], torch.Tensor]
+DRAW_BLOCK = 256  # steps of uniform numbers each row's generator draws at once
+DONE_EVERY = 16  # steps between checks for whether every row has ended (each check waits for the device)
 
 
 def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
@@ -58,14 +61,40 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
     return logits
 
 
+class Draws:
+    """Uniform numbers in [0, 1), one per row and step; with a list of generators, row i's come from generators[i]
+    alone, so a sample does not depend on the rows beside it. Each generator draws `block` steps at once, so that a
+    step costs one call for all rows, not one per row."""
+
+    def __init__(self, generator: Generators, rows: int, device: torch.device, block: int = DRAW_BLOCK) -> None:
+        if not (generator is None or isinstance(generator, torch.Generator)) and len(generator) != rows:
+            raise ValueError(f"{len(generator)} generators for {rows} rows")
+        self.generator, self.rows, self.device, self.block = generator, rows, device, block
+        self.drawn, self.used = torch.empty(rows, 0, device=device), 0
+
+    def __call__(self) -> torch.Tensor:
+        if self.used == self.drawn.size(1):
+            g, shape = self.generator, (self.rows, self.block)
+            if g is None or isinstance(g, torch.Generator):
+                self.drawn = torch.rand(shape, generator=g, device=self.device)
+            else:
+                self.drawn = torch.stack([torch.rand(self.block, generator=gi, device=self.device) for gi in g])
+            self.used = 0
+        self.used += 1
+        return self.drawn[:, self.used - 1]
+
+
+def draw(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """One id per row of logits [b, vocab], with its softmax probability, from one uniform number per row [b]: the
+    first id whose cumulative probability reaches 1 - uniform (inverse transform sampling, all rows in one call)."""
+    cdf = F.softmax(logits.float(), dim=-1).cumsum(dim=-1)
+    target = (1 - uniform.float())[:, None] * cdf[:, -1:]  # in (0, total]: an id of probability 0 is never reached
+    return torch.searchsorted(cdf, target)[:, 0].clamp(max=logits.size(-1) - 1)
+
+
 def sample(logits: torch.Tensor, generator: Generators = None) -> torch.Tensor:
     """One id per row of logits [b, vocab]; with a list of generators, row i draws from generators[i] only."""
-    probs = F.softmax(logits.float(), dim=-1)
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.multinomial(probs, 1, generator=generator)[:, 0]
-    if len(generator) != len(probs):
-        raise ValueError(f"{len(generator)} generators for {len(probs)} rows")
-    return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generator, strict=True)])
+    return draw(logits, Draws(generator, logits.size(0), logits.device, block=1)())
 
 
 def _side_of(side: Side | None, tokens: torch.Tensor) -> torch.Tensor | None:
@@ -73,34 +102,34 @@ def _side_of(side: Side | None, tokens: torch.Tensor) -> torch.Tensor | None:
 
 
 def _prefill(
-    model: TransformerXL, prompt: torch.Tensor, side: torch.Tensor | None
+    model: TransformerXL, prompt: torch.Tensor, side: torch.Tensor | None, span: AttnSpan
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The prompt in segments of tgt_len, each with the memory of those before: the last logits and the memory."""
     mems, n = None, model.cfg.tgt_len
     for start in range(0, prompt.size(1), n):
         segment_side = None if side is None else side[:, start : start + n]
-        logits, _, mems = model(prompt[:, start : start + n], mems=mems, side=segment_side)
+        logits, _, mems = model(prompt[:, start : start + n], mems=mems, side=segment_side, span=span)
     return logits[:, -1], mems
 
 
-def _cached(model: TransformerXL, prompt: torch.Tensor, window: int | None, side: Side | None):  # noqa: ANN202
-    logits, mems = _prefill(model, prompt, _side_of(side, prompt))
-    cache = model.decode_cache(mems)
+def _cached(model: TransformerXL, prompt: torch.Tensor, window: int | None, side: Side | None, span: AttnSpan):  # noqa: ANN202
+    logits, mems = _prefill(model, prompt, _side_of(side, prompt), span)
+    cache = model.decode_cache(mems, span)
     return logits, lambda tokens: model.step(tokens, cache, _side_of(side, tokens[:, None]))
 
 
-def _incremental(model: TransformerXL, prompt: torch.Tensor, window: int | None, side: Side | None):  # noqa: ANN202
-    logits, mems = _prefill(model, prompt, _side_of(side, prompt))
+def _incremental(model: TransformerXL, prompt: torch.Tensor, window: int | None, side: Side | None, span: AttnSpan):  # noqa: ANN202
+    logits, mems = _prefill(model, prompt, _side_of(side, prompt), span)
 
     def step(tokens: torch.Tensor) -> torch.Tensor:
         nonlocal mems
-        out, _, mems = model(tokens[:, None], mems=mems, side=_side_of(side, tokens[:, None]))
+        out, _, mems = model(tokens[:, None], mems=mems, side=_side_of(side, tokens[:, None]), span=span)
         return out[:, -1]
 
     return logits, step
 
 
-def _recompute(model: TransformerXL, prompt: torch.Tensor, window: int | None, side: Side | None):  # noqa: ANN202
+def _recompute(model: TransformerXL, prompt: torch.Tensor, window: int | None, side: Side | None, span: AttnSpan):  # noqa: ANN202
     seq, seq_side = prompt, _side_of(side, prompt)
 
     def step(tokens: torch.Tensor | None) -> torch.Tensor:
@@ -110,7 +139,7 @@ def _recompute(model: TransformerXL, prompt: torch.Tensor, window: int | None, s
             if seq_side is not None:
                 seq_side = torch.cat([seq_side, side(tokens[:, None])], dim=1)
         keep = slice(None) if window is None else slice(-window, None)
-        return model(seq[:, keep], side=None if seq_side is None else seq_side[:, keep])[0][:, -1]
+        return model(seq[:, keep], side=None if seq_side is None else seq_side[:, keep], span=span)[0][:, -1]
 
     return step(None), step
 
@@ -125,11 +154,13 @@ def start_decoding(
     decoding: str = "cached",
     window: int | None = None,
     side: Side | None = None,
+    span: AttnSpan | None = None,
 ) -> tuple[torch.Tensor, Decoder]:
-    """The logits after `prompt` [b, p], and a function from the ids sampled next [b] to the logits after them."""
+    """The logits after `prompt` [b, p], and a function from the ids sampled next [b] to the logits after them;
+    `span` sets how far attention reaches (default: the model's config)."""
     if decoding not in _DECODERS:
         raise ValueError(f"decoding must be one of {', '.join(DECODINGS)}, not {decoding!r}")
-    return _DECODERS[decoding](model, prompt, window, side)
+    return _DECODERS[decoding](model, prompt, window, side, span or model.cfg.span())
 
 
 @torch.no_grad()
@@ -147,20 +178,22 @@ def generate(
     banned: Sequence[int] = (),
     decoding: str = "cached",
     window: int | None = None,
-    autocast: torch.dtype | None = None,
+    dtype: torch.dtype | None = None,
     side: Side | None = None,
     forced: Callable[[torch.Tensor | None], torch.Tensor] | None = None,
+    span: AttnSpan | None = None,
 ) -> list[torch.Tensor]:
     """Continue every row of `prompt` [b, p] (p ≥ 1) by up to max_new_tokens sampled ids; return each row's new ids.
 
     A row ends with `stop_token`, or when `stop`, called once per step with the ids just sampled [b], returns True
-    for it (a stateful predicate, such as a clock); the loop ends when every row has ended. Ids in `banned` are never
-    sampled (the others' probabilities are renormalised). `decoding` picks how the
-    logits are computed (see the module docstring), `window` caps the recompute's context, `autocast` runs the
-    weight matrices in that dtype (bf16) while attention and the memory keep the model's own, and `side` gives a
-    model with a side input that input (see `Side`). `forced`, called each step with the ids of the step before
-    (None at the first), returns ids [b] to emit in place of the sampled ones, -1 where a row samples: a rule the
-    caller imposes, whose ids the model then reads like any other.
+    for it (a stateful predicate, such as a clock); the loop ends once every row has ended (checked every DONE_EVERY
+    steps, so that the host seldom waits for the device). Ids in `banned` are never sampled (the others'
+    probabilities are renormalised). `decoding` picks how the logits are computed (see the module docstring),
+    `window` caps the recompute's context, `dtype` runs the weight matrices under autocast to it (bf16) while
+    attention and the memory keep the model's own, `span` sets how far attention reaches, and `side` gives a model
+    with a side input that input (see `Side`). `forced`, called each step with the ids of the step before (None at
+    the first), returns ids [b] to emit in place of the sampled ones, -1 where a row samples: a rule the caller
+    imposes, whose ids the model then reads like any other.
     """
     check_sampling(temperature, top_k, top_p)
     if prompt.dim() != 2 or prompt.size(1) < 1:
@@ -170,13 +203,14 @@ def generate(
     new = torch.zeros(b, max(max_new_tokens, 0), dtype=torch.long, device=device)
     length = torch.full((b,), new.size(1), dtype=torch.long, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
-    with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-        logits, step = start_decoding(model, prompt, decoding, window, side)
+    draws = Draws(generator, b, device)
+    with autocast(device, dtype):
+        logits, step = start_decoding(model, prompt, decoding, window, side, span)
         banned_ids = torch.as_tensor(list(banned), dtype=torch.long, device=device)
         for i in range(new.size(1)):
             if len(banned_ids):
                 logits = logits.index_fill(-1, banned_ids, float("-inf"))
-            tokens = sample(filter_logits(logits, temperature, top_k, top_p), generator)
+            tokens = draw(filter_logits(logits, temperature, top_k, top_p), draws())
             if forced is not None:
                 rule = forced(new[:, i - 1] if i else None).to(device)
                 tokens = torch.where(rule >= 0, rule, tokens)
@@ -186,7 +220,7 @@ def generate(
                 ended |= stop(tokens).to(device)
             length = torch.where(ended & ~done, i + 1, length)
             done |= ended
-            if i + 1 == new.size(1) or bool(done.all()):
+            if i + 1 == new.size(1) or ((i + 1) % DONE_EVERY == 0 and bool(done.all())):
                 break
             logits = step(tokens)
     return [new[row, : length[row]] for row in range(b)]
@@ -204,7 +238,7 @@ def bf16_decodes_faster(model: torch.nn.Module, rows: int, steps: int = 24, prom
     was_training = model.training
     model.eval()
     for dtype in (None, torch.bfloat16, None, torch.bfloat16):  # twice each, alternating: the second pair counts
-        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        with autocast(device, dtype):
             _, step = start_decoding(model, prompt.to(device), "cached", side=side)
             ids = prompt[:, -1].to(device)
             for _ in range(steps):

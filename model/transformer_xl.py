@@ -15,6 +15,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
+@dataclass(frozen=True)
+class AttnSpan:
+    """How far attention reaches: the memory kept per layer, whether every query sees as many keys, and the distance
+    beyond which relative positions share one encoding. Evaluation and sampling may reach further than training did
+    (the paper evaluates with a longer memory); the weights are the same."""
+
+    mem_len: int
+    same_length: bool = False
+    clamp_len: int = -1
+
+
 @dataclass
 class TransformerXLConfig:
     """Model shape and regularisation; `vocab_size` comes from the tokens' vocab.json."""
@@ -43,18 +54,24 @@ class TransformerXLConfig:
         if self.vocab_size < 1 or self.n_layer < 1 or self.tgt_len < 1 or self.mem_len < 0 or self.side_size < 0:
             raise ValueError(f"invalid model shape: {self}")
 
+    def span(self) -> AttnSpan:
+        """The attention span the model was configured (and trained) with."""
+        return AttnSpan(self.mem_len, self.same_length, self.clamp_len)
+
 
 class PositionalEmbedding(nn.Module):
     """Sinusoid encodings of relative distances (the paper's R)."""
 
     def __init__(self, d_model: int) -> None:
         super().__init__()
-        inv_freq = 1 / (10000 ** (torch.arange(0.0, d_model, 2.0) / d_model))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.d_model = d_model
 
     def forward(self, pos_seq: torch.Tensor) -> torch.Tensor:
-        sinusoid = torch.outer(pos_seq, self.inv_freq.to(pos_seq.dtype))
-        return torch.cat([sinusoid.sin(), sinusoid.cos()], dim=-1)  # [klen, d_model]
+        # Always in float32, whatever the weights' dtype: bf16 holds distances above 256 only to multiples of 2 to 8.
+        pos_seq = pos_seq.float()
+        inv_freq = 1 / (10000 ** (torch.arange(0.0, self.d_model, 2.0, device=pos_seq.device) / self.d_model))
+        sinusoid = torch.outer(pos_seq, inv_freq)
+        return torch.cat([sinusoid.sin(), sinusoid.cos()], dim=-1)  # [klen, d_model] float32
 
 
 def _rel_shift(x: torch.Tensor) -> torch.Tensor:
@@ -116,11 +133,12 @@ class RelPartialLearnableMultiHeadAttn(nn.Module):
     def _attend(self, q, k, v, r_head_k, r_w_bias, r_r_bias, attn_mask):  # noqa: ANN001, ANN202
         """Attention of queries [b, h, qlen, d] over keys and values [b, h, klen, d]; the result is [b, h, qlen, d]."""
         # (b) + (d): content-independent and global position terms, shifted to key positions.
-        bd = torch.einsum("bhid,jhd->bhij", q + r_r_bias[:, None], r_head_k)
+        # The biases join the queries in the queries' dtype: a float32 bias would promote bf16 queries to float32.
+        bd = torch.einsum("bhid,jhd->bhij", q + r_r_bias.to(q.dtype)[:, None], r_head_k)
         bias = (_rel_shift(bd) * self.scale).masked_fill(attn_mask, float("-inf"))
         # (a) + (c): the content terms, with r_w_bias folded into the query.
         return F.scaled_dot_product_attention(
-            q + r_w_bias[:, None],
+            q + r_w_bias.to(q.dtype)[:, None],
             k,
             v,
             attn_mask=bias.to(q.dtype),
@@ -153,13 +171,13 @@ class DecodeCache:
     """
 
     def __init__(
-        self, keys: list[torch.Tensor], values: list[torch.Tensor], r_head_k: list[torch.Tensor], mem_len: int
+        self, keys: list[torch.Tensor], values: list[torch.Tensor], r_head_k: list[torch.Tensor], span: AttnSpan
     ) -> None:
         b, h, mlen, d = keys[0].shape
-        self.mem_len, self.length, self.start = mem_len, mlen, 0
+        self.span, self.mem_len, self.length, self.start = span, span.mem_len, mlen, 0
         self.r_head_k = r_head_k  # per layer [mem_len + 1, h, d]: distances mem_len ... 0
         self.attn_mask = torch.zeros(1, mlen + 1, dtype=torch.bool, device=keys[0].device)  # set by each step
-        size = 2 * (mem_len + 1)
+        size = 2 * (self.mem_len + 1)
         self.keys = [k.new_zeros(b, h, size, d) for k in keys]
         self.values = [v.new_zeros(b, h, size, d) for v in values]
         for buffer, kept in zip(self.keys + self.values, keys + values, strict=True):
@@ -252,13 +270,15 @@ class TransformerXL(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def init_mems(self, batch_size: int) -> list[torch.Tensor]:
-        """Empty memories, one per layer input."""
+    def init_mems(self, batch_size: int, length: int = 0) -> list[torch.Tensor]:
+        """Memories of `length` zero states, one per layer input: empty by default. A full-length one keeps every
+        segment's shapes the same (no recompile for the first under torch.compile); a caller that passes one must
+        mask it out with seq_pos, which hides every key before a sequence's first token."""
         p = self.word_emb.weight
-        return [p.new_zeros(batch_size, 0, self.cfg.d_model) for _ in range(self.cfg.n_layer + 1)]
+        return [p.new_zeros(batch_size, length, self.cfg.d_model) for _ in range(self.cfg.n_layer + 1)]
 
     def _attn_mask(
-        self, qlen: int, mlen: int, device: torch.device, seq_pos: torch.Tensor | None = None
+        self, qlen: int, mlen: int, device: torch.device, span: AttnSpan, seq_pos: torch.Tensor | None = None
     ) -> torch.Tensor:
         """True where a query may not look: the future, with same_length keys older than mem_len, and with seq_pos
         [b, qlen] keys more than seq_pos positions back (before the query's sequence began). [qlen, klen], or
@@ -266,8 +286,8 @@ class TransformerXL(nn.Module):
         klen = mlen + qlen
         ones = torch.ones(qlen, klen, dtype=torch.bool, device=device)
         mask = torch.triu(ones, diagonal=1 + mlen)
-        if self.cfg.same_length:
-            mask_len = klen - self.cfg.mem_len
+        if span.same_length:
+            mask_len = klen - span.mem_len
             mask_shift_len = qlen - mask_len if mask_len > 0 else qlen
             mask = mask | torch.tril(ones, diagonal=-mask_shift_len)
         if seq_pos is not None:
@@ -275,11 +295,12 @@ class TransformerXL(nn.Module):
             mask = (mask | (distance > seq_pos[:, :, None]))[:, None]
         return mask
 
-    def _update_mems(self, hids: list[torch.Tensor], mems: list[torch.Tensor]) -> list[torch.Tensor]:
+    @staticmethod
+    def _update_mems(hids: list[torch.Tensor], mems: list[torch.Tensor], mem_len: int) -> list[torch.Tensor]:
         """Keep the last mem_len hidden states of each layer input; no gradient flows into the memory."""
         with torch.no_grad():
             return [
-                torch.cat([m, h], dim=1)[:, -self.cfg.mem_len :].detach() if self.cfg.mem_len else m[:, :0]
+                torch.cat([m, h], dim=1)[:, -mem_len:].detach() if mem_len else m[:, :0]
                 for h, m in zip(hids, mems, strict=True)
             ]
 
@@ -290,26 +311,25 @@ class TransformerXL(nn.Module):
         mems: list[torch.Tensor] | None = None,
         side: torch.Tensor | None = None,
         seq_pos: torch.Tensor | None = None,
+        span: AttnSpan | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
         """Logits for tokens [batch, qlen] given the memory; with targets also the mean cross-entropy (nats).
 
         `side` [batch, qlen, side_size] is the side input of each position. `seq_pos` [batch, qlen] is each token's
         position in its own sequence (0 at its first token), where sequences lie end to end in a row: a query then
         attends to nothing before its sequence began, in the segment or the memory, as if it had started from an
-        empty memory. Returns (logits, loss, new_mems). Feeding one token at a time with the returned memory is the
-        incremental forward used for generation.
+        empty memory. `span` sets how far attention reaches (default: the config's). Returns (logits, loss,
+        new_mems). Feeding one token at a time with the returned memory is the incremental forward used for generation.
         """
         b, qlen = tokens.shape
+        span = span or self.cfg.span()
         if mems is None:
             mems = self.init_mems(b)
         mlen = mems[0].size(1)
         klen = mlen + qlen
         word_emb = self._embed(tokens, side)
-        pos_seq = torch.arange(klen - 1, -1, -1.0, device=tokens.device, dtype=word_emb.dtype)
-        if self.cfg.clamp_len > 0:
-            pos_seq = pos_seq.clamp(max=self.cfg.clamp_len)
-        r = self.drop(self.pos_emb(pos_seq))
-        attn_mask = self._attn_mask(qlen, mlen, tokens.device, seq_pos)
+        r = self.drop(self._positions(klen, span.clamp_len, tokens.device))
+        attn_mask = self._attn_mask(qlen, mlen, tokens.device, span, seq_pos)
 
         core_out = self.drop(word_emb)
         hids = [core_out]
@@ -321,7 +341,14 @@ class TransformerXL(nn.Module):
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
-        return logits, loss, self._update_mems(hids, mems)
+        return logits, loss, self._update_mems(hids, mems, span.mem_len)
+
+    def _positions(self, klen: int, clamp_len: int, device: torch.device) -> torch.Tensor:
+        """Encodings [klen, d_model] of the distances klen-1 ... 0, computed in float32, in the weights' dtype."""
+        pos_seq = torch.arange(klen - 1, -1, -1.0, device=device)
+        if clamp_len > 0:
+            pos_seq = pos_seq.clamp(max=clamp_len)
+        return self.pos_emb(pos_seq).to(self.word_emb.weight.dtype)
 
     def _embed(self, tokens: torch.Tensor, side: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings [b, t, d_model], plus the side input's projection when the model has one."""
@@ -342,25 +369,22 @@ class TransformerXL(nn.Module):
         return logits if side is None else logits + self.side_logits(side.to(core_out.dtype))
 
     @torch.no_grad()
-    def decode_cache(self, mems: list[torch.Tensor]) -> DecodeCache:
-        """A cache for step(), holding the keys and values of `mems` (the memory forward() returns)."""
-        c = self.cfg
-        pos_seq = torch.arange(c.mem_len, -1, -1.0, device=mems[0].device, dtype=mems[0].dtype)
-        if c.clamp_len > 0:
-            pos_seq = pos_seq.clamp(max=c.clamp_len)
-        r = self.pos_emb(pos_seq)
+    def decode_cache(self, mems: list[torch.Tensor], span: AttnSpan | None = None) -> DecodeCache:
+        """A cache for step(), holding the keys and values of `mems` (the memory forward() returns with `span`)."""
+        c, span = self.cfg, span or self.cfg.span()
+        r = self._positions(span.mem_len + 1, span.clamp_len, mems[0].device).to(mems[0].dtype)
         attn = [layer.dec_attn for layer in self.layers]
         with torch.autocast(mems[0].device.type, enabled=False):  # the cache keeps the memory's precision
             keys, values = zip(*(a.project_memory(m) for a, m in zip(attn, mems, strict=False)), strict=True)
             r_head_k = [a.r_net(r).view(-1, c.n_head, c.d_head) for a in attn]
-        return DecodeCache(list(keys), list(values), r_head_k, c.mem_len)
+        return DecodeCache(list(keys), list(values), r_head_k, span)
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, cache: DecodeCache, side: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [batch, vocab] for the next token after `tokens` [batch] (with its side input [batch, 1,
         side_size]), one position past the cache, which moves on by one: the incremental forward at a cost that does
         not grow with the memory's projections."""
-        cache.attn_mask = self._attn_mask(1, cache.length, tokens.device)
+        cache.attn_mask = self._attn_mask(1, cache.length, tokens.device, cache.span)
         core_out = self._embed(tokens[:, None], side)
         for i, layer in enumerate(self.layers):
             core_out = layer.step(core_out, cache, i, self.r_w_bias, self.r_r_bias)

@@ -1,20 +1,23 @@
-"""Checkpoints and trained weights: written atomically, read with torch.load(weights_only=True) so a file runs no code.
+"""The model from its params, checkpoints and trained weights: written atomically, read with
+torch.load(weights_only=True) so that a file runs no code.
 
 `data/checkpoints/last.pt` holds everything a resumed run needs; `data/model/` holds the weights and config.json.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from model import TransformerXL, TransformerXLConfig
 from pipeline.atomic import atomic_dir, atomic_path
 from pipeline.errors import PipelineError
+from pipeline.music.piano_state import PIANO_STATE_SIZE
+from pipeline.params import typed
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -23,37 +26,78 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: Path, config: dict, params: dict) -> dict | None:
-    """The checkpoint to resume, or None to start afresh (none there, or one trained with other params)."""
+def read_checkpoint(path: Path) -> dict | None:
+    """The checkpoint at `path`, or None when there is none; an unreadable one is a PipelineError."""
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 (a truncated or foreign file: say which and how to recover)
         raise PipelineError(f"{path}: unreadable checkpoint ({exc}); delete it to train afresh") from exc
-    if state["config"]["vocab_size"] != config["vocab_size"]:
-        raise PipelineError(
-            f"{path}: checkpoint vocabulary has {state['config']['vocab_size']} tokens, the tokens' vocab.json "
-            f"{config['vocab_size']}; delete the checkpoint to train afresh"
-        )
-    if state["config"] != config or state["params"] != params:
-        print(f"train: {path} was trained with other model or train params; starting afresh")
-        return None
-    return state
 
 
-def write_checkpoint(path: Path, training: dict, mems: list, rank: int, world: int, device: torch.device) -> None:
-    """Gather every rank's memory and RNG states, and let rank 0 write one checkpoint with `training`'s entries."""
-    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None  # dropout's, on a GPU
-    rng = {"cpu": torch.get_rng_state(), "cuda": cuda_rng}
-    local = {"mems": [None if m is None else [t.detach().cpu() for t in m] for m in mems], "rng": rng}
-    gathered: list = [None] * world
-    if world > 1:
-        dist.all_gather_object(gathered, local)
-    else:
-        gathered = [local]
-    if rank == 0:
-        save_checkpoint(path, {**training, "mems": [g["mems"] for g in gathered], "rng": [g["rng"] for g in gathered]})
+def set_aside(path: Path) -> Path:
+    """Move a checkpoint that will not be resumed to NAME.prev.pt beside it (replacing an older one), so that a new
+    run never overwrites a run's state."""
+    kept = path.with_name(f"{path.stem}.prev{path.suffix}")
+    path.replace(kept)
+    return kept
+
+
+def rank_state(mems: list, device: torch.device) -> dict:
+    """What a checkpoint keeps of each process: its memories and its RNG states (dropout's, on a GPU the CUDA one)."""
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return {
+        "mems": [None if m is None else [t.detach().cpu() for t in m] for m in mems],
+        "rng": {"cpu": torch.get_rng_state(), "cuda": cuda_rng},
+    }
+
+
+def write_checkpoint(path: Path, training: dict, ranks: list[dict]) -> None:
+    """One checkpoint of `training`'s entries and every process's `rank_state`, in rank order."""
+    save_checkpoint(path, {**training, "mems": [r["mems"] for r in ranks], "rng": [r["rng"] for r in ranks]})
+
+
+def model_section(values: dict) -> dict:
+    """The `model:` section of params.yaml typed: TransformerXLConfig's keys and `state_input` (a bool)."""
+    values = dict(values)
+    state_input = values.pop("state_input", False)
+    if not isinstance(state_input, bool):
+        raise PipelineError(f"model.state_input must be true or false, not {state_input!r}")
+    return {**typed(TransformerXLConfig, values, "model"), "state_input": state_input}
+
+
+def build_model(vocab: dict, model_params: dict) -> TransformerXL:
+    """The model for a token vocabulary (vocab.json): vocab_size from it, the rest from the `model:` params, where
+    `state_input: true` gives it the piano state as a side input."""
+    params = dict(model_params)
+    state_input = params.pop("state_input", False)
+    params.setdefault("side_size", PIANO_STATE_SIZE if state_input else 0)  # a checkpoint's config has side_size
+    try:
+        return TransformerXL(TransformerXLConfig(vocab_size=int(vocab["vocab_size"]), **params))
+    except (TypeError, ValueError) as exc:
+        raise PipelineError(f"model params: {exc}") from exc
+
+
+def tokens_fingerprint(tokens: Path) -> str:
+    """A sha256 over every file of the token folder: a checkpoint resumes only on the data it was trained on."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(tokens).rglob("*")):
+        if path.is_file():
+            digest.update(path.relative_to(tokens).as_posix().encode() + b"\0")
+            with path.open("rb") as f:
+                while block := f.read(1 << 22):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def changes(saved: dict, now: dict) -> list[str]:
+    """'key old → new' for each key whose value differs (the data by name only: its fingerprint says nothing)."""
+    return [
+        "the token data" if key == "data" else f"{key} {saved.get(key)} → {now.get(key)}"
+        for key in sorted(set(saved) | set(now))
+        if saved.get(key) != now.get(key)
+    ]
 
 
 def export_model(model: TransformerXL, out: Path) -> None:

@@ -8,6 +8,10 @@ from typing import Annotated
 
 import typer
 
+from pipeline.generate_params import GenerateParams
+
+DEFAULTS = GenerateParams()  # the generate: values a run gets when neither params.yaml nor an option sets them
+
 app = typer.Typer(
     help="MAESTRO v3 to a Transformer-XL piano composer, one pipeline stage per command (see dvc.yaml).",
     no_args_is_help=True,
@@ -16,6 +20,16 @@ app = typer.Typer(
 )
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="params file whose stage section is read")]
+
+
+def _default(value: object) -> str:
+    """A help text's bracketed default, escaped where Typer reads help texts as Rich markup ([auto] is a style tag)."""
+    text = f"[{value:g}]" if isinstance(value, float) else f"[{value}]"
+    if app.rich_markup_mode != "rich":
+        return text
+    from rich.markup import escape
+
+    return escape(text)
 
 
 def _fail(message: str) -> None:
@@ -162,8 +176,9 @@ def train(
     natively (train.precision), the same code. SIGTERM or SIGINT saves a checkpoint and stops; the next run resumes
     exactly there. Under torchrun it trains with DDP.
     """
+    from pipeline.checkpoint import model_section
     from pipeline.params import load_section, typed
-    from pipeline.train import TrainParams, model_section
+    from pipeline.train import TrainParams
     from pipeline.train import train as run_train
 
     model_params = _run(model_section, _run(load_section, "model", params))
@@ -205,20 +220,65 @@ def evaluate(
 def generate(
     model: Annotated[Path, typer.Option(help="trained model folder (model.pt, config.json)")] = Path("data/model"),
     primer: Annotated[Path | None, typer.Option(help="MIDI file whose opening the samples continue")] = None,
-    primer_seconds: Annotated[float | None, typer.Option(help="seconds of the primer to keep [10]")] = None,
-    seconds: Annotated[float | None, typer.Option(help="seconds of new music per sample [30]")] = None,
-    temperature: Annotated[float | None, typer.Option(help="softmax temperature, above 0 [1.0]")] = None,
-    top_k: Annotated[int | None, typer.Option(help="sample among the k likeliest tokens; 0 is off [0]")] = None,
-    top_p: Annotated[
-        float | None, typer.Option(help="nucleus: the likeliest tokens holding p, in (0, 1] [0.98]")
+    primer_seconds: Annotated[
+        float | None, typer.Option(help=f"seconds of the primer to keep {_default(DEFAULTS.primer_seconds)}")
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="sample i uses seed + i [1234]")] = None,
-    samples: Annotated[int | None, typer.Option(help="samples per primer [16]")] = None,
+    keep_primer: Annotated[
+        bool | None,
+        typer.Option(
+            "--keep-primer/--drop-primer",
+            help="begin each output with its primer, or leave the primer out "
+            f"{_default('--keep-primer' if DEFAULTS.keep_primer else '--drop-primer')}",
+            show_default=False,
+        ),
+    ] = None,
+    seconds: Annotated[
+        float | None, typer.Option(help=f"seconds of new music per sample {_default(DEFAULTS.seconds)}")
+    ] = None,
+    stop_at_piece_end: Annotated[
+        bool | None,
+        typer.Option(
+            "--stop-at-piece-end/--play-to-length",
+            help="let the model end a sample early, or sample each to its full length "
+            f"{_default('--stop-at-piece-end' if DEFAULTS.stop_at_piece_end else '--play-to-length')}",
+            show_default=False,
+        ),
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help=f"softmax temperature, above 0 {_default(DEFAULTS.temperature)}")
+    ] = None,
+    top_k: Annotated[
+        int | None, typer.Option(help=f"sample among the k likeliest tokens; 0 is off {_default(DEFAULTS.top_k)}")
+    ] = None,
+    top_p: Annotated[
+        float | None,
+        typer.Option(help=f"nucleus: the likeliest tokens holding p, in (0, 1] {_default(DEFAULTS.top_p)}"),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help=f"sample i uses seed + i {_default(DEFAULTS.seed)}")] = None,
+    samples: Annotated[int | None, typer.Option(help=f"samples per primer {_default(DEFAULTS.samples)}")] = None,
+    wav_samples: Annotated[
+        int | None,
+        typer.Option(help=f"render WAV for the first this many samples only {_default(DEFAULTS.wav_samples)}"),
+    ] = None,
     max_note_s: Annotated[
-        float | None, typer.Option(help="release a key sounding this many seconds; 0 is off [8]")
+        float | None,
+        typer.Option(help=f"release a key sounding this many seconds; 0 is off {_default(DEFAULTS.max_note_s)}"),
+    ] = None,
+    mem_len: Annotated[
+        int | None,
+        typer.Option(
+            help="hidden states kept per layer while sampling "
+            f"{_default('twice model.mem_len' if DEFAULTS.mem_len is None else DEFAULTS.mem_len)}"
+        ),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help=f"auto, cuda or cpu {_default(DEFAULTS.device)}")] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help=f"auto (bfloat16 where it is faster), float32 or bfloat16 {_default(DEFAULTS.precision)}"),
     ] = None,
     out: Annotated[Path, typer.Option(help="folder for sample-NN.mid/.png/.wav and samples.json")] = Path("samples"),
-    no_primer: Annotated[bool, typer.Option("--no-primer", help="leave the primer out of the output")] = False,
+    # The former name of --drop-primer, kept so that existing scripts still run.
+    no_primer: Annotated[bool, typer.Option("--no-primer", hidden=True)] = False,
     params: ParamsOption = Path("params.yaml"),
     tokens: Annotated[Path, typer.Option(help="token shards, for generate.primers")] = Path("data/tokens"),
 ) -> None:
@@ -228,24 +288,29 @@ def generate(
 
     Unset options come from params.yaml's generate: section when there is one, else the defaults in brackets.
     """
-    from pipeline.generate import GenerateParams
     from pipeline.generate import generate as run_generate
     from pipeline.params import load_section, typed
 
+    if no_primer and keep_primer:
+        _fail("--keep-primer and --no-primer contradict each other")
     section = _run(load_section, "generate", params) if params.is_file() or params != Path("params.yaml") else {}
     given = {
         "primer_seconds": primer_seconds,
+        "keep_primer": False if no_primer else keep_primer,
         "seconds": seconds,
+        "stop_at_piece_end": stop_at_piece_end,
         "temperature": temperature,
         "top_k": top_k,
         "top_p": top_p,
         "seed": seed,
         "samples": samples,
+        "wav_samples": wav_samples,
         "max_note_s": max_note_s,
+        "mem_len": mem_len,
+        "device": device,
+        "precision": precision,
     }
     values = {**_run(typed, GenerateParams, section, "generate"), **{k: v for k, v in given.items() if v is not None}}
-    if no_primer:
-        values["keep_primer"] = False
     summary = _run(run_generate, model, out, GenerateParams(**values), primer, tokens)
     for s in summary["samples"]:
         files = ", ".join(f for f in (s["midi"], s["png"], s["wav"]) if f)

@@ -10,7 +10,6 @@ torch, numpy, the standard library and numpy-only music modules.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections import defaultdict
@@ -20,13 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import TransformerXL
+from model import AttnSpan, TransformerXL
+from model.device import allow_tf32, pick_device
+from pipeline import cpu_profile
 from pipeline.atomic import atomic_write_text
 from pipeline.checkpoint import load_model
 from pipeline.errors import PipelineError
 from pipeline.music.piano_state import PIANO_STATE_SIZE, PianoState
 from pipeline.ngram import KneserNey, uniform_nll, unigram_log_probs
-from pipeline.params import typed
 from pipeline.segments import PieceStore, load_vocab
 
 HELD_OUT = ("validation", "test")
@@ -56,8 +56,11 @@ class Scores:
 
 
 @torch.no_grad()
-def score_pieces(model: TransformerXL, pieces: list[np.ndarray], tgt_len: int, batch_size: int) -> Scores:
-    """Score every token after each piece's first, piece by piece from an empty memory, in segments of tgt_len.
+def score_pieces(
+    model: TransformerXL, pieces: list[np.ndarray], tgt_len: int, batch_size: int, span: AttnSpan | None = None
+) -> Scores:
+    """Score every token after each piece's first, piece by piece from an empty memory, in segments of tgt_len,
+    attending as far as `span` says (default: as the model was trained).
 
     Pieces are batched longest first; a batch row that has ended is dropped, so padding is never scored and never
     precedes a scored token (the result equals scoring each piece alone).
@@ -85,7 +88,7 @@ def score_pieces(model: TransformerXL, pieces: list[np.ndarray], tgt_len: int, b
             if state is not None:
                 state.keep(alive)
                 side = torch.from_numpy(state(x[:alive, start : start + tgt_len])).to(device)
-            logits, _, mems = model(x_all[:alive, start : start + tgt_len], None, mems, side)
+            logits, _, mems = model(x_all[:alive, start : start + tgt_len], None, mems, side, span=span)
             log_probs = torch.log_softmax(logits.float(), dim=-1)
             target = y_all[:alive, start : start + tgt_len]
             row_nll[:alive, start : start + tgt_len] = -log_probs.gather(-1, target.clamp(min=0)[..., None])[..., 0]
@@ -96,13 +99,9 @@ def score_pieces(model: TransformerXL, pieces: list[np.ndarray], tgt_len: int, b
     return Scores(nll, correct)
 
 
-def prepare_model(folder: Path, p: EvaluateParams, device: torch.device) -> TransformerXL:
-    """The trained model, on `device`, with the evaluation's memory length, same_length and clamp_len."""
-    model = load_model(folder, device, PIANO_STATE_SIZE)
-    # These change how the forward pass attends, not the weights: a model evaluates with a longer memory than it
-    # was trained with, as in the Transformer-XL paper.
-    model.cfg = dataclasses.replace(model.cfg, mem_len=p.mem_len, same_length=p.same_length, clamp_len=p.clamp_len)
-    return model
+def attn_span(p: EvaluateParams) -> AttnSpan:
+    """How far the evaluation attends: further than training, as in the Transformer-XL paper (the same weights)."""
+    return AttnSpan(p.mem_len, p.same_length, p.clamp_len)
 
 
 def split_metrics(
@@ -150,16 +149,19 @@ def fit_baselines(tokens: Path, order: int, vocab: dict) -> tuple[np.ndarray, Kn
 def evaluate(tokens: Path, model_dir: Path, metrics: Path, p: EvaluateParams) -> dict:
     """Run the stage: score every held-out split that is present, write `metrics` (eval.json) and return it."""
     tokens = Path(tokens)
-    use_cuda = torch.cuda.is_available() and p.device in ("auto", "cuda")
-    if p.device == "cuda" and not use_cuda:
-        raise PipelineError("evaluate.device is cuda, but no GPU is available")
-    if not use_cuda:
-        p = limit_for_cpu(p)
+    try:
+        device = pick_device(p.device)
+    except ValueError as exc:
+        raise PipelineError(f"evaluate.{exc}") from exc
+    allow_tf32(device)  # the evaluation is float32, with TF32 matmuls on a GPU
+    if device.type == "cpu":
+        p, lowered = cpu_profile.for_evaluation(p)
+        if lowered:
+            print(f"evaluate: on a CPU, so evaluate.cpu_limits lowers {', '.join(lowered)}", flush=True)
     if min(p.tgt_len, p.batch_size) < 1 or p.mem_len < 0 or p.ngram_order < 1:
         raise PipelineError(f"evaluate params out of range: {p}")
-    device = torch.device("cuda" if use_cuda else "cpu")
     vocab = load_vocab(tokens)
-    model = prepare_model(model_dir, p, device)
+    model = load_model(model_dir, device, PIANO_STATE_SIZE)
     if model.cfg.vocab_size != int(vocab["vocab_size"]):
         raise PipelineError(
             f"{model_dir}: the model has {model.cfg.vocab_size} tokens, {tokens / 'vocab.json'} {vocab['vocab_size']}"
@@ -178,7 +180,7 @@ def evaluate(tokens: Path, model_dir: Path, metrics: Path, p: EvaluateParams) ->
         for key in ("composer", "seconds"):
             if key not in store.index:
                 raise PipelineError(f"{tokens / split / 'index.json'}: no '{key}' column (rerun the tokenize stage)")
-        scores = score_pieces(model, pieces, p.tgt_len, p.batch_size)
+        scores = score_pieces(model, pieces, p.tgt_len, p.batch_size, attn_span(p))
         lengths = np.array([len(piece) for piece in pieces])
         corpus = np.concatenate(pieces)
         baselines = {
@@ -188,13 +190,3 @@ def evaluate(tokens: Path, model_dir: Path, metrics: Path, p: EvaluateParams) ->
         result[split] = split_metrics(scores, store, baselines, int(vocab["vocab_size"]))
     atomic_write_text(Path(metrics), json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     return result
-
-
-def limit_for_cpu(p: EvaluateParams) -> EvaluateParams:
-    """`p` with each key of p.cpu_limits capped at its limit (evaluating on a CPU)."""
-    limits = typed(EvaluateParams, dict(p.cpu_limits or {}), "evaluate.cpu_limits")
-    lowered = {k: v for k, v in limits.items() if k != "cpu_limits" and getattr(p, k) > v}
-    if lowered:
-        changes = ", ".join(f"{k} {getattr(p, k)} → {v}" for k, v in lowered.items())
-        print(f"evaluate: on CPU, so evaluate.cpu_limits lowers {changes}", flush=True)
-    return dataclasses.replace(p, **lowered)

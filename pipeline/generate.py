@@ -17,19 +17,20 @@ import math
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from model import TransformerXL
-from model.precision import cpu_has_bf16
+from model import AttnSpan, TransformerXL
+from model.device import DEVICES, PRECISIONS, compute_dtype, pick_device
 from model.sampling import Side, bf16_decodes_faster, check_sampling
 from model.sampling import generate as sample_tokens
 from pipeline.atomic import atomic_write_text
 from pipeline.checkpoint import load_model
 from pipeline.errors import PipelineError
+from pipeline.generate_params import GenerateParams
 from pipeline.music.audio import render_wav, synthesizer
 from pipeline.music.midi import UnreadableMidi, cut_notes, one_note_per_key, read_performance, write_midi
 from pipeline.music.performance_encoding import (
@@ -55,27 +56,6 @@ SAMPLE_FILE = re.compile(r"^sample-\d+(-without-rule)?\.(mid|png|wav)$")
 WITHOUT_RULE = "-without-rule"  # the MIDI of a sample made again without the note-length rule, for the report
 
 
-@dataclass
-class GenerateParams:
-    """The `generate:` section of params.yaml; `maestro-xl generate` options override it."""
-
-    samples: int = 16  # per primer, or in all when there is none
-    seconds: float = 30.0  # of new music per sample
-    wav_samples: int = 4  # WAV files for the first this many samples only (each 30 s is 2.6 MB)
-    temperature: float = 1.0
-    top_k: int = 0  # 0: off
-    top_p: float = 0.98  # 1: off
-    seed: int = 1234  # sample i draws from its own generator, seeded seed + i
-    primers: list = field(default_factory=list)  # validation piece ids; empty: unconditional samples
-    primer_seconds: float = 10.0  # of each primer
-    keep_primer: bool = True  # the output begins with the primer
-    stop_at_piece_end: bool = False  # let the model end a sample early; False samples each to its full length
-    max_note_s: float = 8.0  # the decoding rule: a key sounding this long is released (0: off)
-    mem_len: int | None = None  # hidden states kept per layer while sampling; None: twice the model's own
-    precision: str = "auto"  # float32, bfloat16 (weights' matmuls), or auto: bfloat16 where it pays (pick_autocast)
-    device: str = "auto"  # auto, cuda or cpu
-
-
 def check_params(p: GenerateParams) -> None:
     """Raise PipelineError naming the first setting that makes no sense (or would not fit in memory)."""
     if not math.isfinite(p.temperature):
@@ -92,8 +72,8 @@ def check_params(p: GenerateParams) -> None:
         ("primer seconds", p.primer_seconds, 0 < p.primer_seconds < math.inf, "above 0 and finite"),
         ("seed", p.seed, 0 <= p.seed < 2**63 - MAX_SAMPLES * max(len(p.primers), 1), "from 0 to 2^63 - 1"),
         ("mem_len", p.mem_len, p.mem_len is None or 0 <= p.mem_len <= MAX_MEM_LEN, f"from 0 to {MAX_MEM_LEN}"),
-        ("precision", p.precision, p.precision in ("auto", "float32", "bfloat16"), "auto, float32 or bfloat16"),
-        ("device", p.device, p.device in ("auto", "cuda", "cpu"), "auto, cuda or cpu"),
+        ("precision", p.precision, p.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+        ("device", p.device, p.device in DEVICES, f"one of {', '.join(DEVICES)}"),
     ):
         if not ok:
             raise PipelineError(f"{name} must be {rule}, not {value!r}")
@@ -115,22 +95,14 @@ class MusicClock:
         return self.steps >= self.limit
 
 
-def pick_device(choice: str) -> torch.device:
-    """cuda when asked or (auto) when there is a GPU, else cpu."""
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise PipelineError("generate.device is cuda, but no GPU is available")
-    return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
-
-
-def pick_autocast(choice: str, device: torch.device, model: torch.nn.Module, rows: int) -> torch.dtype | None:
-    """bfloat16 for the weights' matmuls when asked, or (auto) where it pays: on a GPU with bf16, and on a CPU with
-    native bf16 where a timing of `rows` rows at start-up says it decodes faster (a large model is bound by memory
-    traffic, which bf16 halves; a small one only pays for the casts)."""
-    if choice != "auto":
-        return torch.bfloat16 if choice == "bfloat16" else None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_bf16() and bf16_decodes_faster(model, rows) else None
+def decode_dtype(choice: str, device: torch.device, model: torch.nn.Module, rows: int) -> torch.dtype | None:
+    """The dtype of the weights' matmuls while sampling (None: float32): as generate.precision says, where auto is
+    bf16 where it is native and pays: always on a GPU, and on a CPU where a timing of `rows` rows at start-up says it
+    decodes faster (a large model is bound by memory traffic, which bf16 halves; a small one only pays for casts)."""
+    dtype = compute_dtype(choice, device)
+    if choice == "auto" and dtype is not None and device.type == "cpu" and not bf16_decodes_faster(model, rows):
+        return None
+    return dtype
 
 
 @dataclass
@@ -208,11 +180,13 @@ def sample_batch(
     primer: Primer,
     p: GenerateParams,
     seeds: list[int],
-    autocast: torch.dtype | None,
+    dtype: torch.dtype | None,
+    span: AttnSpan | None = None,
     rule: bool = True,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """`len(seeds)` continuations of `primer` in one batch, each until PIECE_END or p.seconds of new music, with the
-    note-length rule when `rule` and p.max_note_s are on; and how many releases the rule imposed on each."""
+    weights' matmuls in `dtype` (None: float32), attending as far as `span` says (None: as trained), and the note-length rule when `rule`
+    and p.max_note_s are on; and how many releases the rule imposed on each."""
     device = next(model.parameters()).device
     prompt = torch.as_tensor(primer.tokens, device=device)[None].repeat(len(seeds), 1)
     generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
@@ -237,9 +211,10 @@ def sample_batch(
         stop_token=PIECE_END,
         stop=MusicClock(p.seconds, len(seeds), device),
         banned=[PIECE_START] if p.stop_at_piece_end else [PIECE_START, PIECE_END],  # a piece starts only once
-        autocast=autocast,
+        dtype=dtype,
         side=side,
         forced=forced,
+        span=span,
     )
     rows = [row.cpu().numpy() for row in new]
     steps = np.array(imposed, bool).reshape(-1, len(seeds))  # [steps, rows]
@@ -328,18 +303,21 @@ def generate(
     """
     out = Path(out)
     check_params(p)
+    try:
+        device = pick_device(p.device)
+    except ValueError as exc:
+        raise PipelineError(f"generate.{exc}") from exc
     if out.exists() and not out.is_dir():
         raise PipelineError(f"{out}: exists and is not a folder (--out)")
     primers = load_primers(p, primer_file, tokens)
-    device = pick_device(p.device)
     model = load_model(model_dir, device, PIANO_STATE_SIZE)
-    autocast = pick_autocast(p.precision, device, model, p.samples)
+    dtype = decode_dtype(p.precision, device, model, p.samples)
     if model.cfg.vocab_size != VOCAB_SIZE:
         raise PipelineError(f"{model_dir}: the model has {model.cfg.vocab_size} tokens, the encoding {VOCAB_SIZE}")
     # How far back the sampling looks, not the weights. Twice the training memory by default, as the evaluation:
     # a Transformer-XL attends well past the memory it was trained with, and the samples keep their key for longer.
     mem_len = p.mem_len if p.mem_len is not None else min(2 * model.cfg.mem_len, MAX_MEM_LEN)
-    model.cfg = dataclasses.replace(model.cfg, mem_len=mem_len)
+    span = dataclasses.replace(model.cfg.span(), mem_len=mem_len)
     synth = synthesizer()
     if isinstance(synth, str):
         print(f"generate: WAV files skipped: {synth}", flush=True)
@@ -348,14 +326,14 @@ def generate(
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         for k, primer in enumerate(primers):
             seeds = [p.seed + k * p.samples + i for i in range(p.samples)]
-            rows, released = sample_batch(model, primer, p, seeds, autocast)
+            rows, released = sample_batch(model, primer, p, seeds, dtype, span)
             for seed, new, count in zip(seeds, rows, released, strict=True):
                 audio = synth if len(records) < p.wav_samples else None
                 record = write_sample(Path(tmp), f"sample-{len(records) + 1:02d}", primer, new, p, audio)
                 records.append({**record, "seed": seed, "rule_releases": int(count)})
             if p.max_note_s:
                 for seed, new in zip(
-                    seeds, sample_batch(model, primer, p, seeds, autocast, rule=False)[0], strict=True
+                    seeds, sample_batch(model, primer, p, seeds, dtype, span, rule=False)[0], strict=True
                 ):
                     name = f"sample-{len(free) + 1:02d}{WITHOUT_RULE}"
                     free.append({**write_sample(Path(tmp), name, primer, new, p, None, figures=False), "seed": seed})
@@ -372,8 +350,8 @@ def generate(
         "settings": {
             **settings,
             "device": device.type,
-            "mem_len": model.cfg.mem_len,
-            "precision": "bfloat16" if autocast else "float32",
+            "mem_len": span.mem_len,
+            "precision": "bfloat16" if dtype else "float32",
         },
         "wav": f"rendered with FluidSynth for the first {min(p.wav_samples, len(records))} samples"
         if not isinstance(synth, str)

@@ -86,6 +86,14 @@ def log_metrics(live, step: int, logged: dict, num_params: int, tokens_per_step:
     live.make_summary()
 
 
+def write_trained_params(path: Path, record: dict) -> None:
+    """What is trained (the model's shape, the train params after the CPU profile, device and precision), as YAML:
+    reports/train/params.yaml, which dvc.yaml lists as a params file, so `dvc exp show` shows it beside params.yaml."""
+    import yaml
+
+    atomic_write_text(Path(path), yaml.safe_dump(record, sort_keys=False))
+
+
 def write_run_record(path: Path, seconds: float, steps: int, tokens_per_step: int, device: str, processes: int) -> None:
     """What this invocation measured (wall time, tokens/s, hardware): reports/train/run.json, read by the report's
     section of run-to-run figures. It is not a DVC metric, so it never shows up as a change between experiments."""

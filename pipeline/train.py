@@ -1,97 +1,78 @@
 """train stage: a Transformer-XL on the token shards, resumable, on GPU or CPU (bf16 where native), single process or
-torchrun DDP. Pieces lie end to end in each row, but no token attends to an earlier piece; with `model.state_input`
-the model also reads the piano's state after each token.
+torchrun DDP (pipeline/distributed.py). Pieces lie end to end in each row, but no token attends to an earlier piece;
+with `model.state_input` the model also reads the piano's state after each token. On a CPU the CPU profile caps the
+size (pipeline/cpu_profile.py).
 
-Imports only torch, numpy, the standard library and numpy-only music modules; DVCLive is loaded lazily
+A checkpoint resumes whenever the training trajectory is the same: the model, the data, and the TRAJECTORY params.
+Other settings (compile, device, precision, logging, evaluation and checkpoint intervals) may change between a stop
+and its resume; a raised `steps` resumes with the cosine decay stretched to the new end. Anything else sets the old
+checkpoint aside as last.prev.pt and trains afresh.
+
+Imports only torch, numpy, PyYAML, the standard library and numpy-only music modules; DVCLive is loaded lazily
 (pipeline/live.py) and skipped when it is not installed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
-import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from model import TransformerXL, TransformerXLConfig
-from model.precision import native_bf16
-from pipeline.checkpoint import export_model, load_checkpoint, write_checkpoint
+from model import TransformerXL
+from model.device import allow_tf32, autocast, compute_dtype
+from pipeline import cpu_profile, distributed
+from pipeline.checkpoint import (
+    build_model,
+    changes,
+    export_model,
+    rank_state,
+    read_checkpoint,
+    set_aside,
+    tokens_fingerprint,
+    write_checkpoint,
+)
 from pipeline.errors import PipelineError
-from pipeline.live import Progress, log_metrics, open_live, write_run_record
-from pipeline.music.piano_state import PIANO_STATE_SIZE
-from pipeline.params import typed
+from pipeline.live import Progress, log_metrics, open_live, write_run_record, write_trained_params
 from pipeline.segments import PieceStore, Segment, SegmentStream, load_vocab, pitch_ranges
 
-PRECISIONS = ("auto", "bfloat16", "float32")
+# The train params that decide where training goes; with the model and the data, a checkpoint resumes only if they
+# are the same. `steps` is apart: a raised one resumes with the new schedule.
+TRAJECTORY = ("lr", "min_lr_ratio", "warmup_steps", "batch_size", "grad_accum", "seed", "weight_decay", "clip",
+              "transpose")  # fmt: skip
 
 
 @dataclass
 class TrainParams:
     """The `train:` section of params.yaml."""
 
-    steps: int = 6000
-    batch_size: int = 16  # rows in the global batch, split over processes and then over grad_accum chunks
+    steps: int = 38000
+    batch_size: int = 64  # rows in the global batch, split over processes and then over grad_accum chunks
     grad_accum: int = 1
     lr: float = 2.5e-4
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 200
+    warmup_steps: int = 1000
     weight_decay: float = 0.01
     clip: float = 0.25
-    eval_interval: int = 250
+    eval_interval: int = 1000
     eval_segments: int = 50
     eval_batch_size: int = 8
-    checkpoint_interval: int = 250
+    checkpoint_interval: int = 2000
     log_interval: int = 10
     seed: int = 1234
     transpose: int = 3
-    compile: bool = False
+    compile: bool | str = "auto"  # torch.compile the model: true, false, or auto (on a GPU)
     precision: str = "auto"  # bfloat16 autocast, float32, or auto: bfloat16 where the device computes it natively
     device: str = "auto"  # auto, cuda or cpu
-    cpu_limits: dict = field(default_factory=dict)  # upper bounds on model and train params when training on a CPU
-    cpu_lr: float | None = 1e-3  # the peak learning rate when training on a CPU (None: lr)
-
-
-def limit_for_cpu(model_params: dict, p: TrainParams) -> tuple[dict, TrainParams, list[str]]:
-    """Model and train params for a CPU, and what changed: each key of `p.cpu_limits` capped (min(value, limit)),
-    and the learning rate set to `p.cpu_lr` (a model shrunk for a CPU learns faster with a larger rate).
-
-    When d_model or n_head is lowered, d_head follows as d_model // n_head so the heads still tile the model width.
-    """
-    limits = p.cpu_limits or {}
-    if not isinstance(limits, dict):
-        raise PipelineError(f"train.cpu_limits must map model or train keys to upper bounds, not {limits!r}")
-    defaults = {f.name: f.default for f in fields(TransformerXLConfig) if f.name != "vocab_size"}
-    train_keys = {f.name for f in fields(TrainParams)} - {"cpu_limits", "cpu_lr", "device", "compile", "precision"}
-    unknown = set(limits) - set(defaults) - train_keys
-    if unknown:
-        raise PipelineError(f"train.cpu_limits: unknown keys {', '.join(sorted(unknown))}")
-    typed_limits = {
-        **typed(TransformerXLConfig, {k: v for k, v in limits.items() if k in defaults}, "train.cpu_limits"),
-        **typed(TrainParams, {k: v for k, v in limits.items() if k in train_keys}, "train.cpu_limits"),
-    }
-    model_params, train_values, lowered = dict(model_params), asdict(p), {}
-    for key, limit in typed_limits.items():
-        values = model_params if key in defaults else train_values
-        current = values.get(key, defaults.get(key))  # a key left out of params.yaml has the config's default
-        if current > limit:
-            lowered[key] = f"{key} {current} → {limit}"
-            values[key] = limit
-    if lowered.keys() & {"d_model", "n_head"}:
-        shape = {**defaults, **model_params}
-        model_params["d_head"] = shape["d_model"] // shape["n_head"]
-    if p.cpu_lr is not None and p.cpu_lr != p.lr:
-        lowered["lr"] = f"lr {p.lr:g} → {p.cpu_lr:g} (train.cpu_lr)"
-        train_values["lr"] = p.cpu_lr
-    return model_params, TrainParams(**train_values), list(lowered.values())
+    profile: str = "auto"  # the CPU profile (cpu_limits, cpu_lr): auto (on a CPU), cpu (always) or full (never)
+    cpu_limits: dict = field(default_factory=dict)  # upper bounds on model and train params in the CPU profile
+    cpu_lr: float | None = 1e-3  # the peak learning rate in the CPU profile (None: lr)
 
 
 class _Stop:
@@ -109,49 +90,6 @@ def _lr_factor(step: int, p: TrainParams) -> float:
         return (step + 1) / p.warmup_steps
     progress = min(1.0, (step - p.warmup_steps) / max(1, p.steps - p.warmup_steps))
     return p.min_lr_ratio + (1 - p.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank); starts the process group when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def model_section(values: dict) -> dict:
-    """The `model:` section of params.yaml typed: TransformerXLConfig's keys and `state_input` (a bool)."""
-    values = dict(values)
-    state_input = values.pop("state_input", False)
-    if not isinstance(state_input, bool):
-        raise PipelineError(f"model.state_input must be true or false, not {state_input!r}")
-    return {**typed(TransformerXLConfig, values, "model"), "state_input": state_input}
-
-
-def build_model(vocab: dict, model_params: dict) -> TransformerXL:
-    """The model for a token vocabulary (vocab.json): vocab_size from it, the rest from the `model:` params, where
-    `state_input: true` gives it the piano state as a side input."""
-    params = dict(model_params)
-    state_input = params.pop("state_input", False)
-    params.setdefault("side_size", PIANO_STATE_SIZE if state_input else 0)  # a checkpoint's config has side_size
-    try:
-        return TransformerXL(TransformerXLConfig(vocab_size=int(vocab["vocab_size"]), **params))
-    except (TypeError, ValueError) as exc:
-        raise PipelineError(f"model params: {exc}") from exc
-
-
-def train_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of train.precision on `device` (None: float32): auto is bf16 where it is native."""
-    if precision not in PRECISIONS:
-        raise PipelineError(f"train.precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if precision == "auto":
-        return torch.bfloat16 if native_bf16(device) else None
-    return torch.bfloat16 if precision == "bfloat16" else None
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """Autocast to `dtype` on `device`, or nothing (float32) for None."""
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def segment_tensors(segment: Segment, device: torch.device, rows: slice = slice(None)) -> dict[str, torch.Tensor]:
@@ -193,32 +131,29 @@ def train_step(
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """One optimiser step over a batch (segment_tensors) split into len(mems) accumulation chunks, each carrying its
-    own memory, under autocast to `dtype` (None: float32).
+    own memory, the forward pass under autocast to `dtype` (None: float32).
 
-    `mems` is updated in place; returns the mean loss as a tensor, so the caller decides when to wait for the GPU.
+    `mems` is updated in place; a chunk without one (None) starts from a full-length memory of zeros, which the
+    batch's seq_pos hides, so every step has the same shapes and a compiled model compiles once. Returns the mean
+    loss as a tensor, so the caller decides when to wait for the GPU.
     """
     chunks, total = len(mems), torch.zeros((), device=device)
     pieces = {name: tensor.chunk(chunks) for name, tensor in batch.items()}
     for c in range(chunks):
+        inputs = {name: piece[c] for name, piece in pieces.items()}
+        if mems[c] is None and "seq_pos" in inputs:
+            mems[c] = model.init_mems(len(inputs["tokens"]), model.cfg.mem_len)
         # DDP averages gradients once per step: skip its all-reduce on every chunk but the last.
         sync = forward.no_sync() if distributed and c < chunks - 1 else contextlib.nullcontext()
-        with sync, autocast(device, dtype):
-            _, loss, mems[c] = forward(mems=mems[c], **{name: piece[c] for name, piece in pieces.items()})
-            (loss / chunks).backward()
+        with sync:
+            with autocast(device, dtype):
+                _, loss, mems[c] = forward(mems=mems[c], **inputs)
+            (loss / chunks).backward()  # outside autocast, as PyTorch advises: backward runs in the forward's dtypes
         total += loss.detach() / chunks
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total
-
-
-def _agree(loss: torch.Tensor, stop: bool, world: int) -> tuple[float, bool]:
-    """The loss averaged over processes, and whether any was asked to stop, so that all stop at the same step."""
-    if world == 1:
-        return float(loss), stop
-    both = torch.stack([loss.float(), torch.tensor(float(stop), device=loss.device)])
-    dist.all_reduce(both)
-    return float(both[0]) / world, bool(both[1] > 0)
 
 
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -227,18 +162,6 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     dtype = np.float32 if np.issubdtype(array.dtype, np.floating) else np.int64
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
     return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor
-
-
-def tokens_fingerprint(tokens: Path) -> str:
-    """A sha256 over every file of the token folder: a checkpoint resumes only on the data it was trained on."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(tokens).rglob("*")):
-        if path.is_file():
-            digest.update(path.relative_to(tokens).as_posix().encode() + b"\0")
-            with path.open("rb") as f:
-                while block := f.read(1 << 22):
-                    digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -263,32 +186,25 @@ class _Run:
 
 
 def _setup(tokens: Path, model_params: dict, p: TrainParams) -> _Run:
-    """The device (with train.cpu_limits and train.cpu_lr on a CPU), the seeded model, its data and optimiser."""
-    rank, world, local_rank = _distributed()
-    use_cuda = torch.cuda.is_available() and p.device in ("auto", "cuda")
-    if p.device == "cuda" and not use_cuda:
-        raise PipelineError("train.device is cuda, but no GPU is available")
-    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    else:
-        model_params, p, lowered = limit_for_cpu(model_params, p)
+    """The device (with the CPU profile where it applies), the seeded model, its data and optimiser."""
+    try:
+        rank, world, device = distributed.start(p.device)
+        dtype = compute_dtype(p.precision, device)
+        allow_tf32(device)  # what bf16 autocast leaves in float32 (and all of a float32 run) uses TF32 on a GPU
+    except ValueError as exc:
+        raise PipelineError(f"train.{exc}") from exc
+    if cpu_profile.applies(p.profile, device):
+        model_params, p, lowered = cpu_profile.for_training(model_params, p)
         if lowered and rank == 0:
-            print(
-                f"train: on CPU, so train.cpu_limits and train.cpu_lr set {', '.join(lowered)} (remove them to "
-                "train as configured)",
-                flush=True,
-            )
+            print(f"train: the CPU profile (train.profile {p.profile}) sets {', '.join(lowered)}", flush=True)
     if p.batch_size % (world * p.grad_accum):
         raise PipelineError(
             f"train.batch_size {p.batch_size} must divide by processes × grad_accum ({world} × {p.grad_accum})"
         )
-
-    dtype = train_dtype(p.precision, device)
-    torch.manual_seed(p.seed)
+    torch.manual_seed(p.seed)  # the same initial weights in every process
     vocab = load_vocab(tokens)
     model = build_model(vocab, model_params).to(device)
+    torch.manual_seed(p.seed + rank)  # but each its own dropout masks
     tgt_len, state = model.cfg.tgt_len, model.cfg.side_size > 0
     ranges = tuple(pitch_ranges(vocab))
     stream = SegmentStream(PieceStore(tokens, "train"), p.batch_size, tgt_len, p.seed, p.transpose, ranges, state)
@@ -304,35 +220,57 @@ def _setup(tokens: Path, model_params: dict, p: TrainParams) -> _Run:
         [{"params": decay, "weight_decay": p.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=p.lr,
         betas=(0.9, 0.98),
-        fused=use_cuda or None,
+        fused=device.type == "cuda" or None,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, p))
     mems = [None] * p.grad_accum
     return _Run(p, rank, world, device, model, optimizer, scheduler, stream, val_stream, dtype, mems=mems)
 
 
-def _resume(run: _Run, ckpt_path: Path, identity: dict, compared: dict) -> bool:
-    """Restore `run` from the checkpoint when it holds an unfinished run of the same config, params and data."""
-    state = load_checkpoint(ckpt_path, identity, compared)
-    if state is not None and state["step"] >= run.p.steps:
-        # The stage reruns only when something changed (code, or forced): a finished run is trained again.
-        print(f"train: {ckpt_path} holds a finished run; training afresh", flush=True)
-        state = None
+def _resume(run: _Run, ckpt_path: Path, identity: dict) -> bool:
+    """Restore `run` from the checkpoint when it holds an unfinished run of the same trajectory (see the module's
+    docstring); otherwise set the checkpoint aside as last.prev.pt. Rank 0 alone says what it does."""
+    say = (lambda text: print(f"train: {text}", flush=True)) if run.rank == 0 else (lambda text: None)
+    state = read_checkpoint(ckpt_path)
     if state is None:
+        return False
+    now, saved = asdict(run.p), state["params"]
+    changed = changes(state["config"], identity) + changes(
+        {k: saved.get(k) for k in TRAJECTORY}, {k: now[k] for k in TRAJECTORY}
+    )
+    if changed or state["step"] >= run.p.steps or len(state["mems"]) != run.world:
+        if changed:
+            reason = f"was trained with other settings ({', '.join(changed)})"
+        elif state["step"] >= run.p.steps:  # the stage reruns only when something changed (code, or forced)
+            reason = f"holds a finished run of {state['step']} steps"
+        else:
+            reason = f"was written by {len(state['mems'])} process(es), not {run.world}"
+        distributed.barrier(run.world)  # every process has read the checkpoint before rank 0 moves it
+        if run.rank == 0:
+            say(f"{ckpt_path} {reason}; kept as {set_aside(ckpt_path).name}, training afresh")
         return False
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.step, run.epoch, run.segment = state["step"], state["epoch"], state["segment"]
+    for group, base in zip(run.optimizer.param_groups, run.scheduler.base_lrs, strict=True):
+        group["lr"] = base * _lr_factor(run.step, run.p)  # this run's schedule (train.steps may have changed)
     run.metrics = dict(state["metrics"])
-    if len(state["mems"]) != run.world:
-        raise PipelineError(f"{ckpt_path} was written by {len(state['mems'])} process(es); resume with as many")
     run.mems = [None if m is None else [t.to(run.device) for t in m] for m in state["mems"][run.rank]]
     torch.set_rng_state(state["rng"][run.rank]["cpu"])
     if run.device.type == "cuda" and state["rng"][run.rank]["cuda"] is not None:
         torch.cuda.set_rng_state(state["rng"][run.rank]["cuda"], run.device)
-    if run.rank == 0:
-        print(f"train: resuming from {ckpt_path} at step {run.step}", flush=True)
+    say(f"resuming from {ckpt_path} at step {run.step}")
+    if saved.get("steps") != run.p.steps:
+        old = TrainParams(**{**now, "steps": saved["steps"]})
+        say(
+            f"train.steps {saved['steps']} → {run.p.steps}: the cosine decay now ends at step {run.p.steps} (the "
+            f"learning rate at step {run.step} is {run.p.lr * _lr_factor(run.step, run.p):.3g}, was "
+            f"{run.p.lr * _lr_factor(run.step, old):.3g})"
+        )
+    others = changes({k: v for k, v in saved.items() if k != "steps"}, {k: now.get(k) for k in saved if k != "steps"})
+    if others:
+        say(f"changed since the checkpoint, without changing what is trained: {', '.join(others)}")
     return True
 
 
@@ -361,7 +299,7 @@ def _loop(
                 run.step, run.segment = run.step + 1, k + 1  # the next segment to train on, as a checkpoint records
                 step, logged = run.step, {}
                 if step % p.log_interval == 0 or step == p.steps:  # the only host syncs, so the GPU is never idle
-                    run.metrics["train/loss"], stopping = _agree(loss, stop.requested, world)
+                    run.metrics["train/loss"], stopping = distributed.agree(loss, stop.requested, world)
                     if rank == 0:
                         progress.update(step, run.metrics["train/loss"], run.scheduler.get_last_lr()[0])
                         logged["train/loss"] = run.metrics["train/loss"]
@@ -398,33 +336,26 @@ def train(
     p: TrainParams,
     on_step: Callable[[int], None] | None = None,
 ) -> dict:
-    """Train, resuming from checkpoints/last.pt when it matches; return the final metrics (rank 0's)."""
+    """Train, resuming from checkpoints/last.pt when it holds the same trajectory; return the final metrics (rank
+    0's). LIVE_DIR/params.yaml records what is trained: the model's shape and the train params after the profile."""
     run = _setup(tokens, model_params, p)
     p, cfg, rank, world = run.p, run.model.cfg, run.rank, run.world
     ckpt_path = Path(checkpoints) / "last.pt"
     identity = {**asdict(cfg), "data": tokens_fingerprint(tokens)}
-    compared = {k: v for k, v in asdict(p).items() if k not in ("cpu_limits", "cpu_lr")}  # their effect is in p
-    resumed = _resume(run, ckpt_path, identity, compared)
-
-    forward = torch.compile(run.model) if p.compile else run.model
-    if world > 1:
-        device_ids = [run.device.index] if run.device.type == "cuda" else None
-        forward = torch.nn.parallel.DistributedDataParallel(forward, device_ids=device_ids)
+    trained = {k: v for k, v in asdict(p).items() if k not in ("cpu_limits", "cpu_lr")}  # their effect is in p
+    resumed = _resume(run, ckpt_path, identity)
+    compiled = _compiles(p.compile, run.device)
+    forward = distributed.wrap(run.model, run.device, world, compiled)
     tokens_per_step, num_params = p.batch_size * cfg.tgt_len, run.model.num_params()
     live = open_live(live_dir, resume_step=run.step if resumed else None) if rank == 0 else None
-    if live is not None:
-        if resumed:  # the checkpoint's values, not those a killed run logged after it
-            log_metrics(live, run.step, run.metrics, num_params, tokens_per_step, plot=False)
+    if rank == 0 and live_dir is not None:
         precision = "bfloat16" if run.dtype == torch.bfloat16 else "float32"
-        live.log_params(
-            {
-                "model": asdict(cfg),
-                "train": asdict(p),
-                "device": run.device.type,
-                "precision": precision,
-                "processes": world,
-            }
-        )
+        profile = "cpu" if cpu_profile.applies(p.profile, run.device) else "full"
+        record = {"model": asdict(cfg), "train": trained, "profile": profile, "device": run.device.type,
+                  "precision": precision, "compile": compiled, "processes": world}  # fmt: skip
+        write_trained_params(Path(live_dir) / "params.yaml", record)
+    if live is not None and resumed:  # the checkpoint's values, not those a killed run logged after it
+        log_metrics(live, run.step, run.metrics, num_params, tokens_per_step, plot=False)
 
     def save() -> None:
         training = {
@@ -432,13 +363,15 @@ def train(
             "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(),
             "config": identity,
-            "params": compared,
+            "params": trained,
             "step": run.step,
             "epoch": run.epoch,
             "segment": run.segment,
             "metrics": run.metrics,
         }
-        write_checkpoint(ckpt_path, training, run.mems, rank, world, run.device)
+        ranks = distributed.gather_on_first(rank_state(run.mems, run.device), rank, world)
+        if rank == 0:
+            write_checkpoint(ckpt_path, training, ranks)
 
     def log(logged: dict) -> None:
         if live is not None:
@@ -455,6 +388,12 @@ def train(
         if live is not None:  # the summary, even if no step ran
             log_metrics(live, run.step, run.metrics, num_params, tokens_per_step, plot=False)
             live.end()
-    if world > 1:
-        dist.barrier()
+    distributed.barrier(world)
     return {"step": run.step, **run.metrics}
+
+
+def _compiles(setting: bool | str, device: torch.device) -> bool:
+    """Whether train.compile compiles the model on `device`: auto does on a GPU."""
+    if setting not in (True, False, "auto"):
+        raise PipelineError(f"train.compile must be true, false or auto, not {setting!r}")
+    return device.type == "cuda" if setting == "auto" else bool(setting)

@@ -15,8 +15,9 @@ from conftest import ROOT, write_tokens
 
 from model import TransformerXL, TransformerXLConfig
 from pipeline.checkpoint import export_model
+from pipeline.cpu_profile import for_evaluation
 from pipeline.errors import PipelineError
-from pipeline.evaluate import HELD_OUT, EvaluateParams, evaluate, limit_for_cpu, score_pieces
+from pipeline.evaluate import HELD_OUT, EvaluateParams, evaluate, score_pieces
 from pipeline.music.performance_encoding import PIECE_END, PIECE_START, VOCAB_SIZE
 from pipeline.ngram import KneserNey, unigram_log_probs
 
@@ -259,12 +260,13 @@ def test_bad_input_is_a_clear_error(folder, tmp_path):
     assert result.stderr.strip().count("\n") == 0 and "no trained model there" in result.stderr
 
 
-def test_cpu_limits_cap_the_evaluation(capsys):
-    p = limit_for_cpu(EvaluateParams(tgt_len=512, mem_len=2048, cpu_limits={"tgt_len": 128, "mem_len": "4096"}))
-    assert (p.tgt_len, p.mem_len) == (128, 2048)
-    assert "tgt_len 512 → 128" in capsys.readouterr().out
+def test_cpu_limits_cap_the_evaluation():
+    p, lowered = for_evaluation(
+        EvaluateParams(tgt_len=512, mem_len=2048, cpu_limits={"tgt_len": 128, "mem_len": "4096"})
+    )
+    assert (p.tgt_len, p.mem_len) == (128, 2048) and lowered == ["tgt_len 512 → 128"]
     with pytest.raises(PipelineError, match="unknown evaluate.cpu_limits params: memory"):
-        limit_for_cpu(EvaluateParams(cpu_limits={"memory": 1}))
+        for_evaluation(EvaluateParams(cpu_limits={"memory": 1}))
 
 
 def test_a_model_with_the_state_input_scores_each_piece_with_its_own_piano_state():

@@ -355,14 +355,14 @@ def test_bf16_is_chosen_where_it_pays_and_when_asked(monkeypatch):
 
     cpu = torch.device("cpu")
     small = TransformerXL(TransformerXLConfig(VOCAB_SIZE, n_layer=1, d_model=32, n_head=2, d_head=16, d_inner=64))
-    assert stage.pick_autocast("float32", cpu, small, 4) is None
-    assert stage.pick_autocast("bfloat16", cpu, small, 4) is torch.bfloat16
+    assert stage.decode_dtype("float32", cpu, small, 4) is None
+    assert stage.decode_dtype("bfloat16", cpu, small, 4) is torch.bfloat16
     timed = []
     for native in (True, False):
         for faster in (True, False):
-            monkeypatch.setattr(stage, "cpu_has_bf16", lambda native=native: native)
+            monkeypatch.setattr("model.device.cpu_has_bf16", lambda native=native: native)
             monkeypatch.setattr(stage, "bf16_decodes_faster", lambda m, rows, f=faster: timed.append(rows) or f)
-            assert stage.pick_autocast("auto", cpu, small, 4) is (torch.bfloat16 if native and faster else None)
+            assert stage.decode_dtype("auto", cpu, small, 4) is (torch.bfloat16 if native and faster else None)
     assert timed == [4, 4]  # timed at the batch's size, and only where the CPU has bf16 at all
 
 

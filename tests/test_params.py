@@ -1,4 +1,5 @@
-"""params.yaml reading, with and without PyYAML, and a train path that needs nothing beyond torch and numpy."""
+"""params.yaml reading and typing, its one-line errors, and a train path that needs nothing beyond torch, numpy,
+typer and PyYAML."""
 
 from __future__ import annotations
 
@@ -13,88 +14,83 @@ from conftest import ROOT
 from test_train import TINY_MODEL, params, repeating_corpus
 
 from pipeline.errors import PipelineError
-from pipeline.params import load_section, read_plain_yaml, typed
+from pipeline.generate_params import GenerateParams
+from pipeline.params import load_section, typed
 from pipeline.train import TrainParams
 
-TRICKY = """
-top:                       # a comment
-  url: http://host/a#b     # '#' inside a word is not a comment
-  empty: ''
-  quoted: "x # y"
-  title: Chopin's etude    # an apostrophe inside a word opens no quote
-  flow: [0.95, 1.0, 1.05]
-  words: [cuda, cpu]
-  none: {}
-  mapping: {n_layer: 4, d_model: 128}
-  flag: true
-  switches: [yes, off, TRUE]
-  small: 0.00025
-  half: .5
-  big: 8_388_608
-  negative: -1
-  nothing:
-  nested:
-    deeper:
-      value: 3
-    block:
-    - 0.95
-    - 1.05
-    indented:
-      - a
-      - b
-  after: back
-  folded:
-    https://storage.example.org/a/very/long/path/that/was/folded/onto/the/next/line.zip
-  continued: first half
-    second half
-second:
-  key: word
-"""
+
+def test_load_section_returns_the_section_or_says_it_is_missing(tmp_path):
+    (tmp_path / "p.yaml").write_text("top:\n  nested:\n    value: 3\n  flow: [0.95, 1.05]\nsecond: 1\n")
+    assert load_section("top", tmp_path / "p.yaml") == {"nested": {"value": 3}, "flow": [0.95, 1.05]}
+    with pytest.raises(PipelineError, match="no 'third:' section"):
+        load_section("third", tmp_path / "p.yaml")
+    with pytest.raises(PipelineError, match="no 'second:' section"):  # a scalar is not a section
+        load_section("second", tmp_path / "p.yaml")
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(PipelineError, match="no 'top:' section"):
+        load_section("top", tmp_path / "empty.yaml")
+    with pytest.raises(PipelineError, match="params file not found"):
+        load_section("top", tmp_path / "absent.yaml")
 
 
-def test_the_plain_reader_agrees_with_pyyaml():
-    assert read_plain_yaml(TRICKY) == yaml.safe_load(TRICKY)
-    project = (ROOT / "params.yaml").read_text()
-    assert read_plain_yaml(project) == yaml.safe_load(project)
-    with pytest.raises(PipelineError, match=r"params:3: expected 'key: value', found 'just words'"):
-        read_plain_yaml("a:\n  b: 1\njust words\n")
-    with pytest.raises(PipelineError, match=r"params:2: a list item outside a list"):
-        read_plain_yaml("a: 1\n- x\n")
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("generate:\n  seconds: 30\n top_k: 2\n", 3),  # a key indented less than its siblings
+        ("generate:\n  seconds: 30\n  top_p: [0.9\n  samples: 2\n", 4),  # an unclosed flow list
+        ("generate:\n\tseconds: 30\n", 2),  # a tab as indentation
+    ],
+)
+def test_a_malformed_params_file_is_a_one_line_error_naming_file_and_line(tmp_path, text, line):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(PipelineError) as caught:
+        load_section("generate", path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}:{line}:") and "not valid YAML" in message
+    assert "\n" not in message
 
 
-def test_params_rewritten_by_dvc_exp_run_read_the_same_without_pyyaml(tmp_path):
+def test_a_missing_pyyaml_is_a_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "p.yaml").write_text("generate:\n  seconds: 30\n")
+    monkeypatch.setitem(sys.modules, "yaml", None)  # `import yaml` now raises ImportError
+    with pytest.raises(PipelineError, match=r"needs PyYAML \(pip install pyyaml\)") as caught:
+        load_section("generate", tmp_path / "p.yaml")
+    assert "\n" not in str(caught.value)
+
+
+def test_params_rewritten_by_dvc_exp_run_read_as_written(tmp_path):
     apply_overrides = pytest.importorskip("dvc.utils.hydra").apply_overrides
     path = tmp_path / "params.yaml"
     path.write_text((ROOT / "params.yaml").read_text())
     apply_overrides(path, ["train.lr=1e-5", "model.n_layer=2", "~train.cpu_limits", "tokenize.stretch=[1.0,1.1]"])
-    text = path.read_text()
-    plain, pyyaml = read_plain_yaml(text), yaml.safe_load(text)
-    assert plain["data"] == pyyaml["data"] and plain["tokenize"]["stretch"] == [1.0, 1.1]
-    # PyYAML reads 1e-05 as a string (YAML 1.1); typed() gives both readers' values the dataclass's types.
-    assert typed(TrainParams, pyyaml["train"], "train") == typed(TrainParams, plain["train"], "train")
-    assert typed(TrainParams, pyyaml["train"], "train")["lr"] == 1e-5 and "cpu_limits" not in plain["train"]
-    assert plain["model"] == pyyaml["model"] and plain["model"]["n_layer"] == 2
+    assert load_section("tokenize", path)["stretch"] == [1.0, 1.1]
+    assert load_section("model", path)["n_layer"] == 2
+    train = load_section("train", path)
+    # PyYAML reads 1e-05 as a string (YAML 1.1); typed() gives it the dataclass's type.
+    assert "cpu_limits" not in train and typed(TrainParams, train, "train")["lr"] == 1e-5
 
 
 def test_typed_converts_and_refuses():
-    assert typed(TrainParams, {"lr": "1e-05", "steps": 10.0, "compile": "yes", "cpu_limits": None}, "train") == {
+    assert typed(TrainParams, {"lr": "1e-05", "steps": 10.0, "cpu_limits": None, "cpu_lr": None}, "train") == {
         "lr": 1e-5,
         "steps": 10,
-        "compile": True,
         "cpu_limits": {},
+        "cpu_lr": None,
     }
+    values = {"keep_primer": "yes", "stop_at_piece_end": "off", "mem_len": None, "seconds": "12"}
+    assert typed(GenerateParams, values, "generate") == {
+        "keep_primer": True,
+        "stop_at_piece_end": False,
+        "mem_len": None,
+        "seconds": 12.0,
+    }
+    with pytest.raises(PipelineError, match=r"generate.keep_primer: 'maybe' is not a valid bool"):
+        typed(GenerateParams, {"keep_primer": "maybe"}, "generate")
     with pytest.raises(PipelineError, match=r"train.steps: 2.5 is not a valid int"):
         typed(TrainParams, {"steps": 2.5}, "train")
     with pytest.raises(PipelineError, match=r"unknown train params: stepz"):
         typed(TrainParams, {"stepz": 1}, "train")
-
-
-def test_load_section_without_pyyaml(tmp_path, monkeypatch):
-    (tmp_path / "p.yaml").write_text(TRICKY)
-    monkeypatch.setitem(sys.modules, "yaml", None)  # `import yaml` now raises ImportError
-    assert load_section("top", tmp_path / "p.yaml")["nested"]["deeper"] == {"value": 3}
-    with pytest.raises(PipelineError, match="no 'third:' section"):
-        load_section("third", tmp_path / "p.yaml")
 
 
 BLOCKER = """
@@ -113,12 +109,12 @@ app()
 """
 
 
-def test_training_evaluation_and_generation_need_only_torch_numpy_and_typer(tmp_path):
+def test_training_evaluation_and_generation_need_only_torch_numpy_typer_and_pyyaml(tmp_path):
     tokens = repeating_corpus(tmp_path / "tokens")
     stages = {"model": TINY_MODEL, "train": {**params(steps=3).__dict__}, "evaluate": {"device": "cpu"}}
     stages["generate"] = {"device": "cpu", "samples": 1, "seconds": 2.0}
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(stages))
-    blocked = {"yaml", "polars", "pyarrow", "symusic", "mido", "dvc", "dvclive", "great_expectations", "pandas"}
+    blocked = {"polars", "pyarrow", "symusic", "mido", "dvc", "dvclive", "great_expectations", "pandas"}
     blocked |= {"scipy", "matplotlib", "pretty_midi", "note_seq", "nltk"}
     common = ["--params", str(tmp_path / "p.yaml"), "--tokens", str(tokens)]
     train_args = ["train", *common]
@@ -146,7 +142,6 @@ def test_training_evaluation_and_generation_need_only_torch_numpy_and_typer(tmp_
 def test_a_stage_run_without_params_yaml_gets_params_yamls_values(section):
     """The dataclass defaults (what a stage called from Python gets) are params.yaml's values."""
     from pipeline.evaluate import EvaluateParams
-    from pipeline.generate import GenerateParams
 
     cls = {"train": TrainParams, "evaluate": EvaluateParams, "generate": GenerateParams}[section]
     values = typed(cls, yaml.safe_load((ROOT / "params.yaml").read_text())[section], section)

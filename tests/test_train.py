@@ -17,10 +17,11 @@ import torch
 import yaml
 from conftest import ROOT, repeating_corpus
 
-from pipeline.checkpoint import load_model
+from pipeline.checkpoint import build_model, load_model
+from pipeline.cpu_profile import for_training
 from pipeline.errors import PipelineError
 from pipeline.music.performance_encoding import vocab
-from pipeline.train import TrainParams, build_model, limit_for_cpu, train
+from pipeline.train import TrainParams, train
 
 TINY_MODEL = dict(n_layer=2, d_model=32, n_head=4, d_head=8, d_inner=64, dropout=0.0, tgt_len=16, mem_len=16)
 
@@ -135,7 +136,7 @@ def test_two_process_ddp_follows_the_single_process_loss_curve(tmp_path):
     np.testing.assert_allclose(ddp, single, rtol=1e-4)
 
 
-def test_bad_inputs_are_clear_errors(tmp_path):
+def test_bad_inputs_are_clear_errors(tmp_path, capsys):
     tokens = repeating_corpus(tmp_path / "tokens")
     with pytest.raises(PipelineError, match="n_head × d_head must equal d_model"):
         train(tokens, tmp_path / "c", tmp_path / "m", None, {**TINY_MODEL, "d_head": 4}, params(steps=1))
@@ -144,8 +145,9 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     other = repeating_corpus(tmp_path / "other", shift=2)
     vocab_json = json.loads((other / "vocab.json").read_text())
     (other / "vocab.json").write_text(json.dumps({**vocab_json, "vocab_size": 400}))
-    with pytest.raises(PipelineError, match="checkpoint vocabulary has 390 tokens, the tokens' vocab.json 400"):
-        train(other, tmp_path / "c", tmp_path / "m", None, TINY_MODEL, params(steps=2))
+    train(other, tmp_path / "c", tmp_path / "m", None, TINY_MODEL, params(steps=2))
+    assert "the token data, vocab_size 390 → 400" in capsys.readouterr().out  # a new run; the old one kept
+    assert torch.load(tmp_path / "c" / "last.prev.pt", weights_only=True)["config"]["vocab_size"] == 390
 
     (tokens / "train" / "shard-00000.npy").unlink()
     with pytest.raises(PipelineError, match="shard-00000.npy: shard listed in .* is missing"):
@@ -190,15 +192,15 @@ def test_a_stop_at_the_last_step_still_exports_the_model(tmp_path):
 def test_cpu_limits_cap_the_configured_size():
     model = {**TINY_MODEL, "n_layer": 6, "d_model": 64, "n_head": 8, "d_head": 8}
     p = params(steps=100, batch_size=4, cpu_limits={"n_layer": 3, "d_model": 32, "steps": 50, "batch_size": 16})
-    capped, q, lowered = limit_for_cpu(model, p)
+    capped, q, lowered = for_training(model, p)
     assert (capped["n_layer"], capped["d_model"], capped["n_head"], capped["d_head"]) == (3, 32, 8, 4)
     assert (q.steps, q.batch_size) == (50, 4)  # a value already below its limit stays
     assert lowered == ["n_layer 6 → 3", "d_model 64 → 32", "steps 100 → 50"]
-    assert limit_for_cpu(model, params())[0] == model
-    _, q, changed = limit_for_cpu(model, params(lr=3e-4, cpu_lr=1e-3))  # the one value a CPU run may raise
+    assert for_training(model, params())[0] == model
+    _, q, changed = for_training(model, params(lr=3e-4, cpu_lr=1e-3))  # the one value a CPU run may raise
     assert q.lr == 1e-3 and changed == ["lr 0.0003 → 0.001 (train.cpu_lr)"]
     with pytest.raises(PipelineError, match="unknown keys n_layers"):
-        limit_for_cpu(model, params(cpu_limits={"n_layers": 2}))
+        for_training(model, params(cpu_limits={"n_layers": 2}))
 
 
 def test_the_cpu_run_trains_and_exports_the_capped_model(tmp_path):
@@ -228,7 +230,9 @@ def test_a_checkpoint_of_other_data_or_a_broken_one(tmp_path, capsys):
     train(tokens, tmp_path / "c", tmp_path / "m", None, TINY_MODEL, params(steps=2))
     other = repeating_corpus(tmp_path / "other", shift=2)
     train(other, tmp_path / "c", tmp_path / "m", None, TINY_MODEL, params(steps=2))
-    assert "was trained with other model or train params; starting afresh" in capsys.readouterr().out
+    assert "was trained with other settings (the token data); kept as last.prev.pt, training afresh" in (
+        capsys.readouterr().out
+    )
 
     (tmp_path / "c" / "last.pt").write_bytes(b"PK\x03\x04 cut short")
     with pytest.raises(PipelineError, match=r"last.pt: unreadable checkpoint .*delete it to train afresh"):
@@ -259,7 +263,7 @@ def test_bf16_training_on_the_cpu_learns_and_is_recorded(tmp_path):
     with pytest.raises(PipelineError, match="train.precision must be one of auto, bfloat16, float32, not 'half'"):
         train(tokens, tmp_path / "c2", tmp_path / "m2", None, TINY_MODEL, params(steps=1, precision="half"))
     with pytest.raises(PipelineError, match="model.state_input must be true or false, not 'yes'"):
-        from pipeline.train import model_section
+        from pipeline.checkpoint import model_section
 
         model_section({**TINY_MODEL, "state_input": "yes"})
 
@@ -310,10 +314,10 @@ def test_a_train_step_scores_each_piece_of_a_row_as_if_it_were_alone(tmp_path):
 
 
 def test_auto_precision_is_bf16_where_the_device_has_it_natively(monkeypatch):
-    import pipeline.train as stage
+    from model.device import compute_dtype
 
     cpu = torch.device("cpu")
     for native in (True, False):
-        monkeypatch.setattr(stage, "native_bf16", lambda device, native=native: native)
-        assert stage.train_dtype("auto", cpu) is (torch.bfloat16 if native else None)
-        assert stage.train_dtype("float32", cpu) is None and stage.train_dtype("bfloat16", cpu) is torch.bfloat16
+        monkeypatch.setattr("model.device.native_bf16", lambda device, native=native: native)
+        assert compute_dtype("auto", cpu) is (torch.bfloat16 if native else None)
+        assert compute_dtype("float32", cpu) is None and compute_dtype("bfloat16", cpu) is torch.bfloat16

@@ -15,11 +15,12 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from pipeline.atomic import atomic_write_text
 from pipeline.errors import PipelineError
 from pipeline.live import cpu_model
-from pipeline.params import load_section, read_plain_yaml
+from pipeline.params import load_section
 from pipeline.report import figures
 from pipeline.report.markdown import read_json, table
 from pipeline.report.samples import samples_section
@@ -180,7 +181,7 @@ def training_section(inputs: Inputs, out: Path) -> list[str]:
     fig_tokens = figures.curves(out / "loss_by_tokens.png", by_tokens, "Loss against tokens seen", "million tokens",
                                 "nats per token")  # fmt: skip
     params_path = inputs.train / "params.yaml"
-    trained = read_plain_yaml(params_path.read_text()) if params_path.is_file() else {}
+    trained = (yaml.safe_load(params_path.read_text()) or {}) if params_path.is_file() else {}
     side = trained.get("model", {}).get("side_size", "?")
     state = "?" if side == "?" else "on" if side else "off"
     header = ["parameters", "steps", "tokens seen", "final train loss", "final validation NLL", "piano state input",

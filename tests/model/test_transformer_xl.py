@@ -76,9 +76,9 @@ def test_no_gradient_flows_into_the_memory():
 
 def test_same_length_gives_every_query_mem_len_keys():
     model = tiny(same_length=True, mem_len=6)
-    mask = model._attn_mask(qlen=4, mlen=6, device=torch.device("cpu"))
+    mask = model._attn_mask(qlen=4, mlen=6, device=torch.device("cpu"), span=model.cfg.span())
     assert (~mask).sum(dim=1).tolist() == [6, 6, 6, 6]
-    assert (~tiny()._attn_mask(4, 6, torch.device("cpu"))).sum(dim=1).tolist() == [7, 8, 9, 10]
+    assert (~tiny()._attn_mask(4, 6, torch.device("cpu"), tiny().cfg.span())).sum(dim=1).tolist() == [7, 8, 9, 10]
 
 
 def sinusoid(distances: torch.Tensor, d_model: int) -> torch.Tensor:

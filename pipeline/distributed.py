@@ -1,0 +1,62 @@
+"""Several processes under torchrun: the process group, DDP around the model, agreement between ranks, and the
+per-rank state a checkpoint gathers on rank 0. A single process (no torchrun) skips all of it."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from model.device import pick_device
+
+
+def start(device_choice: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device). On a GPU the process's device is set before the process group starts, and the
+    group is bound to it (`device_id`), as NCCL needs to avoid a hang; CPUs use gloo."""
+    rank, world, local_rank = (
+        int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0))
+    )
+    device = pick_device(device_choice, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
+    return rank, world, device
+
+
+def wrap(model: torch.nn.Module, device: torch.device, world: int, compile_model: bool) -> torch.nn.Module:
+    """What the training step calls: DDP around the model with several processes, and torch.compile around that
+    (compile(DDP(model)), so that the gradients' all-reduce overlaps the backward pass)."""
+    forward = model
+    if world > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return torch.compile(forward) if compile_model else forward
+
+
+def agree(loss: torch.Tensor, stop: bool, world: int) -> tuple[float, bool]:
+    """The loss averaged over processes, and whether any was asked to stop, so that all stop at the same step."""
+    if world == 1:
+        return float(loss), stop
+    both = torch.stack([loss.float(), torch.tensor(float(stop), device=loss.device)])
+    dist.all_reduce(both)
+    return float(both[0]) / world, bool(both[1] > 0)
+
+
+def gather_on_first(local: object, rank: int, world: int) -> list | None:
+    """Every rank's `local` in rank order, on rank 0 only (None elsewhere)."""
+    if world == 1:
+        return [local]
+    gathered = [None] * world if rank == 0 else None
+    dist.gather_object(local, gathered, dst=0)
+    return gathered
+
+
+def barrier(world: int) -> None:
+    """Wait for every process (nothing to wait for in a single one)."""
+    if world > 1:
+        dist.barrier()
