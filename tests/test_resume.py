@@ -1,0 +1,104 @@
+"""Training state is never thrown away: which changes resume a checkpoint, which set it aside, and a kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import torch
+from conftest import ROOT, repeating_corpus
+from test_train import ENV, TINY_MODEL, _command, params
+
+from pipeline.train import _lr_factor, train
+
+
+def _weights(folder) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    return torch.load(folder / "model.pt", weights_only=True)
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _stop_at(step_to_stop: int):  # noqa: ANN202
+    def on_step(step: int) -> None:
+        if step == step_to_stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return on_step
+
+
+def test_toggling_compile_logging_and_intervals_on_a_stopped_run_resumes_it(tmp_path, monkeypatch, capsys):
+    tokens = repeating_corpus(tmp_path / "tokens")
+    model = {**TINY_MODEL, "dropout": 0.1}  # the RNG state is part of what must carry over
+    p = params(steps=12, checkpoint_interval=5)
+    train(tokens, tmp_path / "a", tmp_path / "model_a", None, model, p)
+
+    assert train(tokens, tmp_path / "b", tmp_path / "model_b", None, model, p, on_step=_stop_at(7))["step"] == 7
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: compiled.append(module) or module)
+    changed = params(steps=12, compile=True, log_interval=3, eval_interval=4, checkpoint_interval=2, eval_segments=2)
+    capsys.readouterr()
+    train(tokens, tmp_path / "b", tmp_path / "model_b", None, model, changed)
+    out = capsys.readouterr().out
+    assert "resuming from" in out and "at step 7" in out and "last.prev.pt" not in out
+    assert "compile auto → True" in out and "log_interval 1000 → 3" in out  # what changed is said
+    assert len(compiled) == 1 and not (tmp_path / "b" / "last.prev.pt").exists()
+    assert _same_weights(_weights(tmp_path / "model_a"), _weights(tmp_path / "model_b"))  # as if never stopped
+
+
+def test_a_changed_trajectory_keeps_the_old_checkpoint_as_last_prev(tmp_path, capsys):
+    tokens = repeating_corpus(tmp_path / "tokens")
+    train(tokens, tmp_path / "c", tmp_path / "model", None, TINY_MODEL, params(steps=10), on_step=_stop_at(6))
+    stopped = (tmp_path / "c" / "last.pt").read_bytes()
+    capsys.readouterr()
+    other = params(steps=10, lr=1e-3, seed=7)
+    train(tokens, tmp_path / "c", tmp_path / "model", None, TINY_MODEL, other)
+    out = capsys.readouterr().out
+    assert out.count("kept as last.prev.pt, training afresh") == 1
+    assert "lr 0.003 → 0.001" in out and "seed 1234 → 7" in out and "resuming" not in out
+    assert (tmp_path / "c" / "last.prev.pt").read_bytes() == stopped  # the stopped run, whole
+    train(tokens, tmp_path / "fresh", tmp_path / "model_fresh", None, TINY_MODEL, other)
+    assert _same_weights(_weights(tmp_path / "model"), _weights(tmp_path / "model_fresh"))  # trained from scratch
+
+
+def test_raising_steps_resumes_with_the_cosine_stretched_to_the_new_end(tmp_path, capsys):
+    tokens = repeating_corpus(tmp_path / "tokens")
+    train(tokens, tmp_path / "c", tmp_path / "model", None, TINY_MODEL, params(steps=10))
+    capsys.readouterr()
+    longer = params(steps=16)
+    assert (
+        train(tokens, tmp_path / "c", tmp_path / "model", None, TINY_MODEL, longer, on_step=_stop_at(12))["step"] == 12
+    )
+    out = capsys.readouterr().out
+    assert "at step 10" in out and "train.steps 10 → 16: the cosine decay now ends at step 16" in out
+    state = torch.load(tmp_path / "c" / "last.pt", weights_only=True)
+    lr = state["optimizer"]["param_groups"][0]["lr"]
+    assert lr == longer.lr * _lr_factor(12, longer) and lr != longer.lr * _lr_factor(12, params(steps=10))
+    # The same steps again: the run is finished, so it is trained afresh and the finished one kept.
+    train(tokens, tmp_path / "c", tmp_path / "model", None, TINY_MODEL, longer)
+    train(tokens, tmp_path / "c", tmp_path / "model", None, TINY_MODEL, longer)
+    assert "holds a finished run of 16 steps; kept as last.prev.pt" in capsys.readouterr().out
+    assert torch.load(tmp_path / "c" / "last.prev.pt", weights_only=True)["step"] == 16
+
+
+def test_a_run_killed_with_sigkill_resumes_from_its_last_checkpoint_to_the_same_weights(tmp_path):
+    tokens = repeating_corpus(tmp_path / "tokens")
+    args = _command(tmp_path, tokens, "whole", 1, steps=12)
+    subprocess.run(args, cwd=ROOT, env=ENV, check=True, capture_output=True, timeout=300)
+    killed = _command(tmp_path, tokens, "killed", 1, steps=12)
+    settings = (tmp_path / "killed.yaml").read_text().replace("checkpoint_interval: 1000", "checkpoint_interval: 4")
+    (tmp_path / "killed.yaml").write_text(settings)
+    run = subprocess.Popen(killed, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in run.stdout:
+        if line.startswith("step 6/"):  # past the checkpoint at step 4, before the one at 8
+            run.kill()  # SIGKILL: no handler runs, nothing is saved
+            break
+    run.wait(timeout=60)
+    assert run.returncode == -signal.SIGKILL
+    assert torch.load(tmp_path / "killed" / "ckpt" / "last.pt", weights_only=True)["step"] == 4
+    assert not (tmp_path / "killed" / "model").exists()
+    resumed = subprocess.run(killed, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0 and "at step 4" in resumed.stdout, resumed.stdout + resumed.stderr
+    assert _same_weights(_weights(tmp_path / "whole" / "model"), _weights(tmp_path / "killed" / "model"))
