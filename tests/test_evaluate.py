@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import ROOT, write_tokens
 
-from model import TransformerXL, TransformerXLConfig
+from model import AttnSpan, TransformerXL, TransformerXLConfig
 from pipeline.checkpoint import export_model
 from pipeline.cpu_profile import for_evaluation
 from pipeline.errors import PipelineError
@@ -301,3 +301,18 @@ def test_piece_start_nll_is_the_nll_of_each_pieces_first_64_tokens():
     assert PIECE_START_TOKENS == 64 and len(opening) == 64 + 30 + 64 + 64
     assert m["piece_start_nll"] == pytest.approx(np.mean(opening), abs=1e-5)
     assert m["piece_start_nll"] != pytest.approx(m["nll"], abs=1e-3)
+
+
+def test_the_evaluation_span_is_an_argument_and_the_model_keeps_its_trained_config():
+    model = tiny_model()
+    trained = model.cfg
+    pieces = random_pieces(5, 4, low=20, high=40)
+    span = AttnSpan(mem_len=24, same_length=True)
+    configured = tiny_model(mem_len=24, same_length=True)  # the same weights (same seed), configured with the span
+    given = score_pieces(model, pieces, tgt_len=7, batch_size=2, span=span)
+    built_in = score_pieces(configured, pieces, tgt_len=7, batch_size=2)
+    for a, b in zip(given.nll, built_in.nll, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert model.cfg == trained
+    as_trained = score_pieces(model, pieces, tgt_len=7, batch_size=2)
+    assert any(not np.allclose(a, b) for a, b in zip(as_trained.nll, given.nll, strict=True))  # the span matters

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import tiny
 
-from model.sampling import check_sampling, filter_logits, generate, sample
+from model.sampling import DONE_EVERY, Draws, check_sampling, draw, filter_logits, generate, sample
 
 VOCAB = 50
 
@@ -280,3 +280,30 @@ def test_forced_ids_replace_the_sampled_ones_and_the_rule_sees_each_steps_ids():
     assert not torch.equal(ruled[0][3:], free[0][3:])  # the model reads the forced id like its own
     assert torch.equal(ruled[1], free[1])  # a row left free samples exactly what it would have
     assert seen[0] is None and all(torch.equal(seen[i + 1], torch.stack([r[i] for r in ruled])) for i in range(11))
+
+
+def test_draws_give_each_row_its_own_generators_numbers_across_blocks():
+    draws = Draws([seeded(1), seeded(2)], rows=2, device=torch.device("cpu"), block=3)
+    got = torch.stack([draws() for _ in range(7)], dim=1)  # three blocks: 3 + 3 + 1
+    for row, seed in enumerate((1, 2)):
+        alone = seeded(seed)
+        expected = torch.cat([torch.rand(3, generator=alone) for _ in range(3)])[:7]
+        assert torch.equal(got[row], expected)
+    with pytest.raises(ValueError, match="3 generators for 2 rows"):
+        Draws([seeded(1)] * 3, rows=2, device=torch.device("cpu"))
+
+
+def test_draw_inverts_the_cumulative_probability_and_never_picks_an_impossible_id():
+    logits = torch.tensor([[float("-inf"), 0.0, float("-inf"), 0.0, float("-inf")]]).repeat(4, 1)
+    uniform = torch.tensor([0.0, 0.49, 0.51, 1 - 1e-7])  # 1 - u: 1.0, 0.51, 0.49, ~0
+    assert draw(logits, uniform).tolist() == [3, 3, 1, 1]
+
+
+def test_the_loop_stops_within_done_every_steps_of_the_last_row_ending():
+    model = tiny()
+    with torch.no_grad():
+        model.out_bias[7] = 50.0  # every row samples id 7 at once
+    calls = []
+    rows = generate(model, torch.randint(0, VOCAB, (3, 2)), 100, generator=seeded(1), stop_token=7,
+                    stop=lambda ids: calls.append(ids) or torch.zeros(3, dtype=torch.bool))  # fmt: skip
+    assert [r.tolist() for r in rows] == [[7]] * 3 and len(calls) == DONE_EVERY < 100
