@@ -10,6 +10,8 @@ import sys
 from conftest import ROOT, repeating_corpus
 from test_train import ENV, TINY_MODEL, params
 
+from pipeline.train import TrainParams, train
+
 # Run in each process: record a fingerprint of the freshly built model's weights and of the first dropout mask,
 # then train. The test compares them across the two processes.
 WORKER = """
@@ -62,10 +64,33 @@ def test_each_process_starts_from_the_same_weights_and_draws_its_own_dropout_mas
     assert ranks[0]["mask"] != ranks[1]["mask"]
 
 
-def test_a_mismatched_checkpoint_is_set_aside_once_for_all_processes(tmp_path):
+def test_a_mismatched_checkpoint_is_set_aside_once_for_all_processes(tmp_path, capsys):
     tokens = repeating_corpus(tmp_path / "tokens")
-    train = {**params(steps=2, log_interval=1, eval_interval=100, transpose=0).__dict__}
-    _torchrun(tmp_path, tokens, TINY_MODEL, train)
-    out = _torchrun(tmp_path, tokens, TINY_MODEL, {**train, "lr": 1e-3})
+    train_settings = {**params(steps=2, log_interval=1, eval_interval=100, transpose=0).__dict__}
+    _torchrun(tmp_path, tokens, TINY_MODEL, train_settings)
+    out = _torchrun(tmp_path, tokens, TINY_MODEL, {**train_settings, "lr": 1e-3})
     assert out.count("kept as last.prev.pt") == 1 and "lr 0.003 → 0.001" in out
     assert (tmp_path / "run" / "ckpt" / "last.prev.pt").is_file() and (tmp_path / "run" / "ckpt" / "last.pt").is_file()
+    # One process where two wrote the checkpoint: its memories cannot be shared out, so it is set aside too.
+    one = TrainParams(**{**train_settings, "lr": 1e-3, "steps": 4})
+    train(tokens, tmp_path / "run" / "ckpt", tmp_path / "run" / "model", None, TINY_MODEL, one)
+    assert "was written by 2 process(es), not 1; kept as last.prev.pt" in capsys.readouterr().out
+
+
+def test_several_processes_compile_around_ddp(tmp_path):
+    """compile(DDP(model)), so that the gradients' all-reduce overlaps the backward pass (PyTorch's advice)."""
+    import torch
+    import torch.distributed as dist
+
+    from pipeline.distributed import wrap
+
+    model = torch.nn.Linear(4, 4)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        forward = wrap(model, torch.device("cpu"), world=2, compile_model=True)
+        assert isinstance(forward, torch._dynamo.eval_frame.OptimizedModule)
+        assert isinstance(forward._orig_mod, torch.nn.parallel.DistributedDataParallel)
+        assert forward._orig_mod.module is model
+        assert wrap(model, torch.device("cpu"), world=1, compile_model=False) is model
+    finally:
+        dist.destroy_process_group()

@@ -136,9 +136,12 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     assert run["steps"] == 6 and run["device"] == "cpu" and "- Training: 6 steps in " in report
     figures_before = {p.name: p.read_bytes() for p in (project / "reports" / "figures").iterdir()}
     # `dvc exp show` lists the shape that was trained (reports/train/params.yaml) beside the one configured.
-    shown = next(csv.DictReader(sh(["dvc", "exp", "show", "--csv"], project).stdout.splitlines()))
-    assert shown["params.yaml:model.n_layer"] == "12" and shown["reports/train/params.yaml:model.n_layer"] == "3"
-    assert shown["reports/train/params.yaml:profile"] == "cpu" and shown["reports/train/params.yaml:train.steps"] == "6"
+    workspace = json.loads(sh(["dvc", "exp", "show", "--json"], project).stdout)[0]
+    assert workspace["rev"] == "workspace"
+    configured = workspace["data"]["params"]["params.yaml"]["data"]
+    as_trained = workspace["data"]["params"]["reports/train/params.yaml"]["data"]
+    assert configured["model"]["n_layer"] == 12 and as_trained["model"]["n_layer"] == 3
+    assert as_trained["profile"] == "cpu" and as_trained["train"]["steps"] == 6 and as_trained["device"] == "cpu"
 
     again = sh(["dvc", "repro"], project)
     assert "Running stage" not in again.stdout

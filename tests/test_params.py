@@ -151,3 +151,10 @@ def test_a_stage_run_without_params_yaml_gets_params_yamls_values(section):
         if f.name != "cpu_limits"
     }
     assert {k: v for k, v in values.items() if k != "cpu_limits"} == defaults
+
+
+def test_a_setting_that_is_a_boolean_or_a_word_reads_both():
+    from pipeline.train import TrainParams
+
+    for given, expected in ((True, True), ("yes", True), ("off", False), ("auto", "auto"), ("Auto", "Auto")):
+        assert typed(TrainParams, {"compile": given}, "train") == {"compile": expected}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 
+import pytest
 import torch
 from conftest import ROOT, repeating_corpus
 from test_train import ENV, TINY_MODEL, _command, params
@@ -63,14 +65,23 @@ def test_a_changed_trajectory_keeps_the_old_checkpoint_as_last_prev(tmp_path, ca
     assert _same_weights(_weights(tmp_path / "model"), _weights(tmp_path / "model_fresh"))  # trained from scratch
 
 
-def test_raising_steps_resumes_with_the_cosine_stretched_to_the_new_end(tmp_path, capsys):
+def test_raising_steps_resumes_with_the_cosine_stretched_to_the_new_end(tmp_path, capsys, monkeypatch):
     tokens = repeating_corpus(tmp_path / "tokens")
     train(tokens, tmp_path / "c", tmp_path / "model", None, TINY_MODEL, params(steps=10))
     capsys.readouterr()
     longer = params(steps=16)
-    assert (
-        train(tokens, tmp_path / "c", tmp_path / "model", None, TINY_MODEL, longer, on_step=_stop_at(12))["step"] == 12
-    )
+    used = []  # the learning rate of every optimiser step, as it is taken
+    step = torch.optim.AdamW.step
+
+    def record(self, *args):  # noqa: ANN001, ANN002, ANN202
+        used.append(self.param_groups[0]["lr"])
+        return step(self, *args)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", record)
+    stopped = train(tokens, tmp_path / "c", tmp_path / "model", None, TINY_MODEL, longer, on_step=_stop_at(12))
+    assert stopped["step"] == 12
+    assert used == [longer.lr * _lr_factor(s, longer) for s in (10, 11)]  # the new schedule from the first step on
+    monkeypatch.undo()
     out = capsys.readouterr().out
     assert "at step 10" in out and "train.steps 10 → 16: the cosine decay now ends at step 16" in out
     state = torch.load(tmp_path / "c" / "last.pt", weights_only=True)
@@ -102,3 +113,25 @@ def test_a_run_killed_with_sigkill_resumes_from_its_last_checkpoint_to_the_same_
     resumed = subprocess.run(killed, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0 and "at step 4" in resumed.stdout, resumed.stdout + resumed.stderr
     assert _same_weights(_weights(tmp_path / "whole" / "model"), _weights(tmp_path / "killed" / "model"))
+
+
+def test_the_cpu_profile_applies_as_train_profile_says(tmp_path):
+    from pipeline.cpu_profile import applies
+    from pipeline.errors import PipelineError
+    from pipeline.train import _compiles
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert applies("auto", cpu) and not applies("auto", cuda) and applies("cpu", cuda) and not applies("full", cpu)
+    assert (
+        _compiles("auto", cuda) and not _compiles("auto", cpu) and _compiles(True, cpu) and not _compiles(False, cuda)
+    )
+    for bad, call in (("laptop", lambda: applies("laptop", cpu)), ("maybe", lambda: _compiles("maybe", cpu))):
+        with pytest.raises(PipelineError, match=f"must be .*not '{bad}'"):
+            call()
+    tokens = repeating_corpus(tmp_path / "tokens")
+    capped = params(steps=2, cpu_limits={"n_layer": 1})
+    full = params(steps=2, cpu_limits={"n_layer": 1}, profile="full")
+    train(tokens, tmp_path / "a", tmp_path / "capped", None, TINY_MODEL, capped)
+    train(tokens, tmp_path / "b", tmp_path / "full", None, TINY_MODEL, full)
+    layers = [json.loads((tmp_path / m / "config.json").read_text())["n_layer"] for m in ("capped", "full")]
+    assert layers == [1, TINY_MODEL["n_layer"]]
