@@ -172,9 +172,11 @@ def train(
 ) -> None:
     """Train the Transformer-XL (model: and train: params) on the token shards, resuming from CHECKPOINTS.
 
-    On a GPU: bf16 autocast, TF32, fused AdamW, optional torch.compile; on a CPU: bf16 autocast where the CPU has it
-    natively (train.precision), the same code. SIGTERM or SIGINT saves a checkpoint and stops; the next run resumes
-    exactly there. Under torchrun it trains with DDP.
+    On a GPU: bf16 autocast, TF32, fused AdamW, torch.compile (train.compile: auto); on a CPU: the CPU profile's
+    smaller shape (train.profile), bf16 autocast where the CPU has it natively (train.precision), the same code.
+    SIGTERM or SIGINT saves a checkpoint and stops; the next run resumes there, as long as the model, the data and
+    the params that steer training are the same (otherwise the old checkpoint is kept as last.prev.pt). LIVE gets
+    DVCLive's metrics and params.yaml, the shape and settings as trained. Under torchrun it trains with DDP.
     """
     from pipeline.checkpoint import model_section
     from pipeline.params import load_section, typed
