@@ -316,3 +316,19 @@ def test_the_evaluation_span_is_an_argument_and_the_model_keeps_its_trained_conf
     assert model.cfg == trained
     as_trained = score_pieces(model, pieces, tgt_len=7, batch_size=2)
     assert any(not np.allclose(a, b) for a, b in zip(as_trained.nll, given.nll, strict=True))  # the span matters
+
+
+def test_the_stage_scores_with_the_evaluation_span_not_the_trained_one(tmp_path):
+    model = tiny_model()  # trained with mem_len 8, same_length off
+    with torch.no_grad():  # large weights, so that how far back a token sees shows in its score
+        for weight in (p for p in model.parameters() if p.dim() == 2):
+            weight.normal_(0, 0.3)
+    validation = random_pieces(8, 4, low=30, high=50)
+    bodies = {"train": [p[1:-1] for p in random_pieces(9, 3)], "validation": [p[1:-1] for p in validation]}
+    export_model(model, tmp_path / "model")
+    p = params(tgt_len=7, mem_len=24, same_length=True)
+    result = evaluate(write_tokens(tmp_path / "tokens", bodies), tmp_path / "model", tmp_path / "eval.json", p)
+    expected = np.concatenate(score_pieces(model, validation, 7, 2, AttnSpan(24, same_length=True)).nll)
+    as_trained = np.concatenate(score_pieces(model, validation, 7, 2).nll)
+    assert result["validation"]["nll"] == pytest.approx(expected.mean(), abs=1e-5)
+    assert abs(expected.mean() - as_trained.mean()) > 1e-3

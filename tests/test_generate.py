@@ -16,8 +16,8 @@ import pytest
 import torch
 from conftest import ROOT, note, write_midi, write_tokens
 
-from model import TransformerXL, TransformerXLConfig
-from pipeline.checkpoint import export_model
+from model import AttnSpan, TransformerXL, TransformerXLConfig
+from pipeline.checkpoint import export_model, load_model
 from pipeline.errors import PipelineError
 from pipeline.generate import (
     MAX_SAMPLES,
@@ -30,6 +30,7 @@ from pipeline.generate import (
     generate,
     primer_from_midi,
     primer_from_piece,
+    sample_batch,
     sample_flags,
     unconditional,
     write_sample,
@@ -533,3 +534,15 @@ def test_the_stage_applies_the_rule_and_counts_what_it_changed(tmp_path):
 def test_sampling_remembers_twice_the_training_memory_unless_told(model_dir, tmp_path):
     assert generate(model_dir, tmp_path / "a", params(samples=1, seconds=0.5))["settings"]["mem_len"] == 2 * 16
     assert generate(model_dir, tmp_path / "b", params(samples=1, seconds=0.5, mem_len=5))["settings"]["mem_len"] == 5
+    # And the samples are those of that memory: the same seeds sampled directly with it, not with the model's own.
+    model = load_model(model_dir)
+    for mem_len, out in ((None, "c"), (5, "d")):
+        p = params(samples=2, seconds=2.0, mem_len=mem_len, max_note_s=0.0)
+        made = generate(model_dir, tmp_path / out, p)["samples"]
+        span = AttnSpan(mem_len or 2 * 16)
+        rows, _ = sample_batch(model, unconditional(), p, [p.seed, p.seed + 1], None, span)
+        assert [s["tokens"] for s in made] == [len(r) for r in rows]
+        for record, row in zip(made, rows, strict=True):
+            write_sample(tmp_path, "direct", unconditional(), row, p, None, figures=False)
+            assert (tmp_path / "direct.mid").read_bytes() == (tmp_path / out / record["midi"]).read_bytes()
+    assert (tmp_path / "c" / "sample-01.mid").read_bytes() != (tmp_path / "d" / "sample-01.mid").read_bytes()

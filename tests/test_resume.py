@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 import torch
+import yaml
 from conftest import ROOT, repeating_corpus
 from test_train import ENV, TINY_MODEL, _command, params
 
@@ -131,7 +132,9 @@ def test_the_cpu_profile_applies_as_train_profile_says(tmp_path):
     tokens = repeating_corpus(tmp_path / "tokens")
     capped = params(steps=2, cpu_limits={"n_layer": 1})
     full = params(steps=2, cpu_limits={"n_layer": 1}, profile="full")
-    train(tokens, tmp_path / "a", tmp_path / "capped", None, TINY_MODEL, capped)
-    train(tokens, tmp_path / "b", tmp_path / "full", None, TINY_MODEL, full)
+    train(tokens, tmp_path / "a", tmp_path / "capped", tmp_path / "live_a", TINY_MODEL, capped)
+    train(tokens, tmp_path / "b", tmp_path / "full", tmp_path / "live_b", TINY_MODEL, full)
     layers = [json.loads((tmp_path / m / "config.json").read_text())["n_layer"] for m in ("capped", "full")]
     assert layers == [1, TINY_MODEL["n_layer"]]
+    recorded = [yaml.safe_load((tmp_path / live / "params.yaml").read_text()) for live in ("live_a", "live_b")]
+    assert [r["profile"] for r in recorded] == ["cpu", "full"] and [r["model"]["n_layer"] for r in recorded] == layers

@@ -218,7 +218,7 @@ def test_the_cpu_run_trains_and_exports_the_capped_model(tmp_path):
     state = torch.load(tmp_path / "c" / "last.pt", weights_only=True)
     assert {k: v for k, v in written["train"].items() if k not in ("cpu_limits", "cpu_lr")} == state["params"]
     assert (written["train"]["steps"], written["train"]["lr"]) == (3, 1e-3)
-    assert (written["device"], written["processes"]) == ("cpu", 1)
+    assert (written["device"], written["processes"], written["profile"], written["compile"]) == ("cpu", 1, "cpu", False)
     # The exported weights are the trained ones: same logits as the model held in the last checkpoint.
     reference = build_model(vocab(), {k: v for k, v in state["config"].items() if k not in ("vocab_size", "data")})
     reference.load_state_dict(state["model"])
