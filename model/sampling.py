@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -97,55 +98,81 @@ def sample(logits: torch.Tensor, generator: Generators = None) -> torch.Tensor:
     return draw(logits, Draws(generator, logits.size(0), logits.device, block=1)())
 
 
-def _side_of(side: Side | None, tokens: torch.Tensor) -> torch.Tensor | None:
-    return None if side is None else side(tokens)
+@dataclass
+class _Inputs:
+    """What a decoder gives the model besides the ids: the side input's function, each row's label, the span."""
+
+    side: Side | None
+    labels: torch.Tensor | None  # [b]: one label per row, at every position
+    span: AttnSpan
+
+    def side_of(self, ids: torch.Tensor) -> torch.Tensor | None:
+        return None if self.side is None else self.side(ids)
+
+    def labels_of(self, ids: torch.Tensor) -> torch.Tensor | None:
+        return None if self.labels is None else self.labels[:, None].expand_as(ids)
 
 
-def _prefill(
-    model: TransformerXL, prompt: torch.Tensor, side: torch.Tensor | None, span: AttnSpan
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _prefill(model: TransformerXL, prompt: torch.Tensor, inputs: _Inputs) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The prompt in segments of tgt_len, each with the memory of those before: the last logits and the memory."""
-    mems, n = None, model.cfg.tgt_len
+    mems, n, side = None, model.cfg.tgt_len, inputs.side_of(prompt)
     for start in range(0, prompt.size(1), n):
+        ids = prompt[:, start : start + n]
         segment_side = None if side is None else side[:, start : start + n]
-        logits, _, mems = model(prompt[:, start : start + n], mems=mems, side=segment_side, span=span)
+        logits, _, mems = model(ids, mems=mems, side=segment_side, span=inputs.span, labels=inputs.labels_of(ids))
     return logits[:, -1], mems
 
 
-def _cached(model: TransformerXL, prompt: torch.Tensor, window: int | None, side: Side | None, span: AttnSpan):  # noqa: ANN202
-    logits, mems = _prefill(model, prompt, _side_of(side, prompt), span)
-    cache = model.decode_cache(mems, span)
-    return logits, lambda tokens: model.step(tokens, cache, _side_of(side, tokens[:, None]))
+def _cached(model: TransformerXL, prompt: torch.Tensor, window: int | None, inputs: _Inputs):  # noqa: ANN202
+    logits, mems = _prefill(model, prompt, inputs)
+    cache = model.decode_cache(mems, inputs.span)
+    return logits, lambda tokens: model.step(tokens, cache, inputs.side_of(tokens[:, None]), inputs.labels)
 
 
-def _incremental(model: TransformerXL, prompt: torch.Tensor, window: int | None, side: Side | None, span: AttnSpan):  # noqa: ANN202
-    logits, mems = _prefill(model, prompt, _side_of(side, prompt), span)
+def _incremental(model: TransformerXL, prompt: torch.Tensor, window: int | None, inputs: _Inputs):  # noqa: ANN202
+    logits, mems = _prefill(model, prompt, inputs)
 
     def step(tokens: torch.Tensor) -> torch.Tensor:
         nonlocal mems
-        out, _, mems = model(tokens[:, None], mems=mems, side=_side_of(side, tokens[:, None]), span=span)
+        ids = tokens[:, None]
+        out, _, mems = model(ids, mems=mems, side=inputs.side_of(ids), span=inputs.span, labels=inputs.labels_of(ids))
         return out[:, -1]
 
     return logits, step
 
 
-def _recompute(model: TransformerXL, prompt: torch.Tensor, window: int | None, side: Side | None, span: AttnSpan):  # noqa: ANN202
-    seq, seq_side = prompt, _side_of(side, prompt)
+def _recompute(model: TransformerXL, prompt: torch.Tensor, window: int | None, inputs: _Inputs):  # noqa: ANN202
+    seq, seq_side = prompt, inputs.side_of(prompt)
 
     def step(tokens: torch.Tensor | None) -> torch.Tensor:
         nonlocal seq, seq_side
         if tokens is not None:
             seq = torch.cat([seq, tokens[:, None]], dim=1)
             if seq_side is not None:
-                seq_side = torch.cat([seq_side, side(tokens[:, None])], dim=1)
+                seq_side = torch.cat([seq_side, inputs.side_of(tokens[:, None])], dim=1)
         keep = slice(None) if window is None else slice(-window, None)
-        return model(seq[:, keep], side=None if seq_side is None else seq_side[:, keep], span=span)[0][:, -1]
+        ids, side = seq[:, keep], None if seq_side is None else seq_side[:, keep]
+        return model(ids, side=side, span=inputs.span, labels=inputs.labels_of(ids))[0][:, -1]
 
     return step(None), step
 
 
 _DECODERS = {"cached": _cached, "incremental": _incremental, "recompute": _recompute}
 DECODINGS = tuple(_DECODERS)
+
+
+class _Replay:
+    """A side input shared by two decoders of the same ids: the first computes it, the second gets the same."""
+
+    def __init__(self, side: Side) -> None:
+        self.side, self.last = side, None
+
+    def first(self, ids: torch.Tensor) -> torch.Tensor:
+        self.last = self.side(ids)
+        return self.last
+
+    def again(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.last
 
 
 def start_decoding(
@@ -155,12 +182,32 @@ def start_decoding(
     window: int | None = None,
     side: Side | None = None,
     span: AttnSpan | None = None,
+    labels: torch.Tensor | None = None,
+    guidance: float = 1.0,
 ) -> tuple[torch.Tensor, Decoder]:
     """The logits after `prompt` [b, p], and a function from the ids sampled next [b] to the logits after them;
-    `span` sets how far attention reaches (default: the model's config)."""
+    `span` sets how far attention reaches (default: the model's config), `labels` [b] is each row's label.
+
+    With labels and a `guidance` S other than 1, two decoders run side by side, each with its own memory: one with
+    the labels, one with label 0; the logits are classifier-free guidance's unlabelled + S × (labelled −
+    unlabelled). S = 0 and S = 1 run only the one decoder they need.
+    """
     if decoding not in _DECODERS:
         raise ValueError(f"decoding must be one of {', '.join(DECODINGS)}, not {decoding!r}")
-    return _DECODERS[decoding](model, prompt, window, side, span or model.cfg.span())
+    decoder, span = _DECODERS[decoding], span or model.cfg.span()
+    if labels is None or guidance == 1:
+        return decoder(model, prompt, window, _Inputs(side, labels, span))
+    unlabelled = torch.zeros_like(labels)
+    if guidance == 0:
+        return decoder(model, prompt, window, _Inputs(side, unlabelled, span))
+    replay = None if side is None else _Replay(side)
+    with_labels = decoder(model, prompt, window, _Inputs(replay and replay.first, labels, span))
+    without = decoder(model, prompt, window, _Inputs(replay and replay.again, unlabelled, span))
+
+    def mix(conditioned: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
+        return free.float() + guidance * (conditioned.float() - free.float())
+
+    return mix(with_labels[0], without[0]), lambda tokens: mix(with_labels[1](tokens), without[1](tokens))
 
 
 @torch.no_grad()
@@ -182,6 +229,8 @@ def generate(
     side: Side | None = None,
     forced: Callable[[torch.Tensor | None], torch.Tensor] | None = None,
     span: AttnSpan | None = None,
+    labels: torch.Tensor | None = None,
+    guidance: float = 1.0,
 ) -> list[torch.Tensor]:
     """Continue every row of `prompt` [b, p] (p ≥ 1) by up to max_new_tokens sampled ids; return each row's new ids.
 
@@ -193,7 +242,8 @@ def generate(
     attention and the memory keep the model's own, `span` sets how far attention reaches, and `side` gives a model
     with a side input that input (see `Side`). `forced`, called each step with the ids of the step before (None at
     the first), returns ids [b] to emit in place of the sampled ones, -1 where a row samples: a rule the caller
-    imposes, whose ids the model then reads like any other.
+    imposes, whose ids the model then reads like any other. `labels` [b] gives each row a label for a model with
+    labels, and `guidance` is classifier-free guidance's scale (see `start_decoding`).
     """
     check_sampling(temperature, top_k, top_p)
     if prompt.dim() != 2 or prompt.size(1) < 1:
@@ -205,7 +255,7 @@ def generate(
     done = torch.zeros(b, dtype=torch.bool, device=device)
     draws = Draws(generator, b, device)
     with autocast(device, dtype):
-        logits, step = start_decoding(model, prompt, decoding, window, side, span)
+        logits, step = start_decoding(model, prompt, decoding, window, side, span, labels, guidance)
         banned_ids = torch.as_tensor(list(banned), dtype=torch.long, device=device)
         for i in range(new.size(1)):
             if len(banned_ids):

@@ -44,6 +44,7 @@ class TransformerXLConfig:
     same_length: bool = False  # every query sees the same number of keys (for evaluation with a long memory)
     clamp_len: int = -1  # relative distances beyond this use the same encoding (-1: no clamp)
     side_size: int = 0  # features per position of a side input added to the token embedding (0: none)
+    n_labels: int = 0  # labels 1..n_labels, one per token, whose embeddings are added to the token's (0: none)
 
     def __post_init__(self) -> None:
         if self.n_head * self.d_head != self.d_model:
@@ -51,7 +52,7 @@ class TransformerXLConfig:
                 f"n_head × d_head must equal d_model: {self.n_head} × {self.d_head} = "
                 f"{self.n_head * self.d_head}, but d_model is {self.d_model}"
             )
-        if self.vocab_size < 1 or self.n_layer < 1 or self.tgt_len < 1 or self.mem_len < 0 or self.side_size < 0:
+        if min(self.vocab_size, self.n_layer, self.tgt_len) < 1 or min(self.mem_len, self.side_size, self.n_labels) < 0:
             raise ValueError(f"invalid model shape: {self}")
 
     def span(self) -> AttnSpan:
@@ -251,6 +252,9 @@ class TransformerXL(nn.Module):
         # begins as the plain model and training decides what it adds.
         self.side_net = nn.Linear(cfg.side_size, cfg.d_model, bias=False) if cfg.side_size else None
         self.side_logits = nn.Linear(cfg.side_size, cfg.vocab_size, bias=False) if cfg.side_size else None
+        # A label per token (a piece's, at every one of its tokens, so it never leaves the memory): label 0 means
+        # none given, a zero vector that never learns, so one model runs with and without labels.
+        self.label_emb = nn.Embedding(cfg.n_labels + 1, cfg.d_model, padding_idx=0) if cfg.n_labels else None
         self.pos_emb = PositionalEmbedding(cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(RelPartialLearnableDecoderLayer(cfg) for _ in range(cfg.n_layer))
@@ -262,6 +266,8 @@ class TransformerXL(nn.Module):
         if self.side_net is not None:
             nn.init.zeros_(self.side_net.weight)
             nn.init.zeros_(self.side_logits.weight)
+        if self.label_emb is not None:  # starts as the unlabelled model; training decides what a label adds
+            nn.init.zeros_(self.label_emb.weight)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -313,13 +319,15 @@ class TransformerXL(nn.Module):
         side: torch.Tensor | None = None,
         seq_pos: torch.Tensor | None = None,
         span: AttnSpan | None = None,
+        labels: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
         """Logits for tokens [batch, qlen] given the memory; with targets also the mean cross-entropy (nats).
 
         `side` [batch, qlen, side_size] is the side input of each position. `seq_pos` [batch, qlen] is each token's
         position in its own sequence (0 at its first token), where sequences lie end to end in a row: a query then
         attends to nothing before its sequence began, in the segment or the memory, as if it had started from an
-        empty memory. `span` sets how far attention reaches (default: the config's). Returns (logits, loss,
+        empty memory. `labels` [batch, qlen] is each token's label (0: none; None: all 0) for a model with labels.
+        `span` sets how far attention reaches (default: the config's). Returns (logits, loss,
         new_mems). Feeding one token at a time with the returned memory is the incremental forward used for generation.
         """
         b, qlen = tokens.shape
@@ -328,7 +336,7 @@ class TransformerXL(nn.Module):
             mems = self.init_mems(b)
         mlen = mems[0].size(1)
         klen = mlen + qlen
-        word_emb = self._embed(tokens, side)
+        word_emb = self._embed(tokens, side, labels)
         r = self.drop(self._positions(klen, span.clamp_len, tokens.device))
         attn_mask = self._attn_mask(qlen, mlen, tokens.device, span, seq_pos)
 
@@ -351,9 +359,16 @@ class TransformerXL(nn.Module):
             pos_seq = pos_seq.clamp(max=clamp_len)
         return self.pos_emb(pos_seq).to(self.word_emb.weight.dtype)
 
-    def _embed(self, tokens: torch.Tensor, side: torch.Tensor | None) -> torch.Tensor:
-        """Token embeddings [b, t, d_model], plus the side input's projection when the model has one."""
+    def _embed(self, tokens: torch.Tensor, side: torch.Tensor | None, labels: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings [b, t, d_model], plus the labels' embeddings and the side input's projection when the
+        model has them."""
         emb = self.word_emb(tokens) * self.emb_scale
+        if labels is not None:
+            if self.label_emb is None:
+                raise ValueError("the model takes no labels (n_labels is 0), but labels were given")
+            if labels.shape != tokens.shape:
+                raise ValueError(f"labels must be {list(tokens.shape)}, not {list(labels.shape)}")
+            emb = emb + self.label_emb(labels)
         if self.side_net is None:
             if side is not None:
                 raise ValueError("the model takes no side input (side_size is 0), but one was given")
@@ -381,12 +396,18 @@ class TransformerXL(nn.Module):
         return DecodeCache(list(keys), list(values), r_head_k, span)
 
     @torch.no_grad()
-    def step(self, tokens: torch.Tensor, cache: DecodeCache, side: torch.Tensor | None = None) -> torch.Tensor:
+    def step(
+        self,
+        tokens: torch.Tensor,
+        cache: DecodeCache,
+        side: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits [batch, vocab] for the next token after `tokens` [batch] (with its side input [batch, 1,
-        side_size]), one position past the cache, which moves on by one: the incremental forward at a cost that does
-        not grow with the memory's projections."""
+        side_size] and its label [batch]), one position past the cache, which moves on by one: the incremental
+        forward at a cost that does not grow with the memory's projections."""
         cache.attn_mask = self._attn_mask(1, cache.length, tokens.device, cache.span)
-        core_out = self._embed(tokens[:, None], side)
+        core_out = self._embed(tokens[:, None], side, None if labels is None else labels[:, None])
         for i, layer in enumerate(self.layers):
             core_out = layer.step(core_out, cache, i, self.r_w_bias, self.r_r_bias)
         cache.advance()
