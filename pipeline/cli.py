@@ -157,6 +157,7 @@ def tokenize(
         shard_tokens=int(p.get("shard_tokens", 1 << 23)),
         stretch=[float(f) for f in p.get("stretch", [1.0])],
         workers=int(p.get("workers", 0)),
+        min_composer_pieces=int(p.get("min_composer_pieces", 20)),
     )
     for split, s in stats["splits"].items():
         typer.echo(f"tokenize: {split}: {s['copies']} pieces, {s['tokens']:,} tokens in {s['shards']} shard(s)")

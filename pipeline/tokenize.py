@@ -1,10 +1,16 @@
-"""tokenize stage: validated pieces into shards of uint16 token ids per split, with a piece index and vocab.json."""
+"""tokenize stage: validated pieces into shards of uint16 token ids per split, with a piece index and vocab.json.
+
+Each piece also gets its composer's label (side information for the model, never a token): composers with at
+least `min_composer_pieces` train pieces have labels 1, 2, ... (most pieces first), and every other composer,
+joint credits such as "Franz Schubert / Franz Liszt" included, shares the last one. Label 0 is left for "none".
+"""
 
 from __future__ import annotations
 
 import json
 import multiprocessing
 import os
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -21,6 +27,7 @@ EVENT_RANGES = {
     "velocity": (VELOCITY, VELOCITY + VELOCITY_BINS),
     "special": (VELOCITY + VELOCITY_BINS, 1 << 16),
 }
+OTHER_COMPOSERS = "other composers"
 _NOTES: dict[str, np.ndarray] = {}  # the notes table, shared with forked workers without copying
 
 
@@ -48,6 +55,25 @@ def _load_notes(events: Path, piece_ids: np.ndarray) -> tuple[dict[str, np.ndarr
     return notes, {int(i): (int(f), int(c)) for i, f, c in zip(ids, first, count, strict=True)}
 
 
+def composer_labels(split: list[str], composer: list[str], min_pieces: int) -> list[dict]:
+    """The labels of vocab.json: {label, composer, pieces per split} for each composer with at least `min_pieces`
+    train pieces (most first, then by name), then one for all other composers; label i is the list's i-th, from 1."""
+    train = Counter(c for s, c in zip(split, composer, strict=True) if s == "train" and "/" not in c)
+    own = sorted((c for c, n in train.items() if n >= min_pieces), key=lambda c: (-train[c], c))
+    names = [*own, OTHER_COMPOSERS]
+    counts = {name: Counter() for name in names}
+    for s, c in zip(split, composer, strict=True):
+        counts[c if c in own else OTHER_COMPOSERS][s] += 1
+    return [{"label": i, "composer": name, "pieces": dict(sorted(counts[name].items()))}
+            for i, name in enumerate(names, 1)]  # fmt: skip
+
+
+def label_of(composer: str, labels: list[dict]) -> int:
+    """A composer's label in `labels` (composer_labels), the shared one for a composer without its own."""
+    own = {entry["composer"]: entry["label"] for entry in labels}
+    return own.get(composer, own[OTHER_COMPOSERS])
+
+
 def tokenize(
     events: Path,
     validated: Path,
@@ -56,8 +82,10 @@ def tokenize(
     shard_tokens: int = 1 << 23,
     stretch: list[float] | None = None,
     workers: int = 0,
+    min_composer_pieces: int = 20,
 ) -> dict:
-    """Run the stage: write data/tokens/{split}/shard-*.npy, {split}/index.json and vocab.json; return the stats."""
+    """Run the stage: write data/tokens/{split}/shard-*.npy, {split}/index.json and vocab.json (with the composer
+    labels); return the stats."""
     import pyarrow.parquet as pq
 
     events, validated, out = Path(events), Path(validated), Path(out)
@@ -71,11 +99,18 @@ def tokenize(
     _NOTES.update(notes)
     duration = dict(zip(pieces["piece_id"], pieces["file_duration"], strict=True))
     composer = dict(zip(pieces["piece_id"], pieces["composer"], strict=True))
+    kept = [i in rows for i in pieces["piece_id"]]  # pieces with notes: those that get tokens
+    labels = composer_labels(
+        [s for s, k in zip(pieces["split"], kept, strict=True) if k],
+        [c for c, k in zip(pieces["composer"], kept, strict=True) if k],
+        min_composer_pieces,
+    )
+    label = {i: label_of(c, labels) for i, c in composer.items()}
 
     stats: dict = {"vocab_size": vocab()["vocab_size"], "splits": {}}
     workers = workers or os.cpu_count() or 1
     with atomic_dir(out) as tmp:
-        (tmp / "vocab.json").write_text(json.dumps(vocab(), indent=2))
+        (tmp / "vocab.json").write_text(json.dumps({**vocab(), "labels": labels}, indent=2, ensure_ascii=False))
         for split in sorted(set(pieces["split"])):
             ids = sorted(
                 i for i, s in zip(pieces["piece_id"], pieces["split"], strict=True) if s == split and i in rows
@@ -83,7 +118,8 @@ def tokenize(
             factors = stretch if split == "train" else [1.0]
             copies = [(k, *rows[i], f) for k, (i, f) in enumerate((i, f) for i in ids for f in factors)]
             tokens, lengths = _encode_all(copies, workers)
-            index = _write_shards(tmp / split, tokens, lengths, shard_tokens, copies, ids, factors, duration, composer)
+            about = {"composer": composer, "label": label, "seconds": duration}
+            index = _write_shards(tmp / split, tokens, lengths, shard_tokens, ids, factors, about)
             seconds = sum(index["seconds"])
             counts = np.bincount(tokens, minlength=1 << 16)
             stats["splits"][split] = {
@@ -130,14 +166,13 @@ def _write_shards(
     tokens: np.ndarray,
     lengths: np.ndarray,
     shard_tokens: int,
-    copies: list,
     ids: list[int],
     factors: list[float],
-    duration: dict[int, float],
-    composer: dict[int, str],
+    about: dict[str, dict],
 ) -> dict[str, list]:
     """Cut the token stream into shards of whole pieces (at most `shard_tokens` each) and write the piece index,
-    which also gives each copy's composer and length in seconds (so that evaluation needs no Parquet reader)."""
+    which also gives each copy's composer, label and length in seconds (`about`: per piece id), so that training
+    and evaluation need no Parquet reader."""
     folder.mkdir(parents=True)
     if len(lengths) and lengths.max() > shard_tokens:
         raise PipelineError(
@@ -145,7 +180,7 @@ def _write_shards(
         )
     starts = np.cumsum(lengths) - lengths
     index: dict[str, list] = {
-        name: [] for name in ("piece_id", "stretch", "shard", "start", "length", "composer", "seconds")
+        name: [] for name in ("piece_id", "stretch", "shard", "start", "length", "composer", "label", "seconds")
     }
     shard, shard_start = 0, 0
     for k, (start, length) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
@@ -155,8 +190,9 @@ def _write_shards(
         piece_id, factor = ids[k // len(factors)], factors[k % len(factors)]
         index["piece_id"].append(piece_id)
         index["stretch"].append(factor)
-        index["composer"].append(composer[piece_id])
-        index["seconds"].append(duration[piece_id] * factor)
+        index["composer"].append(about["composer"][piece_id])
+        index["label"].append(about["label"][piece_id])
+        index["seconds"].append(about["seconds"][piece_id] * factor)
         index["shard"].append(shard)
         index["start"].append(start - shard_start)
         index["length"].append(length)

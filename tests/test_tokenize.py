@@ -15,16 +15,17 @@ from pipeline.parse import parse
 from pipeline.tokenize import tokenize
 
 
-@pytest.fixture
-def parsed(tmp_path):
-    """Parse output of six small pieces (four train, one validation, one test), every piece marked valid."""
+def parse_pieces(tmp_path, splits: list[str], composers: list[str] | None = None):  # noqa: ANN001, ANN201
+    """Parse output of small pieces of these splits (and composers), every piece marked valid."""
     raw = tmp_path / "raw"
     rows = []
-    for i, split in enumerate(["train", "train", "train", "train", "validation", "test"]):
+    for i, split in enumerate(splits):
         name = f"2018/p{i}.mid"
         notes = [e for k in range(10 + 5 * i) for e in note(k * 240, k * 240 + 200, 40 + (k * 7 + i) % 40, 30 + k)]
         write_midi(raw / name, [[tempo(0, 500_000)], notes])
-        rows.append({"midi_filename": name, "split": split})
+        rows.append(
+            {"midi_filename": name, "split": split, **({"canonical_composer": composers[i]} if composers else {})}
+        )
     write_metadata(raw, rows)
     events = tmp_path / "events"
     parse(raw, events, tmp_path / "parse.json", workers=1, progress=False)
@@ -32,6 +33,38 @@ def parsed(tmp_path):
     validated.mkdir()
     shutil.copy(events / "pieces.parquet", validated / "pieces.parquet")
     return events, validated
+
+
+@pytest.fixture
+def parsed(tmp_path):
+    """Parse output of six small pieces (four train, one validation, one test), every piece marked valid."""
+    return parse_pieces(tmp_path, ["train", "train", "train", "train", "validation", "test"])
+
+
+def test_composers_get_labels_that_round_trip_through_vocab_and_index(tmp_path):
+    splits = ["train", "train", "train", "train", "train", "validation", "validation", "test"]
+    composers = ["Chopin", "Bach", "Chopin", "Schubert / Liszt", "Ravel", "Chopin", "Ravel", "Bach"]
+    events, validated = parse_pieces(tmp_path, splits, composers)
+    tokenize(events, validated, tmp_path / "tokens", tmp_path / "m.json", stretch=[1.0, 1.05], workers=1,
+             min_composer_pieces=1)  # fmt: skip
+    labels = json.loads((tmp_path / "tokens" / "vocab.json").read_text())["labels"]
+    # Chopin has two train pieces, Bach and Ravel one each (alphabetical among equals); the joint credit shares.
+    assert labels == [
+        {"label": 1, "composer": "Chopin", "pieces": {"train": 2, "validation": 1}},
+        {"label": 2, "composer": "Bach", "pieces": {"test": 1, "train": 1}},
+        {"label": 3, "composer": "Ravel", "pieces": {"train": 1, "validation": 1}},
+        {"label": 4, "composer": "other composers", "pieces": {"train": 1}},
+    ]
+    by_name = {"Chopin": 1, "Bach": 2, "Ravel": 3, "Schubert / Liszt": 4}
+    for split in ("train", "validation", "test"):
+        index, _ = load_split(tmp_path / "tokens" / split)
+        assert index["label"] == [by_name[c] for c in index["composer"]] and index["label"]
+    tokenize(events, validated, tmp_path / "fewer", tmp_path / "m2.json", workers=1, min_composer_pieces=2)
+    fewer = json.loads((tmp_path / "fewer" / "vocab.json").read_text())["labels"]
+    assert [entry["composer"] for entry in fewer] == ["Chopin", "other composers"]
+    assert fewer[1]["pieces"] == {"test": 1, "train": 3, "validation": 1}
+    index, _ = load_split(tmp_path / "fewer" / "validation")
+    assert index["label"] == [1, 2]
 
 
 def load_split(folder):  # noqa: ANN001
@@ -58,7 +91,7 @@ def test_shards_index_and_vocab(parsed, tmp_path):
 
     pieces = pq.read_table(validated / "pieces.parquet").to_pandas().set_index("piece_id")
     columns = ("piece_id", "stretch", "shard", "start", "length", "composer", "seconds")
-    assert sorted(index) == sorted(columns)
+    assert sorted(index) == sorted((*columns, "label"))
     for piece_id, stretch, shard, start, length, composer, seconds in zip(*map(index.get, columns), strict=True):
         assert composer == pieces.loc[piece_id, "composer"]
         assert seconds == pytest.approx(pieces.loc[piece_id, "file_duration"] * stretch)
