@@ -28,6 +28,13 @@ def allow_tf32(device: torch.device) -> None:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
 
+def compiles(setting: bool | str, device: torch.device) -> bool:
+    """Whether a compile setting (true, false or auto) compiles the model on `device`: auto does on a GPU."""
+    if setting not in (True, False, "auto"):
+        raise ValueError(f"compile must be true, false or auto, not {setting!r}")
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); torch says so through private helpers."""
     cpu = getattr(torch, "cpu", None)

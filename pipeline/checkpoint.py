@@ -59,20 +59,26 @@ def write_checkpoint(path: Path, training: dict, ranks: list[dict]) -> None:
 
 
 def model_section(values: dict) -> dict:
-    """The `model:` section of params.yaml typed: TransformerXLConfig's keys and `state_input` (a bool)."""
+    """The `model:` section of params.yaml typed: TransformerXLConfig's keys, and `state_input` and
+    `composer_labels` (bools)."""
     values = dict(values)
-    state_input = values.pop("state_input", False)
-    if not isinstance(state_input, bool):
-        raise PipelineError(f"model.state_input must be true or false, not {state_input!r}")
-    return {**typed(TransformerXLConfig, values, "model"), "state_input": state_input}
+    switches = {key: values.pop(key, False) for key in ("state_input", "composer_labels")}
+    for key, value in switches.items():
+        if not isinstance(value, bool):
+            raise PipelineError(f"model.{key} must be true or false, not {value!r}")
+    return {**typed(TransformerXLConfig, values, "model"), **switches}
 
 
 def build_model(vocab: dict, model_params: dict) -> TransformerXL:
     """The model for a token vocabulary (vocab.json): vocab_size from it, the rest from the `model:` params, where
-    `state_input: true` gives it the piano state as a side input."""
+    `state_input: true` gives it the piano state as a side input and `composer_labels: true` a label per composer
+    (vocab.json's `labels`)."""
     params = dict(model_params)
-    state_input = params.pop("state_input", False)
+    state_input, composer_labels = params.pop("state_input", False), params.pop("composer_labels", False)
     params.setdefault("side_size", PIANO_STATE_SIZE if state_input else 0)  # a checkpoint's config has side_size
+    if composer_labels and "labels" not in vocab:
+        raise PipelineError("model.composer_labels is on, but vocab.json lists no labels (rerun the tokenize stage)")
+    params.setdefault("n_labels", len(vocab["labels"]) if composer_labels else 0)
     try:
         return TransformerXL(TransformerXLConfig(vocab_size=int(vocab["vocab_size"]), **params))
     except (TypeError, ValueError) as exc:

@@ -2,7 +2,8 @@
 
 Each segment comes with every token's position in its piece, so that the model attends to nothing of an earlier
 piece (a piece starts from an empty past, as in evaluation and generation), and, when asked, the piano's state after
-each token (pipeline/music/piano_state.py). Imports only numpy, the standard library and the numpy-only music
+each token (pipeline/music/piano_state.py) and each token's composer label: its piece's, or 0 ("none") for the
+pieces that label dropout picks in that epoch. Imports only numpy, the standard library and the numpy-only music
 modules, so the train path runs where polars, symusic and dvc are missing.
 """
 
@@ -37,7 +38,7 @@ class PieceStore:
     """The pieces of one split: its index.json and memory-mapped uint16 shards."""
 
     def __init__(self, tokens: Path, split: str) -> None:
-        folder = Path(tokens) / split
+        folder = self.folder = Path(tokens) / split
         index_path = folder / "index.json"
         if not index_path.is_file():
             raise PipelineError(f"{index_path}: no piece index for split '{split}' (run the tokenize stage first)")
@@ -86,6 +87,7 @@ class Segment:
     targets: np.ndarray  # [rows, tgt_len]
     seq_pos: np.ndarray  # [rows, tgt_len]: 0 at a PIECE_START, counting on from there
     side: np.ndarray | None  # [rows, tgt_len, PIANO_STATE_SIZE] float32, or None when the stream has no state input
+    labels: np.ndarray | None = None  # [rows, tgt_len]: each token's piece's label (0: none), when the stream has them
 
 
 @dataclass
@@ -100,18 +102,28 @@ class SegmentStream:
     max_transpose: int = 0
     ranges: tuple = ()
     state_input: bool = False  # each segment carries the piano state after each token
+    labels: bool = False  # each segment carries each token's label (the index's `label` column)
+    label_dropout: float = 0.0  # the share of pieces whose label is 0 in an epoch (drawn per piece and epoch)
 
     def rows(self, epoch: int) -> np.ndarray:
         """This epoch's token streams, one per batch row, cut to the shortest row's length."""
+        return self.rows_and_labels(epoch)[0]
+
+    def rows_and_labels(self, epoch: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """This epoch's token streams, one per batch row, cut to the shortest row's length, and each token's label
+        (None without labels). Label dropout draws from its own generator, so the tokens do not depend on it."""
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self.store))
         shifts = rng.integers(-self.max_transpose, self.max_transpose + 1, size=len(order))
+        label = self._labels(epoch)
         streams: list[list[np.ndarray]] = [[] for _ in range(self.batch_size)]
+        label_streams: list[list[np.ndarray]] = [[] for _ in range(self.batch_size)]
         filled = np.zeros(self.batch_size, np.int64)
         for i, shift in zip(order.tolist(), shifts.tolist(), strict=True):
             row = int(np.argmin(filled))  # the emptiest row takes the next piece: rows stay near equal length
             piece = transpose(self.store.piece(i), shift, list(self.ranges))
             streams[row].append(piece)
+            label_streams[row].append(np.full(len(piece), label[i], np.int64))
             filled[row] += len(piece)
         length = int(filled.min())
         if length < self.tgt_len + 1:
@@ -119,11 +131,24 @@ class SegmentStream:
                 f"{self.store.total_tokens:,} tokens cannot fill {self.batch_size} rows of at least "
                 f"{self.tgt_len + 1} tokens: lower the batch size or tgt_len"
             )
-        return np.stack([np.concatenate(s)[:length] for s in streams])
+        tokens = np.stack([np.concatenate(s)[:length] for s in streams])
+        labels = np.stack([np.concatenate(s)[:length] for s in label_streams]) if self.labels else None
+        return tokens, labels
+
+    def _labels(self, epoch: int) -> np.ndarray:
+        """Each piece's label this epoch: the index's, or 0 where label dropout picks the piece (zeros without
+        labels)."""
+        if not self.labels:
+            return np.zeros(len(self.store), np.int64)
+        if "label" not in self.store.index:
+            raise PipelineError(f"{self.store.folder / 'index.json'}: no 'label' column (rerun the tokenize stage)")
+        label = np.asarray(self.store.index["label"], np.int64)
+        dropped = np.random.default_rng([self.seed, epoch, 1]).random(len(label)) < self.label_dropout
+        return np.where(dropped, 0, label)
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[int, Segment]]:
         """(segment number, segment) from segment `start` of `epoch` to the end of the epoch."""
-        rows = self.rows(epoch)
+        rows, labels = self.rows_and_labels(epoch)
         first = start * self.tgt_len
         # Where each row's current piece began: the state of a segment depends on its piece so far, no further.
         piece_begin = np.array([_last_piece_start(row, first) for row in rows])
@@ -138,7 +163,8 @@ class SegmentStream:
             last = np.maximum.accumulate(np.where(x == PIECE_START, span, -1), axis=1)
             seq_pos = np.where(last >= 0, span - last, position[:, None] + span)
             position = seq_pos[:, -1] + 1
-            yield k, Segment(x, y, seq_pos, None if state is None else state(x))
+            side = None if state is None else state(x)
+            yield k, Segment(x, y, seq_pos, side, None if labels is None else labels[:, a : a + self.tgt_len])
 
 
 def _last_piece_start(row: np.ndarray, end: int) -> int:

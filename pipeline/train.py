@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from model import TransformerXL
-from model.device import allow_tf32, autocast, compute_dtype
+from model.device import allow_tf32, autocast, compiles, compute_dtype
 from pipeline import cpu_profile, distributed
 from pipeline.checkpoint import (
     build_model,
@@ -45,7 +45,7 @@ from pipeline.segments import PieceStore, Segment, SegmentStream, load_vocab, pi
 # The train params that decide where training goes; with the model and the data, a checkpoint resumes only if they
 # are the same. `steps` is apart: a raised one resumes with the new schedule.
 TRAJECTORY = ("lr", "min_lr_ratio", "warmup_steps", "batch_size", "grad_accum", "seed", "weight_decay", "clip",
-              "transpose")  # fmt: skip
+              "transpose", "label_dropout")  # fmt: skip
 
 
 @dataclass
@@ -67,6 +67,7 @@ class TrainParams:
     log_interval: int = 10
     seed: int = 1234
     transpose: int = 3
+    label_dropout: float = 0.1  # the share of pieces trained without their composer label (label 0) each epoch
     compile: bool | str = "auto"  # torch.compile the model: true, false, or auto (on a GPU)
     precision: str = "auto"  # bfloat16 autocast, float32, or auto: bfloat16 where the device computes it natively
     device: str = "auto"  # auto, cuda or cpu
@@ -93,10 +94,11 @@ def _lr_factor(step: int, p: TrainParams) -> float:
 
 
 def segment_tensors(segment: Segment, device: torch.device, rows: slice = slice(None)) -> dict[str, torch.Tensor]:
-    """A segment's rows as the model's inputs: tokens, targets, seq_pos, and side when the segment has it."""
+    """A segment's rows as the model's inputs: tokens, targets, seq_pos, and side and labels when it has them."""
     arrays = {"tokens": segment.tokens, "targets": segment.targets, "seq_pos": segment.seq_pos}
-    if segment.side is not None:
-        arrays["side"] = segment.side
+    for name in ("side", "labels"):
+        if getattr(segment, name) is not None:
+            arrays[name] = getattr(segment, name)
     return {name: to_device(array[rows], device) for name, array in arrays.items()}
 
 
@@ -205,14 +207,15 @@ def _setup(tokens: Path, model_params: dict, p: TrainParams) -> _Run:
     vocab = load_vocab(tokens)
     model = build_model(vocab, model_params).to(device)
     torch.manual_seed(p.seed + rank)  # but each its own dropout masks
-    tgt_len, state = model.cfg.tgt_len, model.cfg.side_size > 0
+    tgt_len, state, labels = model.cfg.tgt_len, model.cfg.side_size > 0, model.cfg.n_labels > 0
     ranges = tuple(pitch_ranges(vocab))
-    stream = SegmentStream(PieceStore(tokens, "train"), p.batch_size, tgt_len, p.seed, p.transpose, ranges, state)
+    store = PieceStore(tokens, "train")
+    stream = SegmentStream(store, p.batch_size, tgt_len, p.seed, p.transpose, ranges, state, labels, p.label_dropout)
     val_stream = None
     if (Path(tokens) / "validation" / "index.json").is_file():
         val_store = PieceStore(tokens, "validation")
         rows = min(p.eval_batch_size, len(val_store))  # rows need pieces
-        val_stream = SegmentStream(val_store, rows, tgt_len, state_input=state)
+        val_stream = SegmentStream(val_store, rows, tgt_len, state_input=state, labels=labels)
         val_stream.rows(0)  # a validation split too short for one segment fails now, not at the first evaluation
     decay = [q for q in model.parameters() if q.dim() >= 2]
     no_decay = [q for q in model.parameters() if q.dim() < 2]
@@ -344,7 +347,10 @@ def train(
     identity = {**asdict(cfg), "data": tokens_fingerprint(tokens)}
     trained = {k: v for k, v in asdict(p).items() if k not in ("cpu_limits", "cpu_lr")}  # their effect is in p
     resumed = _resume(run, ckpt_path, identity)
-    compiled = _compiles(p.compile, run.device)
+    try:
+        compiled = compiles(p.compile, run.device)
+    except ValueError as exc:
+        raise PipelineError(f"train.{exc}") from exc
     forward = distributed.wrap(run.model, run.device, world, compiled)
     tokens_per_step, num_params = p.batch_size * cfg.tgt_len, run.model.num_params()
     live = open_live(live_dir, resume_step=run.step if resumed else None) if rank == 0 else None
@@ -390,10 +396,3 @@ def train(
             live.end()
     distributed.barrier(world)
     return {"step": run.step, **run.metrics}
-
-
-def _compiles(setting: bool | str, device: torch.device) -> bool:
-    """Whether train.compile compiles the model on `device`: auto does on a GPU."""
-    if setting not in (True, False, "auto"):
-        raise PipelineError(f"train.compile must be true, false or auto, not {setting!r}")
-    return device.type == "cuda" if setting == "auto" else bool(setting)

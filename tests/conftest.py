@@ -124,9 +124,13 @@ def real_events(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def write_tokens(folder: Path, pieces: dict[str, list[np.ndarray]], composers: tuple[str, ...] = ("A", "B")) -> Path:
     """A token folder as the tokenize stage writes it: vocab.json, and per split one shard and index.json (composers
-    taken in turn from `composers`, a second of music per ten tokens)."""
+    taken in turn from `composers`, each its own label, a second of music per ten tokens)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab()))
+    names = list(dict.fromkeys(composers))
+    counts = {name: {split: sum(composers[i % len(composers)] == name for i in range(len(arrays)))
+                     for split, arrays in pieces.items()} for name in names}  # fmt: skip
+    labels = [{"label": i, "composer": name, "pieces": counts[name]} for i, name in enumerate(names, 1)]
+    (folder / "vocab.json").write_text(json.dumps({**vocab(), "labels": labels}))
     for split, arrays in pieces.items():
         (folder / split).mkdir()
         tokens = [np.concatenate([[PIECE_START], a, [PIECE_END]]).astype(np.uint16) for a in arrays]
@@ -140,6 +144,7 @@ def write_tokens(folder: Path, pieces: dict[str, list[np.ndarray]], composers: t
             "start": starts,
             "length": lengths,
             "composer": [composers[i % len(composers)] for i in range(len(tokens))],
+            "label": [names.index(composers[i % len(composers)]) + 1 for i in range(len(tokens))],
             "seconds": [n / 10 for n in lengths],
         }
         (folder / split / "index.json").write_text(json.dumps(index))

@@ -117,18 +117,20 @@ def test_a_run_killed_with_sigkill_resumes_from_its_last_checkpoint_to_the_same_
 
 
 def test_the_cpu_profile_applies_as_train_profile_says(tmp_path):
+    from model.device import compiles
     from pipeline.cpu_profile import applies
     from pipeline.errors import PipelineError
-    from pipeline.train import _compiles
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     assert applies("auto", cpu) and not applies("auto", cuda) and applies("cpu", cuda) and not applies("full", cpu)
-    assert (
-        _compiles("auto", cuda) and not _compiles("auto", cpu) and _compiles(True, cpu) and not _compiles(False, cuda)
-    )
-    for bad, call in (("laptop", lambda: applies("laptop", cpu)), ("maybe", lambda: _compiles("maybe", cpu))):
-        with pytest.raises(PipelineError, match=f"must be .*not '{bad}'"):
-            call()
+    assert compiles("auto", cuda) and not compiles("auto", cpu) and compiles(True, cpu) and not compiles(False, cuda)
+    with pytest.raises(PipelineError, match="must be .*not 'laptop'"):
+        applies("laptop", cpu)
+    with pytest.raises(ValueError, match="must be true, false or auto, not 'maybe'"):
+        compiles("maybe", cpu)
+    with pytest.raises(PipelineError, match="train.compile must be true, false or auto, not 'maybe'"):
+        train(repeating_corpus(tmp_path / "t0"), tmp_path / "c0", tmp_path / "m0", None, TINY_MODEL,
+              params(steps=1, compile="maybe"))  # fmt: skip
     tokens = repeating_corpus(tmp_path / "tokens")
     capped = params(steps=2, cpu_limits={"n_layer": 1})
     full = params(steps=2, cpu_limits={"n_layer": 1}, profile="full")
@@ -138,3 +140,17 @@ def test_the_cpu_profile_applies_as_train_profile_says(tmp_path):
     assert layers == [1, TINY_MODEL["n_layer"]]
     recorded = [yaml.safe_load((tmp_path / live / "params.yaml").read_text()) for live in ("live_a", "live_b")]
     assert [r["profile"] for r in recorded] == ["cpu", "full"] and [r["model"]["n_layer"] for r in recorded] == layers
+
+
+def test_a_run_with_composer_labels_and_label_dropout_resumes_exactly(tmp_path):
+    tokens = repeating_corpus(tmp_path / "tokens")
+    model = {**TINY_MODEL, "composer_labels": True}
+    p = params(steps=12, checkpoint_interval=5, label_dropout=0.5)
+    train(tokens, tmp_path / "a", tmp_path / "model_a", None, model, p)
+    train(tokens, tmp_path / "b", tmp_path / "model_b", None, model, p, on_step=_stop_at(7))
+    train(tokens, tmp_path / "b", tmp_path / "model_b", None, model, p)
+    a, b = _weights(tmp_path / "model_a"), _weights(tmp_path / "model_b")
+    assert _same_weights(a, b) and a["label_emb.weight"].shape == (3, 32)  # two composers and label 0
+    assert a["label_emb.weight"][1:].abs().sum() > 0 and not a["label_emb.weight"][0].any()
+    train(tokens, tmp_path / "c", tmp_path / "model_c", None, model, params(steps=12, label_dropout=0.0))
+    assert not _same_weights(a, _weights(tmp_path / "model_c"))  # the dropout did take part

@@ -46,3 +46,31 @@ def test_a_resumed_epoch_gives_the_segments_of_a_fresh_one(stream, start):
 def test_without_the_state_input_no_side_is_made(stream):
     stream.state_input = False
     assert all(s.side is None for _, s in stream.batches(0))
+
+
+def test_each_token_carries_its_pieces_label_and_label_dropout_is_drawn_per_piece_and_epoch(tmp_path):
+    rng = np.random.default_rng(1)
+    pieces = [rng.integers(0, 388, int(n)) for n in rng.integers(20, 60, 300)]
+    folder = write_tokens(tmp_path / "tokens", {"train": pieces}, composers=("A", "B", "C"))
+    store = PieceStore(folder, "train")
+    plain = SegmentStream(store, batch_size=4, tgt_len=16, seed=3)
+    kept = SegmentStream(store, batch_size=4, tgt_len=16, seed=3, labels=True)
+    dropped = SegmentStream(store, batch_size=4, tgt_len=16, seed=3, labels=True, label_dropout=0.3)
+    rows, labels = kept.rows_and_labels(0)
+    assert np.array_equal(rows, plain.rows(0)) and np.array_equal(dropped.rows(0), rows)  # the tokens do not change
+    # The label of every token is its piece's: find each piece by its PIECE_START and compare.
+    for row, row_labels in zip(rows, labels, strict=True):
+        starts = [*np.flatnonzero(row == PIECE_START), len(row)]
+        assert starts[0] == 0
+        for a, b in zip(starts[:-1], starts[1:], strict=True):
+            assert len(set(row_labels[a:b].tolist())) == 1 and row_labels[a] in (1, 2, 3)
+    first, again, later = dropped.rows_and_labels(0)[1], dropped.rows_and_labels(0)[1], dropped.rows_and_labels(1)[1]
+    assert np.array_equal(first, again)  # the same seed and epoch drop the same pieces
+    zero_share = [(first == 0).mean(), (later == 0).mean()]
+    assert all(0.15 < share < 0.45 for share in zero_share) and not np.array_equal(first == 0, later == 0)
+    assert np.array_equal(first[first != 0], labels[first != 0])  # only dropped to 0, never changed
+    segments = np.concatenate([s.labels for _, s in dropped.batches(0)], axis=1)
+    np.testing.assert_array_equal(segments, first[:, : segments.shape[1]])
+    resumed = np.concatenate([s.labels for _, s in dropped.batches(0, 5)], axis=1)
+    np.testing.assert_array_equal(resumed, first[:, 5 * 16 : 5 * 16 + resumed.shape[1]])
+    assert all(s.labels is None for _, s in plain.batches(0))
