@@ -44,6 +44,7 @@ class EvaluateParams:
     batch_size: int = 16  # pieces scored side by side
     ngram_order: int = 4
     device: str = "auto"  # auto, cuda or cpu
+    identify_tokens: int = 512  # a model with composer labels names each piece's composer from this many tokens
     cpu_limits: dict = field(default_factory=dict)  # upper bounds on the keys above when evaluating on a CPU
 
 
@@ -57,10 +58,16 @@ class Scores:
 
 @torch.no_grad()
 def score_pieces(
-    model: TransformerXL, pieces: list[np.ndarray], tgt_len: int, batch_size: int, span: AttnSpan | None = None
+    model: TransformerXL,
+    pieces: list[np.ndarray],
+    tgt_len: int,
+    batch_size: int,
+    span: AttnSpan | None = None,
+    labels: list[int] | None = None,
 ) -> Scores:
     """Score every token after each piece's first, piece by piece from an empty memory, in segments of tgt_len,
-    attending as far as `span` says (default: as the model was trained).
+    attending as far as `span` says (default: as the model was trained), with each piece's label at every one of its
+    tokens for a model with labels (None: label 0, "none given").
 
     Pieces are batched longest first; a batch row that has ended is dropped, so padding is never scored and never
     precedes a scored token (the result equals scoring each piece alone).
@@ -78,6 +85,7 @@ def score_pieces(
         for row, i in enumerate(batch):
             x[row, : lengths[row]], y[row, : lengths[row]] = pieces[i][:-1], pieces[i][1:]
         x_all, y_all = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        row_labels = None if labels is None else torch.tensor([labels[i] for i in batch], device=device)
         row_nll = torch.zeros(len(batch), width, device=device)
         row_hit = torch.zeros(len(batch), width, dtype=torch.bool, device=device)
         mems, state = None, PianoState(len(batch)) if model.cfg.side_size else None
@@ -88,7 +96,9 @@ def score_pieces(
             if state is not None:
                 state.keep(alive)
                 side = torch.from_numpy(state(x[:alive, start : start + tgt_len])).to(device)
-            logits, _, mems = model(x_all[:alive, start : start + tgt_len], None, mems, side, span=span)
+            ids = x_all[:alive, start : start + tgt_len]
+            segment_labels = None if row_labels is None else row_labels[:alive, None].expand_as(ids)
+            logits, _, mems = model(ids, None, mems, side, span=span, labels=segment_labels)
             log_probs = torch.log_softmax(logits.float(), dim=-1)
             target = y_all[:alive, start : start + tgt_len]
             row_nll[:alive, start : start + tgt_len] = -log_probs.gather(-1, target.clamp(min=0)[..., None])[..., 0]
@@ -132,6 +142,53 @@ def split_metrics(
             **{name: round(-float(np.concatenate(lp).mean()), 5) for name, lp in baselines.items()},
         },
         "by_composer": {c: round(s / n, 5) for c, (s, n) in sorted(by_composer.items()) if n},
+    }
+
+
+def labelled_metrics(
+    model: TransformerXL, pieces: list[np.ndarray], store: PieceStore, vocab: dict, scores: Scores, p: EvaluateParams
+) -> dict:
+    """For a model with composer labels: the NLL without them (label 0) beside the NLL with them (`scores`), overall
+    and per composer, and how well the labels name each piece's composer (`identify`)."""
+    if "label" not in store.index or "labels" not in vocab:
+        raise PipelineError(f"{store.folder / 'index.json'}: no composer labels (rerun the tokenize stage)")
+    unlabelled = score_pieces(model, pieces, p.tgt_len, p.batch_size, attn_span(p), [0] * len(pieces))
+    nll, free = np.concatenate(scores.nll), np.concatenate(unlabelled.nll)
+    by_composer: dict[str, list] = defaultdict(list)
+    for composer, piece_nll in zip(store.index["composer"], unlabelled.nll, strict=True):
+        by_composer[composer].append(piece_nll)
+    return {
+        "nll_unlabelled": round(float(free.mean()), 5),
+        "label_gain": round(float(free.mean() - nll.mean()), 5),  # nats per token that knowing the composer saves
+        "by_composer_unlabelled": {
+            c: round(float(np.concatenate(v).mean()), 5) for c, v in sorted(by_composer.items())
+        },
+        "identification": identify(model, pieces, store.index["label"], vocab["labels"], p),
+    }
+
+
+def identify(model: TransformerXL, pieces: list[np.ndarray], truth: list[int], labels: list[dict], p: EvaluateParams):  # noqa: ANN201
+    """Name each piece's composer: score its first p.identify_tokens tokens under every label and take the likeliest.
+    Top-1 and top-3 accuracy, beside always naming the composer with the most train pieces (`majority`), and the
+    confusion matrix (rows: the true label, columns: the named one, in label order)."""
+    heads = [piece[: p.identify_tokens + 1] for piece in pieces]
+    ids = [entry["label"] for entry in labels]
+    scores = score_pieces(model, heads * len(ids), p.tgt_len, p.batch_size, attn_span(p),
+                          [label for label in ids for _ in heads])  # fmt: skip
+    totals = np.array([nll.sum() for nll in scores.nll]).reshape(len(ids), len(heads)).T  # [piece, label]
+    ranked = np.asarray(ids)[np.argsort(totals, axis=1, kind="stable")]
+    truth = np.asarray(truth)
+    most = max(labels, key=lambda entry: entry["pieces"].get("train", 0))["label"]
+    confusion = np.zeros((len(ids), len(ids)), np.int64)
+    np.add.at(confusion, (np.searchsorted(ids, truth), np.searchsorted(ids, ranked[:, 0])), 1)
+    return {
+        "tokens": p.identify_tokens,
+        "pieces": len(pieces),
+        "top1": round(float(np.mean(ranked[:, 0] == truth)), 4),
+        "top3": round(float(np.mean((ranked[:, :3] == truth[:, None]).any(axis=1))), 4),
+        "majority": round(float(np.mean(truth == most)), 4),
+        "labels": [entry["composer"] for entry in labels],
+        "confusion": confusion.tolist(),
     }
 
 
@@ -188,5 +245,7 @@ def evaluate(tokens: Path, model_dir: Path, metrics: Path, p: EvaluateParams) ->
             "kneser_ney": np.split(kneser_ney.log_probs(corpus, lengths), np.cumsum(lengths - 1)[:-1]),
         }
         result[split] = split_metrics(scores, store, baselines, int(vocab["vocab_size"]))
+        if model.cfg.n_labels:
+            result[split].update(labelled_metrics(model, pieces, store, vocab, scores, p))
     atomic_write_text(Path(metrics), json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     return result
