@@ -267,6 +267,16 @@ def generate(
         float | None,
         typer.Option(help=f"release a key sounding this many seconds; 0 is off {_default(DEFAULTS.max_note_s)}"),
     ] = None,
+    composer: Annotated[
+        str | None,
+        typer.Option(help=f"compose as this composer: a name or surname in the tokens' vocab.json {_default('none')}"),
+    ] = None,
+    guidance: Annotated[
+        float | None,
+        typer.Option(
+            help=f"classifier-free guidance of the composer: 1 plain, above 1 more so {_default(DEFAULTS.guidance)}"
+        ),
+    ] = None,
     mem_len: Annotated[
         int | None,
         typer.Option(
@@ -312,6 +322,8 @@ def generate(
         "mem_len": mem_len,
         "device": device,
         "precision": precision,
+        "composers": None if composer is None else [composer],
+        "guidance": guidance,
     }
     values = {**_run(typed, GenerateParams, section, "generate"), **{k: v for k, v in given.items() if v is not None}}
     summary = _run(run_generate, model, out, GenerateParams(**values), primer, tokens)
@@ -319,8 +331,10 @@ def generate(
         files = ", ".join(f for f in (s["midi"], s["png"], s["wav"]) if f)
         flags = f" [{', '.join(s['flags'])}]" if s["flags"] else ""
         rule = f", {s['rule_releases']} released by the rule" if s.get("rule_releases") else ""
+        by = f" as {s['composer']}" if s.get("composer") else ""
         typer.echo(
-            f"generate: {s['name']}: {s['seconds']:.1f} s, {s['notes']} notes, {s['tokens']} tokens, seed {s['seed']}, "
+            f"generate: {s['name']}{by}: {s['seconds']:.1f} s, {s['notes']} notes, {s['tokens']} tokens, "
+            f"seed {s['seed']}, "
             f"ended by {s['ended_by']}{rule}{flags} -> {out}/ ({files})"
         )
 

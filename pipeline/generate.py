@@ -29,6 +29,7 @@ from model.sampling import Side, bf16_decodes_faster, check_sampling
 from model.sampling import generate as sample_tokens
 from pipeline.atomic import atomic_write_text
 from pipeline.checkpoint import load_model
+from pipeline.composers import resolve
 from pipeline.errors import PipelineError
 from pipeline.generate_params import GenerateParams
 from pipeline.music.audio import render_wav, synthesizer
@@ -45,7 +46,7 @@ from pipeline.music.performance_encoding import (
     encode_opening,
 )
 from pipeline.music.piano_state import PIANO_STATE_SIZE, NoteLimit, PianoState
-from pipeline.segments import PieceStore
+from pipeline.segments import PieceStore, load_vocab
 
 MAX_SAMPLES, MAX_SECONDS, MAX_MEM_LEN = 256, 3600.0, 16384  # beyond these a run would not fit in memory
 MAX_TOKENS_PER_SECOND = 300  # a cap on sampled tokens per second of music; MAESTRO averages about 43
@@ -68,6 +69,7 @@ def check_params(p: GenerateParams) -> None:
         ("samples", p.samples, 1 <= p.samples <= MAX_SAMPLES, f"from 1 to {MAX_SAMPLES}"),
         ("wav_samples", p.wav_samples, p.wav_samples >= 0, "0 or more"),
         ("max_note_s", p.max_note_s, 0 <= p.max_note_s < math.inf, "0 (off) or a number of seconds"),
+        ("guidance", p.guidance, 0 <= p.guidance < math.inf, "0 or more (1: plain conditioning)"),
         ("seconds", p.seconds, 0 < p.seconds <= MAX_SECONDS, f"above 0 and at most {MAX_SECONDS}"),
         ("primer seconds", p.primer_seconds, 0 < p.primer_seconds < math.inf, "above 0 and finite"),
         ("seed", p.seed, 0 <= p.seed < 2**63 - MAX_SAMPLES * max(len(p.primers), 1), "from 0 to 2^63 - 1"),
@@ -183,10 +185,12 @@ def sample_batch(
     dtype: torch.dtype | None,
     span: AttnSpan | None = None,
     rule: bool = True,
+    label: int = 0,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """`len(seeds)` continuations of `primer` in one batch, each until PIECE_END or p.seconds of new music, with the
     weights' matmuls in `dtype` (None: float32), attending as far as `span` says (None: as trained), and the
-    note-length rule when `rule` and p.max_note_s are on; and how many releases the rule imposed on each."""
+    note-length rule when `rule` and p.max_note_s are on, every row with composer `label` (0: none) at guidance
+    p.guidance; and how many releases the rule imposed on each."""
     device = next(model.parameters()).device
     prompt = torch.as_tensor(primer.tokens, device=device)[None].repeat(len(seeds), 1)
     generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
@@ -215,6 +219,8 @@ def sample_batch(
         side=side,
         forced=forced,
         span=span,
+        labels=torch.full((len(seeds),), label, device=device) if label else None,
+        guidance=p.guidance,
     )
     rows = [row.cpu().numpy() for row in new]
     steps = np.array(imposed, bool).reshape(-1, len(seeds))  # [steps, rows]
@@ -321,22 +327,23 @@ def generate(
     synth = synthesizer()
     if isinstance(synth, str):
         print(f"generate: WAV files skipped: {synth}", flush=True)
+    groups = composer_groups(p, model, tokens)
     records, free = [], []  # free: the same samples made without the rule, when it is on
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
-        for k, primer in enumerate(primers):
-            seeds = [p.seed + k * p.samples + i for i in range(p.samples)]
-            rows, released = sample_batch(model, primer, p, seeds, dtype, span)
+        for k, (primer, (label, composer)) in enumerate((pr, g) for pr in primers for g in groups):
+            seeds, about = [p.seed + k * p.samples + i for i in range(p.samples)], {"composer": composer}
+            rows, released = sample_batch(model, primer, p, seeds, dtype, span, label=label)
             for seed, new, count in zip(seeds, rows, released, strict=True):
                 audio = synth if len(records) < p.wav_samples else None
                 record = write_sample(Path(tmp), f"sample-{len(records) + 1:02d}", primer, new, p, audio)
-                records.append({**record, "seed": seed, "rule_releases": int(count)})
+                records.append({**record, **about, "seed": seed, "rule_releases": int(count)})
             if p.max_note_s:
-                for seed, new in zip(
-                    seeds, sample_batch(model, primer, p, seeds, dtype, span, rule=False)[0], strict=True
-                ):
+                for seed, new in zip(seeds, sample_batch(model, primer, p, seeds, dtype, span, False, label)[0],
+                                     strict=True):  # fmt: skip
                     name = f"sample-{len(free) + 1:02d}{WITHOUT_RULE}"
-                    free.append({**write_sample(Path(tmp), name, primer, new, p, None, figures=False), "seed": seed})
+                    record = write_sample(Path(tmp), name, primer, new, p, None, figures=False)
+                    free.append({**record, **about, "seed": seed})
         previous = previous_sample_files(out)
         out.mkdir(exist_ok=True)
         written = {path.name for path in Path(tmp).iterdir()}
@@ -361,6 +368,21 @@ def generate(
     }
     atomic_write_text(out / "samples.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def composer_groups(p: GenerateParams, model: TransformerXL, tokens: Path) -> list[tuple[int, str | None]]:
+    """(label, composer) of each group of samples: p.composers' labels (the names in vocab.json), or one group
+    without a composer."""
+    if not p.composers:
+        return [(0, None)]
+    if not model.cfg.n_labels:
+        raise PipelineError("generate.composers: the model was trained without composer labels")
+    labels = load_vocab(tokens).get("labels", [])
+    if len(labels) != model.cfg.n_labels:
+        raise PipelineError(
+            f"{Path(tokens) / 'vocab.json'}: {len(labels)} composer labels, the model {model.cfg.n_labels}"
+        )
+    return resolve(p.composers, labels)
 
 
 def previous_sample_files(out: Path) -> set[str]:

@@ -18,6 +18,8 @@ class GenerateParams:
     top_p: float = 0.98  # 1: off
     seed: int = 1234  # sample i draws from its own generator, seeded seed + i
     primers: list = field(default_factory=list)  # validation piece ids; empty: unconditional samples
+    composers: list = field(default_factory=list)  # p.samples for each (names or surnames, none: no composer); []: none
+    guidance: float = 1.0  # classifier-free guidance of the composer label: 1 is plain conditioning, 0 ignores it
     primer_seconds: float = 10.0  # of each primer
     keep_primer: bool = True  # the output begins with the primer
     stop_at_piece_end: bool = False  # let the model end a sample early; False samples each to its full length

@@ -1,8 +1,6 @@
 """tokenize stage: validated pieces into shards of uint16 token ids per split, with a piece index and vocab.json.
 
-Each piece also gets its composer's label (side information for the model, never a token): composers with at
-least `min_composer_pieces` train pieces have labels 1, 2, ... (most pieces first), and every other composer,
-joint credits such as "Franz Schubert / Franz Liszt" included, shares the last one. Label 0 is left for "none".
+Each piece also gets its composer's label (pipeline/composers.py): side information for the model, never a token.
 """
 
 from __future__ import annotations
@@ -10,13 +8,13 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.atomic import atomic_dir, atomic_write_text
+from pipeline.composers import composer_labels, label_of
 from pipeline.errors import PipelineError
 from pipeline.music.performance_encoding import NOTE_OFF, NOTE_ON, TIME_SHIFT, VELOCITY, VELOCITY_BINS, encode, vocab
 
@@ -27,7 +25,6 @@ EVENT_RANGES = {
     "velocity": (VELOCITY, VELOCITY + VELOCITY_BINS),
     "special": (VELOCITY + VELOCITY_BINS, 1 << 16),
 }
-OTHER_COMPOSERS = "other composers"
 _NOTES: dict[str, np.ndarray] = {}  # the notes table, shared with forked workers without copying
 
 
@@ -53,25 +50,6 @@ def _load_notes(events: Path, piece_ids: np.ndarray) -> tuple[dict[str, np.ndarr
     notes = {k: v[order] for k, v in notes.items()}
     ids, first, count = np.unique(notes["piece_id"], return_index=True, return_counts=True)
     return notes, {int(i): (int(f), int(c)) for i, f, c in zip(ids, first, count, strict=True)}
-
-
-def composer_labels(split: list[str], composer: list[str], min_pieces: int) -> list[dict]:
-    """The labels of vocab.json: {label, composer, pieces per split} for each composer with at least `min_pieces`
-    train pieces (most first, then by name), then one for all other composers; label i is the list's i-th, from 1."""
-    train = Counter(c for s, c in zip(split, composer, strict=True) if s == "train" and "/" not in c)
-    own = sorted((c for c, n in train.items() if n >= min_pieces), key=lambda c: (-train[c], c))
-    names = [*own, OTHER_COMPOSERS]
-    counts = {name: Counter() for name in names}
-    for s, c in zip(split, composer, strict=True):
-        counts[c if c in own else OTHER_COMPOSERS][s] += 1
-    return [{"label": i, "composer": name, "pieces": dict(sorted(counts[name].items()))}
-            for i, name in enumerate(names, 1)]  # fmt: skip
-
-
-def label_of(composer: str, labels: list[dict]) -> int:
-    """A composer's label in `labels` (composer_labels), the shared one for a composer without its own."""
-    own = {entry["composer"]: entry["label"] for entry in labels}
-    return own.get(composer, own[OTHER_COMPOSERS])
 
 
 def tokenize(

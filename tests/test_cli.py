@@ -121,6 +121,8 @@ def test_every_option_overrides_the_file(tmp_path, calls):
         ({"mem_len": 100}, ["--mem-len", "512"], {"mem_len": 512}),
         ({"device": "cuda"}, ["--device", "cpu"], {"device": "cpu"}),
         ({"precision": "bfloat16"}, ["--precision", "float32"], {"precision": "float32"}),
+        ({"composers": ["Bach", "none"]}, ["--composer", "chopin"], {"composers": ["chopin"]}),
+        ({"guidance": 1.0}, ["--guidance", "2.5"], {"guidance": 2.5}),
         ({"seconds": 5.0}, ["--top-k", "3"], {"seconds": 5.0, "top_k": 3}),
     ],
 )
@@ -168,11 +170,11 @@ def test_the_helps_defaults_are_the_stages():
         assert name in text
 
 
-def test_every_field_but_primers_has_an_option():
+def test_every_field_but_primers_has_an_option_and_composers_one_for_one_composer():
     result = run("generate", "--help")
     options = set(re.findall(r"--[a-z][a-z-]*", result.stdout))
-    fields = {f.name for f in dataclasses.fields(GenerateParams)} - {"primers"}
-    assert {"--" + name.replace("_", "-") for name in fields} <= options
+    fields = {f.name for f in dataclasses.fields(GenerateParams)} - {"primers", "composers"}
+    assert {"--" + name.replace("_", "-") for name in fields} | {"--composer"} <= options
 
 
 @pytest.mark.parametrize(
