@@ -1,0 +1,91 @@
+"""Composer conditioning end to end on a tiny synthetic corpus: two "composers" who play in different registers. A
+tiny model trained with their labels names them, and asked for one, plays in its register."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT, write_tokens
+from test_train import TINY_MODEL, params
+
+from pipeline.errors import PipelineError
+from pipeline.evaluate import EvaluateParams, evaluate
+from pipeline.generate import GenerateParams, generate
+from pipeline.music.performance_encoding import NOTE_OFF, TIME_SHIFT, decode
+from pipeline.train import train
+
+REGISTERS = {"Low Composer": (36, 48), "High Composer": (72, 84)}
+
+
+def register_piece(rng: np.random.Generator, low: int, high: int, notes: int = 24) -> np.ndarray:
+    """Notes one after another within [low, high): note-on, a quarter-second shift, note-off."""
+    pitches = rng.integers(low, high, notes)
+    return np.stack([pitches, np.full(notes, TIME_SHIFT + 24), NOTE_OFF + pitches], axis=1).ravel()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """Token splits whose pieces alternate between the two composers, and a tiny model trained on their labels."""
+    folder = tmp_path_factory.mktemp("composers")
+    rng = np.random.default_rng(0)
+    ranges = list(REGISTERS.values())
+    split = {
+        name: [register_piece(rng, *ranges[i % 2]) for i in range(n)] for name, n in (("train", 40), ("validation", 8))
+    }
+    tokens = write_tokens(folder / "tokens", split, composers=tuple(REGISTERS))
+    model = {**TINY_MODEL, "composer_labels": True, "tgt_len": 32, "mem_len": 32}
+    train(tokens, folder / "ckpt", folder / "model", None, model, params(steps=600, transpose=0, label_dropout=0.2))
+    return tokens, folder / "model"
+
+
+def mean_pitch(tokens: np.ndarray) -> float:
+    return float(decode(tokens)["pitch"].mean())
+
+
+def test_the_model_names_each_pieces_composer_and_gains_from_the_label(trained, tmp_path):
+    tokens, model = trained
+    p = EvaluateParams(tgt_len=32, mem_len=32, batch_size=4, ngram_order=2, device="cpu", identify_tokens=12)
+    result = evaluate(tokens, model, tmp_path / "eval.json", p)["validation"]
+    named = result["identification"]
+    assert named["labels"] == list(REGISTERS) and named["pieces"] == 8 and named["majority"] == 0.5
+    assert named["top1"] == 1.0 > named["majority"] and named["confusion"] == [[4, 0], [0, 4]]
+    assert result["nll_unlabelled"] > result["nll"] and result["label_gain"] > 0.05  # the first note, mostly
+    assert set(result["by_composer_unlabelled"]) == set(REGISTERS)
+
+
+def test_asked_for_a_composer_the_model_plays_in_its_register(trained, tmp_path):
+    tokens, model = trained
+    base = GenerateParams(samples=4, seconds=3.0, device="cpu", precision="float32", max_note_s=0.0, wav_samples=0)
+    pitches = {}
+    for composer in ("low", "High Composer"):  # a surname or a full name, in any case
+        summary = generate(model, tmp_path / composer, GenerateParams(**{**vars(base), "composers": [composer]}), None,
+                           tokens)  # fmt: skip
+        assert {s["composer"] for s in summary["samples"]} == {"Low Composer" if composer == "low" else composer}
+        midi = [(tmp_path / composer / s["midi"]) for s in summary["samples"]]
+        pitches[composer] = np.mean([note.note for path in midi for note in _notes(path)])
+    assert 36 <= pitches["low"] < 48 and 72 <= pitches["High Composer"] < 84
+    guided_params = GenerateParams(**{**vars(base), "composers": ["low"], "guidance": 3.0})
+    guided = generate(model, tmp_path / "guided", guided_params, None, tokens)
+    assert np.mean([n.note for s in guided["samples"] for n in _notes(tmp_path / "guided" / s["midi"])]) < 48
+
+
+def _notes(path):  # noqa: ANN001, ANN202
+    import mido
+
+    return [m for m in mido.MidiFile(path) if m.type == "note_on" and m.velocity > 0]
+
+
+def test_an_unknown_composer_is_a_one_line_error_that_lists_the_known_ones(trained, tmp_path):
+    tokens, model = trained
+    with pytest.raises(PipelineError, match="unknown composer 'Mozart': the model knows Low Composer, High Composer"):
+        generate(model, tmp_path / "x", GenerateParams(composers=["Mozart"], device="cpu"), None, tokens)
+    args = [sys.executable, "-m", "pipeline", "generate", "--model", str(model), "--tokens", str(tokens),
+            "--composer", "Mozart", "--out", str(tmp_path / "y"), "--params", str(tmp_path / "none.yaml")]  # fmt: skip
+    (tmp_path / "none.yaml").write_text("generate:\n  device: cpu\n")
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "unknown composer 'Mozart'" in result.stderr
+    assert not (tmp_path / "y").exists()
