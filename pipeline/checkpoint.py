@@ -7,7 +7,9 @@ torch.load(weights_only=True) so that a file runs no code.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -37,11 +39,64 @@ def read_checkpoint(path: Path) -> dict | None:
 
 
 def set_aside(path: Path) -> Path:
-    """Move a checkpoint that will not be resumed to NAME.prev.pt beside it (replacing an older one), so that a new
-    run never overwrites a run's state."""
+    """Move a checkpoint that will not be resumed to NAME.prev.pt beside it. One already there moves on to
+    NAME.prev-1.pt (then -2, ...), so that no run's state is ever overwritten."""
     kept = path.with_name(f"{path.stem}.prev{path.suffix}")
+    if kept.exists():
+        older = next(
+            p for n in itertools.count(1) if not (p := path.with_name(f"{path.stem}.prev-{n}{path.suffix}")).exists()
+        )
+        kept.replace(older)
     path.replace(kept)
     return kept
+
+
+def mismatch(state: dict, identity: dict, params: dict, trajectory: tuple[str, ...]) -> str | None:
+    """Why a checkpoint cannot be resumed with this model identity (config and data) and these train params, or None:
+    a difference in the identity or in a trajectory param, or a run already past params' steps."""
+    saved = state["params"]
+    changed = changes(state["config"], identity) + changes(
+        {k: saved.get(k) for k in trajectory}, {k: params[k] for k in trajectory}
+    )
+    if changed:
+        return f"was trained with other settings ({', '.join(changed)})"
+    if state["step"] > params["steps"]:
+        return f"was trained past train.steps ({state['step']} > {params['steps']})"
+    return None
+
+
+def choose_checkpoint(
+    path: Path,
+    identity: dict,
+    params: dict,
+    trajectory: tuple[str, ...],
+    rank: int,
+    say: Callable[[str], None],
+    wait: Callable[[], None],
+) -> dict | None:
+    """The state to resume: PATH's when it matches (`mismatch`); else that of the checkpoint set aside last
+    (NAME.prev.pt) when it matches, the two then swapping places; else None, PATH set aside. Every process reads;
+    rank 0 alone moves files, after `wait` (a barrier) says that every process has read them."""
+    state = read_checkpoint(path)
+    if state is None:
+        return None
+    reason = mismatch(state, identity, params, trajectory)
+    if reason is None:
+        return state
+    previous_path = path.with_name(f"{path.stem}.prev{path.suffix}")
+    previous = read_checkpoint(previous_path)
+    wait()
+    if previous is not None and mismatch(previous, identity, params, trajectory) is None:
+        if rank == 0:
+            swap = path.with_name(f"{path.stem}.swap{path.suffix}")
+            path.replace(swap)
+            previous_path.replace(path)
+            swap.replace(previous_path)
+            say(f"{path} {reason}; {previous_path.name} matches, so the two swap places and that run resumes")
+        return previous
+    if rank == 0:
+        say(f"{path} {reason}; kept as {set_aside(path).name}, training afresh")
+    return None
 
 
 def rank_state(mems: list, device: torch.device) -> dict:

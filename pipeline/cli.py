@@ -180,13 +180,17 @@ def train(
     DVCLive's metrics and params.yaml, the shape and settings as trained. Under torchrun it trains with DDP.
     """
     from pipeline.checkpoint import model_section
+    from pipeline.distributed import finish
     from pipeline.params import load_section, typed
     from pipeline.train import TrainParams
     from pipeline.train import train as run_train
 
     model_params = _run(model_section, _run(load_section, "model", params))
     section = _run(typed, TrainParams, _run(load_section, "train", params), "train")
-    result = _run(run_train, tokens, checkpoints, out, live, model_params, TrainParams(**section))
+    try:
+        result = _run(run_train, tokens, checkpoints, out, live, model_params, TrainParams(**section))
+    finally:
+        finish()
     if result.get("interrupted"):
         raise typer.Exit(130)
 

@@ -1,6 +1,7 @@
-"""The CPU profile: on a CPU the train and evaluate stages cap their sizes (each section's `cpu_limits`), so that
-`dvc repro` ends in minutes on a laptop. `train.profile` says when: auto (on a CPU), cpu (everywhere, for a quick
-run on a GPU) or full (never). What was trained is written to reports/train/params.yaml, which `dvc exp show` lists.
+"""The CPU profile: the train and evaluate stages cap their sizes (each section's `cpu_limits`), so that `dvc repro`
+ends in minutes on a laptop. For training `train.profile` says when: auto (on a CPU), cpu (everywhere, for a quick
+run on a GPU) or full (never); what was trained is written to reports/train/params.yaml, which `dvc exp show`
+lists. The evaluation caps its segment and memory whenever it runs on a CPU, whatever the model's size.
 """
 
 from __future__ import annotations

@@ -60,3 +60,29 @@ def barrier(world: int) -> None:
     """Wait for every process (nothing to wait for in a single one)."""
     if world > 1:
         dist.barrier()
+
+
+def finish() -> None:
+    """Close the process group, if this process started one, once training is over."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def reshard(saved: list[list], world: int, chunks: int) -> list[list]:
+    """Memories per process and accumulation chunk ([rank][chunk] -> a tensor per layer, or None), written by
+    len(saved) processes, dealt out to `world` processes of `chunks` chunks: process k of W holds the global rows
+    k, k + W, ..., in chunks of consecutive ones, so the rows go back to their global order and are dealt again."""
+    if any(chunk is None for rank in saved for chunk in rank):  # an epoch had just begun: no memory yet
+        return [[None] * chunks for _ in range(world)]
+    layers, old = len(saved[0][0]), len(saved)
+    rows = [[torch.cat([chunk[layer] for chunk in rank]) for layer in range(layers)] for rank in saved]
+    dealt: list[list] = [[[] for _ in range(chunks)] for _ in range(world)]
+    for layer in range(layers):
+        first = rows[0][layer]
+        whole = first.new_empty((sum(r[layer].size(0) for r in rows), *first.shape[1:]))
+        for k in range(old):
+            whole[k::old] = rows[k][layer]
+        for k in range(world):
+            for c, part in enumerate(whole[k::world].chunk(chunks)):
+                dealt[k][c].append(part.contiguous())
+    return dealt

@@ -20,6 +20,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +32,9 @@ from pipeline import cpu_profile, distributed
 from pipeline.checkpoint import (
     build_model,
     changes,
+    choose_checkpoint,
     export_model,
     rank_state,
-    read_checkpoint,
-    set_aside,
     tokens_fingerprint,
     write_checkpoint,
 )
@@ -231,26 +231,14 @@ def _setup(tokens: Path, model_params: dict, p: TrainParams) -> _Run:
 
 
 def _resume(run: _Run, ckpt_path: Path, identity: dict) -> bool:
-    """Restore `run` from the checkpoint when it holds an unfinished run of the same trajectory (see the module's
-    docstring); otherwise set the checkpoint aside as last.prev.pt. Rank 0 alone says what it does."""
+    """Restore `run` from the checkpoint of the same trajectory (see the module's docstring; `choose_checkpoint`).
+    A finished run is restored too: its model is exported as it is. Rank 0 alone says what it does."""
     say = (lambda text: print(f"train: {text}", flush=True)) if run.rank == 0 else (lambda text: None)
-    state = read_checkpoint(ckpt_path)
+    now = asdict(run.p)
+    wait = partial(distributed.barrier, run.world)
+    state = choose_checkpoint(ckpt_path, identity, now, TRAJECTORY, run.rank, say, wait)
+    wait()  # no process reads on before rank 0 has moved what it moves
     if state is None:
-        return False
-    now, saved = asdict(run.p), state["params"]
-    changed = changes(state["config"], identity) + changes(
-        {k: saved.get(k) for k in TRAJECTORY}, {k: now[k] for k in TRAJECTORY}
-    )
-    if changed or state["step"] >= run.p.steps or len(state["mems"]) != run.world:
-        if changed:
-            reason = f"was trained with other settings ({', '.join(changed)})"
-        elif state["step"] >= run.p.steps:  # the stage reruns only when something changed (code, or forced)
-            reason = f"holds a finished run of {state['step']} steps"
-        else:
-            reason = f"was written by {len(state['mems'])} process(es), not {run.world}"
-        distributed.barrier(run.world)  # every process has read the checkpoint before rank 0 moves it
-        if run.rank == 0:
-            say(f"{ckpt_path} {reason}; kept as {set_aside(ckpt_path).name}, training afresh")
         return False
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
@@ -258,12 +246,20 @@ def _resume(run: _Run, ckpt_path: Path, identity: dict) -> bool:
     run.step, run.epoch, run.segment = state["step"], state["epoch"], state["segment"]
     for group, base in zip(run.optimizer.param_groups, run.scheduler.base_lrs, strict=True):
         group["lr"] = base * _lr_factor(run.step, run.p)  # this run's schedule (train.steps may have changed)
+        group["fused"] = run.device.type == "cuda" or None  # this device's AdamW, not the checkpoint's
     run.metrics = dict(state["metrics"])
-    run.mems = [None if m is None else [t.to(run.device) for t in m] for m in state["mems"][run.rank]]
-    torch.set_rng_state(state["rng"][run.rank]["cpu"])
-    if run.device.type == "cuda" and state["rng"][run.rank]["cuda"] is not None:
-        torch.cuda.set_rng_state(state["rng"][run.rank]["cuda"], run.device)
-    say(f"resuming from {ckpt_path} at step {run.step}")
+    mems, rng = state["mems"], state["rng"]
+    if len(mems) != run.world:  # the global batch is the same: its rows' memories are dealt out again
+        say(f"{ckpt_path} was written by {len(mems)} process(es): its memories go to {run.world} (dropout differs)")
+        mems = distributed.reshard(mems, run.world, run.p.grad_accum)
+    run.mems = [None if m is None else [t.to(run.device) for t in m] for m in mems[run.rank]]
+    if run.rank < len(rng):
+        torch.set_rng_state(rng[run.rank]["cpu"])
+        if run.device.type == "cuda" and rng[run.rank]["cuda"] is not None:
+            torch.cuda.set_rng_state(rng[run.rank]["cuda"], run.device)
+    saved = state["params"]
+    finished = " (a finished run: its model is exported as it is; delete the checkpoint to train afresh)"
+    say(f"resuming from {ckpt_path} at step {run.step}" + (finished if run.step == run.p.steps else ""))
     if saved.get("steps") != run.p.steps:
         old = TrainParams(**{**now, "steps": saved["steps"]})
         say(
@@ -339,7 +335,7 @@ def train(
     p: TrainParams,
     on_step: Callable[[int], None] | None = None,
 ) -> dict:
-    """Train, resuming from checkpoints/last.pt when it holds the same trajectory; return the final metrics (rank
+    """Train, resuming from checkpoints/last.pt (or last.prev.pt) of the same trajectory; return the final metrics (rank
     0's). LIVE_DIR/params.yaml records what is trained: the model's shape and the train params after the profile."""
     run = _setup(tokens, model_params, p)
     p, cfg, rank, world = run.p, run.model.cfg, run.rank, run.world
@@ -378,6 +374,7 @@ def train(
         ranks = distributed.gather_on_first(rank_state(run.mems, run.device), rank, world)
         if rank == 0:
             write_checkpoint(ckpt_path, training, ranks)
+        distributed.barrier(world)  # no process stops (torchrun would then stop rank 0) before the file is whole
 
     def log(logged: dict) -> None:
         if live is not None:

@@ -88,11 +88,36 @@ def test_raising_steps_resumes_with_the_cosine_stretched_to_the_new_end(tmp_path
     state = torch.load(tmp_path / "c" / "last.pt", weights_only=True)
     lr = state["optimizer"]["param_groups"][0]["lr"]
     assert lr == longer.lr * _lr_factor(12, longer) and lr != longer.lr * _lr_factor(12, params(steps=10))
-    # The same steps again: the run is finished, so it is trained afresh and the finished one kept.
+    # The same settings again: the finished run is exported as it is, not trained again.
     train(tokens, tmp_path / "c", tmp_path / "model", None, TINY_MODEL, longer)
-    train(tokens, tmp_path / "c", tmp_path / "model", None, TINY_MODEL, longer)
-    assert "holds a finished run of 16 steps; kept as last.prev.pt" in capsys.readouterr().out
+    finished = _weights(tmp_path / "model")
+    capsys.readouterr()
+    monkeypatch.setattr(torch.optim.AdamW, "step", record)
+    used.clear()
+    assert train(tokens, tmp_path / "c", tmp_path / "model_again", None, TINY_MODEL, longer)["step"] == 16
+    monkeypatch.undo()
+    assert used == [] and _same_weights(finished, _weights(tmp_path / "model_again"))
+    assert "at step 16 (a finished run: its model is exported as it is" in capsys.readouterr().out
+    # Fewer steps than were trained: that run is set aside.
+    train(tokens, tmp_path / "c", tmp_path / "model", None, TINY_MODEL, params(steps=14))
+    assert "was trained past train.steps (16 > 14); kept as last.prev.pt" in capsys.readouterr().out
     assert torch.load(tmp_path / "c" / "last.prev.pt", weights_only=True)["step"] == 16
+
+
+def test_no_run_set_aside_is_ever_overwritten_and_the_last_one_resumes_when_it_matches_again(tmp_path, capsys):
+    tokens, folder = repeating_corpus(tmp_path / "tokens"), tmp_path / "c"
+    good, typo, other = params(steps=12), params(steps=12, lr=3e-2), params(steps=12, seed=9)
+    train(tokens, folder, tmp_path / "m", None, TINY_MODEL, good, on_step=_stop_at(6))
+    train(tokens, folder, tmp_path / "m", None, TINY_MODEL, typo, on_step=_stop_at(3))  # sets the good run aside
+    capsys.readouterr()
+    train(tokens, folder, tmp_path / "m", None, TINY_MODEL, good, on_step=_stop_at(8))  # the typo corrected
+    out = capsys.readouterr().out
+    assert "last.prev.pt matches, so the two swap places and that run resumes" in out and "at step 6" in out
+    assert torch.load(folder / "last.prev.pt", weights_only=True)["params"]["lr"] == 3e-2  # the typo's run, kept
+    train(tokens, folder, tmp_path / "m", None, TINY_MODEL, other, on_step=_stop_at(2))  # a third trajectory
+    steps = {name: torch.load(folder / name, weights_only=True)["step"] for name in ("last.pt", "last.prev.pt",
+                                                                                     "last.prev-1.pt")}  # fmt: skip
+    assert steps == {"last.pt": 2, "last.prev.pt": 8, "last.prev-1.pt": 3}  # every run's state is still there
 
 
 def test_a_run_killed_with_sigkill_resumes_from_its_last_checkpoint_to_the_same_weights(tmp_path):
