@@ -237,7 +237,8 @@ def evaluate(tokens: Path, model_dir: Path, metrics: Path, p: EvaluateParams) ->
         for key in ("composer", "seconds"):
             if key not in store.index:
                 raise PipelineError(f"{tokens / split / 'index.json'}: no '{key}' column (rerun the tokenize stage)")
-        scores = score_pieces(model, pieces, p.tgt_len, p.batch_size, attn_span(p))
+        labels = store.index.get("label") if model.cfg.n_labels else None  # the headline: with each composer's label
+        scores = score_pieces(model, pieces, p.tgt_len, p.batch_size, attn_span(p), labels)
         lengths = np.array([len(piece) for piece in pieces])
         corpus = np.concatenate(pieces)
         baselines = {

@@ -17,12 +17,12 @@ from pipeline.generate import GenerateParams, generate
 from pipeline.music.performance_encoding import NOTE_OFF, TIME_SHIFT, decode
 from pipeline.train import train
 
-REGISTERS = {"Low Composer": (36, 48), "High Composer": (72, 84)}
+REGISTERS = {"Anna Low": (40, 43, 47), "Ben High": (76, 79, 83)}  # the pitches each plays
 
 
-def register_piece(rng: np.random.Generator, low: int, high: int, notes: int = 24) -> np.ndarray:
-    """Notes one after another within [low, high): note-on, a quarter-second shift, note-off."""
-    pitches = rng.integers(low, high, notes)
+def register_piece(rng: np.random.Generator, pitches: tuple[int, ...], notes: int = 24) -> np.ndarray:
+    """Notes one after another, drawn from `pitches`: note-on, a quarter-second shift, note-off."""
+    pitches = rng.choice(pitches, notes)
     return np.stack([pitches, np.full(notes, TIME_SHIFT + 24), NOTE_OFF + pitches], axis=1).ravel()
 
 
@@ -33,7 +33,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     rng = np.random.default_rng(0)
     ranges = list(REGISTERS.values())
     split = {
-        name: [register_piece(rng, *ranges[i % 2]) for i in range(n)] for name, n in (("train", 40), ("validation", 8))
+        name: [register_piece(rng, ranges[i % 2]) for i in range(n)] for name, n in (("train", 40), ("validation", 8))
     }
     tokens = write_tokens(folder / "tokens", split, composers=tuple(REGISTERS))
     model = {**TINY_MODEL, "composer_labels": True, "tgt_len": 32, "mem_len": 32}
@@ -52,7 +52,8 @@ def test_the_model_names_each_pieces_composer_and_gains_from_the_label(trained, 
     named = result["identification"]
     assert named["labels"] == list(REGISTERS) and named["pieces"] == 8 and named["majority"] == 0.5
     assert named["top1"] == 1.0 > named["majority"] and named["confusion"] == [[4, 0], [0, 4]]
-    assert result["nll_unlabelled"] > result["nll"] and result["label_gain"] > 0.05  # the first note, mostly
+    # Knowing the composer tells the first note's register (ln 6 → ln 3 nats); the later notes show it anyway.
+    assert result["nll_unlabelled"] > result["nll"] and result["label_gain"] > 0.005
     assert set(result["by_composer_unlabelled"]) == set(REGISTERS)
 
 
@@ -60,16 +61,16 @@ def test_asked_for_a_composer_the_model_plays_in_its_register(trained, tmp_path)
     tokens, model = trained
     base = GenerateParams(samples=4, seconds=3.0, device="cpu", precision="float32", max_note_s=0.0, wav_samples=0)
     pitches = {}
-    for composer in ("low", "High Composer"):  # a surname or a full name, in any case
+    for composer in ("low", "Ben High"):  # a surname or a full name, in any case
         summary = generate(model, tmp_path / composer, GenerateParams(**{**vars(base), "composers": [composer]}), None,
                            tokens)  # fmt: skip
-        assert {s["composer"] for s in summary["samples"]} == {"Low Composer" if composer == "low" else composer}
+        assert {s["composer"] for s in summary["samples"]} == {"Anna Low" if composer == "low" else composer}
         midi = [(tmp_path / composer / s["midi"]) for s in summary["samples"]]
         pitches[composer] = np.mean([note.note for path in midi for note in _notes(path)])
-    assert 36 <= pitches["low"] < 48 and 72 <= pitches["High Composer"] < 84
+    assert 40 <= pitches["low"] <= 47 and 76 <= pitches["Ben High"] <= 83
     guided_params = GenerateParams(**{**vars(base), "composers": ["low"], "guidance": 3.0})
     guided = generate(model, tmp_path / "guided", guided_params, None, tokens)
-    assert np.mean([n.note for s in guided["samples"] for n in _notes(tmp_path / "guided" / s["midi"])]) < 48
+    assert np.mean([n.note for s in guided["samples"] for n in _notes(tmp_path / "guided" / s["midi"])]) <= 47
 
 
 def _notes(path):  # noqa: ANN001, ANN202
@@ -80,7 +81,7 @@ def _notes(path):  # noqa: ANN001, ANN202
 
 def test_an_unknown_composer_is_a_one_line_error_that_lists_the_known_ones(trained, tmp_path):
     tokens, model = trained
-    with pytest.raises(PipelineError, match="unknown composer 'Mozart': the model knows Low Composer, High Composer"):
+    with pytest.raises(PipelineError, match="unknown composer 'Mozart': the model knows Anna Low, Ben High"):
         generate(model, tmp_path / "x", GenerateParams(composers=["Mozart"], device="cpu"), None, tokens)
     args = [sys.executable, "-m", "pipeline", "generate", "--model", str(model), "--tokens", str(tokens),
             "--composer", "Mozart", "--out", str(tmp_path / "y"), "--params", str(tmp_path / "none.yaml")]  # fmt: skip
