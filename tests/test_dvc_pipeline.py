@@ -92,7 +92,7 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     set_params(project, "data", source=str(source), sha256="", size="")
     set_params(project, "train", cpu_limits=TINY_CPU_LIMITS, eval_interval=3, eval_segments=2, log_interval=1)
     set_params(project, "evaluate", cpu_limits={"tgt_len": 64, "mem_len": 64})
-    set_params(project, "generate", samples=2, seconds=3.0)
+    set_params(project, "generate", samples=1, seconds=3.0, composers=["other composers", "none"])
     first = sh(["dvc", "repro"], project)
     assert "the CPU profile (train.profile auto) sets n_layer 12 → 3" in first.stdout
     assert "evaluate: the data has no test split" in first.stdout
@@ -118,6 +118,7 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     samples = project / "reports" / "samples"
     summary = json.loads((samples / "samples.json").read_text())
     assert [s["name"] for s in summary["samples"]] == ["sample-01", "sample-02"]
+    assert [s["composer"] for s in summary["samples"]] == ["other composers", None]  # three pieces: one label
     assert all(s["seconds"] <= 3.0 and (samples / s["midi"]).is_file() and (samples / s["png"]).is_file()
                for s in summary["samples"])  # fmt: skip
     assert "generate: sample-02:" in first.stdout
@@ -127,7 +128,7 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     assert judged["samples"] == 2 and judged["without_rule"]["samples"] == 2
     first_sample = (samples / "sample-01.mid").read_bytes()
     report = (project / "reports" / "README.md").read_text()
-    for heading in ("## Data", "## Training", "## Evaluation", "## Samples", "## Reproducibility"):
+    for heading in ("## Data", "## Training", "## Evaluation", "## Samples", "## Composers", "## Reproducibility"):
         assert heading in report
     linked = re.findall(r"\]\(((?:figures|samples)/[^)]+)\)", report)
     assert len(linked) > 10 and all((project / "reports" / link).is_file() for link in linked)

@@ -32,6 +32,23 @@ def bars(path: Path, labels: list[str], values: list[float], title: str, xlabel:
     return save_png(fig, path)
 
 
+def confusion(path: Path, counts: np.ndarray, labels: list[str], title: str) -> str:
+    """A confusion matrix (rows: the truth, columns: what was named), each row shaded by its share, counts written."""
+    plt = pyplot()
+    size = 1.6 + 0.45 * len(labels)
+    fig, ax = plt.subplots(figsize=(max(5.0, size + 1.5), size))
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), n in np.ndenumerate(counts):
+        ax.text(j, i, str(n), ha="center", va="center", color="white" if share[i, j] > 0.5 else "black", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xlabel("named")
+    ax.set_ylabel("composer")
+    ax.set_title(title, loc="left", fontsize=9)
+    return save_png(fig, path)
+
+
 def histograms(path: Path, series: dict[str, np.ndarray], bins: np.ndarray, title: str, xlabel: str,
                log_x: bool = False) -> str:  # fmt: skip
     """One or more distributions over the same bins, each normalised to a density, drawn as steps."""

@@ -128,7 +128,8 @@ def samples_section(
         length = made["offset"] - made["onset"]
         files = f"[MIDI](samples/{s['midi']})" + (f" · [WAV](samples/{s['wav']})" if s.get("wav") else "")
         first = f"{made['onset'].min():.2f}" if len(length) else "–"
-        rows.append([s["name"], s["seed"], len(length), first, _share(length), _num(values["polyphony"][0]),
+        name = f"{s['name']} ({s['composer']})" if s.get("composer") else s["name"]  # grouped, as generated
+        rows.append([name, s["seed"], len(length), first, _share(length), _num(values["polyphony"][0]),
                      _num(values["note_duration"][0]), s.get("rule_releases", 0), ", ".join(s["flags"]) or "none",
                      files])  # fmt: skip
         rolls.append(f"![{s['name']}](samples/{s['png']})")

@@ -22,6 +22,7 @@ from pipeline.errors import PipelineError
 from pipeline.live import cpu_model
 from pipeline.params import load_section
 from pipeline.report import figures
+from pipeline.report.attribution import composers_section
 from pipeline.report.markdown import read_json, table
 from pipeline.report.samples import samples_section
 
@@ -349,6 +350,14 @@ def report(inputs: Inputs, out: Path = Path("reports")) -> Path:
                 notes,
                 inputs.metrics / "samples.json",
             ),
+            composers_section(
+                read_json(inputs.metrics / "eval.json"),
+                read_json(inputs.samples / "samples.json"),
+                inputs.samples,
+                fig_dir,
+                pieces,
+                notes,
+            ),  # fmt: skip
             reproducibility_section(inputs, pieces, source),
         ]
     head = [

@@ -221,3 +221,22 @@ def test_the_samples_metrics_count_what_the_samples_show():
     assert (m["samples"], m["silent"], m["note_held_over_10s"]) == (4, 1, 1)
     assert m["first_note_median_s"] == 1.0 and m["notes_over_5s"] == pytest.approx(2 / 6, abs=1e-4)
     assert (m["overlap_ratio_lowest"], m["overlap_ratio_mean"], m["reference_test_passed"]) == (0.7, 0.85, False)
+
+
+def test_the_composers_section_shows_the_gain_and_who_was_named_and_nothing_without_labels(tmp_path):
+    from pipeline.report.attribution import composers_section
+
+    named = {"tokens": 512, "pieces": 5, "top1": 0.6, "top3": 1.0, "majority": 0.4, "labels": ["Bach", "Chopin"],
+             "confusion": [[2, 1], [1, 1]]}  # fmt: skip
+    scores = {"validation": {"nll": 2.5, "nll_unlabelled": 2.56, "label_gain": 0.06, "by_composer": {"Bach": 2.4},
+                             "by_composer_unlabelled": {"Bach": 2.5}, "identification": named}}  # fmt: skip
+    summary = {"settings": {"seconds": 30.0}, "samples": []}
+    lines = "\n".join(composers_section(scores, summary, tmp_path, tmp_path, {}, {}))
+    assert (
+        "| validation | 2.500 | 2.560 | +0.0600 |" in lines
+        and "| validation | Bach | 2.400 | 2.500 | +0.1000 |" in lines
+    )
+    assert "| validation | 5 | 512 | 0.600 | 1.000 | 0.400 |" in lines
+    assert "(figures/composer_confusion_validation.png)" in lines
+    assert (tmp_path / "composer_confusion_validation.png").stat().st_size > 1000
+    assert composers_section({"validation": {"nll": 2.5}}, summary, tmp_path, tmp_path, {}, {}) == []
