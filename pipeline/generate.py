@@ -29,7 +29,7 @@ from model.sampling import Side, bf16_decodes_faster, check_sampling
 from model.sampling import generate as sample_tokens
 from pipeline.atomic import atomic_write_text
 from pipeline.checkpoint import load_model
-from pipeline.composers import resolve
+from pipeline.composers import UNLABELLED, resolve
 from pipeline.errors import PipelineError
 from pipeline.generate_params import GenerateParams
 from pipeline.music.audio import render_wav, synthesizer
@@ -373,10 +373,13 @@ def generate(
 def composer_groups(p: GenerateParams, model: TransformerXL, tokens: Path) -> list[tuple[int, str | None]]:
     """(label, composer) of each group of samples: p.composers' labels (the names in vocab.json), or one group
     without a composer."""
-    if not p.composers:
+    if all(str(name).strip().lower() == UNLABELLED for name in p.composers):
         return [(0, None)]
     if not model.cfg.n_labels:
-        raise PipelineError("generate.composers: the model was trained without composer labels")
+        raise PipelineError(
+            f"generate.composers lists {', '.join(map(str, p.composers))}, but the model was trained without composer "
+            "labels (model.composer_labels): use --composer none, or generate.composers: []"
+        )
     labels = load_vocab(tokens).get("labels", [])
     if len(labels) != model.cfg.n_labels:
         raise PipelineError(

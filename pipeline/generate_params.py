@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 class GenerateParams:
     """The `generate:` section of params.yaml; `maestro-xl generate` options override it."""
 
-    samples: int = 16  # per primer, or in all when there is none
+    samples: int = 4  # per primer and composer
     seconds: float = 30.0  # of new music per sample
     wav_samples: int = 4  # WAV files for the first this many samples only (each 30 s is 2.6 MB)
     temperature: float = 1.0
@@ -18,7 +18,8 @@ class GenerateParams:
     top_p: float = 0.98  # 1: off
     seed: int = 1234  # sample i draws from its own generator, seeded seed + i
     primers: list = field(default_factory=list)  # validation piece ids; empty: unconditional samples
-    composers: list = field(default_factory=list)  # p.samples for each (names or surnames, none: no composer); []: none
+    # samples for each (names or surnames in vocab.json; none: no composer given); []: no composer at all
+    composers: list = field(default_factory=lambda: ["Chopin", "Beethoven", "Bach", "none"])
     guidance: float = 1.0  # classifier-free guidance of the composer label: 1 is plain conditioning, 0 ignores it
     primer_seconds: float = 10.0  # of each primer
     keep_primer: bool = True  # the output begins with the primer

@@ -54,7 +54,8 @@ CUT = 2.0
 
 
 def params(**overrides) -> GenerateParams:  # noqa: ANN003
-    return replace(GenerateParams(samples=2, seconds=3.0, device="cpu", precision="float32"), **overrides)
+    base = GenerateParams(samples=2, seconds=3.0, device="cpu", precision="float32", composers=[])  # no labels
+    return replace(base, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -333,7 +334,7 @@ def test_the_command_runs_with_the_options_named_in_the_readme(model_dir, primer
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "generate", "--model", str(model_dir), "--primer", str(primer_file),
          "--primer-seconds", "2", "--seconds", "1.5", "--temperature", "0.9", "--top-k", "40", "--top-p", "0.9",
-         "--seed", "3", "--samples", "2", "--out", str(tmp_path / "out"), "--no-primer"],
+         "--seed", "3", "--samples", "2", "--out", str(tmp_path / "out"), "--no-primer", "--composer", "none"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -111,8 +111,9 @@ app()
 
 def test_training_evaluation_and_generation_need_only_torch_numpy_typer_and_pyyaml(tmp_path):
     tokens = repeating_corpus(tmp_path / "tokens")
-    stages = {"model": TINY_MODEL, "train": {**params(steps=3).__dict__}, "evaluate": {"device": "cpu"}}
-    stages["generate"] = {"device": "cpu", "samples": 1, "seconds": 2.0}
+    stages = {"model": {**TINY_MODEL, "composer_labels": True}, "train": {**params(steps=3).__dict__}}
+    stages["evaluate"] = {"device": "cpu", "identify_tokens": 8}
+    stages["generate"] = {"device": "cpu", "samples": 1, "seconds": 2.0, "composers": ["b", "none"]}
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(stages))
     blocked = {"polars", "pyarrow", "symusic", "mido", "dvc", "dvclive", "great_expectations", "pandas"}
     blocked |= {"scipy", "matplotlib", "pretty_midi", "note_seq", "nltk"}
