@@ -332,3 +332,25 @@ def test_the_stage_scores_with_the_evaluation_span_not_the_trained_one(tmp_path)
     as_trained = np.concatenate(score_pieces(model, validation, 7, 2).nll)
     assert result["validation"]["nll"] == pytest.approx(expected.mean(), abs=1e-5)
     assert abs(expected.mean() - as_trained.mean()) > 1e-3
+
+
+def test_identification_names_the_likeliest_label_and_the_majority_is_trains_most_frequent_composer():
+    from pipeline.evaluate import identify
+
+    model = tiny_model(n_labels=2)
+    with torch.no_grad():
+        model.label_emb.weight[1:].normal_(0, 1.0, generator=torch.Generator().manual_seed(3))
+    pieces = random_pieces(6, 4, low=20, high=30)
+    labels = [
+        {"label": 1, "composer": "A", "pieces": {"train": 10}},
+        {"label": 2, "composer": "B", "pieces": {"train": 2}},
+    ]
+    truth = [2, 2, 2, 1]  # the split's most frequent is B; train's is A
+    named = identify(model, pieces, truth, labels, params(identify_tokens=12, tgt_len=8))
+    scores = [[score_pieces(model, [p[:13]], 8, 1, labels=[label]).nll[0].sum() for label in (1, 2)] for p in pieces]
+    best = [1 + int(np.argmin(s)) for s in scores]
+    assert named["top1"] == np.mean(np.array(best) == truth) and named["top3"] == 1.0 and named["majority"] == 0.25
+    confusion = np.zeros((2, 2), int)
+    for t, b in zip(truth, best, strict=True):
+        confusion[t - 1, b - 1] += 1
+    assert named["confusion"] == confusion.tolist() and named["labels"] == ["A", "B"]

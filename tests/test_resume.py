@@ -179,3 +179,13 @@ def test_a_run_with_composer_labels_and_label_dropout_resumes_exactly(tmp_path):
     assert a["label_emb.weight"][1:].abs().sum() > 0 and not a["label_emb.weight"][0].any()
     train(tokens, tmp_path / "c", tmp_path / "model_c", None, model, params(steps=12, label_dropout=0.0))
     assert not _same_weights(a, _weights(tmp_path / "model_c"))  # the dropout did take part
+
+
+def test_another_label_dropout_is_another_trajectory(tmp_path, capsys):
+    tokens = repeating_corpus(tmp_path / "tokens")
+    model = {**TINY_MODEL, "composer_labels": True}
+    train(tokens, tmp_path / "c", tmp_path / "m", None, model, params(steps=8, label_dropout=0.1), on_step=_stop_at(4))
+    capsys.readouterr()
+    train(tokens, tmp_path / "c", tmp_path / "m", None, model, params(steps=8, label_dropout=0.3))
+    out = capsys.readouterr().out
+    assert "label_dropout 0.1 → 0.3" in out and "training afresh" in out and "resuming" not in out

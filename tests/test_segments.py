@@ -74,3 +74,13 @@ def test_each_token_carries_its_pieces_label_and_label_dropout_is_drawn_per_piec
     resumed = np.concatenate([s.labels for _, s in dropped.batches(0, 5)], axis=1)
     np.testing.assert_array_equal(resumed, first[:, 5 * 16 : 5 * 16 + resumed.shape[1]])
     assert all(s.labels is None for _, s in plain.batches(0))
+
+
+def test_label_dropout_picks_other_pieces_each_epoch(tmp_path):
+    rng = np.random.default_rng(2)
+    pieces = [rng.integers(0, 388, 30) for _ in range(200)]
+    store = PieceStore(write_tokens(tmp_path / "tokens", {"train": pieces}), "train")
+    stream = SegmentStream(store, batch_size=2, tgt_len=16, seed=3, labels=True, label_dropout=0.3)
+    dropped = [stream._labels(epoch) == 0 for epoch in (0, 1)]
+    assert not np.array_equal(*dropped) and all(0.2 < d.mean() < 0.4 for d in dropped)
+    assert np.array_equal(stream._labels(1) == 0, dropped[1])  # and the same again for the same epoch

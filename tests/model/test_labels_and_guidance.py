@@ -97,3 +97,24 @@ def test_with_guidance_a_side_input_is_computed_once_per_step():
 
     generate(model, torch.randint(0, 50, (2, 3)), 10, top_k=1, labels=torch.tensor([1, 2]), guidance=2.0, side=side)
     assert calls == [(2, 3)] + [(2, 1)] * 9  # the prompt once, then each sampled step once
+
+
+def test_a_label_adds_exactly_its_embedding_to_the_tokens():
+    model = labelled()
+    tokens, labels = torch.randint(0, 50, (2, 6)), torch.tensor([[1] * 6, [3] * 6])
+    added = model._embed(tokens, None, labels) - model._embed(tokens, None, None)
+    torch.testing.assert_close(added, model.label_emb.weight[labels], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [0.5, 2.5])
+def test_guided_logits_are_the_unlabelled_plus_scale_times_the_difference(scale):
+    model = labelled(mem_len=64)
+    prompt, labels, ids = torch.randint(0, 50, (2, 4)), torch.tensor([1, 3]), torch.randint(0, 50, (6, 2))
+    guided, step = start_decoding(model, prompt, labels=labels, guidance=scale)
+    conditioned, step_c = start_decoding(model, prompt, labels=labels)
+    free, step_f = start_decoding(model, prompt)
+    # The mix is float32, as the sampler's logits are.
+    torch.testing.assert_close(guided, (free + scale * (conditioned - free)).float(), rtol=1e-5, atol=1e-5)
+    for t in ids:
+        c, f = step_c(t), step_f(t)
+        torch.testing.assert_close(step(t), (f + scale * (c - f)).float(), rtol=1e-5, atol=1e-5)
