@@ -123,10 +123,6 @@ def split_metrics(
     seconds = float(sum(store.index["seconds"]))
     total = float(nll.sum())
     mean = total / max(tokens, 1)
-    by_composer: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-    for composer, piece_nll in zip(store.index["composer"], scores.nll, strict=True):
-        by_composer[composer][0] += float(piece_nll.sum())
-        by_composer[composer][1] += len(piece_nll)
     opening = np.concatenate([piece_nll[:PIECE_START_TOKENS] for piece_nll in scores.nll])
     return {
         "nll": round(mean, 5),
@@ -141,8 +137,17 @@ def split_metrics(
             "uniform": round(uniform_nll(vocab_size), 5),
             **{name: round(-float(np.concatenate(lp).mean()), 5) for name, lp in baselines.items()},
         },
-        "by_composer": {c: round(s / n, 5) for c, (s, n) in sorted(by_composer.items()) if n},
+        "by_composer": composer_means(store.index["composer"], scores.nll),
     }
+
+
+def composer_means(composers: list[str], nll: list[np.ndarray]) -> dict[str, float]:
+    """The token-weighted mean NLL of each composer's pieces, by composer name."""
+    sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for composer, piece_nll in zip(composers, nll, strict=True):
+        sums[composer][0] += float(piece_nll.sum())
+        sums[composer][1] += len(piece_nll)
+    return {c: round(s / n, 5) for c, (s, n) in sorted(sums.items()) if n}
 
 
 def labelled_metrics(
@@ -154,15 +159,10 @@ def labelled_metrics(
         raise PipelineError(f"{store.folder / 'index.json'}: no composer labels (rerun the tokenize stage)")
     unlabelled = score_pieces(model, pieces, p.tgt_len, p.batch_size, attn_span(p), [0] * len(pieces))
     nll, free = np.concatenate(scores.nll), np.concatenate(unlabelled.nll)
-    by_composer: dict[str, list] = defaultdict(list)
-    for composer, piece_nll in zip(store.index["composer"], unlabelled.nll, strict=True):
-        by_composer[composer].append(piece_nll)
     return {
         "nll_unlabelled": round(float(free.mean()), 5),
         "label_gain": round(float(free.mean() - nll.mean()), 5),  # nats per token that knowing the composer saves
-        "by_composer_unlabelled": {
-            c: round(float(np.concatenate(v).mean()), 5) for c, v in sorted(by_composer.items())
-        },
+        "by_composer_unlabelled": composer_means(store.index["composer"], unlabelled.nll),
         "identification": identify(model, pieces, store.index["label"], vocab["labels"], p),
     }
 

@@ -123,7 +123,8 @@ class SegmentStream:
             row = int(np.argmin(filled))  # the emptiest row takes the next piece: rows stay near equal length
             piece = transpose(self.store.piece(i), shift, list(self.ranges))
             streams[row].append(piece)
-            label_streams[row].append(np.full(len(piece), label[i], np.int64))
+            if self.labels:  # int16, as compact as the tokens: a row stream is millions of them
+                label_streams[row].append(np.full(len(piece), label[i], np.int16))
             filled[row] += len(piece)
         length = int(filled.min())
         if length < self.tgt_len + 1:
