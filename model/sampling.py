@@ -231,6 +231,7 @@ def generate(
     span: AttnSpan | None = None,
     labels: torch.Tensor | None = None,
     guidance: float = 1.0,
+    progress: Callable[[torch.Tensor], None] | None = None,
 ) -> list[torch.Tensor]:
     """Continue every row of `prompt` [b, p] (p ≥ 1) by up to max_new_tokens sampled ids; return each row's new ids.
 
@@ -243,7 +244,8 @@ def generate(
     with a side input that input (see `Side`). `forced`, called each step with the ids of the step before (None at
     the first), returns ids [b] to emit in place of the sampled ones, -1 where a row samples: a rule the caller
     imposes, whose ids the model then reads like any other. `labels` [b] gives each row a label for a model with
-    labels, and `guidance` is classifier-free guidance's scale (see `start_decoding`).
+    labels, and `guidance` is classifier-free guidance's scale (see `start_decoding`). `progress`, when given, is
+    called every DONE_EVERY steps with the ids sampled so far [b, steps], for a caller that shows them as they come.
     """
     check_sampling(temperature, top_k, top_p)
     if prompt.dim() != 2 or prompt.size(1) < 1:
@@ -270,6 +272,8 @@ def generate(
                 ended |= stop(tokens).to(device)
             length = torch.where(ended & ~done, i + 1, length)
             done |= ended
+            if progress is not None and (i + 1) % DONE_EVERY == 0:
+                progress(new[:, : i + 1])
             if i + 1 == new.size(1) or ((i + 1) % DONE_EVERY == 0 and bool(done.all())):
                 break
             logits = step(tokens)

@@ -1,7 +1,8 @@
 """The model from its params, checkpoints and trained weights: written atomically, read with
 torch.load(weights_only=True) so that a file runs no code.
 
-`data/checkpoints/last.pt` holds everything a resumed run needs; `data/model/` holds the weights and config.json.
+`data/checkpoints/last.pt` holds everything a resumed run needs; a model folder (`data/trained/`, and the package
+stage's `data/model/`) holds model.safetensors, config.json and vocab.json.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from pathlib import Path
 import torch
 
 from model import TransformerXL, TransformerXLConfig
+from model.weights import WeightsError, load_safetensors, save_safetensors
 from pipeline.atomic import atomic_dir, atomic_path
 from pipeline.errors import PipelineError
 from pipeline.music.piano_state import PIANO_STATE_SIZE
 from pipeline.params import typed
+from pipeline.segments import load_vocab
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -161,24 +164,46 @@ def changes(saved: dict, now: dict) -> list[str]:
     ]
 
 
-def export_model(model: TransformerXL, out: Path) -> None:
-    """The trained weights (a state dict) and config.json, replacing `out` as a whole."""
+WEIGHTS, LEGACY_WEIGHTS, CONFIG, VOCAB = "model.safetensors", "model.pt", "config.json", "vocab.json"
+
+
+def export_model(model: TransformerXL, out: Path, vocab: dict | None = None) -> None:
+    """The trained weights (model.safetensors), config.json and the token vocabulary (vocab.json, with the composer
+    labels), replacing `out` as a whole: a folder that generates with nothing else."""
     with atomic_dir(Path(out)) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / "model.pt")
-        (tmp / "config.json").write_text(json.dumps(asdict(model.cfg), indent=2))
+        save_safetensors(model.state_dict(), tmp / WEIGHTS, {"format": "pt"})
+        (tmp / CONFIG).write_text(json.dumps(asdict(model.cfg), indent=2) + "\n")
+        if vocab is not None:
+            (tmp / VOCAB).write_text(json.dumps(vocab, indent=2) + "\n")
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The state dict in a model folder: model.safetensors, or an older folder's model.pt (weights_only=True)."""
+    folder = Path(folder)
+    if (folder / WEIGHTS).is_file():
+        try:
+            return load_safetensors(folder / WEIGHTS)[0]
+        except (OSError, WeightsError) as exc:
+            raise PipelineError(f"{folder / WEIGHTS}: not a readable weights file ({exc})") from exc
+    if (folder / LEGACY_WEIGHTS).is_file():
+        print(f"note: {folder} holds {LEGACY_WEIGHTS}, the older format; the train stage now writes {WEIGHTS}")
+        try:
+            return torch.load(folder / LEGACY_WEIGHTS, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 (a truncated or foreign file: say which)
+            raise PipelineError(f"{folder / LEGACY_WEIGHTS}: not a readable weights file ({exc})") from exc
+    raise PipelineError(f"{folder}: no trained model there (`dvc repro` trains one, or `maestro-xl train`)")
 
 
 def load_model(folder: Path, map_location: str | torch.device = "cpu", side_size: int = 0) -> TransformerXL:
-    """The model that `export_model` wrote, weights loaded with weights_only=True; its side input must be none or
-    the `side_size` features the caller makes."""
+    """The model that `export_model` wrote, its weights read as data only; its side input must be none or the
+    `side_size` features the caller makes."""
     folder = Path(folder)
-    config_path, weights_path = folder / "config.json", folder / "model.pt"
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise PipelineError(f"{path}: no trained model there (run the train stage first)")
+    state = read_weights(folder)
+    if not (folder / CONFIG).is_file():
+        raise PipelineError(f"{folder / CONFIG}: missing beside the weights (the train stage writes both)")
     try:
-        model = TransformerXL(TransformerXLConfig(**json.loads(config_path.read_text())))
-        model.load_state_dict(torch.load(weights_path, map_location=map_location, weights_only=True))
+        model = TransformerXL(TransformerXLConfig(**json.loads((folder / CONFIG).read_text())))
+        model.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001 (a truncated, foreign or mismatched file: say which)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PipelineError(f"{folder}: not a model that the train stage wrote ({reason})") from exc
@@ -187,3 +212,14 @@ def load_model(folder: Path, map_location: str | torch.device = "cpu", side_size
             f"{folder}: the model reads {model.cfg.side_size} side features per token, but {side_size} are made here"
         )
     return model.to(map_location)
+
+
+def model_vocab(folder: Path, tokens: Path) -> dict:
+    """A model folder's vocab.json; an older folder without one falls back to the token folder's."""
+    path = Path(folder) / VOCAB
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except ValueError as exc:
+            raise PipelineError(f"{path}: not JSON ({exc})") from exc
+    return load_vocab(tokens)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.generate_params import GenerateParams
+from pipeline.params import GenerateParams
 
 DEFAULTS = GenerateParams()  # the generate: values a run gets when neither params.yaml nor an option sets them
 
@@ -168,7 +168,7 @@ def train(
     params: ParamsOption = Path("params.yaml"),
     tokens: Annotated[Path, typer.Option(help="token shards from tokenize")] = Path("data/tokens"),
     checkpoints: Annotated[Path, typer.Option(help="resumable checkpoint (last.pt)")] = Path("data/checkpoints"),
-    out: Annotated[Path, typer.Option(help="trained weights and config")] = Path("data/model"),
+    out: Annotated[Path, typer.Option(help="model folder: weights, config.json, vocab.json")] = Path("data/trained"),
     live: Annotated[Path, typer.Option(help="DVCLive metrics and plots")] = Path("reports/train"),
 ) -> None:
     """Train the Transformer-XL (model: and train: params) on the token shards, resuming from CHECKPOINTS.
@@ -199,7 +199,7 @@ def train(
 def evaluate(
     params: ParamsOption = Path("params.yaml"),
     tokens: Annotated[Path, typer.Option(help="token shards from tokenize")] = Path("data/tokens"),
-    model: Annotated[Path, typer.Option(help="trained model from train")] = Path("data/model"),
+    model: Annotated[Path, typer.Option(help="trained model from train")] = Path("data/trained"),
     metrics: Annotated[Path, typer.Option(help="DVC metrics file")] = Path("reports/metrics/eval.json"),
 ) -> None:
     """Score the trained model on every held-out split (validation, and test when the data has one) with
@@ -224,8 +224,27 @@ def evaluate(
 
 
 @app.command()
+def package(
+    params: ParamsOption = Path("params.yaml"),
+    trained: Annotated[Path, typer.Option(help="model folder from train")] = Path("data/trained"),
+    reports: Annotated[Path, typer.Option(help="the reports train and evaluate wrote")] = Path("reports"),
+    out: Annotated[Path, typer.Option(help="the self-contained model folder")] = Path("data/model"),
+) -> None:
+    """Make OUT a model folder anyone can share: the weights (safetensors), config.json, vocab.json and a README.md
+    model card with the data, its license, the params and the evaluation's figures."""
+    from pipeline.package import package as run_package
+    from pipeline.params import load_section
+
+    source = str(_run(load_section, "data", params).get("source", "?"))
+    typer.echo(f"package: {_run(run_package, trained, out, reports, source)}/ (model.safetensors, config.json, "
+               "vocab.json, README.md)")  # fmt: skip
+
+
+@app.command()
 def generate(
-    model: Annotated[Path, typer.Option(help="trained model folder (model.pt, config.json)")] = Path("data/model"),
+    model: Annotated[Path, typer.Option(help="model folder (model.safetensors, config.json, vocab.json)")] = Path(
+        "data/model"
+    ),
     primer: Annotated[Path | None, typer.Option(help="MIDI file whose opening the samples continue")] = None,
     primer_seconds: Annotated[
         float | None, typer.Option(help=f"seconds of the primer to keep {_default(DEFAULTS.primer_seconds)}")

@@ -17,6 +17,7 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +29,9 @@ from model.device import DEVICES, PRECISIONS, compute_dtype, pick_device
 from model.sampling import Side, bf16_decodes_faster, check_sampling
 from model.sampling import generate as sample_tokens
 from pipeline.atomic import atomic_write_text
-from pipeline.checkpoint import load_model
+from pipeline.checkpoint import load_model, model_vocab
 from pipeline.composers import UNLABELLED, resolve
 from pipeline.errors import PipelineError
-from pipeline.generate_params import GenerateParams
 from pipeline.music.audio import render_wav, synthesizer
 from pipeline.music.midi import UnreadableMidi, cut_notes, one_note_per_key, read_performance, write_midi
 from pipeline.music.performance_encoding import (
@@ -46,7 +46,8 @@ from pipeline.music.performance_encoding import (
     encode_opening,
 )
 from pipeline.music.piano_state import PIANO_STATE_SIZE, NoteLimit, PianoState
-from pipeline.segments import PieceStore, load_vocab
+from pipeline.params import GenerateParams
+from pipeline.segments import PieceStore
 
 MAX_SAMPLES, MAX_SECONDS, MAX_MEM_LEN = 256, 3600.0, 16384  # beyond these a run would not fit in memory
 MAX_TOKENS_PER_SECOND = 300  # a cap on sampled tokens per second of music; MAESTRO averages about 43
@@ -186,11 +187,13 @@ def sample_batch(
     span: AttnSpan | None = None,
     rule: bool = True,
     label: int = 0,
+    progress: Callable[[torch.Tensor], None] | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """`len(seeds)` continuations of `primer` in one batch, each until PIECE_END or p.seconds of new music, with the
     weights' matmuls in `dtype` (None: float32), attending as far as `span` says (None: as trained), and the
     note-length rule when `rule` and p.max_note_s are on, every row with composer `label` (0: none) at guidance
-    p.guidance; and how many releases the rule imposed on each."""
+    p.guidance, `progress` getting the tokens so far now and then (`model.sampling.generate`); and how many releases
+    the rule imposed on each."""
     device = next(model.parameters()).device
     prompt = torch.as_tensor(primer.tokens, device=device)[None].repeat(len(seeds), 1)
     generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
@@ -221,6 +224,7 @@ def sample_batch(
         span=span,
         labels=torch.full((len(seeds),), label, device=device) if label else None,
         guidance=p.guidance,
+        progress=progress,
     )
     rows = [row.cpu().numpy() for row in new]
     steps = np.array(imposed, bool).reshape(-1, len(seeds))  # [steps, rows]
@@ -327,7 +331,7 @@ def generate(
     synth = synthesizer()
     if isinstance(synth, str):
         print(f"generate: WAV files skipped: {synth}", flush=True)
-    groups = composer_groups(p, model, tokens)
+    groups = composer_groups(p, model, model_dir, tokens)
     records, free = [], []  # free: the same samples made without the rule, when it is on
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
@@ -370,9 +374,11 @@ def generate(
     return summary
 
 
-def composer_groups(p: GenerateParams, model: TransformerXL, tokens: Path) -> list[tuple[int, str | None]]:
-    """(label, composer) of each group of samples: p.composers' labels (the names in vocab.json), or one group
-    without a composer."""
+def composer_groups(
+    p: GenerateParams, model: TransformerXL, model_dir: Path, tokens: Path
+) -> list[tuple[int, str | None]]:
+    """(label, composer) of each group of samples: p.composers' labels (the names in the model folder's vocab.json),
+    or one group without a composer."""
     if all(str(name).strip().lower() == UNLABELLED for name in p.composers):
         return [(0, None)]
     if not model.cfg.n_labels:
@@ -380,12 +386,18 @@ def composer_groups(p: GenerateParams, model: TransformerXL, tokens: Path) -> li
             f"generate.composers lists {', '.join(map(str, p.composers))}, but the model was trained without composer "
             "labels (model.composer_labels): use --composer none, or generate.composers: []"
         )
-    labels = load_vocab(tokens).get("labels", [])
+    labels = model_labels(model, model_dir, tokens)
+    return resolve(p.composers, labels)
+
+
+def model_labels(model: TransformerXL, model_dir: Path, tokens: Path) -> list[dict]:
+    """The composer labels of a model with labels (vocab.json's `labels`), checked against the model's count."""
+    labels = model_vocab(model_dir, tokens).get("labels", [])
     if len(labels) != model.cfg.n_labels:
         raise PipelineError(
-            f"{Path(tokens) / 'vocab.json'}: {len(labels)} composer labels, the model {model.cfg.n_labels}"
+            f"{model_dir}: vocab.json lists {len(labels)} composer labels, the model has {model.cfg.n_labels}"
         )
-    return resolve(p.composers, labels)
+    return labels
 
 
 def previous_sample_files(out: Path) -> set[str]:

@@ -384,7 +384,7 @@ def train(
     if _loop(run, forward, save, log, on_step, ckpt_path):
         return {"interrupted": True, "step": run.step}
     if rank == 0:
-        export_model(run.model, Path(model_out))
+        export_model(run.model, Path(model_out), load_vocab(tokens))
         if live_dir is not None:
             seconds, steps = time.perf_counter() - started, run.step - first_step
             write_run_record(Path(live_dir) / "run.json", seconds, steps, tokens_per_step, run.device.type, world)

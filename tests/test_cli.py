@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.generate_params import GenerateParams
+from pipeline.params import GenerateParams
 
 # Every value differs from GenerateParams()'s, so a value that reaches the stage shows where it came from.
 FILE = {

@@ -100,7 +100,7 @@ def test_a_two_process_run_resumes_in_one_process_with_its_memories_dealt_out_ag
     ends where an unbroken two-process run ends (to float tolerance: the gradients are summed in another order)."""
     from test_train import _command, _terminate_after
 
-    from pipeline.checkpoint import read_checkpoint
+    from pipeline.checkpoint import read_checkpoint, read_weights
 
     tokens = repeating_corpus(tmp_path / "tokens")
     settings = {**params(steps=12, log_interval=1, eval_interval=100, transpose=0, grad_accum=2).__dict__}
@@ -121,8 +121,8 @@ def test_a_two_process_run_resumes_in_one_process_with_its_memories_dealt_out_ag
     assert f"at step {stopped['step']}" in resumed.stdout and "its memories go to 1" in resumed.stdout
     import torch
 
-    unbroken = torch.load(tmp_path / "run" / "model" / "model.pt", weights_only=True)
-    joined = torch.load(tmp_path / "broken" / "model" / "model.pt", weights_only=True)
+    unbroken = read_weights(tmp_path / "run" / "model")
+    joined = read_weights(tmp_path / "broken" / "model")
     for name, weight in unbroken.items():
         torch.testing.assert_close(joined[name], weight, rtol=1e-4, atol=1e-5)
 
@@ -154,11 +154,13 @@ def test_compiled_around_ddp_two_processes_train_as_the_eager_ones_do(tmp_path):
     eager DDP, to float tolerance (aot_eager traces the same operations)."""
     import torch
 
+    from pipeline.checkpoint import read_weights
+
     tokens = repeating_corpus(tmp_path / "tokens")
     settings = {**params(steps=6, log_interval=1, eval_interval=100, transpose=0, grad_accum=2).__dict__}
     _torchrun(tmp_path, tokens, TINY_MODEL, settings, out="eager")
     _torchrun(tmp_path, tokens, TINY_MODEL, {**settings, "compile": True}, out="compiled", backend="aot_eager")
-    eager = torch.load(tmp_path / "eager" / "model" / "model.pt", weights_only=True)
-    compiled = torch.load(tmp_path / "compiled" / "model" / "model.pt", weights_only=True)
+    eager = read_weights(tmp_path / "eager" / "model")
+    compiled = read_weights(tmp_path / "compiled" / "model")
     for name, weight in eager.items():
         torch.testing.assert_close(compiled[name], weight, rtol=1e-5, atol=1e-6)

@@ -18,6 +18,8 @@ import torch
 import yaml
 from conftest import MAESTRO_ASAP, ROOT, require, write_metadata
 
+from pipeline.checkpoint import read_weights
+
 pytestmark = pytest.mark.slow
 
 
@@ -110,8 +112,14 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     config = json.loads((project / "data" / "model" / "config.json").read_text())
     assert (config["n_layer"], config["d_model"], config["d_head"], config["side_size"]) == (3, 32, 16, 256)
     assert (project / "data" / "checkpoints" / "last.pt").is_file()
-    weights = torch.load(project / "data" / "model" / "model.pt", weights_only=True)
+    weights = read_weights(project / "data" / "trained")
     scored = json.loads((project / "reports" / "metrics" / "eval.json").read_text())
+    # The package stage's folder: the trained weights as they are, and a card with eval.json's figure and the license.
+    shared = project / "data" / "model"
+    assert sorted(p.name for p in shared.iterdir()) == ["README.md", "config.json", "model.safetensors", "vocab.json"]
+    assert all(torch.equal(read_weights(shared)[k], w) for k, w in weights.items())
+    card = (shared / "README.md").read_text()
+    assert f"| validation | {scored['validation']['nll']:.4f} |" in card and "license: cc-by-nc-sa-4.0" in card
     validation_tokens = sum(json.loads((tokens / "validation" / "index.json").read_text())["length"])
     assert list(scored) == ["validation"] and scored["validation"]["tokens"] == validation_tokens - 1
     assert set(scored["validation"]["baselines"]) == {"uniform", "unigram", "kneser_ney"}
@@ -156,7 +164,7 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     forced = sh(["dvc", "repro", "-f", "-s", "train"], project)
     assert "at step 6 (a finished run: its model is exported as it is" in forced.stdout
     assert json.loads((project / "reports" / "train" / "metrics.json").read_text()) == trained
-    again_weights = torch.load(project / "data" / "model" / "model.pt", weights_only=True)
+    again_weights = read_weights(project / "data" / "trained")
     assert all(torch.equal(weights[k], again_weights[k]) for k in weights)
 
     sh(["git", "add", "-A"], project)

@@ -394,7 +394,7 @@ def test_a_note_struck_on_the_last_step_is_left_out_not_left_hanging(tmp_path):
 def test_more_settings_and_inputs_that_make_no_sense(model_dir, tmp_path):
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{}")
-    (tmp_path / "broken" / "model.pt").write_bytes(b"not torch")
+    (tmp_path / "broken" / "model.safetensors").write_bytes(b"not weights")
     (tmp_path / "a-file").write_text("")
     for call, message in (
         (lambda: generate(model_dir, tmp_path / "o", params(temperature=float("inf"))), "temperature must be a finite"),
@@ -403,7 +403,7 @@ def test_more_settings_and_inputs_that_make_no_sense(model_dir, tmp_path):
         (lambda: generate(model_dir, tmp_path / "o", params(mem_len=10**8)), "mem_len must be from 0 to"),
         (lambda: generate(model_dir, tmp_path / "o", params(primers=["abc"])), "must list validation piece ids"),
         (lambda: generate(model_dir, tmp_path / "o", params(primers=[1.5])), "must list validation piece ids"),
-        (lambda: generate(tmp_path / "broken", tmp_path / "o", params()), "not a model that the train stage wrote"),
+        (lambda: generate(tmp_path / "broken", tmp_path / "o", params()), "not a readable weights file"),
         (lambda: generate(model_dir, tmp_path / "a-file", params()), "exists and is not a folder"),
     ):
         with pytest.raises(PipelineError, match=message):

@@ -14,8 +14,7 @@ from conftest import ROOT
 from test_train import TINY_MODEL, params, repeating_corpus
 
 from pipeline.errors import PipelineError
-from pipeline.generate_params import GenerateParams
-from pipeline.params import load_section, typed
+from pipeline.params import GenerateParams, load_section, typed
 from pipeline.train import TrainParams
 
 
@@ -133,7 +132,7 @@ def test_training_evaluation_and_generation_need_only_torch_numpy_typer_and_pyya
         assert result.returncode == 0, result.stdout + result.stderr
         outputs.append(result.stdout)
     assert "dvclive is not installed; metrics are printed only" in outputs[0]
-    assert (tmp_path / "model" / "model.pt").is_file() and not (tmp_path / "live" / "metrics.json").exists()
+    assert (tmp_path / "model" / "model.safetensors").is_file() and not (tmp_path / "live" / "metrics.json").exists()
     assert json.loads((tmp_path / "live" / "run.json").read_text())["steps"] == 3  # measured without DVCLive too
     assert "validation" in json.loads((tmp_path / "e.json").read_text())
     assert json.loads((tmp_path / "samples" / "samples.json").read_text())["samples"][0]["seconds"] <= 2.0

@@ -13,11 +13,12 @@ import yaml
 from conftest import ROOT, repeating_corpus
 from test_train import ENV, TINY_MODEL, _command, params
 
+from pipeline.checkpoint import read_weights
 from pipeline.train import _lr_factor, train
 
 
 def _weights(folder) -> dict[str, torch.Tensor]:  # noqa: ANN001
-    return torch.load(folder / "model.pt", weights_only=True)
+    return read_weights(folder)
 
 
 def _same_weights(a: dict, b: dict) -> bool:

@@ -18,7 +18,7 @@ import torch
 import yaml
 from conftest import ROOT, repeating_corpus
 
-from pipeline.checkpoint import build_model, load_model
+from pipeline.checkpoint import build_model, load_model, read_weights
 from pipeline.cpu_profile import for_training
 from pipeline.errors import PipelineError
 from pipeline.music.performance_encoding import vocab
@@ -50,7 +50,7 @@ def test_a_tiny_model_learns_a_repeating_corpus(tmp_path):
     tokens = repeating_corpus(tmp_path / "tokens")
     result = train(tokens, tmp_path / "ckpt", tmp_path / "model", None, TINY_MODEL, params(steps=250, transpose=0))
     assert result["train/loss"] < 0.1 and result["val/nll"] < 0.1  # from ln(390) = 5.97 at the start
-    state = torch.load(tmp_path / "model" / "model.pt", weights_only=True)
+    state = read_weights(tmp_path / "model")
     assert state["word_emb.weight"].shape == (390, 32)
     assert json.loads((tmp_path / "model" / "config.json").read_text())["vocab_size"] == 390
 
@@ -70,8 +70,8 @@ def test_a_run_stopped_by_sigterm_resumes_to_the_same_parameters(tmp_path):
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 7
     assert not (tmp_path / "model_b").exists()
     train(tokens, tmp_path / "b", tmp_path / "model_b", None, model, p)
-    a = torch.load(tmp_path / "model_a" / "model.pt", weights_only=True)
-    b = torch.load(tmp_path / "model_b" / "model.pt", weights_only=True)
+    a = read_weights(tmp_path / "model_a")
+    b = read_weights(tmp_path / "model_b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -187,7 +187,7 @@ def test_a_stop_at_the_last_step_still_exports_the_model(tmp_path):
 
     result = train(tokens, tmp_path / "c", tmp_path / "model", None, TINY_MODEL, params(steps=3), on_step=stop_at_end)
     assert "interrupted" not in result and result["step"] == 3
-    assert (tmp_path / "model" / "model.pt").is_file()
+    assert (tmp_path / "model" / "model.safetensors").is_file()
 
 
 def test_cpu_limits_cap_the_configured_size():

@@ -1,0 +1,136 @@
+"""The package stage: a model folder that generates alone, anywhere, with a card that carries eval.json's figures;
+and the older folders (model.pt) that still load."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from test_generate import params
+
+from model import TransformerXL, TransformerXLConfig
+from pipeline.checkpoint import export_model, load_model, read_weights
+from pipeline.errors import PipelineError
+from pipeline.generate import generate
+from pipeline.music.performance_encoding import PIECE_END, VOCAB_SIZE
+from pipeline.package import package
+
+LABELS = [{"label": 1, "composer": "Chopin"}, {"label": 2, "composer": "Bach"}, {"label": 3, "composer": "others"}]
+
+
+def tiny_labelled_model() -> TransformerXL:
+    torch.manual_seed(0)
+    cfg = TransformerXLConfig(VOCAB_SIZE, n_layer=2, d_model=32, n_head=2, d_head=16, d_inner=64, tgt_len=16,
+                              mem_len=16, n_labels=len(LABELS))  # fmt: skip
+    model = TransformerXL(cfg)
+    with torch.no_grad():
+        model.out_bias[PIECE_END] = -1e4
+    return model
+
+
+def fake_reports(folder: Path, model: TransformerXL) -> dict:
+    """What train and evaluate write, with figures the card must carry over."""
+    evaluation = {
+        "validation": {
+            "nll": 2.71828, "bits_per_token": 3.9217, "accuracy": 0.2871, "tokens": 12345,
+            "baselines": {"kneser_ney": 3.8, "unigram": 4.9, "uniform": 5.97},
+            "nll_unlabelled": 2.73, "label_gain": 0.01172,
+            "identification": {"tokens": 512, "pieces": 9, "top1": 0.4444, "top3": 0.8889, "majority": 0.3333},
+        }
+    }  # fmt: skip
+    tokens = {"splits": {"train": {"pieces": 5, "copies": 25, "tokens": 999}, "validation": {"pieces": 2,
+              "copies": 2, "tokens": 77}}}  # fmt: skip
+    trained = {"model": asdict(model.cfg), "train": {"steps": 6, "batch_size": 2, "lr": 0.001, "seed": 7},
+               "device": "cpu", "precision": "float32"}  # fmt: skip
+    run = {"wall_seconds": 90.0, "steps": 6, "hardware": "a test machine", "processes": 1}
+    (folder / "train").mkdir(parents=True)
+    (folder / "metrics").mkdir()
+    (folder / "train" / "params.yaml").write_text(yaml.safe_dump(trained))
+    (folder / "train" / "run.json").write_text(json.dumps(run))
+    (folder / "metrics" / "eval.json").write_text(json.dumps(evaluation))
+    (folder / "metrics" / "tokens.json").write_text(json.dumps(tokens))
+    return evaluation
+
+
+@pytest.fixture
+def packaged(tmp_path: Path) -> tuple[Path, dict, TransformerXL]:
+    model = tiny_labelled_model()
+    export_model(model, tmp_path / "trained", {"vocab_size": VOCAB_SIZE, "labels": LABELS})
+    evaluation = fake_reports(tmp_path / "reports", model)
+    return package(tmp_path / "trained", tmp_path / "model", tmp_path / "reports", "a/source"), evaluation, model
+
+
+def test_the_folder_holds_the_weights_as_trained_and_a_card_with_the_figures(packaged):
+    folder, evaluation, model = packaged
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors", "vocab.json"]
+    weights = read_weights(folder)
+    assert all(torch.equal(weights[name], value) for name, value in model.state_dict().items())
+    card = (folder / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["license"] == "cc-by-nc-sa-4.0" and "piano" in front["tags"]
+    v = evaluation["validation"]
+    assert f"| validation | {v['nll']:.4f} | {v['bits_per_token']:.3f} | {v['accuracy']:.3f} |" in card
+    assert f"{v['label_gain']:.4f} nats/token" in card and f"{v['identification']['top1']:.1%}" in card
+    parameters = sum(p.numel() for p in model.parameters())
+    assert f"{parameters / 1e6:.1f} M parameters" in card and "Chopin, Bach, others" in card
+    assert "CC BY-NC-SA 4.0" in card and "`a/source`" in card
+    trained = yaml.safe_load(card.split("```yaml")[1].split("```")[0])
+    assert trained["model"]["n_labels"] == len(LABELS) and trained["train"]["seed"] == 7
+
+
+def test_a_folder_copied_alone_generates_for_a_composer(packaged, tmp_path, monkeypatch):
+    folder, _, _ = packaged
+    elsewhere = tmp_path / "elsewhere" / "my-model"
+    shutil.copytree(folder, elsewhere)
+    shutil.rmtree(folder)
+    monkeypatch.chdir(tmp_path / "elsewhere")  # no data/tokens here, nor anywhere the command looks
+    summary = generate(elsewhere, Path("out"), params(samples=1, composers=["Bach"]), tokens=Path("nowhere"))
+    assert summary["samples"][0]["composer"] == "Bach" and (Path("out") / "sample-01.mid").is_file()
+    with pytest.raises(PipelineError, match="run the tokenize stage"):  # only a validation primer needs the tokens
+        generate(elsewhere, Path("out"), params(samples=1, primers=[3]), tokens=Path("nowhere"))
+
+
+def test_an_older_folder_of_model_pt_still_loads_with_a_note(tmp_path, capsys):
+    model = tiny_labelled_model()
+    (tmp_path / "old").mkdir()
+    torch.save(model.state_dict(), tmp_path / "old" / "model.pt")
+    (tmp_path / "old" / "config.json").write_text(json.dumps(asdict(model.cfg)))
+    loaded = load_model(tmp_path / "old")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    note = capsys.readouterr().out.strip()
+    assert note.count("\n") == 0 and "model.pt, the older format" in note
+    # Its labels come from the token folder, as they used to.
+    tokens = tmp_path / "tokens"
+    tokens.mkdir()
+    (tokens / "vocab.json").write_text(json.dumps({"vocab_size": VOCAB_SIZE, "labels": LABELS}))
+    summary = generate(tmp_path / "old", tmp_path / "out", params(samples=1, composers=["Chopin"]), tokens=tokens)
+    assert summary["samples"][0]["composer"] == "Chopin"
+
+
+def test_missing_inputs_name_the_stage_and_leave_no_folder(tmp_path):
+    model = tiny_labelled_model()
+    export_model(model, tmp_path / "trained", {"vocab_size": VOCAB_SIZE, "labels": LABELS})
+    fake_reports(tmp_path / "reports", model)
+    (tmp_path / "reports" / "metrics" / "eval.json").unlink()
+    with pytest.raises(PipelineError, match=r"eval.json: not found \(run the stages before package"):
+        package(tmp_path / "trained", tmp_path / "model", tmp_path / "reports", "s")
+    (tmp_path / "trained" / "vocab.json").unlink()
+    with pytest.raises(PipelineError, match=r"vocab.json: missing \(run the train stage"):
+        package(tmp_path / "trained", tmp_path / "model", tmp_path / "reports", "s")
+    assert not (tmp_path / "model").exists()
+
+
+def test_weights_that_do_not_fit_the_config_are_never_packaged(tmp_path):
+    model = tiny_labelled_model()
+    export_model(model, tmp_path / "trained", {"vocab_size": VOCAB_SIZE, "labels": LABELS})
+    fake_reports(tmp_path / "reports", model)
+    config = json.loads((tmp_path / "trained" / "config.json").read_text())
+    (tmp_path / "trained" / "config.json").write_text(json.dumps({**config, "n_layer": 3}))
+    with pytest.raises(PipelineError, match="not a model that the train stage wrote"):
+        package(tmp_path / "trained", tmp_path / "model", tmp_path / "reports", "s")
+    assert not (tmp_path / "model").exists()
