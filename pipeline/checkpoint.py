@@ -191,7 +191,7 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
             return torch.load(folder / LEGACY_WEIGHTS, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 (a truncated or foreign file: say which)
             raise PipelineError(f"{folder / LEGACY_WEIGHTS}: not a readable weights file ({exc})") from exc
-    raise PipelineError(f"{folder}: no trained model there (`dvc repro` trains one, or `maestro-xl train`)")
+    raise PipelineError(f"{folder}: no trained model there (`dvc repro` trains and packages one)")
 
 
 def load_model(folder: Path, map_location: str | torch.device = "cpu", side_size: int = 0) -> TransformerXL:

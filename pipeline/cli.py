@@ -363,6 +363,38 @@ def generate(
 
 
 @app.command()
+def demo(
+    model: Annotated[Path, typer.Option(help="model folder (the package stage's)")] = Path("data/model"),
+    host: Annotated[str, typer.Option(help="address to listen on; another than 127.0.0.1 opens it to others")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int | None, typer.Option(help="port [default: the first free one from 7860]")] = None,
+    params: ParamsOption = Path("params.yaml"),
+    tokens: Annotated[Path, typer.Option(help="token shards, for validation primers")] = Path("data/tokens"),
+) -> None:
+    """Serve the listening page: upload a primer or pick a validation piece, choose a composer and the settings,
+    listen, download the MIDI. Settings come from params.yaml's demo: and generate: sections when there is one."""
+    from pipeline.demo import DemoParams
+    from pipeline.params import load_section, typed
+
+    sections = {}
+    for name, cls in (("demo", DemoParams), ("generate", GenerateParams)):
+        found = _run(load_section, name, params) if params.is_file() else {}
+        sections[name] = cls(**_run(typed, cls, found, name))
+    d = sections["demo"]
+    from pipeline.demo.studio import Studio
+
+    studio = _run(Studio, model, tokens, sections["generate"], d.max_upload_mb)
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        _fail("the demo needs Gradio: pip install -e '.[demo]' (make setup installs it)")
+    from pipeline.demo.page import serve
+
+    serve(studio, host, port, d.max_upload_mb, d.seconds, d.max_seconds)
+
+
+@app.command()
 def report(
     params: ParamsOption = Path("params.yaml"),
     out: Annotated[Path, typer.Option(help="folder of README.md, figures/ and plots/")] = Path("reports"),

@@ -302,6 +302,22 @@ def load_primers(p: GenerateParams, primer_file: Path | None, tokens: Path) -> l
     return [unconditional()]
 
 
+def open_model(model_dir: Path, p: GenerateParams, rows: int) -> tuple[TransformerXL, torch.dtype | None, AttnSpan]:
+    """The model of `model_dir` on p.device, the dtype its matmuls sample `rows` rows in (decode_dtype), and how far
+    its attention reaches while sampling."""
+    try:
+        device = pick_device(p.device)
+    except ValueError as exc:
+        raise PipelineError(f"generate.{exc}") from exc
+    model = load_model(model_dir, device, PIANO_STATE_SIZE)
+    if model.cfg.vocab_size != VOCAB_SIZE:
+        raise PipelineError(f"{model_dir}: the model has {model.cfg.vocab_size} tokens, the encoding {VOCAB_SIZE}")
+    # How far back the sampling looks, not the weights. Twice the training memory by default, as the evaluation:
+    # a Transformer-XL attends well past the memory it was trained with, and the samples keep their key for longer.
+    mem_len = p.mem_len if p.mem_len is not None else min(2 * model.cfg.mem_len, MAX_MEM_LEN)
+    return model, decode_dtype(p.precision, device, model, rows), dataclasses.replace(model.cfg.span(), mem_len=mem_len)
+
+
 def generate(
     model_dir: Path, out: Path, p: GenerateParams, primer_file: Path | None = None, tokens: Path = Path("data/tokens")
 ) -> dict:
@@ -313,21 +329,10 @@ def generate(
     """
     out = Path(out)
     check_params(p)
-    try:
-        device = pick_device(p.device)
-    except ValueError as exc:
-        raise PipelineError(f"generate.{exc}") from exc
     if out.exists() and not out.is_dir():
         raise PipelineError(f"{out}: exists and is not a folder (--out)")
     primers = load_primers(p, primer_file, tokens)
-    model = load_model(model_dir, device, PIANO_STATE_SIZE)
-    dtype = decode_dtype(p.precision, device, model, p.samples)
-    if model.cfg.vocab_size != VOCAB_SIZE:
-        raise PipelineError(f"{model_dir}: the model has {model.cfg.vocab_size} tokens, the encoding {VOCAB_SIZE}")
-    # How far back the sampling looks, not the weights. Twice the training memory by default, as the evaluation:
-    # a Transformer-XL attends well past the memory it was trained with, and the samples keep their key for longer.
-    mem_len = p.mem_len if p.mem_len is not None else min(2 * model.cfg.mem_len, MAX_MEM_LEN)
-    span = dataclasses.replace(model.cfg.span(), mem_len=mem_len)
+    model, dtype, span = open_model(model_dir, p, p.samples)
     synth = synthesizer()
     if isinstance(synth, str):
         print(f"generate: WAV files skipped: {synth}", flush=True)
@@ -360,7 +365,7 @@ def generate(
         "model": str(model_dir),
         "settings": {
             **settings,
-            "device": device.type,
+            "device": next(model.parameters()).device.type,
             "mem_len": span.mem_len,
             "precision": "bfloat16" if dtype else "float32",
         },

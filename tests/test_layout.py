@@ -93,6 +93,8 @@ def layer(module: str) -> str:
         return "stage"
     if module in ("pipeline.cli", "pipeline.__main__"):
         return "cli"
+    if len(parts) > 1 and parts[1] == "demo":
+        return "app"  # the listening page: built on the generate stage, imported by the cli alone
     return "helper"
 
 
@@ -102,7 +104,8 @@ def test_the_layout_is_read_from_real_imports():
     assert "pipeline.music.features" in GRAPH["pipeline.report.samples"]  # imported inside a function
     assert "model" in GRAPH["pipeline.checkpoint"] and "model.transformer_xl" in GRAPH["model"]
     assert "pipeline.report.figures" in GRAPH["pipeline.report.stage"]  # `from pipeline.report import figures`
-    assert {layer(m) for m in MODULES} == {"model", "music", "report", "stage", "cli", "helper"}
+    assert {layer(m) for m in MODULES} == {"model", "music", "report", "stage", "cli", "app", "helper"}
+    assert "pipeline.generate" in GRAPH["pipeline.demo.studio"] and "pipeline.demo.studio" in GRAPH["pipeline.cli"]
 
 
 def test_model_knows_no_music_and_no_pipeline():
@@ -131,6 +134,8 @@ def test_report_imports_no_stage_and_stages_no_report_or_other_stage():
             assert not {m for m, r in rooms.items() if r in ("stage", "cli")}, f"{module} imports {rooms}"
         if layer(module) == "stage":
             assert not {m for m, r in rooms.items() if r in ("stage", "report", "cli")}, f"{module} imports {rooms}"
+        if layer(module) not in ("app", "cli"):
+            assert not {m for m, r in rooms.items() if r == "app"}, f"{module} imports the demo: {rooms}"
         if layer(module) == "helper":  # a stage's helper (segments) may use the music library; atomic and errors not
             banned = ("stage", "report", "cli", "music") if module in HELPERS else ("stage", "report", "cli")
             assert not {m for m, r in rooms.items() if r in banned}, f"{module}: {rooms}"

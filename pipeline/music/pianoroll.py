@@ -41,3 +41,38 @@ def draw_piano_roll(notes: dict[str, np.ndarray], path: Path, end: float, title:
     ax.grid(axis="y", color="#eeeeee", zorder=1)
     save_png(fig, path)
     return Path(path)
+
+
+LOWEST_KEY, HIGHEST_KEY = 21, 108  # the piano's A0 and C8
+ROLL_BACKGROUND, ROLL_PRIMER = (255, 255, 255), (219, 233, 246)  # as draw_piano_roll's page and primer shading
+
+
+def roll_image(
+    notes: dict[str, np.ndarray], end: float, primer_end: float = 0.0, width: int = 960, key_px: int = 3
+) -> np.ndarray:
+    """A piano roll as an RGB array [88 × key_px, width, 3], cheap enough to redraw while the music is written: the
+    piano's 88 keys from the top (C8) down, 0 to `end` seconds across, the primer shaded, each note a bar the
+    darker the louder (the colours of draw_piano_roll)."""
+    image = np.empty((88 * key_px, width, 3), np.uint8)
+    image[:] = ROLL_BACKGROUND
+    scale = width / max(end, 1e-3)
+    image[:, : int(round(primer_end * scale))] = ROLL_PRIMER
+    pitch = np.asarray(notes["pitch"], int)
+    keep = (pitch >= LOWEST_KEY) & (pitch <= HIGHEST_KEY)
+    left = np.clip(np.round(np.asarray(notes["onset"], float)[keep] * scale).astype(int), 0, width)
+    right = np.clip(np.round(np.asarray(notes["offset"], float)[keep] * scale).astype(int), 0, width)
+    shade = 0.35 + 0.65 * np.clip(np.asarray(notes["velocity"], float)[keep], 0, 127) / 127
+    colors = np.round(255 * _blues(shade)).astype(np.uint8)
+    for key, x0, x1, color in zip(HIGHEST_KEY - pitch[keep], left, np.maximum(right, left + 1), colors, strict=True):
+        image[key * key_px : (key + 1) * key_px - (key_px > 1), x0:x1] = color  # a gap of a pixel between keys
+    return image
+
+
+def _blues(shade: np.ndarray) -> np.ndarray:
+    """Matplotlib's Blues colour map at `shade` (0 to 1), as RGB in 0 to 1, without importing matplotlib."""
+    stops = np.linspace(0, 1, 9)
+    table = np.array(  # the nine colours that define Blues
+        [[247, 251, 255], [222, 235, 247], [198, 219, 239], [158, 202, 225], [107, 174, 214],
+         [66, 146, 198], [33, 113, 181], [8, 81, 156], [8, 48, 107]]
+    ) / 255  # fmt: skip
+    return np.stack([np.interp(shade, stops, table[:, c]) for c in range(3)], axis=-1)
