@@ -54,8 +54,8 @@ def summary(take: Take) -> str:
     who = f" as {r['composer']}" if r.get("composer") else ""
     flags = ", ".join(r["flags"]) if r["flags"] else "none"
     return (
-        f"**{r['seconds']:.1f} s{who}** {opening}: {r['notes']} notes, {r['tokens']} tokens, seed {r['seed']}, "
-        f"ended by {r['ended_by']}. Flags: **{flags}**."
+        f"Take {r['take']}: **{r['seconds']:.1f} s{who}** {opening}: {r['notes']} notes, {r['tokens']} tokens, "
+        f"seed {r['seed']}, ended by {r['ended_by']}. Flags: **{flags}**."
     )
 
 

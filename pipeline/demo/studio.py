@@ -142,8 +142,8 @@ class Studio:
         folder = self.folder / f"take-{self.takes:04d}"
         folder.mkdir()
         audio = None if isinstance(self.synth, str) else self.synth
-        record = write_sample(folder, "maestro-xl", primer, rows[0], p, audio)
-        record = {**record, "composer": composer, "seed": p.seed}
+        record = write_sample(folder, f"maestro-xl-take-{self.takes}", primer, rows[0], p, audio)
+        record = {**record, "composer": composer, "seed": p.seed, "take": self.takes}
         wav = folder / record["wav"] if record["wav"] else None
         return Take(folder / record["midi"], wav, folder / record["png"], primer.seconds, record)
 

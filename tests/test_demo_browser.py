@@ -1,0 +1,162 @@
+"""`maestro-xl demo` in a real browser: Debian's Chromium, driven by Playwright, against the app started on a free
+localhost port with a tiny model folder made here. Upload a primer, pick a composer, generate, listen, download the
+MIDI and read it back with mido; then a corrupt and an oversized upload, each a message, and the page still works."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, note, write_midi
+from test_generate import PRIMER_NOTES, notes_by_mido
+from test_package import LABELS, tiny_labelled_model
+
+from pipeline.checkpoint import export_model
+from pipeline.music.performance_encoding import VOCAB_SIZE
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Chromium's own connections (updates, sync) fail on a closed network, and as root it needs --no-sandbox.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+SECONDS = 4.0  # of new music per take
+LIMIT_MB = 0.05  # demo.max_upload_mb here
+
+pytest.importorskip("gradio", reason="the demo extra (pip install -e '.[demo]') is not installed")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (the dev extra) is not installed")
+if not CHROMIUM.is_file():
+    pytest.skip(f"{CHROMIUM} not found: apt-get install chromium (.ci/run does)", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """The demo serving a tiny labelled model, on a free port; its URL."""
+    folder = tmp_path_factory.mktemp("demo")
+    export_model(tiny_labelled_model(), folder / "model", {"vocab_size": VOCAB_SIZE, "labels": LABELS})
+    settings = {"generate": {"device": "cpu", "precision": "float32", "primer_seconds": 10.0},
+                "demo": {"seconds": SECONDS, "max_upload_mb": LIMIT_MB}}  # fmt: skip
+    (folder / "params.yaml").write_text(yaml.safe_dump(settings))
+    port = free_port()
+    command = [sys.executable, "-m", "pipeline", "demo", "--model", str(folder / "model"), "--port", str(port),
+               "--params", str(folder / "params.yaml"), "--tokens", str(folder / "no-tokens")]  # fmt: skip
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(folder / "gradio")}
+    log = (folder / "demo.log").open("w")
+    server = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while f"demo: serving {url}" not in (folder / "demo.log").read_text():
+        assert server.poll() is None and time.monotonic() < deadline, (folder / "demo.log").read_text()
+        time.sleep(0.2)
+    yield url, folder
+    server.terminate()
+    server.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def page(app):  # noqa: ANN001, ANN201
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        tab = browser.new_page(viewport={"width": 1280, "height": 1100}, accept_downloads=True)
+        tab.goto(app[0])
+        tab.wait_for_selector("#generate")
+        yield tab
+        browser.close()
+
+
+def upload(page, path: Path) -> None:  # noqa: ANN001
+    """Replace the page's primer upload with `path`."""
+    clear = page.locator("#upload button[aria-label=Clear]")
+    if clear.count():
+        clear.click()
+    page.locator("#upload input[type=file]").set_input_files(str(path))
+
+
+def generate_and_wait(page, take: int | None) -> str:  # noqa: ANN001
+    """Press Generate and wait for take number `take`, or for a message when `take` is None; the status text."""
+    page.click("#generate")
+    page.wait_for_function(
+        "want => (document.querySelector('#status')?.innerText || '').startsWith(want)",
+        arg="⚠" if take is None else f"Take {take}:",
+        timeout=120_000,
+    )
+    return page.locator("#status").inner_text()
+
+
+def test_a_primer_and_a_composer_give_a_take_to_hear_and_download(page, tmp_path):
+    events = [e for on, off, p, v in PRIMER_NOTES for e in note(round(on * 960), round(off * 960), p, v)]
+    primer = write_midi(tmp_path / "my-primer.mid", [events])
+    upload(page, primer)
+    page.wait_for_function("() => document.querySelector('#source input')?.value === 'the uploaded file'")
+    page.click("#composer input")
+    page.click("[role=option]:has-text('Bach')")
+    assert page.locator("#composer input").input_value() == "Bach"
+    status = generate_and_wait(page, 1)
+    assert f"{SECONDS:.1f} s as Bach" in status and "Flags:" in status
+    page.wait_for_selector("#audio audio[src]", state="attached")  # the WAV, in the player
+    assert page.locator("#roll img").count() == 1  # the finished piano roll
+    with page.expect_download() as caught:
+        page.click("#midi a[download]")
+    midi = tmp_path / "take.mid"
+    caught.value.save_as(midi)
+    primer_notes = notes_by_mido(primer)
+    played = notes_by_mido(midi)
+    assert len(played) >= len(primer_notes) == len(PRIMER_NOTES)
+    for (on, off, pitch, velocity), got in zip(primer_notes, played, strict=False):  # it begins with the primer
+        assert got[2] == pitch and abs(got[0] - on) <= 0.011 and abs(got[1] - off) <= 0.011
+        assert abs(got[3] - velocity) < 4  # in its velocity bin
+    page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
+    assert (tmp_path / "demo.png").stat().st_size > 20_000
+
+
+def test_a_corrupt_upload_is_a_message_and_the_next_request_still_works(page, tmp_path):
+    corrupt = tmp_path / "broken.mid"
+    corrupt.write_bytes(b"MThd\0\0\0\6not a midi file at all")
+    upload(page, corrupt)
+    status = generate_and_wait(page, None)
+    assert page.locator("#midi a").count() == 0  # the last take's files are gone with its status
+    assert status.startswith("⚠ broken.mid: not a readable MIDI primer")
+    assert str(tmp_path) not in status
+    events = [e for on, off, p, v in PRIMER_NOTES for e in note(round(on * 960), round(off * 960), p, v)]
+    upload(page, write_midi(tmp_path / "good.mid", [events]))
+    status = generate_and_wait(page, 2)
+    assert (
+        "as Bach" in status and page.locator("#midi a[download]").get_attribute("download") == "maestro-xl-take-2.mid"
+    )
+
+
+def test_an_oversized_upload_is_refused_with_a_message(page, tmp_path):
+    big = tmp_path / "huge.mid"
+    big.write_bytes(b"MThd" + bytes(int(LIMIT_MB * 2**20) + 1000))
+    upload(page, big)
+    toast = page.locator("[data-testid=toast-body]").filter(has_text="huge.mid")
+    toast.wait_for(timeout=30_000)
+    assert "maximum allowed size" in toast.inner_text()
+    page.screenshot(path=str(tmp_path / "refused.png"))
+
+
+def test_two_requests_at_once_are_both_served_in_turn(app):
+    from gradio_client import Client
+
+    client = Client(app[0], verbose=False)
+    args = dict(file=None, start="no primer: start from nothing", cut=10, who="any", scale=1.0, secs=SECONDS,
+                temp=1.0, nucleus=0.98, api_name="/generate")  # fmt: skip
+    jobs = [client.submit(**args, seed_value=seed) for seed in (1, 2)]
+    results = [job.result(timeout=120) for job in jobs]
+    statuses = [r[0] for r in results]
+    assert all("notes" in s for s in statuses) and "seed 1," in statuses[0] and "seed 2," in statuses[1]
+    midis = [Path(r[3]) for r in results]
+    assert all(m.is_file() for m in midis) and notes_by_mido(midis[0]) != notes_by_mido(midis[1])
+    shutil.rmtree(midis[0].parent, ignore_errors=True)
