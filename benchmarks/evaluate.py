@@ -84,7 +84,7 @@ def model_rows(model_dir: Path, tokens: Path, tgt_len: int, mem_len: int, scored
     from pipeline.checkpoint import load_model
     from pipeline.evaluate import score_pieces
 
-    if (model_dir / "model.pt").is_file():
+    if any((model_dir / name).is_file() for name in ("model.safetensors", "model.pt")):
         model = load_model(model_dir)
     else:
         print(f"no model at {model_dir}: a freshly initialised CPU-sized model is timed instead")

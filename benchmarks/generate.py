@@ -41,7 +41,7 @@ def models(model_dir: Path) -> dict[str, TransformerXL]:
     shape = model_section(load_section("model", ROOT / "params.yaml"))
     default = build_model({"vocab_size": 390}, {**shape, "dropout": 0.0})
     side = default.cfg.side_size
-    if (model_dir / "model.pt").is_file():
+    if any((model_dir / name).is_file() for name in ("model.safetensors", "model.pt")):
         trained, name = load_model(model_dir, side_size=side), f"trained ({model_dir.name})"
     else:
         print(f"no model at {model_dir}: a freshly initialised CPU-sized model is timed in its place")
