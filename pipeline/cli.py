@@ -374,24 +374,9 @@ def demo(
 ) -> None:
     """Serve the listening page: upload a primer or pick a validation piece, choose a composer and the settings,
     listen, download the MIDI. Settings come from params.yaml's demo: and generate: sections when there is one."""
-    from pipeline.demo import DemoParams
-    from pipeline.params import load_section, typed
+    from pipeline.demo.page import start
 
-    sections = {}
-    for name, cls in (("demo", DemoParams), ("generate", GenerateParams)):
-        found = _run(load_section, name, params) if params.is_file() else {}
-        sections[name] = cls(**_run(typed, cls, found, name))
-    d = sections["demo"]
-    from pipeline.demo.studio import Studio
-
-    studio = _run(Studio, model, tokens, sections["generate"], d.max_upload_mb)
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        _fail("the demo needs Gradio: pip install -e '.[demo]' (make setup installs it)")
-    from pipeline.demo.page import serve
-
-    serve(studio, host, port, d.max_upload_mb, d.seconds, d.max_seconds)
+    _run(start, model, tokens, params, host, port)
 
 
 @app.command()

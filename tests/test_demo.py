@@ -14,7 +14,7 @@ from test_generate import PRIMER_NOTES, notes_by_mido, notes_by_pretty_midi, par
 from test_package import LABELS, tiny_labelled_model
 
 from pipeline.checkpoint import export_model
-from pipeline.demo.page import generate_take
+from pipeline.demo.page import generate_take, start
 from pipeline.demo.studio import Request, Studio
 from pipeline.errors import PipelineError
 from pipeline.generate import generate
@@ -119,6 +119,12 @@ def test_a_missing_model_names_the_command_that_makes_one(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"error: {tmp_path / 'none'}: no trained model there (`dvc repro` trains and " \
         "packages one)"  # fmt: skip
+
+
+def test_without_gradio_the_demo_says_how_to_install_it(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` now raises ImportError
+    with pytest.raises(PipelineError, match=r"the demo needs Gradio: pip install -e '\.\[demo\]'"):
+        start(model_dir, tmp_path, tmp_path / "no-params.yaml", "127.0.0.1", None)
 
 
 def test_the_live_roll_draws_each_note_where_it_sounds():

@@ -147,6 +147,28 @@ def test_an_oversized_upload_is_refused_with_a_message(page, tmp_path):
     page.screenshot(path=str(tmp_path / "refused.png"))
 
 
+def listening_addresses(port: int) -> set[str]:
+    """The IPv4 and IPv6 addresses a socket listens on at `port`, read from /proc/net/tcp{,6}."""
+    found = set()
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        for line in table.read_text().splitlines()[1:] if table.is_file() else []:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(address)
+                words = [raw[i : i + 4][::-1] for i in range(0, len(raw), 4)]  # each 32-bit word little-endian
+                found.add(socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, b"".join(words)))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="no /proc/net/tcp to read listening sockets from")
+def test_the_page_listens_on_loopback_only_and_makes_no_share_link(app):
+    url, folder = app
+    assert listening_addresses(int(url.rsplit(":", 1)[1].strip("/"))) == {"127.0.0.1"}
+    log = (folder / "demo.log").read_text()
+    assert "gradio.live" not in log and "share" not in log.lower()
+
+
 def test_two_requests_at_once_are_both_served_in_turn(app):
     from gradio_client import Client
 

@@ -115,6 +115,24 @@ def build(studio: Studio, seconds: float, max_seconds: float) -> object:
     return page
 
 
+def start(model: Path, tokens: Path, params: Path, host: str, port: int | None) -> None:
+    """Load the model and the demo: and generate: settings of `params` (when it exists), then serve the page; a
+    missing model or Gradio is a PipelineError."""
+    from pipeline.demo import DemoParams
+    from pipeline.params import GenerateParams, load_section, typed
+
+    found = {name: load_section(name, params) if Path(params).is_file() else {} for name in ("demo", "generate")}
+    demo = DemoParams(**typed(DemoParams, found["demo"], "demo"))
+    studio = Studio(model, tokens, GenerateParams(**typed(GenerateParams, found["generate"], "generate")),
+                    demo.max_upload_mb)  # fmt: skip
+    try:
+        import gradio  # noqa: F401
+    except ImportError as exc:
+        studio.close()
+        raise PipelineError("the demo needs Gradio: pip install -e '.[demo]' (make setup installs it)") from exc
+    serve(studio, host, port, demo.max_upload_mb, demo.seconds, demo.max_seconds)
+
+
 def serve(
     studio: Studio, host: str, port: int | None, max_upload_mb: float, seconds: float, max_seconds: float
 ) -> None:
