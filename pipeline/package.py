@@ -46,7 +46,7 @@ def read_yaml(path: Path) -> dict:
 
 def package(trained: Path, out: Path, reports: Path, source: str) -> Path:
     """Write `out`: the model folder `trained` and a model card from the reports (train/params.yaml,
-    train/run.json, metrics/eval.json, metrics/tokens.json), the data named by `source`."""
+    train/run.json, train/metrics.json, metrics/eval.json, metrics/tokens.json), the data named by `source`."""
     trained, reports = Path(trained), Path(reports)
     for name in (WEIGHTS, CONFIG, VOCAB):
         if not (trained / name).is_file():
@@ -54,6 +54,7 @@ def package(trained: Path, out: Path, reports: Path, source: str) -> Path:
     facts = {
         "trained": read_yaml(reports / "train" / "params.yaml"),
         "run": read_json(reports / "train" / "run.json"),
+        "progress": read_json(reports / "train" / "metrics.json"),
         "eval": read_json(reports / "metrics" / "eval.json"),
         "tokens": read_json(reports / "metrics" / "tokens.json"),
         "vocab": read_json(trained / VOCAB),
@@ -133,15 +134,17 @@ def _data(facts: dict, source: str) -> list[str]:
 def _training(facts: dict) -> list[str]:
     import yaml
 
-    trained, run = facts["trained"], facts["run"]
-    train = trained["train"]
+    trained, run, progress = facts["trained"], facts["run"], facts["progress"]
+    train, steps = trained["train"], progress["step"]
+    # run.json times the last invocation: the whole training only when that invocation took every step.
+    took = f" in {run['wall_seconds'] / 60:.1f} min" if run.get("steps") == steps else ""
     return [
         "## Training",
         "",
-        f"{run['steps']:,} steps of {train['batch_size']} segments of {trained['model']['tgt_len']} tokens (memory "
-        f"{trained['model']['mem_len']}), peak learning rate {train['lr']:g}, seed {train['seed']}, on "
-        f"{run['hardware']} ({trained.get('device', '?')}, {trained.get('precision', '?')}, "
-        f"{run['processes']} process{'es' if run['processes'] > 1 else ''}) in {run['wall_seconds'] / 60:.1f} min.",
+        f"{steps:,} steps ({progress['tokens_seen']:,} tokens) of {train['batch_size']} segments of "
+        f"{trained['model']['tgt_len']} tokens (memory {trained['model']['mem_len']}), peak learning rate "
+        f"{train['lr']:g}, seed {train['seed']}, on {run['hardware']} ({trained.get('device', '?')}, "
+        f"{trained.get('precision', '?')}, {run['processes']} process{'es' if run['processes'] > 1 else ''}){took}.",
         "",
         "```yaml",
         *yaml.safe_dump({"model": trained["model"], "train": train}, sort_keys=False).splitlines(),

@@ -105,7 +105,7 @@ def test_the_layout_is_read_from_real_imports():
     assert "model" in GRAPH["pipeline.checkpoint"] and "model.transformer_xl" in GRAPH["model"]
     assert "pipeline.report.figures" in GRAPH["pipeline.report.stage"]  # `from pipeline.report import figures`
     assert {layer(m) for m in MODULES} == {"model", "music", "report", "stage", "cli", "app", "helper"}
-    assert "pipeline.generate" in GRAPH["pipeline.demo.studio"] and "pipeline.demo.studio" in GRAPH["pipeline.cli"]
+    assert "pipeline.generate" in GRAPH["pipeline.demo.studio"] and "pipeline.demo.page" in GRAPH["pipeline.cli"]
 
 
 def test_model_knows_no_music_and_no_pipeline():

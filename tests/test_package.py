@@ -48,10 +48,12 @@ def fake_reports(folder: Path, model: TransformerXL) -> dict:
     trained = {"model": asdict(model.cfg), "train": {"steps": 6, "batch_size": 2, "lr": 0.001, "seed": 7},
                "device": "cpu", "precision": "float32"}  # fmt: skip
     run = {"wall_seconds": 90.0, "steps": 6, "hardware": "a test machine", "processes": 1}
+    progress = {"step": 6, "tokens_seen": 192, "num_params": 1}
     (folder / "train").mkdir(parents=True)
     (folder / "metrics").mkdir()
     (folder / "train" / "params.yaml").write_text(yaml.safe_dump(trained))
     (folder / "train" / "run.json").write_text(json.dumps(run))
+    (folder / "train" / "metrics.json").write_text(json.dumps(progress))
     (folder / "metrics" / "eval.json").write_text(json.dumps(evaluation))
     (folder / "metrics" / "tokens.json").write_text(json.dumps(tokens))
     return evaluation
@@ -79,6 +81,10 @@ def test_the_folder_holds_the_weights_as_trained_and_a_card_with_the_figures(pac
     parameters = sum(p.numel() for p in model.parameters())
     assert f"{parameters / 1e6:.1f} M parameters" in card and "Chopin, Bach, others" in card
     assert "CC BY-NC-SA 4.0" in card and "`a/source`" in card
+    assert (
+        "6 steps (192 tokens) of 2 segments" in card
+        and "on a test machine (cpu, float32, 1 process) in 1.5 min" in card
+    )
     trained = yaml.safe_load(card.split("```yaml")[1].split("```")[0])
     assert trained["model"]["n_labels"] == len(LABELS) and trained["train"]["seed"] == 7
 
@@ -93,6 +99,16 @@ def test_a_folder_copied_alone_generates_for_a_composer(packaged, tmp_path, monk
     assert summary["samples"][0]["composer"] == "Bach" and (Path("out") / "sample-01.mid").is_file()
     with pytest.raises(PipelineError, match="run the tokenize stage"):  # only a validation primer needs the tokens
         generate(elsewhere, Path("out"), params(samples=1, primers=[3]), tokens=Path("nowhere"))
+
+
+def test_a_resumed_run_is_not_timed_by_its_last_invocation(tmp_path):
+    model = tiny_labelled_model()
+    export_model(model, tmp_path / "trained", {"vocab_size": VOCAB_SIZE, "labels": LABELS})
+    fake_reports(tmp_path / "reports", model)
+    last = {"wall_seconds": 0.0, "steps": 0, "hardware": "a test machine", "processes": 1}  # a finished run re-exported
+    (tmp_path / "reports" / "train" / "run.json").write_text(json.dumps(last))
+    card = (package(tmp_path / "trained", tmp_path / "model", tmp_path / "reports", "s") / "README.md").read_text()
+    assert "6 steps (192 tokens)" in card and "process)." in card and " min" not in card.split("## Training")[1][:400]
 
 
 def test_an_older_folder_of_model_pt_still_loads_with_a_note(tmp_path, capsys):
