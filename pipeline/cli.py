@@ -368,7 +368,7 @@ def demo(
     host: Annotated[str, typer.Option(help="address to listen on; another than 127.0.0.1 opens it to others")] = (
         "127.0.0.1"
     ),
-    port: Annotated[int | None, typer.Option(help="port [default: the first free one from 7860]")] = None,
+    port: Annotated[int | None, typer.Option(help=f"port {_default('the first free one from 7860')}")] = None,
     params: ParamsOption = Path("params.yaml"),
     tokens: Annotated[Path, typer.Option(help="token shards, for validation primers")] = Path("data/tokens"),
 ) -> None:
