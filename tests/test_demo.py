@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from test_generate import PRIMER_NOTES, notes_by_mido, notes_by_pretty_midi, par
 from test_package import LABELS, tiny_labelled_model
 
 from pipeline.checkpoint import export_model
-from pipeline.demo.page import generate_take, start
+from pipeline.demo.page import generate_take, start, summary
 from pipeline.demo.studio import Request, Studio
 from pipeline.errors import PipelineError
 from pipeline.generate import generate
@@ -58,6 +59,25 @@ def test_a_take_is_the_generate_stages_sample_with_the_same_settings(studio, mod
     assert np.abs(np.array(kept)[:, 3] - np.array(primer)[:, 3]).max() < 4  # in its velocity bin
     assert shares and all(0 <= s <= 1 for s, _ in shares) and shares == sorted(shares)  # it only grows
     assert shares[-1][1] >= len(primer)  # the primer's notes are drawn from the start
+
+
+def test_the_composer_is_heard_and_the_take_is_named_in_its_summary(studio):
+    bach, anyone = (studio.compose(Request(seconds=2.0, seed=5, composer=c)) for c in ("Bach", "any"))
+    assert notes_by_mido(bach.midi) != notes_by_mido(anyone.midi)  # the label changes what is played
+    assert summary(bach).startswith(f"Take {bach.record['take']}: **2.0 s as Bach**")
+    assert summary(anyone).startswith(f"Take {bach.record['take'] + 1}: **2.0 s**")
+
+
+def test_an_unexpected_failure_is_a_message_and_the_page_does_not_hang(studio, monkeypatch):
+    def broken(request, on_progress=None):  # noqa: ANN001, ANN202
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(studio, "compose", broken)
+    result = []
+    worker = threading.Thread(target=lambda: result.extend(generate_take(studio, Request())), daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert result == [("error", "generation failed: RuntimeError: boom")]
 
 
 def test_two_takes_of_one_request_are_the_same_and_another_seed_differs(studio):

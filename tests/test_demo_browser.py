@@ -5,7 +5,6 @@ MIDI and read it back with mido; then a corrupt and an oversized upload, each a 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -169,16 +168,35 @@ def test_the_page_listens_on_loopback_only_and_makes_no_share_link(app):
     assert "gradio.live" not in log and "share" not in log.lower()
 
 
-def test_two_requests_at_once_are_both_served_in_turn(app):
+def test_two_requests_at_once_are_both_served_one_after_the_other(app):
+    """The page in this process, its studio timing each take: both takes come, and they do not overlap."""
     from gradio_client import Client
 
-    client = Client(app[0], verbose=False)
-    args = dict(file=None, start="no primer: start from nothing", cut=10, who="any", scale=1.0, secs=SECONDS,
-                temp=1.0, nucleus=0.98, api_name="/generate")  # fmt: skip
-    jobs = [client.submit(**args, seed_value=seed) for seed in (1, 2)]
-    results = [job.result(timeout=120) for job in jobs]
-    statuses = [r[0] for r in results]
-    assert all("notes" in s for s in statuses) and "seed 1," in statuses[0] and "seed 2," in statuses[1]
-    midis = [Path(r[3]) for r in results]
-    assert all(m.is_file() for m in midis) and notes_by_mido(midis[0]) != notes_by_mido(midis[1])
-    shutil.rmtree(midis[0].parent, ignore_errors=True)
+    from pipeline.demo.page import build
+    from pipeline.demo.studio import Studio
+    from pipeline.params import GenerateParams
+
+    studio = Studio(app[1] / "model", app[1] / "no-tokens", GenerateParams(device="cpu"), max_upload_mb=1)
+    spans, compose = [], studio.compose
+
+    def timed(request, on_progress=None):  # noqa: ANN001, ANN202
+        started = time.monotonic()
+        take = compose(request, on_progress)
+        spans.append((started, time.monotonic()))
+        return take
+
+    studio.compose = timed
+    page = build(studio, SECONDS, 30)
+    page.launch(server_name="127.0.0.1", server_port=free_port(), share=False, quiet=True, prevent_thread_lock=True)
+    try:
+        client = Client(page.local_url, verbose=False)
+        args = dict(file=None, start="no primer: start from nothing", cut=10, who="any", scale=1.0, secs=SECONDS,
+                    temp=1.0, nucleus=0.98, api_name="/generate")  # fmt: skip
+        jobs = [client.submit(**args, seed_value=seed) for seed in (1, 2)]
+        statuses = [job.result(timeout=120)[0] for job in jobs]
+    finally:
+        page.close()
+        studio.close()
+    assert "seed 1," in statuses[0] and "seed 2," in statuses[1]
+    (first_start, first_end), (second_start, second_end) = sorted(spans)
+    assert len(spans) == 2 and first_end <= second_start  # queued, not run side by side

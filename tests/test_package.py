@@ -30,6 +30,7 @@ def tiny_labelled_model() -> TransformerXL:
     model = TransformerXL(cfg)
     with torch.no_grad():
         model.out_bias[PIECE_END] = -1e4
+        model.label_emb.weight[1:] = torch.randn(len(LABELS), cfg.d_model)  # as if trained: each label tells
     return model
 
 

@@ -307,3 +307,16 @@ def test_the_loop_stops_within_done_every_steps_of_the_last_row_ending():
     rows = generate(model, torch.randint(0, VOCAB, (3, 2)), 100, generator=seeded(1), stop_token=7,
                     stop=lambda ids: calls.append(ids) or torch.zeros(3, dtype=torch.bool))  # fmt: skip
     assert [r.tolist() for r in rows] == [[7]] * 3 and len(calls) == DONE_EVERY < 100
+
+
+def test_progress_sees_every_done_every_steps_a_growing_prefix_of_the_sample():
+    model = tiny()
+    prompt = torch.zeros(2, 3, dtype=torch.long)
+    seen = []
+    rows = generate(
+        model, prompt, 3 * DONE_EVERY + 5, generator=seeded(1), progress=lambda ids: seen.append(ids.clone())
+    )
+    assert [ids.shape for ids in seen] == [(2, k * DONE_EVERY) for k in (1, 2, 3)]
+    for ids in seen:
+        assert all(torch.equal(ids[r], rows[r][: ids.size(1)]) for r in range(2))
+    assert torch.equal(torch.stack(generate(model, prompt, 3 * DONE_EVERY + 5, generator=seeded(1))), torch.stack(rows))
