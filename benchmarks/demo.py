@@ -3,7 +3,8 @@ rendered), against the peer a visitor would otherwise use, `maestro-xl generate`
 run. Both sample with the CPU-trained model; the page's start-up (loading the model once) is timed apart.
 
 The request: 20 s of music after the first 10 s of a validation piece's MIDI file (the same file for both), composer
-Chopin when the model has labels. The page's figure is the median of --takes takes, each with its own seed.
+Chopin when the model has labels; the page's take draws the growing piano roll as the page does. The page's figure
+is the median of --takes takes, each with its own seed.
 
 Usage: python benchmarks/demo.py [--model data/model] [--primer FILE.mid] [--seconds 20] [--takes 5]
 """
@@ -25,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 MAESTRO_ASAP = ROOT.parent / "shared" / "data" / "maestro-asap"
 
 from pipeline.demo.studio import ANY, Request, Studio  # noqa: E402
+from pipeline.music.pianoroll import roll_image  # noqa: E402
 from pipeline.params import GenerateParams, load_section, typed  # noqa: E402
 
 
@@ -62,7 +64,7 @@ def main() -> None:
     for take in range(args.takes):
         request = Request(upload=primer, primer_seconds=10, composer=composer, seconds=args.seconds, seed=take)
         started = time.perf_counter()
-        made = studio.compose(request)
+        made = studio.compose(request, lambda share, notes, end: roll_image(notes, end + args.seconds, end))
         waits.append(time.perf_counter() - started)
         assert made.wav is not None, "FluidSynth is needed: the take is ready when it plays"
     page = statistics.median(waits)

@@ -47,6 +47,12 @@ def generate_take(studio: Studio, request: Request) -> Iterator[tuple[str, objec
             return
 
 
+def composing(share: float, seconds: float) -> str:
+    """The status while a take is written: a bar of 24 cells, the share and the seconds done."""
+    done = round(24 * share)
+    return f"composing `{'█' * done}{'░' * (24 - done)}` {share:.0%}, {share * seconds:.0f} of {seconds:.0f} s"
+
+
 def summary(take: Take) -> str:
     """The take's record as the page shows it."""
     r = take.record
@@ -98,12 +104,12 @@ def build(studio: Studio, seconds: float, max_seconds: float) -> object:
                 upload=Path(file) if start == UPLOADED else None, piece=pieces.get(start), primer_seconds=cut,
                 composer=who, guidance=scale, seconds=secs, temperature=temp, top_p=nucleus, seed=int(seed_value or 0),
             )  # fmt: skip
-            yield "composing…", None, None, None
+            yield composing(0.0, secs), None, None, None
             for kind, value in generate_take(studio, request):
                 if kind == "progress":
                     share, notes, primer_end = value
                     progress(share, desc="composing")
-                    yield f"composing… {share:.0%}", roll_image(notes, primer_end + secs, primer_end), None, None
+                    yield composing(share, secs), roll_image(notes, primer_end + secs, primer_end), None, None
                 elif kind == "error":
                     yield f"⚠ {value}", None, None, None
                 else:

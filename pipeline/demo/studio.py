@@ -12,6 +12,7 @@ import dataclasses
 import json
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from pipeline.music.performance_encoding import STEP_S, decode, elapsed_steps
 from pipeline.params import GenerateParams
 
 ANY = "any"  # the composer choice that gives no label
+PROGRESS_EVERY_S = 0.25  # the least time between two calls of on_progress
 Progress = Callable[[float, dict[str, np.ndarray], float], None]  # the share done, the notes so far, the primer's end
 
 
@@ -130,8 +132,12 @@ class Studio:
         label, composer = self.label(request.composer)
         primer = self.primer(request)
 
+        shown = [0.0]  # when the notes were last given to on_progress
+
         def progress(tokens) -> None:  # noqa: ANN001 (the ids so far, [1, steps])
-            if on_progress is not None:
+            # Decoding every few tokens would cost as much as sampling them: a few pictures a second are enough.
+            if on_progress is not None and time.monotonic() - shown[0] >= PROGRESS_EVERY_S:
+                shown[0] = time.monotonic()
                 new = tokens[0].cpu().numpy()
                 end = (primer.steps + elapsed_steps(new)) * STEP_S
                 notes = cut_notes(decode(np.concatenate([primer.tokens, new])), end)
