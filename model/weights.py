@@ -26,6 +26,7 @@ DTYPES = {
 }
 NAMES = {dtype: name for name, dtype in DTYPES.items()}
 MAX_HEADER = 100 << 20  # the safetensors package's own limit: a larger header is not a weights file
+MAX_DIM = 2**40  # a larger dimension is no tensor a file can hold (and would overflow torch's sizes)
 ALIGN = 8  # the header is padded with spaces so that the data starts on an 8-byte boundary
 
 
@@ -71,6 +72,8 @@ def load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     if not isinstance(header, dict):
         raise WeightsError("the header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise WeightsError("__metadata__ is not a map of strings")
     body, start = memoryview(data)[8 + size :], 0
     tensors = {}
     for name, entry in sorted(header.items(), key=lambda item: _offsets(*item)[0]):
@@ -94,7 +97,7 @@ def _offsets(name: str, entry: object) -> tuple[int, int]:
         isinstance(entry, dict)
         and entry.get("dtype") in DTYPES
         and isinstance(entry.get("shape"), list)
-        and all(isinstance(d, int) and d >= 0 for d in entry["shape"])
+        and all(isinstance(d, int) and 0 <= d < MAX_DIM for d in entry["shape"])
         and isinstance(entry.get("data_offsets"), list)
         and len(entry["data_offsets"]) == 2
         and all(isinstance(o, int) for o in entry["data_offsets"])

@@ -202,7 +202,12 @@ def load_model(folder: Path, map_location: str | torch.device = "cpu", side_size
     if not (folder / CONFIG).is_file():
         raise PipelineError(f"{folder / CONFIG}: missing beside the weights (the train stage writes both)")
     try:
-        model = TransformerXL(TransformerXLConfig(**json.loads((folder / CONFIG).read_text())))
+        cfg = TransformerXLConfig(**json.loads((folder / CONFIG).read_text()))
+        with torch.device("meta"):  # shapes only: a config far larger than its weights allocates nothing
+            shapes = {name: tuple(t.shape) for name, t in TransformerXL(cfg).state_dict().items()}
+        if shapes != {name: tuple(t.shape) for name, t in state.items()}:
+            raise ValueError("the weights do not have the shapes config.json gives")
+        model = TransformerXL(cfg)
         model.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001 (a truncated, foreign or mismatched file: say which)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

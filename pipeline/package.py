@@ -3,7 +3,7 @@
 `data/model/` gets the train stage's model.safetensors, config.json and vocab.json (the composer labels), and a
 README.md model card: what the model is, how to run it, the data and its license, the params it was trained with
 and the figures from eval.json. `maestro-xl generate --model DIR` and `maestro-xl demo --model DIR` need nothing
-else. The folder is loaded once before it replaces the old one, so a folder that does not generate is never written.
+else. The folder is loaded once before it replaces the old one, so a folder whose weights do not load is never written.
 """
 
 from __future__ import annotations
@@ -64,7 +64,13 @@ def package(trained: Path, out: Path, reports: Path, source: str) -> Path:
             shutil.copyfile(trained / name, tmp / name)
         model = load_model(tmp, "cpu", PIANO_STATE_SIZE)  # the folder must generate on its own
         parameters = sum(p.numel() for p in model.parameters())
-        (tmp / "README.md").write_text(model_card(facts, parameters, source))
+        try:
+            card = model_card(facts, parameters, source)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise PipelineError(
+                f"{reports}: a report lacks what the model card needs ({exc!r}); rerun `dvc repro`"
+            ) from exc
+        (tmp / "README.md").write_text(card)
     return Path(out)
 
 
@@ -91,7 +97,7 @@ def model_card(facts: dict, parameters: int, source: str) -> str:
         "## Use",
         "",
         "```bash",
-        "maestro-xl generate --model THIS_FOLDER --composer Chopin --seconds 30 --out samples",
+        f"maestro-xl generate --model THIS_FOLDER{f' --composer {composers[0]!r}' if composers else ''} --seconds 30",
         "maestro-xl demo --model THIS_FOLDER    # a page on http://127.0.0.1 to upload a primer and listen",
         "```",
         "",
@@ -154,7 +160,7 @@ def _training(facts: dict) -> list[str]:
 
 
 def _figures(evaluation: dict) -> list[str]:
-    head = "| split | NLL (nats/token) | bits/token | accuracy | Kneser–Ney 4-gram | unigram | tokens |"
+    head = "| split | NLL (nats/token) | bits/token | accuracy | Kneser–Ney n-gram | unigram | tokens |"
     rows = [
         f"| {split} | {m['nll']:.4f} | {m['bits_per_token']:.3f} | {m['accuracy']:.3f} | "
         f"{m['baselines']['kneser_ney']:.4f} | {m['baselines']['unigram']:.4f} | {m['tokens']:,} |"

@@ -83,15 +83,26 @@ def upload(page, path: Path) -> None:  # noqa: ANN001
     page.locator("#upload input[type=file]").set_input_files(str(path))
 
 
-def generate_and_wait(page, take: int | None) -> str:  # noqa: ANN001
-    """Press Generate and wait for take number `take`, or for a message when `take` is None; the status text."""
+def generate_and_wait(page) -> str:  # noqa: ANN001
+    """Press Generate and wait for what it ends with, a take or a message (a status other than the one before that
+    starts with 'Take' or '⚠'); the status text."""
+    before = page.locator("#status").inner_text()
     page.click("#generate")
     page.wait_for_function(
-        "want => (document.querySelector('#status')?.innerText || '').startsWith(want)",
-        arg="⚠" if take is None else f"Take {take}:",
+        """before => {
+            const now = document.querySelector('#status')?.innerText || '';
+            return now !== before && (now.startsWith('Take') || now.startsWith('⚠'));
+        }""",
+        arg=before,
         timeout=120_000,
     )
     return page.locator("#status").inner_text()
+
+
+def take_number(status: str) -> int:
+    """N of a status 'Take N: ...'."""
+    assert status.startswith("Take "), status
+    return int(status.split(":")[0].split()[1])
 
 
 def test_a_primer_and_a_composer_give_a_take_to_hear_and_download(page, tmp_path):
@@ -102,10 +113,11 @@ def test_a_primer_and_a_composer_give_a_take_to_hear_and_download(page, tmp_path
     page.click("#composer input")
     page.click("[role=option]:has-text('Bach')")
     assert page.locator("#composer input").input_value() == "Bach"
-    status = generate_and_wait(page, 1)
+    status = generate_and_wait(page)
     assert f"{SECONDS:.1f} s as Bach" in status and "Flags:" in status
     page.wait_for_selector("#audio audio[src]", state="attached")  # the WAV, in the player
     assert page.locator("#roll img").count() == 1  # the finished piano roll
+    assert page.locator("#midi a[download]").get_attribute("download") == f"maestro-xl-take-{take_number(status)}.mid"
     with page.expect_download() as caught:
         page.click("#midi a[download]")
     midi = tmp_path / "take.mid"
@@ -124,16 +136,14 @@ def test_a_corrupt_upload_is_a_message_and_the_next_request_still_works(page, tm
     corrupt = tmp_path / "broken.mid"
     corrupt.write_bytes(b"MThd\0\0\0\6not a midi file at all")
     upload(page, corrupt)
-    status = generate_and_wait(page, None)
+    status = generate_and_wait(page)
     assert page.locator("#midi a").count() == 0  # the last take's files are gone with its status
     assert status.startswith("⚠ broken.mid: not a readable MIDI primer")
     assert str(tmp_path) not in status
     events = [e for on, off, p, v in PRIMER_NOTES for e in note(round(on * 960), round(off * 960), p, v)]
     upload(page, write_midi(tmp_path / "good.mid", [events]))
-    status = generate_and_wait(page, 2)
-    assert (
-        "as Bach" in status and page.locator("#midi a[download]").get_attribute("download") == "maestro-xl-take-2.mid"
-    )
+    status = generate_and_wait(page)
+    assert page.locator("#midi a[download]").get_attribute("download") == f"maestro-xl-take-{take_number(status)}.mid"
 
 
 def test_an_oversized_upload_is_refused_with_a_message(page, tmp_path):
@@ -144,6 +154,23 @@ def test_an_oversized_upload_is_refused_with_a_message(page, tmp_path):
     toast.wait_for(timeout=30_000)
     assert "maximum allowed size" in toast.inner_text()
     page.screenshot(path=str(tmp_path / "refused.png"))
+    page.click("#source input")  # and the page goes on: a take from nothing
+    page.click("[role=option]:has-text('no primer')")
+    assert take_number(generate_and_wait(page)) >= 1
+
+
+def test_a_port_in_use_is_a_one_line_error(app):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "pipeline", "demo", "--model", str(app[1] / "model"), "--port",
+                                 str(port), "--params", str(app[1] / "params.yaml")], cwd=ROOT, capture_output=True,
+                                text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert (
+        result.stderr.startswith(f"error: demo: cannot listen on 127.0.0.1:{port} (") and result.stderr.count("\n") == 1
+    )
 
 
 def listening_addresses(port: int) -> set[str]:

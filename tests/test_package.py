@@ -142,6 +142,16 @@ def test_missing_inputs_name_the_stage_and_leave_no_folder(tmp_path):
     assert not (tmp_path / "model").exists()
 
 
+def test_a_report_that_lacks_a_figure_is_a_one_line_error(tmp_path):
+    model = tiny_labelled_model()
+    export_model(model, tmp_path / "trained", {"vocab_size": VOCAB_SIZE, "labels": LABELS})
+    fake_reports(tmp_path / "reports", model)
+    (tmp_path / "reports" / "metrics" / "eval.json").write_text(json.dumps({"validation": {"nll": 2.5}}))
+    with pytest.raises(PipelineError, match=r"a report lacks what the model card needs \(KeyError\('bits_per_token'"):
+        package(tmp_path / "trained", tmp_path / "model", tmp_path / "reports", "s")
+    assert not (tmp_path / "model").exists()
+
+
 def test_weights_that_do_not_fit_the_config_are_never_packaged(tmp_path):
     model = tiny_labelled_model()
     export_model(model, tmp_path / "trained", {"vocab_size": VOCAB_SIZE, "labels": LABELS})
@@ -151,3 +161,13 @@ def test_weights_that_do_not_fit_the_config_are_never_packaged(tmp_path):
     with pytest.raises(PipelineError, match="not a model that the train stage wrote"):
         package(tmp_path / "trained", tmp_path / "model", tmp_path / "reports", "s")
     assert not (tmp_path / "model").exists()
+
+
+def test_a_config_far_larger_than_its_weights_is_refused_without_allocating_it(tmp_path):
+    model = tiny_labelled_model()
+    export_model(model, tmp_path / "model", {"vocab_size": VOCAB_SIZE, "labels": LABELS})
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    huge = {**config, "n_layer": 200, "d_model": 8192, "d_head": 1024, "n_head": 8, "d_inner": 32768}  # ~200 GB
+    (tmp_path / "model" / "config.json").write_text(json.dumps(huge))
+    with pytest.raises(PipelineError, match="the weights do not have the shapes config.json gives"):
+        load_model(tmp_path / "model")

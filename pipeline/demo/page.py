@@ -122,8 +122,8 @@ def build(studio: Studio, seconds: float, max_seconds: float) -> object:
 
 
 def start(model: Path, tokens: Path, params: Path, host: str, port: int | None) -> None:
-    """Load the model and the demo: and generate: settings of `params` (when it exists), then serve the page; a
-    missing model or Gradio is a PipelineError."""
+    """Load the model and the demo: and generate: settings of `params` (when the file exists; then both sections
+    must be there), then serve the page; a missing model, Gradio or port is a PipelineError."""
     from pipeline.demo import DemoParams
     from pipeline.params import GenerateParams, load_section, typed
 
@@ -149,17 +149,21 @@ def serve(
     if host != LOOPBACK:
         print(f"demo: listening on {host}: anyone who can reach this machine can use the page", flush=True)
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])  # no fonts fetched
-    _, url, _ = page.launch(
-        server_name=host,
-        server_port=port,
-        share=False,
-        max_file_size=int(max_upload_mb * 2**20),
-        ssr_mode=False,
-        footer_links=[],
-        theme=theme,
-        quiet=True,
-        prevent_thread_lock=True,
-    )
+    try:
+        _, url, _ = page.launch(
+            server_name=host,
+            server_port=port,
+            share=False,
+            max_file_size=int(max_upload_mb * 2**20),
+            ssr_mode=False,
+            footer_links=[],
+            theme=theme,
+            quiet=True,
+            prevent_thread_lock=True,
+        )
+    except OSError as exc:  # a port in use, an address this machine does not have
+        studio.close()
+        raise PipelineError(f"demo: cannot listen on {host}:{port or 'a port from 7860'} ({exc})") from exc
     print(f"demo: serving {url} (Ctrl+C stops it)", flush=True)
     try:
         page.block_thread()

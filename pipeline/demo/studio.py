@@ -12,6 +12,7 @@ import dataclasses
 import json
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from pipeline.params import GenerateParams
 
 ANY = "any"  # the composer choice that gives no label
 PROGRESS_EVERY_S = 0.25  # the least time between two calls of on_progress
+KEEP_TAKES = 16  # take folders kept on disk; older ones are removed (the page copies each take as it serves it)
 Progress = Callable[[float, dict[str, np.ndarray], float], None]  # the share done, the notes so far, the primer's end
 
 
@@ -78,7 +80,7 @@ class Studio:
         self.labels, self.tokens, self.max_upload_mb = labels, Path(tokens), max_upload_mb
         self.synth = synthesizer()
         self.folder = Path(tempfile.mkdtemp(prefix="maestro-xl-demo-"))
-        self.takes = 0
+        self.takes, self.lock = 0, threading.Lock()
 
     def close(self) -> None:
         """Remove the takes' folder."""
@@ -143,13 +145,20 @@ class Studio:
                 notes = cut_notes(decode(np.concatenate([primer.tokens, new])), end)
                 on_progress(min(1.0, (end - primer.seconds) / p.seconds), notes, primer.seconds)
 
-        rows, _ = sample_batch(self.model, primer, p, [p.seed], self.dtype, self.span, label=label, progress=progress)
-        self.takes += 1
-        folder = self.folder / f"take-{self.takes:04d}"
-        folder.mkdir()
+        # One take at a time, whatever the page's queue does (a visitor who leaves frees its slot while the take
+        # goes on): the model is shared, and a take's number names its folder.
+        with self.lock:
+            rows, _ = sample_batch(
+                self.model, primer, p, [p.seed], self.dtype, self.span, label=label, progress=progress
+            )
+            self.takes += 1
+            number, folder = self.takes, self.folder / f"take-{self.takes:04d}"
+            folder.mkdir()
+            for old in sorted(self.folder.iterdir())[:-KEEP_TAKES]:  # the page has served them by now
+                shutil.rmtree(old, ignore_errors=True)
         audio = None if isinstance(self.synth, str) else self.synth
-        record = write_sample(folder, f"maestro-xl-take-{self.takes}", primer, rows[0], p, audio)
-        record = {**record, "composer": composer, "seed": p.seed, "take": self.takes}
+        record = write_sample(folder, f"maestro-xl-take-{number}", primer, rows[0], p, audio)
+        record = {**record, "composer": composer, "seed": p.seed, "take": number}
         wav = folder / record["wav"] if record["wav"] else None
         return Take(folder / record["midi"], wav, folder / record["png"], primer.seconds, record)
 

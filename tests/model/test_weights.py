@@ -69,6 +69,9 @@ def header_file(tmp_path, header: dict, body: bytes) -> object:
         ({"a": {"dtype": "Q7", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, "not a tensor entry"),
         ({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4, "not a tensor entry"),
         ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, b"\0" * 4, "not a tensor entry"),
+        ({"a": {"dtype": "F32", "shape": [2**63, 0], "data_offsets": [0, 0]}}, b"", "not a tensor entry"),
+        ({"a": {"dtype": "F32", "shape": [2**40, 2**40, 0], "data_offsets": [0, 0]}}, b"", "not a tensor entry"),
+        ({"__metadata__": [1, 2]}, b"", "not a map of strings"),
         (
             {
                 "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
