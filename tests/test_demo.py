@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +164,31 @@ def test_the_live_roll_draws_each_note_where_it_sounds():
         assert np.abs(block.astype(int) - expected).max() <= 1, pitch
         assert (image[row + 2, x0:x1] != block[0]).any()  # a gap of a pixel below each key
         assert (image[row, x1] != block[0]).any() and (image[row, x0 - 1] != block[0]).any()  # the bar's ends
+
+
+def test_takes_never_run_side_by_side_and_only_the_latest_folders_are_kept(studio, monkeypatch):
+    import pipeline.demo.studio as studio_module
+
+    spans, sample = [], studio_module.sample_batch
+
+    def slow(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        started = time.monotonic()
+        time.sleep(0.3)
+        rows = sample(*args, **kwargs)
+        spans.append((started, time.monotonic()))
+        return rows
+
+    monkeypatch.setattr(studio_module, "sample_batch", slow)
+    monkeypatch.setattr(studio_module, "KEEP_TAKES", 2)
+    takes = []
+    threads = [threading.Thread(target=lambda s=s: takes.append(studio.compose(Request(seconds=1.0, seed=s))))
+               for s in (1, 2)]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    (first_start, first_end), (second_start, _) = sorted(spans)
+    assert first_end <= second_start  # one at a time, though two visitors asked at once
+    assert len({t.record["take"] for t in takes}) == 2
+    studio.compose(Request(seconds=1.0, seed=3))
+    assert len(list(studio.folder.iterdir())) == 2  # the oldest take's folder is gone

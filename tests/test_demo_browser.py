@@ -75,12 +75,15 @@ def page(app):  # noqa: ANN001, ANN201
         browser.close()
 
 
-def upload(page, path: Path) -> None:  # noqa: ANN001
-    """Replace the page's primer upload with `path`."""
+def upload(page, path: Path, accepted: bool = True) -> None:  # noqa: ANN001
+    """Replace the page's primer upload with `path`, waiting until it is there when the server `accepted` it."""
     clear = page.locator("#upload button[aria-label=Clear]")
     if clear.count():
         clear.click()
     page.locator("#upload input[type=file]").set_input_files(str(path))
+    if accepted:
+        page.locator(f"#upload [aria-label='{path.name}']").wait_for()  # uploaded, and chosen as the start
+        page.wait_for_function("() => document.querySelector('#source input')?.value === 'the uploaded file'")
 
 
 def generate_and_wait(page) -> str:  # noqa: ANN001
@@ -109,7 +112,6 @@ def test_a_primer_and_a_composer_give_a_take_to_hear_and_download(page, tmp_path
     events = [e for on, off, p, v in PRIMER_NOTES for e in note(round(on * 960), round(off * 960), p, v)]
     primer = write_midi(tmp_path / "my-primer.mid", [events])
     upload(page, primer)
-    page.wait_for_function("() => document.querySelector('#source input')?.value === 'the uploaded file'")
     page.click("#composer input")
     page.click("[role=option]:has-text('Bach')")
     assert page.locator("#composer input").input_value() == "Bach"
@@ -137,7 +139,7 @@ def test_a_corrupt_upload_is_a_message_and_the_next_request_still_works(page, tm
     corrupt.write_bytes(b"MThd\0\0\0\6not a midi file at all")
     upload(page, corrupt)
     status = generate_and_wait(page)
-    assert page.locator("#midi a").count() == 0  # the last take's files are gone with its status
+    assert page.locator("#midi a[download]").count() == 0  # the last take's files are gone with its status
     assert status.startswith("⚠ broken.mid: not a readable MIDI primer")
     assert str(tmp_path) not in status
     events = [e for on, off, p, v in PRIMER_NOTES for e in note(round(on * 960), round(off * 960), p, v)]
@@ -149,7 +151,7 @@ def test_a_corrupt_upload_is_a_message_and_the_next_request_still_works(page, tm
 def test_an_oversized_upload_is_refused_with_a_message(page, tmp_path):
     big = tmp_path / "huge.mid"
     big.write_bytes(b"MThd" + bytes(int(LIMIT_MB * 2**20) + 1000))
-    upload(page, big)
+    upload(page, big, accepted=False)
     toast = page.locator("[data-testid=toast-body]").filter(has_text="huge.mid")
     toast.wait_for(timeout=30_000)
     assert "maximum allowed size" in toast.inner_text()
