@@ -385,9 +385,10 @@ def train(
         return {"interrupted": True, "step": run.step}
     if rank == 0:
         export_model(run.model, Path(model_out), load_vocab(tokens))
-        if live_dir is not None:
-            seconds, steps = time.perf_counter() - started, run.step - first_step
-            write_run_record(Path(live_dir) / "run.json", seconds, steps, tokens_per_step, run.device.type, world)
+        seconds, steps = time.perf_counter() - started, run.step - first_step
+        record = None if live_dir is None else Path(live_dir) / "run.json"
+        if record is not None and (steps or not record.is_file()):  # a finished run exported again: its record stays
+            write_run_record(record, seconds, steps, tokens_per_step, run.device.type, world)
         if live is not None:  # the summary, even if no step ran
             log_metrics(live, run.step, run.metrics, num_params, tokens_per_step, plot=False)
             live.end()

@@ -164,6 +164,7 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     forced = sh(["dvc", "repro", "-f", "-s", "train"], project)
     assert "at step 6 (a finished run: its model is exported as it is" in forced.stdout
     assert json.loads((project / "reports" / "train" / "metrics.json").read_text()) == trained
+    assert json.loads((project / "reports" / "train" / "run.json").read_text()) == run  # the training's, not 0 steps
     again_weights = read_weights(project / "data" / "trained")
     assert all(torch.equal(weights[k], again_weights[k]) for k in weights)
 
