@@ -129,10 +129,16 @@ def test_an_older_folder_of_model_pt_still_loads_with_a_note(tmp_path, capsys):
     assert summary["samples"][0]["composer"] == "Chopin"
 
 
-def test_missing_inputs_name_the_stage_and_leave_no_folder(tmp_path):
+@pytest.fixture
+def inputs(tmp_path: Path) -> Path:
+    """What the package stage reads: a trained model folder in TMP/trained and the reports in TMP/reports."""
     model = tiny_labelled_model()
     export_model(model, tmp_path / "trained", {"vocab_size": VOCAB_SIZE, "labels": LABELS})
     fake_reports(tmp_path / "reports", model)
+    return tmp_path
+
+
+def test_missing_inputs_name_the_stage_and_leave_no_folder(inputs, tmp_path):
     (tmp_path / "reports" / "metrics" / "eval.json").unlink()
     with pytest.raises(PipelineError, match=r"eval.json: not found \(run the stages before package"):
         package(tmp_path / "trained", tmp_path / "model", tmp_path / "reports", "s")
@@ -142,20 +148,14 @@ def test_missing_inputs_name_the_stage_and_leave_no_folder(tmp_path):
     assert not (tmp_path / "model").exists()
 
 
-def test_a_report_that_lacks_a_figure_is_a_one_line_error(tmp_path):
-    model = tiny_labelled_model()
-    export_model(model, tmp_path / "trained", {"vocab_size": VOCAB_SIZE, "labels": LABELS})
-    fake_reports(tmp_path / "reports", model)
+def test_a_report_that_lacks_a_figure_is_a_one_line_error(inputs, tmp_path):
     (tmp_path / "reports" / "metrics" / "eval.json").write_text(json.dumps({"validation": {"nll": 2.5}}))
     with pytest.raises(PipelineError, match=r"a report lacks what the model card needs \(KeyError\('bits_per_token'"):
         package(tmp_path / "trained", tmp_path / "model", tmp_path / "reports", "s")
     assert not (tmp_path / "model").exists()
 
 
-def test_weights_that_do_not_fit_the_config_are_never_packaged(tmp_path):
-    model = tiny_labelled_model()
-    export_model(model, tmp_path / "trained", {"vocab_size": VOCAB_SIZE, "labels": LABELS})
-    fake_reports(tmp_path / "reports", model)
+def test_weights_that_do_not_fit_the_config_are_never_packaged(inputs, tmp_path):
     config = json.loads((tmp_path / "trained" / "config.json").read_text())
     (tmp_path / "trained" / "config.json").write_text(json.dumps({**config, "n_layer": 3}))
     with pytest.raises(PipelineError, match="not a model that the train stage wrote"):
