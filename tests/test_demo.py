@@ -3,6 +3,7 @@ is written, and every bad input is one line in the page; the live piano roll aga
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ from test_generate import PRIMER_NOTES, notes_by_mido, notes_by_pretty_midi, par
 from test_package import LABELS, tiny_labelled_model
 
 from pipeline.checkpoint import export_model
-from pipeline.demo.page import generate_take, start, summary
+from pipeline.demo.page import composing, generate_take, start, summary
 from pipeline.demo.studio import Request, Studio
 from pipeline.errors import PipelineError
 from pipeline.generate import generate
@@ -125,13 +126,24 @@ def test_validation_pieces_are_offered_when_the_tokens_are_there(model_dir, tmp_
     rng = np.random.default_rng(0)
     tokens = write_tokens(tmp_path / "tokens", {"train": [rng.integers(0, 256, 40)], "validation": [
         np.array([60, 356 + 20, 300, 60 + 128], dtype=np.int64)]})  # fmt: skip
+    index_path = tokens / "validation" / "index.json"
+    index = json.loads(index_path.read_text())
+    stretched = {key: values + values for key, values in index.items()}  # the same piece again, time-stretched
+    stretched["piece_id"][1], stretched["stretch"][1] = index["piece_id"][0] + 1, 1.05
+    index_path.write_text(json.dumps(stretched))
     studio = Studio(model_dir, tokens, params(samples=1), max_upload_mb=1)
-    ((choice, piece),) = studio.pieces().items()
+    ((choice, piece),) = studio.pieces().items()  # the stretched copy is no piece to start from
     assert choice.startswith(f"piece {piece} · ")
     take = studio.compose(Request(piece=piece, seconds=1.0))
     assert take.record["primer"]["source"].startswith(f"validation piece {piece}")
     studio.close()
     assert not studio.folder.exists()
+
+
+def test_the_status_bar_fills_with_the_share_done():
+    assert composing(0.0, 20) == f"composing `{'░' * 24}` 0%, 0 of 20 s"
+    assert composing(0.5, 20) == f"composing `{'█' * 12}{'░' * 12}` 50%, 10 of 20 s"
+    assert composing(1.0, 20) == f"composing `{'█' * 24}` 100%, 20 of 20 s"
 
 
 def test_a_missing_model_names_the_command_that_makes_one(tmp_path):

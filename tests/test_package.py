@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from conftest import ROOT
 from test_generate import params
 
 from model import TransformerXL, TransformerXLConfig
@@ -169,5 +172,13 @@ def test_a_config_far_larger_than_its_weights_is_refused_without_allocating_it(t
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     huge = {**config, "n_layer": 200, "d_model": 8192, "d_head": 1024, "n_head": 8, "d_inner": 32768}  # ~200 GB
     (tmp_path / "model" / "config.json").write_text(json.dumps(huge))
-    with pytest.raises(PipelineError, match="the weights do not have the shapes config.json gives"):
-        load_model(tmp_path / "model")
+    # In a process allowed 8 GB of address space, so that a loader that allocates first fails fast, not the machine.
+    script = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))\n"
+        "from pipeline.checkpoint import load_model\n"
+        "from pipeline.errors import PipelineError\n"
+        "try:\n    load_model(sys.argv[1])\nexcept PipelineError as exc:\n    print(exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "model")], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert "the weights do not have the shapes config.json gives" in result.stdout, result.stdout + result.stderr
