@@ -120,9 +120,8 @@ def test_a_pipeline_pushed_to_a_remote_is_pulled_up_to_date_into_a_fresh_clone(p
     assert "generate: sample-01" in made.stdout and (clone / "fresh" / "sample-01.mid").is_file()
     assert torch.equal(read_weights(clone / "data" / "model")["word_emb.weight"],
                        read_weights(project / "data" / "model")["word_emb.weight"])  # fmt: skip
-    # A longer run resumes from the pulled checkpoint, as it would where it was trained.
-    set_params(clone, "train", cpu_limits={**TINY_CPU_LIMITS, "steps": 8})
-    resumed = sh(["dvc", "repro", "train"], clone)
+    # A longer run, as an experiment, resumes from the pulled checkpoint, as it would where it was trained.
+    resumed = sh(["dvc", "exp", "run", "-S", "train.cpu_limits.steps=8"], clone)
     assert "resuming from data/checkpoints/last.pt at step 6" in resumed.stdout
 
 
