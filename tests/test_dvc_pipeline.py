@@ -89,44 +89,12 @@ def test_offline_repro_stops_at_the_download_with_advice(project):
 TINY_CPU_LIMITS = dict(n_layer=3, d_model=32, n_head=2, d_inner=64, tgt_len=32, mem_len=32, steps=6, batch_size=2)
 
 
-def tiny_run(project: Path, tmp_path: Path) -> None:
-    """params.yaml set for a pipeline of seconds: three real pieces, a model of three small layers, six steps."""
+def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     source = few_real_pieces(tmp_path)
     set_params(project, "data", source=str(source), sha256="", size="")
     set_params(project, "train", cpu_limits=TINY_CPU_LIMITS, eval_interval=3, eval_segments=2, log_interval=1)
     set_params(project, "evaluate", cpu_limits={"tgt_len": 64, "mem_len": 64})
     set_params(project, "generate", samples=1, seconds=3.0, composers=["other composers", "none"])
-
-
-def test_a_pipeline_pushed_to_a_remote_is_pulled_up_to_date_into_a_fresh_clone(project, tmp_path):
-    tiny_run(project, tmp_path)
-    sh(["dvc", "repro"], project)
-    sh(["git", "add", "-A"], project)
-    sh(["git", "commit", "-qm", "pipeline run"], project)
-    unset = sh(["dvc", "push"], project, check=False)  # none is configured: the user chooses where data goes
-    assert unset.returncode != 0 and "dvc remote add -d" in unset.stderr
-    remote = tmp_path / "remote"
-    sh(["dvc", "remote", "add", "--local", "-d", "store", str(remote)], project)  # .dvc/config.local: not committed
-    sh(["dvc", "push"], project)
-    clone = tmp_path / "clone"
-    sh(["git", "clone", "-q", str(project), str(clone)], tmp_path)
-    sh(["dvc", "remote", "add", "--local", "-d", "store", str(remote)], clone)
-    sh(["dvc", "pull"], clone)
-    assert "Data and pipelines are up to date" in sh(["dvc", "status"], clone).stdout
-    assert (clone / "data" / "checkpoints" / "last.pt").is_file()  # pushed too: the clone can train on from it
-    assert "Running stage" not in sh(["dvc", "repro"], clone).stdout
-    made = sh([sys.executable, "-m", "pipeline", "generate", "--out", "fresh", "--samples", "1", "--seconds", "2",
-               "--composer", "none"], clone)  # fmt: skip
-    assert "generate: sample-01" in made.stdout and (clone / "fresh" / "sample-01.mid").is_file()
-    assert torch.equal(read_weights(clone / "data" / "model")["word_emb.weight"],
-                       read_weights(project / "data" / "model")["word_emb.weight"])  # fmt: skip
-    # A longer run, as an experiment, resumes from the pulled checkpoint, as it would where it was trained.
-    resumed = sh(["dvc", "exp", "run", "-S", "train.cpu_limits.steps=8"], clone)
-    assert "resuming from data/checkpoints/last.pt at step 6" in resumed.stdout
-
-
-def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
-    tiny_run(project, tmp_path)
     first = sh(["dvc", "repro"], project)
     assert "the CPU profile (train.profile auto) sets n_layer 12 → 3" in first.stdout
     assert "evaluate: the data has no test split" in first.stdout
