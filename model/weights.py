@@ -76,8 +76,7 @@ def load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         raise WeightsError("__metadata__ is not a map of strings")
     body, start = memoryview(data)[8 + size :], 0
     tensors = {}
-    for name, entry in sorted(header.items(), key=lambda item: _offsets(*item)[0]):
-        begin, end = _offsets(name, entry)
+    for (begin, end), name, entry in sorted((_offsets(name, entry), name, entry) for name, entry in header.items()):
         dtype, shape = DTYPES[entry["dtype"]], entry["shape"]
         count = 1
         for dim in shape:

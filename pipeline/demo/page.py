@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipeline.demo import DemoParams
 from pipeline.demo.studio import ANY, Request, Studio, Take
 from pipeline.errors import PipelineError
 from pipeline.music.pianoroll import roll_image
@@ -124,7 +125,6 @@ def build(studio: Studio, seconds: float, max_seconds: float) -> object:
 def start(model: Path, tokens: Path, params: Path, host: str, port: int | None) -> None:
     """Load the model and the demo: and generate: settings of `params` (when the file exists; then both sections
     must be there), then serve the page; a missing model, Gradio or port is a PipelineError."""
-    from pipeline.demo import DemoParams
     from pipeline.params import GenerateParams, load_section, typed
 
     found = {name: load_section(name, params) if Path(params).is_file() else {} for name in ("demo", "generate")}
@@ -132,20 +132,20 @@ def start(model: Path, tokens: Path, params: Path, host: str, port: int | None) 
     studio = Studio(model, tokens, GenerateParams(**typed(GenerateParams, found["generate"], "generate")),
                     demo.max_upload_mb)  # fmt: skip
     try:
-        import gradio  # noqa: F401
-    except ImportError as exc:
+        try:
+            import gradio  # noqa: F401
+        except ImportError as exc:
+            raise PipelineError("the demo needs Gradio: pip install -e '.[demo]' (make setup installs it)") from exc
+        serve(studio, host, port, demo)
+    finally:
         studio.close()
-        raise PipelineError("the demo needs Gradio: pip install -e '.[demo]' (make setup installs it)") from exc
-    serve(studio, host, port, demo.max_upload_mb, demo.seconds, demo.max_seconds)
 
 
-def serve(
-    studio: Studio, host: str, port: int | None, max_upload_mb: float, seconds: float, max_seconds: float
-) -> None:
+def serve(studio: Studio, host: str, port: int | None, demo: DemoParams) -> None:
     """Serve the page on host:port (a free port from 7860 when None) until interrupted; never a share link."""
     import gradio as gr
 
-    page = build(studio, seconds, max_seconds)
+    page = build(studio, demo.seconds, demo.max_seconds)
     if host != LOOPBACK:
         print(f"demo: listening on {host}: anyone who can reach this machine can use the page", flush=True)
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])  # no fonts fetched
@@ -154,7 +154,7 @@ def serve(
             server_name=host,
             server_port=port,
             share=False,
-            max_file_size=int(max_upload_mb * 2**20),
+            max_file_size=int(demo.max_upload_mb * 2**20),
             ssr_mode=False,
             footer_links=[],
             theme=theme,
@@ -162,10 +162,6 @@ def serve(
             prevent_thread_lock=True,
         )
     except OSError as exc:  # a port in use, an address this machine does not have
-        studio.close()
         raise PipelineError(f"demo: cannot listen on {host}:{port or 'a port from 7860'} ({exc})") from exc
     print(f"demo: serving {url} (Ctrl+C stops it)", flush=True)
-    try:
-        page.block_thread()
-    finally:
-        studio.close()
+    page.block_thread()

@@ -78,6 +78,7 @@ class Studio:
         self.model, self.dtype, self.span = open_model(Path(model_dir), self.settings, 1)
         labels = model_labels(self.model, model_dir, tokens) if self.model.cfg.n_labels else []
         self.labels, self.tokens, self.max_upload_mb = labels, Path(tokens), max_upload_mb
+        self.offered = self._validation_pieces()  # read once: the token folder does not change while the page serves
         self.synth = synthesizer()
         self.folder = Path(tempfile.mkdtemp(prefix="maestro-xl-demo-"))
         self.takes, self.lock = 0, threading.Lock()
@@ -92,6 +93,9 @@ class Studio:
 
     def pieces(self) -> dict[str, int]:
         """The validation pieces to start from, 'piece 32 · Bach · 99 s' -> 32; none without the token folder."""
+        return self.offered
+
+    def _validation_pieces(self) -> dict[str, int]:
         path = self.tokens / "validation" / "index.json"
         if not path.is_file():
             return {}
@@ -114,7 +118,7 @@ class Studio:
             except PipelineError as exc:
                 raise PipelineError(str(exc).replace(str(path), path.name)) from exc
         if request.piece is not None:
-            if int(request.piece) not in self.pieces().values():
+            if int(request.piece) not in self.offered.values():
                 raise PipelineError(f"validation piece {request.piece}: not among the pieces this page offers")
             return primer_from_piece(self.tokens, int(request.piece), request.primer_seconds)
         return unconditional()
@@ -134,12 +138,13 @@ class Studio:
         label, composer = self.label(request.composer)
         primer = self.primer(request)
 
-        shown = [0.0]  # when the notes were last given to on_progress
+        shown = 0.0  # when the notes were last given to on_progress
 
         def progress(tokens) -> None:  # noqa: ANN001 (the ids so far, [1, steps])
+            nonlocal shown
             # Decoding every few tokens would cost as much as sampling them: a few pictures a second are enough.
-            if on_progress is not None and time.monotonic() - shown[0] >= PROGRESS_EVERY_S:
-                shown[0] = time.monotonic()
+            if on_progress is not None and time.monotonic() - shown >= PROGRESS_EVERY_S:
+                shown = time.monotonic()
                 new = tokens[0].cpu().numpy()
                 end = (primer.steps + elapsed_steps(new)) * STEP_S
                 notes = cut_notes(decode(np.concatenate([primer.tokens, new])), end)
