@@ -1,15 +1,19 @@
 """The model from its params, checkpoints and trained weights: written atomically, read with
 torch.load(weights_only=True) so that a file runs no code.
 
-`data/checkpoints/last.pt` holds everything a resumed run needs; a model folder (`data/trained/`, and the package
-stage's `data/model/`) holds model.safetensors, config.json and vocab.json.
+`data/checkpoints/last.pt` holds everything a resumed run needs. It is the train stage's working file, which DVC never
+touches, so a stopped run always resumes. `data/resume/last.pt` is its copy from the last run that finished: a cached
+DVC output, pushed and pulled, so that a clone can train on where the run that it pulled ended (`adopt`). A model
+folder (`data/trained/`, and the package stage's `data/model/`) holds model.safetensors, config.json and vocab.json.
 """
 
 from __future__ import annotations
 
+import filecmp
 import hashlib
 import itertools
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -100,6 +104,33 @@ def choose_checkpoint(
     if rank == 0:
         say(f"{path} {reason}; kept as {set_aside(path).name}, training afresh")
     return None
+
+
+def adopt(
+    shared: Path, working: Path, identity: dict, params: dict, trajectory: tuple[str, ...], say: Callable[[str], None]
+) -> None:
+    """Copy SHARED (the last finished run's checkpoint, which DVC caches, pushes and pulls) to WORKING when it is the
+    one to resume: of this trajectory, and further along than WORKING (which is set aside when of another trajectory).
+    A stopped run's WORKING, further along than the finished run it started from, is left to resume."""
+    state = read_checkpoint(shared)
+    if state is None or mismatch(state, identity, params, trajectory) is not None:
+        return
+    current = read_checkpoint(working)
+    if current is not None:
+        if mismatch(current, identity, params, trajectory) is not None:
+            set_aside(working)
+        elif current["step"] >= state["step"]:
+            return
+    with atomic_path(working) as tmp:
+        shutil.copyfile(shared, tmp)
+    say(f"{working} ← {shared}: the checkpoint of the finished run, at step {state['step']}")
+
+
+def share(working: Path, shared: Path) -> None:
+    """Copy a finished run's WORKING checkpoint to SHARED (for DVC to cache), unless the two are already the same."""
+    if not (shared.is_file() and filecmp.cmp(working, shared, shallow=False)):
+        with atomic_path(shared) as tmp:
+            shutil.copyfile(working, tmp)
 
 
 def rank_state(mems: list, device: torch.device) -> dict:

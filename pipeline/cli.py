@@ -168,6 +168,7 @@ def train(
     params: ParamsOption = Path("params.yaml"),
     tokens: Annotated[Path, typer.Option(help="token shards from tokenize")] = Path("data/tokens"),
     checkpoints: Annotated[Path, typer.Option(help="resumable checkpoint (last.pt)")] = Path("data/checkpoints"),
+    resume: Annotated[Path, typer.Option(help="the last finished run's last.pt, shared by DVC")] = Path("data/resume"),
     out: Annotated[Path, typer.Option(help="model folder: weights, config.json, vocab.json")] = Path("data/trained"),
     live: Annotated[Path, typer.Option(help="DVCLive metrics and plots")] = Path("reports/train"),
 ) -> None:
@@ -176,7 +177,8 @@ def train(
     On a GPU: bf16 autocast, TF32, fused AdamW, torch.compile (train.compile: auto); on a CPU: the CPU profile's
     smaller shape (train.profile), bf16 autocast where the CPU has it natively (train.precision), the same code.
     SIGTERM or SIGINT saves a checkpoint and stops; the next run resumes there, as long as the model, the data and
-    the params that steer training are the same (otherwise the old checkpoint is kept as last.prev.pt). LIVE gets
+    the params that steer training are the same (otherwise the old checkpoint is kept as last.prev.pt). A finished
+    run copies its checkpoint to RESUME, which DVC pushes and pulls; a clone resumes from it. LIVE gets
     DVCLive's metrics and params.yaml, the shape and settings as trained. Under torchrun it trains with DDP.
     """
     from pipeline.checkpoint import model_section
@@ -188,7 +190,7 @@ def train(
     model_params = _run(model_section, _run(load_section, "model", params))
     section = _run(typed, TrainParams, _run(load_section, "train", params), "train")
     try:
-        result = _run(run_train, tokens, checkpoints, out, live, model_params, TrainParams(**section))
+        result = _run(run_train, tokens, checkpoints, out, live, model_params, TrainParams(**section), shared=resume)
     finally:
         finish()
     if result.get("interrupted"):
@@ -399,12 +401,31 @@ def report(
 @app.command()
 def compare(
     base_rev: Annotated[str, typer.Argument(help="a git revision or a DVC experiment's name")],
-    figures: Annotated[Path, typer.Option(help="where the old figures go when they have no address")] = Path(
+    figures: Annotated[Path, typer.Option(help="where images without an address on GitHub are written")] = Path(
         "reports/compare"
     ),
+    assets_url: Annotated[str | None, typer.Option(help="where FIGURES is published (default: its path)")] = None,
+    out: Annotated[Path | None, typer.Option(help="write the Markdown here rather than print it")] = None,
 ) -> None:
-    """Print a Markdown section for a pull request: the metrics and params diffs against BASE_REV and every report
-    figure that changed, old beside new."""
-    from pipeline.report.compare import compare as run_compare
+    """The pull request's comment: which commit and machine made each side, the metrics and params diffs against
+    BASE_REV, and every report figure and sample piano roll that changed, old beside new (within GitHub's limit)."""
+    from pipeline.atomic import atomic_write_text
+    from pipeline.review.compare import compare as run_compare
 
-    typer.echo(_run(run_compare, base_rev, figures))
+    markdown = _run(run_compare, base_rev, figures, assets_url)
+    if out is None:
+        typer.echo(markdown)
+    else:
+        atomic_write_text(out, markdown)
+        typer.echo(f"compare: {out} ({len(markdown):,} characters)")
+
+
+@app.command()
+def pull(
+    remote: Annotated[str | None, typer.Option(help="a DVC remote's name (default: the default one)")] = None,
+) -> None:
+    """`dvc pull` of every stage's cached outputs, so that `dvc repro` has nothing to do and generate and the demo
+    run without training; a missing remote or missing files is a one-line error naming the command to run."""
+    from pipeline.review.remote import pull as run_pull
+
+    typer.echo(_run(run_pull, remote))

@@ -30,11 +30,13 @@ from model import TransformerXL
 from model.device import allow_tf32, autocast, compiles, compute_dtype
 from pipeline import cpu_profile, distributed
 from pipeline.checkpoint import (
+    adopt,
     build_model,
     changes,
     choose_checkpoint,
     export_model,
     rank_state,
+    share,
     tokens_fingerprint,
     write_checkpoint,
 )
@@ -230,12 +232,16 @@ def _setup(tokens: Path, model_params: dict, p: TrainParams) -> _Run:
     return _Run(p, rank, world, device, model, optimizer, scheduler, stream, val_stream, dtype, mems=mems)
 
 
-def _resume(run: _Run, ckpt_path: Path, identity: dict) -> bool:
-    """Restore `run` from the checkpoint of the same trajectory (see the module's docstring; `choose_checkpoint`).
-    A finished run is restored too: its model is exported as it is. Rank 0 alone says what it does."""
+def _resume(run: _Run, ckpt_path: Path, identity: dict, shared: Path | None) -> bool:
+    """Restore `run` from the checkpoint of the same trajectory (see the module's docstring; `adopt` and
+    `choose_checkpoint`). A finished run is restored too: its model is exported as it is. Rank 0 alone says what it
+    does, and alone copies SHARED/last.pt over the working checkpoint when that one is further along."""
     say = (lambda text: print(f"train: {text}", flush=True)) if run.rank == 0 else (lambda text: None)
     now = asdict(run.p)
     wait = partial(distributed.barrier, run.world)
+    if shared is not None and run.rank == 0:
+        adopt(Path(shared) / "last.pt", ckpt_path, identity, now, TRAJECTORY, say)
+    wait()
     state = choose_checkpoint(ckpt_path, identity, now, TRAJECTORY, run.rank, say, wait)
     wait()  # no process reads on before rank 0 has moved what it moves
     if state is None:
@@ -334,15 +340,17 @@ def train(
     model_params: dict,
     p: TrainParams,
     on_step: Callable[[int], None] | None = None,
+    shared: Path | None = None,
 ) -> dict:
-    """Train, resuming from checkpoints/last.pt (or last.prev.pt) of the same trajectory; return the final metrics (rank
-    0's). LIVE_DIR/params.yaml records what is trained: the model's shape and the train params after the profile."""
+    """Train, resuming from checkpoints/last.pt (or last.prev.pt, or SHARED/last.pt) of the same trajectory; return the
+    final metrics (rank 0's). A run that finishes copies its checkpoint to SHARED/last.pt. LIVE_DIR/params.yaml records
+    what is trained: the model's shape and the train params after the profile."""
     run = _setup(tokens, model_params, p)
     p, cfg, rank, world = run.p, run.model.cfg, run.rank, run.world
     ckpt_path = Path(checkpoints) / "last.pt"
     identity = {**asdict(cfg), "data": tokens_fingerprint(tokens)}
     trained = {k: v for k, v in asdict(p).items() if k not in ("cpu_limits", "cpu_lr")}  # their effect is in p
-    resumed = _resume(run, ckpt_path, identity)
+    resumed = _resume(run, ckpt_path, identity, shared)
     try:
         compiled = compiles(p.compile, run.device)
     except ValueError as exc:
@@ -385,6 +393,8 @@ def train(
         return {"interrupted": True, "step": run.step}
     if rank == 0:
         export_model(run.model, Path(model_out), load_vocab(tokens))
+        if shared is not None:
+            share(ckpt_path, Path(shared) / "last.pt")
         seconds, steps = time.perf_counter() - started, run.step - first_step
         record = None if live_dir is None else Path(live_dir) / "run.json"
         if record is not None and (steps or not record.is_file()):  # a finished run exported again: its record stays

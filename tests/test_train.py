@@ -86,7 +86,7 @@ def _command(tmp_path: Path, tokens: Path, name: str, processes: int, steps: int
     if processes > 1:
         launch += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     args = [*launch, "-m", "pipeline", "train", "--params", str(tmp_path / f"{name}.yaml"), "--tokens", str(tokens)]
-    for option, folder in (("--checkpoints", "ckpt"), ("--out", "model"), ("--live", "live")):
+    for option, folder in (("--checkpoints", "ckpt"), ("--resume", "resume"), ("--out", "model"), ("--live", "live")):
         args += [option, str(tmp_path / name / folder)]
     return args
 
