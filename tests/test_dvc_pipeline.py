@@ -23,9 +23,10 @@ from pipeline.checkpoint import read_weights
 pytestmark = pytest.mark.slow
 
 
-def sh(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def sh(args: list[str], cwd: Path, check: bool = True, **extra_env: str) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
+        **extra_env,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "DVC_NO_ANALYTICS": "1",
         "GIT_AUTHOR_NAME": "test",
@@ -89,12 +90,75 @@ def test_offline_repro_stops_at_the_download_with_advice(project):
 TINY_CPU_LIMITS = dict(n_layer=3, d_model=32, n_head=2, d_inner=64, tgt_len=32, mem_len=32, steps=6, batch_size=2)
 
 
-def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
+def tiny_run(project: Path, tmp_path: Path) -> None:
+    """params.yaml set for a pipeline of seconds: three real pieces, a model of three small layers, six steps."""
     source = few_real_pieces(tmp_path)
     set_params(project, "data", source=str(source), sha256="", size="")
     set_params(project, "train", cpu_limits=TINY_CPU_LIMITS, eval_interval=3, eval_segments=2, log_interval=1)
     set_params(project, "evaluate", cpu_limits={"tgt_len": 64, "mem_len": 64})
     set_params(project, "generate", samples=1, seconds=3.0, composers=["other composers", "none"])
+
+
+def commit(project: Path, message: str) -> None:
+    sh(["git", "add", "-A"], project)
+    sh(["git", "commit", "-qm", message], project)
+
+
+def review(clone: Path, **env: str) -> subprocess.CompletedProcess:
+    """.ci/review as the workflow runs it, with the tests' own environment as its venv (`make setup` then finds it up
+    to date: a clone's files are newer than the venv, so they are dated back)."""
+    for name in ("pyproject.toml", "Makefile"):
+        os.utime(clone / name, (0, 0))
+    return sh([str(clone / ".ci" / "review")], clone, VENV=sys.prefix, **env)
+
+
+def test_a_pipeline_pushed_to_a_remote_is_pulled_up_to_date_into_a_fresh_clone(project, tmp_path):
+    tiny_run(project, tmp_path)
+    sh(["dvc", "repro"], project)
+    commit(project, "pipeline run")
+    unset = sh(["dvc", "push"], project, check=False)  # none is configured: the user chooses where data goes
+    assert unset.returncode != 0 and "dvc remote add -d" in unset.stderr
+    remote = tmp_path / "remote"
+    sh(["dvc", "remote", "add", "--local", "-d", "store", str(remote)], project)  # .dvc/config.local: not committed
+    sh(["dvc", "push"], project)
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    # The review script pulls from the remote that the workflow's secret names; the pipeline then has nothing to run.
+    reviewed = review(clone, DVC_REMOTE_URL=str(remote), REVIEW_BASE="HEAD")
+    assert "pulled from review:" in reviewed.stdout and "Running stage" not in reviewed.stdout, reviewed.stdout
+    assert "Data and pipelines are up to date" in sh(["dvc", "status"], clone).stdout
+    comment = (clone / "reports" / "compare" / "comment.md").read_text()
+    assert comment.count("_No changes._") == 2 and comment.count("_None._") == 2  # the same results on both sides
+    assert (clone / "data" / "resume" / "last.pt").is_file() and not (clone / "data" / "checkpoints").exists()
+    made = sh([sys.executable, "-m", "pipeline", "generate", "--out", "fresh", "--samples", "1", "--seconds", "2",
+               "--composer", "none"], clone)  # fmt: skip
+    assert "generate: sample-01" in made.stdout and (clone / "fresh" / "sample-01.mid").is_file()
+    assert torch.equal(read_weights(clone / "data" / "model")["word_emb.weight"],
+                       read_weights(project / "data" / "model")["word_emb.weight"])  # fmt: skip
+    # A longer run trains on from the pulled checkpoint, as it would where it was trained.
+    set_params(clone, "train", cpu_limits={**TINY_CPU_LIMITS, "steps": 8})
+    resumed = sh(["dvc", "repro", "train"], clone)
+    assert "the checkpoint of the finished run, at step 6" in resumed.stdout
+    assert "resuming from data/checkpoints/last.pt at step 6" in resumed.stdout
+    # Where it was trained, a run further along than the committed one (here one that ran to step 8 outside DVC, as a
+    # stopped experiment would leave it) is what the next experiment resumes: DVC restores data/resume, not it.
+    further = tmp_path / "further.yaml"
+    further.write_text((clone / "params.yaml").read_text())
+    sh([sys.executable, "-m", "pipeline", "train", "--params", str(further), "--resume", str(tmp_path / "aside")],
+       project)  # fmt: skip
+    experiment = sh(["dvc", "exp", "run", "train", "-S", "train.cpu_limits.steps=10"], project)
+    assert "resuming from data/checkpoints/last.pt at step 8" in experiment.stdout, experiment.stdout
+    # A clone whose remote lacks the files is told what to run.
+    empty, lacking = tmp_path / "empty", tmp_path / "lacking"
+    empty.mkdir()
+    sh(["git", "clone", "-q", str(project), str(lacking)], tmp_path)
+    sh(["dvc", "remote", "add", "--local", "-d", "store", str(empty)], lacking)
+    failed = sh([sys.executable, "-m", "pipeline", "pull"], lacking, check=False)
+    assert failed.returncode == 1 and "run `dvc push -r store` where they were made" in failed.stderr
+
+
+def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
+    tiny_run(project, tmp_path)
     first = sh(["dvc", "repro"], project)
     assert "the CPU profile (train.profile auto) sets n_layer 12 → 3" in first.stdout
     assert "evaluate: the data has no test split" in first.stdout
@@ -168,8 +232,7 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     again_weights = read_weights(project / "data" / "trained")
     assert all(torch.equal(weights[k], again_weights[k]) for k in weights)
 
-    sh(["git", "add", "-A"], project)
-    sh(["git", "commit", "-qm", "pipeline run"], project)
+    commit(project, "pipeline run")
     sh(["dvc", "exp", "run", "-S", "parse.workers=1", "-S", "model.n_layer=1"], project)
     experiments = json.loads(sh(["dvc", "exp", "show", "--json"], project).stdout)
     text = json.dumps(experiments)

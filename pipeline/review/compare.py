@@ -91,23 +91,23 @@ class Images:
     def __init__(self, assets: Path, assets_url: str | None) -> None:
         self.assets, self.url = Path(assets), (assets_url or Path(assets).as_posix()).rstrip("/")
 
-    def link(self, commit: str, path: str, data: bytes) -> str:
-        """Markdown showing DATA, the bytes of PATH on the side whose commit is COMMIT."""
+    def link(self, side: str, commit: str, path: str, data: bytes) -> str:
+        """Markdown showing DATA, the bytes of PATH on SIDE ("base" or "new"), whose commit is COMMIT."""
         prefix = github_raw(commit)
         if prefix and git("show", f"{commit}:{path}", binary=True) == data:
             return f"![]({prefix}/{path})"
-        kept = self.assets / commit[:7] / path
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        kept.write_bytes(data)
-        return f"![]({self.url}/{commit[:7]}/{path})"
+        kept = f"{side}-{commit[:7]}/{path}"  # the side's name too: a workspace compared with its own HEAD
+        (self.assets / kept).parent.mkdir(parents=True, exist_ok=True)
+        (self.assets / kept).write_bytes(data)
+        return f"![]({self.url}/{kept})"
 
 
 def image_rows(changes: list, folder: str, base: str, head: str, images: Images) -> list[str]:
     """One table row per changed image: its name, the old image and the new one."""
     rows = []
     for name, old, new in changes:
-        old_link = "(none)" if old is None else images.link(base, f"{folder}/{name}", old)
-        new_link = "(removed)" if new is None else images.link(head, f"{folder}/{name}", new)
+        old_link = "(none)" if old is None else images.link("base", base, f"{folder}/{name}", old)
+        new_link = "(removed)" if new is None else images.link("new", head, f"{folder}/{name}", new)
         rows.append(f"| `{name}` | {old_link} | {new_link} |")
     return rows
 
