@@ -12,11 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from conftest import MAESTRO_ASAP, ROOT, require, write_metadata
+from conftest import MAESTRO_ASAP, ROOT, note, require, tempo, write_metadata, write_midi
 
 from pipeline.checkpoint import read_weights
 
@@ -90,9 +91,25 @@ def test_offline_repro_stops_at_the_download_with_advice(project):
 TINY_CPU_LIMITS = dict(n_layer=3, d_model=32, n_head=2, d_inner=64, tgt_len=32, mem_len=32, steps=6, batch_size=2)
 
 
-def tiny_run(project: Path, tmp_path: Path) -> None:
-    """params.yaml set for a pipeline of seconds: three real pieces, a model of three small layers, six steps."""
-    source = few_real_pieces(tmp_path)
+def synthetic_pieces(tmp_path: Path) -> Path:
+    """A MAESTRO-shaped folder of three pieces made here (two train, one validation): 20 s of seeded random notes
+    each, so that the tests which need only a pipeline to run do not need the real data."""
+    rng, folder, rows = np.random.default_rng(0), tmp_path / "synthetic", []
+    for i, split in enumerate(("train", "train", "validation")):
+        onsets = np.cumsum(rng.integers(96, 288, size=100))  # ticks: 960 a second at 120 bpm and 480 per beat
+        notes = [m for on in onsets for m in note(int(on), int(on + rng.integers(192, 960)), int(rng.integers(48, 85)),
+                                                  int(rng.integers(40, 100)))]  # fmt: skip
+        name = f"2018/piece-{i}.midi"
+        write_midi(folder / name, [[tempo(0, 500_000)], sorted(notes, key=lambda m: m[0])])
+        rows.append({"midi_filename": name, "split": split, "duration": float(onsets[-1] + 960) / 960})
+    write_metadata(folder, rows)
+    return folder
+
+
+def tiny_run(project: Path, tmp_path: Path, source: Path | None = None) -> None:
+    """params.yaml set for a pipeline of seconds: three pieces (real ones unless SOURCE is given), a model of three
+    small layers, six steps."""
+    source = source or few_real_pieces(tmp_path)
     set_params(project, "data", source=str(source), sha256="", size="")
     set_params(project, "train", cpu_limits=TINY_CPU_LIMITS, eval_interval=3, eval_segments=2, log_interval=1)
     set_params(project, "evaluate", cpu_limits={"tgt_len": 64, "mem_len": 64})
@@ -113,7 +130,7 @@ def review(clone: Path, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_a_pipeline_pushed_to_a_remote_is_pulled_up_to_date_into_a_fresh_clone(project, tmp_path):
-    tiny_run(project, tmp_path)
+    tiny_run(project, tmp_path, synthetic_pieces(tmp_path))
     sh(["dvc", "repro"], project)
     commit(project, "pipeline run")
     unset = sh(["dvc", "push"], project, check=False)  # none is configured: the user chooses where data goes

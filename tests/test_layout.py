@@ -87,7 +87,7 @@ def layer(module: str) -> str:
     parts = module.split(".")
     if parts[0] == "model":
         return "model"
-    if len(parts) > 1 and parts[1] in ("music", "report"):
+    if len(parts) > 1 and parts[1] in ("music", "report", "review"):
         return parts[1]
     if len(parts) > 1 and parts[1] in STAGES:
         return "stage"
@@ -104,7 +104,8 @@ def test_the_layout_is_read_from_real_imports():
     assert "pipeline.music.features" in GRAPH["pipeline.report.samples"]  # imported inside a function
     assert "model" in GRAPH["pipeline.checkpoint"] and "model.transformer_xl" in GRAPH["model"]
     assert "pipeline.report.figures" in GRAPH["pipeline.report.stage"]  # `from pipeline.report import figures`
-    assert {layer(m) for m in MODULES} == {"model", "music", "report", "stage", "cli", "app", "helper"}
+    assert {layer(m) for m in MODULES} == {"model", "music", "report", "review", "stage", "cli", "app", "helper"}
+    assert "pipeline.errors" in GRAPH["pipeline.review.remote"] and "pipeline.review.compare" in GRAPH["pipeline.cli"]
     assert "pipeline.generate" in GRAPH["pipeline.demo.studio"] and "pipeline.demo.page" in GRAPH["pipeline.cli"]
 
 
@@ -134,6 +135,8 @@ def test_report_imports_no_stage_and_stages_no_report_or_other_stage():
             assert not {m for m, r in rooms.items() if r in ("stage", "cli")}, f"{module} imports {rooms}"
         if layer(module) == "stage":
             assert not {m for m, r in rooms.items() if r in ("stage", "report", "cli")}, f"{module} imports {rooms}"
+        if layer(module) == "review":  # sharing and review work on files and git, and run no stage's code
+            assert set(rooms.values()) <= {"review", "helper"}, f"{module} imports {rooms}"
         if layer(module) not in ("app", "cli"):
             assert not {m for m, r in rooms.items() if r == "app"}, f"{module} imports the demo: {rooms}"
         if layer(module) == "helper":  # a stage's helper (segments) may use the music library; atomic and errors not

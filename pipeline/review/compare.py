@@ -208,11 +208,11 @@ def compare(
     lines += [
         "### Metrics",
         "",
-        dvc_table("metrics", "diff", base),
+        dvc_table("metrics", "diff", base[:7]),
         "",
         "### Params",
         "",
-        dvc_table("params", "diff", base),
+        dvc_table("params", "diff", base[:7]),
     ]
     for title, folder in (("Figures that changed", FIGURES), ("Samples that changed: their piano rolls", SAMPLES)):
         lines += ["", f"### {title}", ""]
