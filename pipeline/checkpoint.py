@@ -110,17 +110,18 @@ def adopt(
     shared: Path, working: Path, identity: dict, params: dict, trajectory: tuple[str, ...], say: Callable[[str], None]
 ) -> None:
     """Copy SHARED (the last finished run's checkpoint, which DVC caches, pushes and pulls) to WORKING when it is the
-    one to resume: of this trajectory, and further along than WORKING (which is set aside when of another trajectory).
-    A stopped run's WORKING, further along than the finished run it started from, is left to resume."""
+    one to resume: of this trajectory, and further along than WORKING and WORKING's last.prev.pt of this trajectory
+    (a stopped run's, which `choose_checkpoint` then resumes). A WORKING of another trajectory is set aside."""
     state = read_checkpoint(shared)
     if state is None or mismatch(state, identity, params, trajectory) is not None:
         return
     current = read_checkpoint(working)
-    if current is not None:
-        if mismatch(current, identity, params, trajectory) is not None:
-            set_aside(working)
-        elif current["step"] >= state["step"]:
-            return
+    previous = read_checkpoint(working.with_name(f"{working.stem}.prev{working.suffix}"))
+    local = [s for s in (current, previous) if s is not None and mismatch(s, identity, params, trajectory) is None]
+    if any(s["step"] >= state["step"] for s in local):
+        return
+    if current is not None and mismatch(current, identity, params, trajectory) is not None:
+        set_aside(working)
     with atomic_path(working) as tmp:
         shutil.copyfile(shared, tmp)
     say(f"{working} ← {shared}: the checkpoint of the finished run, at step {state['step']}")

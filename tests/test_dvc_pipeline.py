@@ -138,6 +138,9 @@ def test_a_pipeline_pushed_to_a_remote_is_pulled_up_to_date_into_a_fresh_clone(p
     remote = tmp_path / "remote"
     sh(["dvc", "remote", "add", "--local", "-d", "store", str(remote)], project)  # .dvc/config.local: not committed
     sh(["dvc", "push"], project)
+    # The checkpoint travels through DVC, never git: DVC ignores what it caches.
+    assert sh(["git", "ls-files", "data"], project).stdout.split() == ["data/.gitignore", "data/raw/.gitignore"]
+    assert "/resume" in (project / "data" / ".gitignore").read_text().split()
     clone = tmp_path / "clone"
     sh(["git", "clone", "-q", str(project), str(clone)], tmp_path)
     # The review script pulls from the remote that the workflow's secret names; the pipeline then has nothing to run.

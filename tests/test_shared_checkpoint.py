@@ -69,3 +69,17 @@ def test_a_working_checkpoint_of_another_trajectory_is_set_aside_for_the_shared_
     out = capsys.readouterr().out
     assert "the checkpoint of the finished run" not in out and "resuming" not in out
     assert (shared / "last.pt").read_bytes() == (fresh / "last.pt").read_bytes()
+
+
+def test_a_stopped_run_set_aside_further_along_than_the_shared_checkpoint_is_still_the_one_resumed(tmp_path, capsys):
+    tokens, shared, working = repeating_corpus(tmp_path / "tokens"), tmp_path / "s", tmp_path / "w"
+    train(tokens, working, tmp_path / "model", None, TINY_MODEL, params(steps=10), shared=shared)
+    train(tokens, working, tmp_path / "model", None, TINY_MODEL, params(steps=16), on_step=_stop_at(13),
+          shared=shared)  # fmt: skip
+    other = params(steps=16, lr=1e-3)  # another experiment, which sets the stopped run aside as last.prev.pt
+    train(tokens, working, tmp_path / "model", None, TINY_MODEL, other, on_step=_stop_at(4), shared=shared)
+    assert _step(working / "last.prev.pt") == 13 and _step(shared / "last.pt") == 10
+    capsys.readouterr()
+    train(tokens, working, tmp_path / "model", None, TINY_MODEL, params(steps=16), shared=shared)
+    out = capsys.readouterr().out
+    assert "swap places" in out and "at step 13" in out and "the checkpoint of the finished run" not in out

@@ -132,7 +132,7 @@ def sides(base_rev: str, base: str, head: str) -> list[str]:
         return f"{run.get('hardware', '?')}; {run.get('device', '?')}, {run.get('processes', 1)} process(es)"
 
     def training(run: dict | None) -> str:
-        if not run or not run.get("steps"):
+        if not run or not all(run.get(k) for k in ("steps", "wall_seconds", "tokens_per_second")):
             return "—"
         return f"{run['steps']:,} steps in {run['wall_seconds'] / 60:.1f} min, {run['tokens_per_second']:,.0f} tokens/s"
 
@@ -204,6 +204,8 @@ def compare(
     base = resolve(base_rev)
     head = (git("rev-parse", "HEAD") or "").strip()
     images = Images(figures_dir, assets_url)
+    if base_rev == base:  # a commit's full name: its short one reads better
+        base_rev = base[:7]
     lines = [MARKER, f"## Pipeline results against `{base_rev}` ({base[:7]})", "", *sides(base_rev, base, head), ""]
     lines += [
         "### Metrics",

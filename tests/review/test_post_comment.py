@@ -12,8 +12,8 @@ from pathlib import Path
 from conftest import ROOT
 
 FAKE_GH = r'''#!PYTHON
-"""gh api, as .ci/post-comment calls it, over a JSON file of comments."""
-import json, re, sys
+"""gh api, as .ci/post-comment calls it, over a JSON file of comments; --jq runs the real jq."""
+import json, subprocess, sys
 from pathlib import Path
 store = Path(__file__).with_name("comments.json")
 comments = json.loads(store.read_text())
@@ -23,14 +23,13 @@ with Path(__file__).with_name("calls.log").open("a") as log:
 assert args[0] == "api"
 method = args[args.index("--method") + 1] if "--method" in args else "GET"
 if method == "GET":
-    marker = re.search(r'startswith\("(.*)"\)', args[args.index("--jq") + 1]).group(1)
-    print("\n".join(str(c["id"]) for c in comments if c["body"].startswith(marker)))
+    subprocess.run(["jq", "-r", args[args.index("--jq") + 1]], input=json.dumps(comments), text=True, check=True)
 else:
     body = Path(next(a for a in args if a.startswith("body=@"))[6:]).read_text()
     if method == "PATCH":
         next(c for c in comments if str(c["id"]) == args[-3].rsplit("/", 1)[-1])["body"] = body
     else:
-        comments.append({"id": 100 + len(comments), "body": body})
+        comments.append({"id": 100 + len(comments), "user": {"login": "github-actions[bot]"}, "body": body})
     store.write_text(json.dumps(comments))
 '''
 
@@ -48,7 +47,11 @@ def test_each_push_publishes_its_images_and_updates_the_one_comment(tmp_path):
     bin_dir.mkdir()
     (bin_dir / "gh").write_text(FAKE_GH.replace("PYTHON", sys.executable))
     (bin_dir / "gh").chmod(0o755)
-    (bin_dir / "comments.json").write_text(json.dumps([{"id": 1, "body": "Looks good to me"}]))
+    others = [
+        {"id": 1, "user": {"login": "a-reviewer"}, "body": "Looks good to me"},
+        {"id": 2, "user": {"login": "a-reviewer"}, "body": "<!-- maestro-xl compare -->\nquoted by hand"},
+    ]
+    (bin_dir / "comments.json").write_text(json.dumps(others))
     origin, work = tmp_path / "origin.git", tmp_path / "work"
     git("init", "-q", "--bare", str(origin), cwd=tmp_path)
     git("clone", "-q", str(origin), str(work), cwd=tmp_path)
@@ -61,7 +64,7 @@ def test_each_push_publishes_its_images_and_updates_the_one_comment(tmp_path):
 
     def post(run: int, figure: bytes) -> str:
         images = tmp_path / f"images-{run}"
-        (images / "new-abc1234" / "reports" / "figures").mkdir(parents=True)
+        (images / "new-abc1234" / "reports" / "figures").mkdir(parents=True, exist_ok=True)
         (images / "new-abc1234" / "reports" / "figures" / "loss.png").write_bytes(figure)
         comment = tmp_path / f"comment-{run}.md"
         comment.write_text(f"<!-- maestro-xl compare -->\n## Pipeline results, run {run}\n")
@@ -71,14 +74,20 @@ def test_each_push_publishes_its_images_and_updates_the_one_comment(tmp_path):
         return result.stdout
 
     assert "posted the comment on #7" in post(1, b"\x89PNG one")
-    assert "updated comment 101 on #7" in post(2, b"\x89PNG two")
+    assert "updated comment 102 on #7" in post(2, b"\x89PNG two")
+    assert "updated comment 102 on #7" in post(2, b"\x89PNG two")  # a re-run with the same images: nothing to push
     comments = json.loads((bin_dir / "comments.json").read_text())
-    assert comments == [{"id": 1, "body": "Looks good to me"},
-                        {"id": 101, "body": "<!-- maestro-xl compare -->\n## Pipeline results, run 2\n"}]  # fmt: skip
+    ours = {
+        "id": 102,
+        "user": {"login": "github-actions[bot]"},
+        "body": "<!-- maestro-xl compare -->\n## Pipeline results, run 2\n",
+    }
+    assert comments == [*others, ours]  # a person's comment that begins alike is never edited
     shown = subprocess.run(["git", "show", "maestro-xl-review:pr-7/run-1/new-abc1234/reports/figures/loss.png"],
                            cwd=origin, capture_output=True, check=True).stdout  # fmt: skip
     assert shown == b"\x89PNG one"  # the first push's images stay for the comments that linked them
     listed = git("ls-tree", "-r", "--name-only", "maestro-xl-review", cwd=origin).split()
     assert listed == [f"pr-7/run-{run}/new-abc1234/reports/figures/loss.png" for run in (1, 2)]
     assert git("worktree", "list", cwd=work).count("\n") == 1  # the temporary worktree is gone
+    assert git("branch", "--list", "review-images-*", cwd=work) == ""  # and the new branch's scratch name
     assert git("ls-tree", "--name-only", "HEAD", cwd=origin).split() == ["README.md"]  # the main branch untouched

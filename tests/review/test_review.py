@@ -29,12 +29,16 @@ def test_the_review_script_compares_a_change_with_its_base(project, tmp_path):  
     reviewed = review(project, REVIEW_BASE="base")
     assert "Running stage 'train'" in reviewed.stdout  # no remote: the change is trained here
     comment = (project / "reports" / "compare" / "comment.md").read_text()
-    assert comment.startswith(MARKER + "\n## Pipeline results against `base`") and len(comment) < COMMENT_LIMIT
+    heading = f"## Pipeline results against `{base[:7]}` ({base[:7]})"  # where the branch left base: its merge base
+    assert comment.startswith(f"{MARKER}\n{heading}\n") and len(comment) < COMMENT_LIMIT
     run = json.loads((project / "reports" / "train" / "run.json").read_text())
     machine = f"{run['hardware']}; cpu, 1 process(es)"
     assert f"| commit | `{base[:7]}` | `{head[:7]}` with uncommitted results |" in comment
     assert f"| trained on | {machine} | {machine} |" in comment
-    assert re.search(r"\| training \| 6 steps in [\d.]+ min, [\d,]+ tokens/s \| 6 steps in ", comment)
+    trained = [json.loads(sh(["git", "show", "base:reports/train/run.json"], project).stdout), run]
+    cells = [f"{r['steps']:,} steps in {r['wall_seconds'] / 60:.1f} min, {r['tokens_per_second']:,.0f} tokens/s"
+             for r in trained]  # fmt: skip
+    assert f"| training | {cells[0]} | {cells[1]} |" in comment  # each side its own run's record
     assert re.search(r"\| params\.yaml\s*\| model\.n_layer\s*\| 12\s*\| 2\s*\|", comment)
     assert re.search(r"\| reports/metrics/eval\.json\s*\| validation\.nll\s*\|", comment)
     figures = re.findall(r"^\| `([\w-]+\.png)` \| !\[\]\(([^)]+)\) \| !\[\]\(([^)]+)\) \|$", comment, re.M)
