@@ -25,6 +25,10 @@ def test_the_review_script_compares_a_change_with_its_base(project, tmp_path):  
     (project / "params.yaml").write_text(params.replace("  n_layer: 12\n", "  n_layer: 2\n", 1))
     commit(project, "two layers")
     head = sh(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    sh(["git", "checkout", "-q", "base"], project)  # the base branch moves on after the change left it
+    (project / "README.md").write_text((project / "README.md").read_text() + "\nA later change.\n")
+    commit(project, "later on base")
+    sh(["git", "checkout", "-q", head], project)
 
     reviewed = review(project, REVIEW_BASE="base")
     assert "Running stage 'train'" in reviewed.stdout  # no remote: the change is trained here
@@ -47,7 +51,7 @@ def test_the_review_script_compares_a_change_with_its_base(project, tmp_path):  
     for name, old, new in figures:  # each side's image, written beside the comment (no GitHub origin here)
         assert old.startswith(f"reports/compare/figures/base-{base[:7]}/") and old.endswith(f"/{name}")
         assert new.startswith(f"reports/compare/figures/new-{head[:7]}/")
-        committed = subprocess.run(["git", "show", f"base:{old.split('/', 4)[4]}"], cwd=project, capture_output=True)
+        committed = subprocess.run(["git", "show", f"{base}:{old.split('/', 4)[4]}"], cwd=project, capture_output=True)
         assert (project / old).read_bytes() == committed.stdout
         assert (project / old).read_bytes() != (project / new).read_bytes()
     assert (project / "reports" / "compare" / "figures" / f"new-{head[:7]}" / "reports" / "samples" / "sample-01.png"
