@@ -3,8 +3,9 @@ torch.load(weights_only=True) so that a file runs no code.
 
 `data/checkpoints/last.pt` holds everything a resumed run needs. It is the train stage's working file, which DVC never
 touches, so a stopped run always resumes. `data/resume/last.pt` is its copy from the last run that finished: a cached
-DVC output, pushed and pulled, so that a clone can train on where the run that it pulled ended (`adopt`). A model
-folder (`data/trained/`, and the package stage's `data/model/`) holds model.safetensors, config.json and vocab.json.
+DVC output, pushed and pulled, so that a clone can train on where the run that it pulled ended (`choose_checkpoint`).
+A model folder (`data/trained/`, and the package stage's `data/model/`) holds model.safetensors, config.json and
+vocab.json.
 """
 
 from __future__ import annotations
@@ -80,20 +81,35 @@ def choose_checkpoint(
     rank: int,
     say: Callable[[str], None],
     wait: Callable[[], None],
+    shared: Path | None = None,
 ) -> dict | None:
-    """The state to resume: PATH's when it matches (`mismatch`); else that of the checkpoint set aside last
-    (NAME.prev.pt) when it matches, the two then swapping places; else None, PATH set aside. Every process reads;
-    rank 0 alone moves files, after `wait` (a barrier) says that every process has read them."""
+    """The state to resume, of those that match (`mismatch`): PATH's; else that of the checkpoint set aside last
+    (NAME.prev.pt), the two then swapping places; but SHARED's (the last finished run's, which DVC pushes and pulls)
+    when it is further along than either, copied over PATH. None when none matches, PATH then set aside. Every
+    process reads; rank 0 alone moves files, after `wait` (a barrier) says that every process has read them."""
+
+    def matches(state: dict | None) -> bool:
+        return state is not None and mismatch(state, identity, params, trajectory) is None
+
     state = read_checkpoint(path)
-    if state is None:
-        return None
-    reason = mismatch(state, identity, params, trajectory)
+    reason = None if state is None else mismatch(state, identity, params, trajectory)
+    previous_path = path.with_name(f"{path.stem}.prev{path.suffix}")
+    previous = read_checkpoint(previous_path) if reason is not None else None
+    local = state if state is not None and reason is None else previous if matches(previous) else None
+    finished = read_checkpoint(shared) if shared is not None else None
+    if matches(finished) and (local is None or finished["step"] > local["step"]):
+        wait()
+        if rank == 0:
+            if reason is not None:
+                say(f"{path} {reason}; kept as {set_aside(path).name}")
+            with atomic_path(path) as tmp:
+                shutil.copyfile(shared, tmp)
+            say(f"{path} ← {shared}: the checkpoint of the finished run, at step {finished['step']}")
+        return finished
     if reason is None:
         return state
-    previous_path = path.with_name(f"{path.stem}.prev{path.suffix}")
-    previous = read_checkpoint(previous_path)
     wait()
-    if previous is not None and mismatch(previous, identity, params, trajectory) is None:
+    if local is not None:
         if rank == 0:
             swap = path.with_name(f"{path.stem}.swap{path.suffix}")
             path.replace(swap)
@@ -104,27 +120,6 @@ def choose_checkpoint(
     if rank == 0:
         say(f"{path} {reason}; kept as {set_aside(path).name}, training afresh")
     return None
-
-
-def adopt(
-    shared: Path, working: Path, identity: dict, params: dict, trajectory: tuple[str, ...], say: Callable[[str], None]
-) -> None:
-    """Copy SHARED (the last finished run's checkpoint, which DVC caches, pushes and pulls) to WORKING when it is the
-    one to resume: of this trajectory, and further along than WORKING and WORKING's last.prev.pt of this trajectory
-    (a stopped run's, which `choose_checkpoint` then resumes). A WORKING of another trajectory is set aside."""
-    state = read_checkpoint(shared)
-    if state is None or mismatch(state, identity, params, trajectory) is not None:
-        return
-    current = read_checkpoint(working)
-    previous = read_checkpoint(working.with_name(f"{working.stem}.prev{working.suffix}"))
-    local = [s for s in (current, previous) if s is not None and mismatch(s, identity, params, trajectory) is None]
-    if any(s["step"] >= state["step"] for s in local):
-        return
-    if current is not None and mismatch(current, identity, params, trajectory) is not None:
-        set_aside(working)
-    with atomic_path(working) as tmp:
-        shutil.copyfile(shared, tmp)
-    say(f"{working} ← {shared}: the checkpoint of the finished run, at step {state['step']}")
 
 
 def share(working: Path, shared: Path) -> None:

@@ -30,7 +30,6 @@ from model import TransformerXL
 from model.device import allow_tf32, autocast, compiles, compute_dtype
 from pipeline import cpu_profile, distributed
 from pipeline.checkpoint import (
-    adopt,
     build_model,
     changes,
     choose_checkpoint,
@@ -233,16 +232,14 @@ def _setup(tokens: Path, model_params: dict, p: TrainParams) -> _Run:
 
 
 def _resume(run: _Run, ckpt_path: Path, identity: dict, shared: Path | None) -> bool:
-    """Restore `run` from the checkpoint of the same trajectory (see the module's docstring; `adopt` and
-    `choose_checkpoint`). A finished run is restored too: its model is exported as it is. Rank 0 alone says what it
-    does, and alone copies SHARED/last.pt over the working checkpoint when that one is further along."""
+    """Restore `run` from the checkpoint of the same trajectory (see the module's docstring; `choose_checkpoint`,
+    which also weighs SHARED/last.pt, the last finished run's). A finished run is restored too: its model is exported
+    as it is. Rank 0 alone says what it does."""
     say = (lambda text: print(f"train: {text}", flush=True)) if run.rank == 0 else (lambda text: None)
     now = asdict(run.p)
     wait = partial(distributed.barrier, run.world)
-    if shared is not None and run.rank == 0:
-        adopt(Path(shared) / "last.pt", ckpt_path, identity, now, TRAJECTORY, say)
-    wait()
-    state = choose_checkpoint(ckpt_path, identity, now, TRAJECTORY, run.rank, say, wait)
+    finished = None if shared is None else Path(shared) / "last.pt"
+    state = choose_checkpoint(ckpt_path, identity, now, TRAJECTORY, run.rank, say, wait, finished)
     wait()  # no process reads on before rank 0 has moved what it moves
     if state is None:
         return False

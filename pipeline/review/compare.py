@@ -61,6 +61,7 @@ def dvc_table(*args: str) -> str:
     return table if len(table.splitlines()) > 2 else "_No changes._"  # DVC prints a header even with no rows
 
 
+@functools.cache  # asked once per image: two git commands each
 def github_raw(sha: str) -> str | None:
     """The address prefix of files at `sha` when origin is on GitHub and holds that commit (a branch of it does)."""
     if not (git("branch", "--remotes", "--contains", sha) or "").strip():
