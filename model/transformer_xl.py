@@ -281,7 +281,7 @@ class TransformerXL(nn.Module):
         segment's shapes the same (no recompile for the first under torch.compile); a caller that passes one must
         mask it out with seq_pos, which hides every key before a sequence's first token."""
         p = self.word_emb.weight
-        return [p.new_zeros(batch_size, length, self.cfg.d_model) for _ in range(self.cfg.n_layer + 1)]
+        return [p.new_zeros(batch_size, length, self.cfg.d_model) for _ in range(self.cfg.n_layer)]
 
     def _attn_mask(
         self, qlen: int, mlen: int, device: torch.device, span: AttnSpan, seq_pos: torch.Tensor | None = None
@@ -341,10 +341,10 @@ class TransformerXL(nn.Module):
         attn_mask = self._attn_mask(qlen, mlen, tokens.device, span, seq_pos)
 
         core_out = self.drop(word_emb)
-        hids = [core_out]
-        for layer, mem in zip(self.layers, mems, strict=False):
-            core_out = layer(core_out, r, self.r_w_bias, self.r_r_bias, attn_mask, mem)
+        hids = []  # each layer's input: what that layer's memory keeps (the last layer's output is never read)
+        for layer, mem in zip(self.layers, mems, strict=True):
             hids.append(core_out)
+            core_out = layer(core_out, r, self.r_w_bias, self.r_r_bias, attn_mask, mem)
         core_out = self.drop(self.final_norm(core_out))
         logits = self._logits(core_out, side)
         loss = None
@@ -391,7 +391,7 @@ class TransformerXL(nn.Module):
         r = self._positions(span.mem_len + 1, span.clamp_len, mems[0].device).to(mems[0].dtype)
         attn = [layer.dec_attn for layer in self.layers]
         with torch.autocast(mems[0].device.type, enabled=False):  # the cache keeps the memory's precision
-            keys, values = zip(*(a.project_memory(m) for a, m in zip(attn, mems, strict=False)), strict=True)
+            keys, values = zip(*(a.project_memory(m) for a, m in zip(attn, mems, strict=True)), strict=True)
             r_head_k = [a.r_net(r).view(-1, c.n_head, c.d_head) for a in attn]
         return DecodeCache(list(keys), list(values), r_head_k, span)
 

@@ -1,21 +1,14 @@
 """The model from its params, checkpoints and trained weights: written atomically, read with
 torch.load(weights_only=True) so that a file runs no code.
 
-`data/checkpoints/last.pt` holds everything a resumed run needs. It is the train stage's working file, which DVC never
-touches, so a stopped run always resumes. `data/resume/last.pt` is its copy from the last run that finished: a cached
-DVC output, pushed and pulled, so that a clone can train on where the run that it pulled ended (`choose_checkpoint`).
-A model folder (`data/trained/`, and the package stage's `data/model/`) holds model.safetensors, config.json and
-vocab.json.
+A checkpoint (`data/checkpoints/last.pt`) holds everything a resumed run needs; which one resumes is
+pipeline/resume.py's to decide. A model folder (`data/trained/`, and the package stage's `data/model/`) holds
+model.safetensors, config.json and vocab.json.
 """
 
 from __future__ import annotations
 
-import filecmp
-import hashlib
-import itertools
 import json
-import shutil
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -40,93 +33,10 @@ def read_checkpoint(path: Path) -> dict | None:
     """The checkpoint at `path`, or None when there is none; an unreadable one is a PipelineError."""
     if not path.is_file():
         return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+    try:  # mapped, not read: weighing a checkpoint reads its few small entries, not its gigabyte of tensors
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # noqa: BLE001 (a truncated or foreign file: say which and how to recover)
         raise PipelineError(f"{path}: unreadable checkpoint ({exc}); delete it to train afresh") from exc
-
-
-def set_aside(path: Path) -> Path:
-    """Move a checkpoint that will not be resumed to NAME.prev.pt beside it. One already there moves on to
-    NAME.prev-1.pt (then -2, ...), so that no run's state is ever overwritten."""
-    kept = path.with_name(f"{path.stem}.prev{path.suffix}")
-    if kept.exists():
-        older = next(
-            p for n in itertools.count(1) if not (p := path.with_name(f"{path.stem}.prev-{n}{path.suffix}")).exists()
-        )
-        kept.replace(older)
-    path.replace(kept)
-    return kept
-
-
-def mismatch(state: dict, identity: dict, params: dict, trajectory: tuple[str, ...]) -> str | None:
-    """Why a checkpoint cannot be resumed with this model identity (config and data) and these train params, or None:
-    a difference in the identity or in a trajectory param, or a run already past params' steps."""
-    saved = state["params"]
-    changed = changes(state["config"], identity) + changes(
-        {k: saved.get(k) for k in trajectory}, {k: params[k] for k in trajectory}
-    )
-    if changed:
-        return f"was trained with other settings ({', '.join(changed)})"
-    if state["step"] > params["steps"]:
-        return f"was trained past train.steps ({state['step']} > {params['steps']})"
-    return None
-
-
-def choose_checkpoint(
-    path: Path,
-    identity: dict,
-    params: dict,
-    trajectory: tuple[str, ...],
-    rank: int,
-    say: Callable[[str], None],
-    wait: Callable[[], None],
-    shared: Path | None = None,
-) -> dict | None:
-    """The state to resume, of those that match (`mismatch`): PATH's; else that of the checkpoint set aside last
-    (NAME.prev.pt), the two then swapping places; but SHARED's (the last finished run's, which DVC pushes and pulls)
-    when it is further along than either, copied over PATH. None when none matches, PATH then set aside. Every
-    process reads; rank 0 alone moves files, after `wait` (a barrier) says that every process has read them."""
-
-    def matches(state: dict | None) -> bool:
-        return state is not None and mismatch(state, identity, params, trajectory) is None
-
-    state = read_checkpoint(path)
-    reason = None if state is None else mismatch(state, identity, params, trajectory)
-    previous_path = path.with_name(f"{path.stem}.prev{path.suffix}")
-    previous = read_checkpoint(previous_path) if reason is not None else None
-    local = state if state is not None and reason is None else previous if matches(previous) else None
-    finished = read_checkpoint(shared) if shared is not None else None
-    if matches(finished) and (local is None or finished["step"] > local["step"]):
-        wait()
-        if rank == 0:
-            if reason is not None:
-                say(f"{path} {reason}; kept as {set_aside(path).name}")
-            with atomic_path(path) as tmp:
-                shutil.copyfile(shared, tmp)
-            say(f"{path} ← {shared}: the checkpoint of the finished run, at step {finished['step']}")
-        return finished
-    if reason is None:
-        return state
-    wait()
-    if local is not None:
-        if rank == 0:
-            swap = path.with_name(f"{path.stem}.swap{path.suffix}")
-            path.replace(swap)
-            previous_path.replace(path)
-            swap.replace(previous_path)
-            say(f"{path} {reason}; {previous_path.name} matches, so the two swap places and that run resumes")
-        return previous
-    if rank == 0:
-        say(f"{path} {reason}; kept as {set_aside(path).name}, training afresh")
-    return None
-
-
-def share(working: Path, shared: Path) -> None:
-    """Copy a finished run's WORKING checkpoint to SHARED (for DVC to cache), unless the two are already the same."""
-    if not (shared.is_file() and filecmp.cmp(working, shared, shallow=False)):
-        with atomic_path(shared) as tmp:
-            shutil.copyfile(working, tmp)
 
 
 def rank_state(mems: list, device: torch.device) -> dict:
@@ -168,27 +78,6 @@ def build_model(vocab: dict, model_params: dict) -> TransformerXL:
         return TransformerXL(TransformerXLConfig(vocab_size=int(vocab["vocab_size"]), **params))
     except (TypeError, ValueError) as exc:
         raise PipelineError(f"model params: {exc}") from exc
-
-
-def tokens_fingerprint(tokens: Path) -> str:
-    """A sha256 over every file of the token folder: a checkpoint resumes only on the data it was trained on."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(tokens).rglob("*")):
-        if path.is_file():
-            digest.update(path.relative_to(tokens).as_posix().encode() + b"\0")
-            with path.open("rb") as f:
-                while block := f.read(1 << 22):
-                    digest.update(block)
-    return digest.hexdigest()
-
-
-def changes(saved: dict, now: dict) -> list[str]:
-    """'key old → new' for each key whose value differs (the data by name only: its fingerprint says nothing)."""
-    return [
-        "the token data" if key == "data" else f"{key} {saved.get(key)} → {now.get(key)}"
-        for key in sorted(set(saved) | set(now))
-        if saved.get(key) != now.get(key)
-    ]
 
 
 WEIGHTS, LEGACY_WEIGHTS, CONFIG, VOCAB = "model.safetensors", "model.pt", "config.json", "vocab.json"

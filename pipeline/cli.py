@@ -283,7 +283,9 @@ def generate(
         typer.Option(help=f"nucleus: the likeliest tokens holding p, in (0, 1] {_default(DEFAULTS.top_p)}"),
     ] = None,
     seed: Annotated[int | None, typer.Option(help=f"sample i uses seed + i {_default(DEFAULTS.seed)}")] = None,
-    samples: Annotated[int | None, typer.Option(help=f"samples per primer {_default(DEFAULTS.samples)}")] = None,
+    samples: Annotated[
+        int | None, typer.Option(help=f"samples per primer and composer {_default(DEFAULTS.samples)}")
+    ] = None,
     wav_samples: Annotated[
         int | None,
         typer.Option(help=f"render WAV for the first this many samples only {_default(DEFAULTS.wav_samples)}"),
@@ -294,7 +296,10 @@ def generate(
     ] = None,
     composer: Annotated[
         str | None,
-        typer.Option(help=f"compose as this composer: a name or surname in the tokens' vocab.json {_default('none')}"),
+        typer.Option(
+            help="a composer (a name or surname in vocab.json, or none); unset: each of generate.composers "
+            f"{_default('none')}"
+        ),
     ] = None,
     guidance: Annotated[
         float | None,
@@ -324,7 +329,8 @@ def generate(
     pieces of generate.primers) or start from nothing, writing MIDI, a piano roll, WAV (with FluidSynth) and
     samples.json to OUT.
 
-    Unset options come from params.yaml's generate: section when there is one, else the defaults in brackets.
+    Unset options come from the generate: section of --params (params.yaml, which a project folder has), else the
+    defaults in brackets: in the project's folder, for example, the samples are made for each of generate.composers.
     """
     from pipeline.generate import generate as run_generate
     from pipeline.params import load_section, typed

@@ -2,7 +2,9 @@
 
 Each piece is scored from its PIECE_START with an empty memory, in segments of `tgt_len` tokens whose memory of
 `mem_len` hidden states carries over, so every token is predicted exactly once, from all of its piece before it (up
-to the memory); a model with the state input reads the piano's state after each token. `piece_start_nll` is the NLL
+to the memory); a model with the state input reads the piano's state after each token. Every figure is unconditional
+(no composer given, label 0), so that models with and without labels, and published figures, compare; a model with
+labels also gets `nll_labelled` (each piece's true composer given) and `label_gain`. `piece_start_nll` is the NLL
 of each piece's first PIECE_START_TOKENS predicted tokens: how well the model begins a piece. The baselines
 (uniform, unigram, Kneser–Ney) are fit on the unstretched train pieces and score the same tokens. Imports only
 torch, numpy, the standard library and numpy-only music modules.
@@ -153,16 +155,16 @@ def composer_means(composers: list[str], nll: list[np.ndarray]) -> dict[str, flo
 def labelled_metrics(
     model: TransformerXL, pieces: list[np.ndarray], store: PieceStore, vocab: dict, scores: Scores, p: EvaluateParams
 ) -> dict:
-    """For a model with composer labels: the NLL without them (label 0) beside the NLL with them (`scores`), overall
-    and per composer, and how well the labels name each piece's composer (`identify`)."""
+    """For a model with composer labels: the NLL with each piece's true label beside the unconditional one
+    (`scores`, label 0), overall and per composer, and how well the labels name each piece's composer (`identify`)."""
     if "label" not in store.index or "labels" not in vocab:
         raise PipelineError(f"{store.folder / 'index.json'}: no composer labels (rerun the tokenize stage)")
-    unlabelled = score_pieces(model, pieces, p.tgt_len, p.batch_size, attn_span(p), [0] * len(pieces))
-    nll, free = np.concatenate(scores.nll), np.concatenate(unlabelled.nll)
+    labelled = score_pieces(model, pieces, p.tgt_len, p.batch_size, attn_span(p), store.index["label"])
+    nll, free = np.concatenate(labelled.nll), np.concatenate(scores.nll)
     return {
-        "nll_unlabelled": round(float(free.mean()), 5),
+        "nll_labelled": round(float(nll.mean()), 5),
         "label_gain": round(float(free.mean() - nll.mean()), 5),  # nats per token that knowing the composer saves
-        "by_composer_unlabelled": composer_means(store.index["composer"], unlabelled.nll),
+        "by_composer_labelled": composer_means(store.index["composer"], labelled.nll),
         "identification": identify(model, pieces, store.index["label"], vocab["labels"], p),
     }
 
@@ -237,8 +239,7 @@ def evaluate(tokens: Path, model_dir: Path, metrics: Path, p: EvaluateParams) ->
         for key in ("composer", "seconds"):
             if key not in store.index:
                 raise PipelineError(f"{tokens / split / 'index.json'}: no '{key}' column (rerun the tokenize stage)")
-        labels = store.index.get("label") if model.cfg.n_labels else None  # the headline: with each composer's label
-        scores = score_pieces(model, pieces, p.tgt_len, p.batch_size, attn_span(p), labels)
+        scores = score_pieces(model, pieces, p.tgt_len, p.batch_size, attn_span(p))  # unconditional: no label given
         lengths = np.array([len(piece) for piece in pieces])
         corpus = np.concatenate(pieces)
         baselines = {

@@ -383,14 +383,13 @@ def composer_groups(
     p: GenerateParams, model: TransformerXL, model_dir: Path, tokens: Path
 ) -> list[tuple[int, str | None]]:
     """(label, composer) of each group of samples: p.composers' labels (the names in the model folder's vocab.json),
-    or one group without a composer."""
+    or one group without a composer, which a model without labels gets whatever p.composers says (and says so)."""
     if all(str(name).strip().lower() == UNLABELLED for name in p.composers):
         return [(0, None)]
     if not model.cfg.n_labels:
-        raise PipelineError(
-            f"generate.composers lists {', '.join(map(str, p.composers))}, but the model was trained without composer "
-            "labels (model.composer_labels): use --composer none, or generate.composers: []"
-        )
+        print(f"generate: the model was trained without composer labels (model.composer_labels), so the samples have "
+              f"no composer: {', '.join(map(str, p.composers))} left aside", flush=True)  # fmt: skip
+        return [(0, None)]
     labels = model_labels(model, model_dir, tokens)
     return resolve(p.composers, labels)
 

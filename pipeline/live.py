@@ -94,9 +94,12 @@ def write_trained_params(path: Path, record: dict) -> None:
     atomic_write_text(Path(path), yaml.safe_dump(record, sort_keys=False))
 
 
-def write_run_record(path: Path, seconds: float, steps: int, tokens_per_step: int, device: str, processes: int) -> None:
-    """What this invocation measured (wall time, tokens/s, hardware): reports/train/run.json, read by the report's
-    section of run-to-run figures. It is not a DVC metric, so it never shows up as a change between experiments."""
+def write_run_record(  # noqa: PLR0913
+    path: Path, seconds: float, steps: int, tokens_per_step: int, device: str, processes: int, code: list[dict]
+) -> None:
+    """What this invocation measured (wall time, tokens/s, hardware) and which steps of the run ran under which code
+    (`resume.code_steps`): reports/train/run.json, read by the report's section of run-to-run figures. It is not a
+    DVC metric, so it never shows up as a change between experiments."""
     if device == "cuda":
         import torch
 
@@ -110,6 +113,7 @@ def write_run_record(path: Path, seconds: float, steps: int, tokens_per_step: in
         "hardware": hardware,
         "device": device,
         "processes": processes,
+        "code": code,
     }
     atomic_write_text(Path(path), json.dumps(record, indent=2) + "\n")
 

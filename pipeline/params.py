@@ -1,7 +1,7 @@
 """Read one stage's section of params.yaml with PyYAML, and give its values the types a stage's dataclass declares.
 
-The generate: section's dataclass is here rather than beside its stage, so that the command line and the demo can
-show its defaults without loading torch."""
+The train: and generate: sections' dataclasses are here rather than beside their stages, so that the command line and
+the demo can show their defaults without loading torch."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ class GenerateParams:
     seed: int = 1234  # sample i draws from its own generator, seeded seed + i
     primers: list = field(default_factory=list)  # validation piece ids; empty: unconditional samples
     # samples for each (names or surnames in vocab.json; none: no composer given); []: no composer at all
-    composers: list = field(default_factory=lambda: ["Chopin", "Beethoven", "Bach", "none"])
+    composers: list = field(default_factory=list)
     guidance: float = 1.0  # classifier-free guidance of the composer label: 1 is plain conditioning, 0 ignores it
     primer_seconds: float = 10.0  # of each primer
     keep_primer: bool = True  # the output begins with the primer
@@ -118,3 +118,31 @@ class GenerateParams:
     mem_len: int | None = None  # hidden states kept per layer while sampling; None: twice the model's own
     precision: str = "auto"  # float32, bfloat16 (weights' matmuls), or auto: bfloat16 where it pays (decode_dtype)
     device: str = "auto"  # auto, cuda or cpu
+
+
+@dataclass
+class TrainParams:
+    """The `train:` section of params.yaml."""
+
+    steps: int = 38000
+    batch_size: int = 64  # rows in the global batch, split over processes and then over grad_accum chunks
+    grad_accum: int = 1
+    lr: float = 2.5e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 1000
+    weight_decay: float = 0.01
+    clip: float = 0.25
+    eval_interval: int = 1000
+    eval_segments: int = 50
+    eval_batch_size: int = 8
+    checkpoint_interval: int = 2000
+    log_interval: int = 10
+    seed: int = 1234
+    transpose: int = 3
+    label_dropout: float = 0.1  # the share of pieces trained without their composer label (label 0) each epoch
+    compile: bool | str = "auto"  # torch.compile the model: true, false, or auto (on a GPU)
+    precision: str = "auto"  # bfloat16 autocast, float32, or auto: bfloat16 where the device computes it natively
+    device: str = "auto"  # auto, cuda or cpu
+    profile: str = "auto"  # the CPU profile (cpu_limits, cpu_lr): auto (on a CPU), cpu (always) or full (never)
+    cpu_limits: dict = field(default_factory=dict)  # upper bounds on model and train params in the CPU profile
+    cpu_lr: float | None = 1e-3  # the peak learning rate in the CPU profile (None: lr)

@@ -3,10 +3,11 @@ torchrun DDP (pipeline/distributed.py). Pieces lie end to end in each row, but n
 with `model.state_input` the model also reads the piano's state after each token. On a CPU the CPU profile caps the
 size (pipeline/cpu_profile.py).
 
-A checkpoint resumes whenever the training trajectory is the same: the model, the data, and the TRAJECTORY params.
-Other settings (compile, device, precision, logging, evaluation and checkpoint intervals) may change between a stop
-and its resume; a raised `steps` resumes with the cosine decay stretched to the new end. Anything else sets the old
-checkpoint aside as last.prev.pt and trains afresh.
+A checkpoint resumes whenever the training trajectory is the same: the model, the data, and the TRAJECTORY params;
+and a finished run's only when the code is the same too (pipeline/resume.py). Other settings (compile, device,
+precision, logging, evaluation and checkpoint intervals) may change between a stop and its resume; a raised `steps`
+resumes with the cosine decay stretched to the new end. Anything else sets the old checkpoint aside as last.prev.pt
+and trains afresh.
 
 Imports only torch, numpy, PyYAML, the standard library and numpy-only music modules; DVCLive is loaded lazily
 (pipeline/live.py) and skipped when it is not installed.
@@ -18,6 +19,7 @@ import contextlib
 import math
 import signal
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -29,52 +31,27 @@ import torch
 from model import TransformerXL
 from model.device import allow_tf32, autocast, compiles, compute_dtype
 from pipeline import cpu_profile, distributed
-from pipeline.checkpoint import (
-    build_model,
-    changes,
-    choose_checkpoint,
-    export_model,
-    rank_state,
-    share,
-    tokens_fingerprint,
-    write_checkpoint,
-)
+from pipeline.checkpoint import build_model, export_model, rank_state, write_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.live import Progress, log_metrics, open_live, write_run_record, write_trained_params
+from pipeline.params import TrainParams
 from pipeline.segments import PieceStore, Segment, SegmentStream, load_vocab, pitch_ranges
+from pipeline.training.resume import (
+    Wanted,
+    changed_code,
+    changes,
+    choose_checkpoint,
+    code_digest,
+    code_identity,
+    code_steps,
+    share,
+    tokens_fingerprint,
+)
 
 # The train params that decide where training goes; with the model and the data, a checkpoint resumes only if they
 # are the same. `steps` is apart: a raised one resumes with the new schedule.
 TRAJECTORY = ("lr", "min_lr_ratio", "warmup_steps", "batch_size", "grad_accum", "seed", "weight_decay", "clip",
               "transpose", "label_dropout")  # fmt: skip
-
-
-@dataclass
-class TrainParams:
-    """The `train:` section of params.yaml."""
-
-    steps: int = 38000
-    batch_size: int = 64  # rows in the global batch, split over processes and then over grad_accum chunks
-    grad_accum: int = 1
-    lr: float = 2.5e-4
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 1000
-    weight_decay: float = 0.01
-    clip: float = 0.25
-    eval_interval: int = 1000
-    eval_segments: int = 50
-    eval_batch_size: int = 8
-    checkpoint_interval: int = 2000
-    log_interval: int = 10
-    seed: int = 1234
-    transpose: int = 3
-    label_dropout: float = 0.1  # the share of pieces trained without their composer label (label 0) each epoch
-    compile: bool | str = "auto"  # torch.compile the model: true, false, or auto (on a GPU)
-    precision: str = "auto"  # bfloat16 autocast, float32, or auto: bfloat16 where the device computes it natively
-    device: str = "auto"  # auto, cuda or cpu
-    profile: str = "auto"  # the CPU profile (cpu_limits, cpu_lr): auto (on a CPU), cpu (always) or full (never)
-    cpu_limits: dict = field(default_factory=dict)  # upper bounds on model and train params in the CPU profile
-    cpu_lr: float | None = 1e-3  # the peak learning rate in the CPU profile (None: lr)
 
 
 class _Stop:
@@ -186,6 +163,8 @@ class _Run:
     segment: int = 0  # the next segment of this epoch's row streams
     metrics: dict = field(default_factory=dict)
     mems: list = field(default_factory=list)  # one memory per accumulation chunk
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # drawn at a fresh start, kept by every resume
+    history: list = field(default_factory=list)  # {from_step, code, changed}: which steps ran under which code
 
 
 def _setup(tokens: Path, model_params: dict, p: TrainParams) -> _Run:
@@ -231,18 +210,36 @@ def _setup(tokens: Path, model_params: dict, p: TrainParams) -> _Run:
     return _Run(p, rank, world, device, model, optimizer, scheduler, stream, val_stream, dtype, mems=mems)
 
 
-def _resume(run: _Run, ckpt_path: Path, identity: dict, shared: Path | None) -> bool:
-    """Restore `run` from the checkpoint of the same trajectory (see the module's docstring; `choose_checkpoint`,
-    which also weighs SHARED/last.pt, the last finished run's). A finished run is restored too: its model is exported
-    as it is. Rank 0 alone says what it does."""
+def _resume(run: _Run, ckpt_path: Path, wanted: Wanted, shared: Path | None) -> bool:
+    """Restore `run` from the checkpoint that `choose_checkpoint` picks (it also weighs SHARED/last.pt, the last
+    finished run's), or start its code history afresh. A finished run is restored too: its model is exported as it
+    is. Rank 0 alone says what it does."""
     say = (lambda text: print(f"train: {text}", flush=True)) if run.rank == 0 else (lambda text: None)
-    now = asdict(run.p)
     wait = partial(distributed.barrier, run.world)
     finished = None if shared is None else Path(shared) / "last.pt"
-    state = choose_checkpoint(ckpt_path, identity, now, TRAJECTORY, run.rank, say, wait, finished)
+    state = choose_checkpoint(ckpt_path, wanted, run.rank, say, wait, finished)
     wait()  # no process reads on before rank 0 has moved what it moves
     if state is None:
+        run.history = [{"from_step": 0, "code": code_digest(wanted.code), "changed": []}]
         return False
+    _restore(run, state, ckpt_path, say)
+    run.run_id = state.get("run_id") or run.run_id  # a checkpoint from before run ids: from now on, this one
+    edited = changed_code(state.get("code"), wanted.code)
+    first = {"from_step": 0, "code": code_digest(state.get("code")), "changed": []}  # before histories were kept
+    run.history = list(state.get("history") or [first])
+    if edited:  # a stopped run (a finished one of other code never resumes): the steps from here run under this code
+        run.history.append({"from_step": run.step, "code": code_digest(wanted.code), "changed": edited})
+    done = " (a finished run of this code: its model is exported as it is)" if run.step == run.p.steps else ""
+    say(f"resuming from {ckpt_path} at step {run.step}{done}")
+    if edited:
+        say(f"the code changed since step {run.step} began ({', '.join(edited)}): the run trains on under this code, "
+            "and reports/train/run.json records which steps ran under which")  # fmt: skip
+    _say_settings(run, state["params"], say)
+    return True
+
+
+def _restore(run: _Run, state: dict, ckpt_path: Path, say: Callable[[str], None]) -> None:
+    """Load a checkpoint's weights, optimiser, schedule, position, metrics, memories and RNG states into `run`."""
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -251,7 +248,9 @@ def _resume(run: _Run, ckpt_path: Path, identity: dict, shared: Path | None) -> 
         group["lr"] = base * _lr_factor(run.step, run.p)  # this run's schedule (train.steps may have changed)
         group["fused"] = run.device.type == "cuda" or None  # this device's AdamW, not the checkpoint's
     run.metrics = dict(state["metrics"])
-    mems, rng = state["mems"], state["rng"]
+    mems, rng, layers = state["mems"], state["rng"], run.model.cfg.n_layer
+    # A checkpoint from before memories were one per layer also kept the last layer's output, which nothing reads.
+    mems = [[None if m is None else m[:layers] for m in chunks] for chunks in mems]
     if len(mems) != run.world:  # the global batch is the same: its rows' memories are dealt out again
         say(f"{ckpt_path} was written by {len(mems)} process(es): its memories go to {run.world} (dropout differs)")
         mems = distributed.reshard(mems, run.world, run.p.grad_accum)
@@ -260,9 +259,11 @@ def _resume(run: _Run, ckpt_path: Path, identity: dict, shared: Path | None) -> 
         torch.set_rng_state(rng[run.rank]["cpu"])
         if run.device.type == "cuda" and rng[run.rank]["cuda"] is not None:
             torch.cuda.set_rng_state(rng[run.rank]["cuda"], run.device)
-    saved = state["params"]
-    finished = " (a finished run: its model is exported as it is; delete the checkpoint to train afresh)"
-    say(f"resuming from {ckpt_path} at step {run.step}" + (finished if run.step == run.p.steps else ""))
+
+
+def _say_settings(run: _Run, saved: dict, say: Callable[[str], None]) -> None:
+    """What changed in the train params since the checkpoint: a stretched schedule, and settings that steer nothing."""
+    now = asdict(run.p)
     if saved.get("steps") != run.p.steps:
         old = TrainParams(**{**now, "steps": saved["steps"]})
         say(
@@ -273,7 +274,6 @@ def _resume(run: _Run, ckpt_path: Path, identity: dict, shared: Path | None) -> 
     others = changes({k: v for k, v in saved.items() if k != "steps"}, {k: now.get(k) for k in saved if k != "steps"})
     if others:
         say(f"changed since the checkpoint, without changing what is trained: {', '.join(others)}")
-    return True
 
 
 def _loop(
@@ -338,31 +338,26 @@ def train(
     p: TrainParams,
     on_step: Callable[[int], None] | None = None,
     shared: Path | None = None,
+    code: dict[str, str] | None = None,
 ) -> dict:
-    """Train, resuming from checkpoints/last.pt (or last.prev.pt, or SHARED/last.pt) of the same trajectory; return the
-    final metrics (rank 0's). A run that finishes copies its checkpoint to SHARED/last.pt. LIVE_DIR/params.yaml records
-    what is trained: the model's shape and the train params after the profile."""
+    """Train, resuming the checkpoint that pipeline/resume.py picks among checkpoints/last.pt, the runs set aside
+    beside it and SHARED/last.pt; return the final metrics (rank 0's). A run that finishes copies its checkpoint to
+    SHARED/last.pt. CODE is the code identity (default: `code_identity()`, the train stage's code deps).
+    LIVE_DIR/params.yaml records what is trained: the model's shape and the train params after the profile."""
     run = _setup(tokens, model_params, p)
     p, cfg, rank, world = run.p, run.model.cfg, run.rank, run.world
     ckpt_path = Path(checkpoints) / "last.pt"
-    identity = {**asdict(cfg), "data": tokens_fingerprint(tokens)}
     trained = {k: v for k, v in asdict(p).items() if k not in ("cpu_limits", "cpu_lr")}  # their effect is in p
-    resumed = _resume(run, ckpt_path, identity, shared)
+    identity = {**asdict(cfg), "data": tokens_fingerprint(tokens)}
+    wanted = Wanted(identity, trained, TRAJECTORY, code_identity() if code is None else code)
+    resumed = _resume(run, ckpt_path, wanted, shared)
     try:
         compiled = compiles(p.compile, run.device)
     except ValueError as exc:
         raise PipelineError(f"train.{exc}") from exc
     forward = distributed.wrap(run.model, run.device, world, compiled)
     tokens_per_step, num_params = p.batch_size * cfg.tgt_len, run.model.num_params()
-    live = open_live(live_dir, resume_step=run.step if resumed else None) if rank == 0 else None
-    if rank == 0 and live_dir is not None:
-        precision = "bfloat16" if run.dtype == torch.bfloat16 else "float32"
-        profile = "cpu" if cpu_profile.applies(p.profile, run.device) else "full"
-        record = {"model": asdict(cfg), "train": trained, "profile": profile, "device": run.device.type,
-                  "precision": precision, "compile": compiled, "processes": world}  # fmt: skip
-        write_trained_params(Path(live_dir) / "params.yaml", record)
-    if live is not None and resumed:  # the checkpoint's values, not those a killed run logged after it
-        log_metrics(live, run.step, run.metrics, num_params, tokens_per_step, plot=False)
+    live = _open_records(run, live_dir, resumed, trained, compiled) if rank == 0 else None
 
     def save() -> None:
         training = {
@@ -371,6 +366,9 @@ def train(
             "scheduler": run.scheduler.state_dict(),
             "config": identity,
             "params": trained,
+            "code": wanted.code,
+            "run_id": run.run_id,
+            "history": run.history,
             "step": run.step,
             "epoch": run.epoch,
             "segment": run.segment,
@@ -391,13 +389,30 @@ def train(
     if rank == 0:
         export_model(run.model, Path(model_out), load_vocab(tokens))
         if shared is not None:
-            share(ckpt_path, Path(shared) / "last.pt")
+            share(ckpt_path, Path(shared) / "last.pt", lambda text: print(f"train: {text}", flush=True))
         seconds, steps = time.perf_counter() - started, run.step - first_step
         record = None if live_dir is None else Path(live_dir) / "run.json"
         if record is not None and (steps or not record.is_file()):  # a finished run exported again: its record stays
-            write_run_record(record, seconds, steps, tokens_per_step, run.device.type, world)
+            code = code_steps(run.history, run.step)
+            write_run_record(record, seconds, steps, tokens_per_step, run.device.type, world, code)
         if live is not None:  # the summary, even if no step ran
             log_metrics(live, run.step, run.metrics, num_params, tokens_per_step, plot=False)
             live.end()
     distributed.barrier(world)
     return {"step": run.step, **run.metrics}
+
+
+def _open_records(run: _Run, live_dir: Path | None, resumed: bool, trained: dict, compiled: bool):  # noqa: ANN202
+    """DVCLive (None without LIVE_DIR), with a resumed run's metrics as its checkpoint has them, and
+    LIVE_DIR/params.yaml: what is trained, after the CPU profile."""
+    live = open_live(live_dir, resume_step=run.step if resumed else None)
+    if live_dir is not None:
+        precision = "bfloat16" if run.dtype == torch.bfloat16 else "float32"
+        profile = "cpu" if cpu_profile.applies(run.p.profile, run.device) else "full"
+        record = {"model": asdict(run.model.cfg), "train": trained, "profile": profile, "device": run.device.type,
+                  "precision": precision, "compile": compiled, "processes": run.world}  # fmt: skip
+        write_trained_params(Path(live_dir) / "params.yaml", record)
+    if live is not None and resumed:  # the checkpoint's values, not those a killed run logged after it
+        log_metrics(live, run.step, run.metrics, run.model.num_params(), run.p.batch_size * run.model.cfg.tgt_len,
+                    plot=False)  # fmt: skip
+    return live

@@ -194,3 +194,20 @@ def test_a_bad_value_is_a_one_line_error_from_the_stage(tmp_path, options, messa
     assert result.stdout == "" and result.stderr.count("\n") == 1
     assert result.stderr.startswith("error: ") and all(part in result.stderr for part in message), result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_help_says_where_the_composers_come_from_and_what_samples_counts():
+    text = run("generate", "--help").stdout
+    assert bracketed(text, "--composer") == "none" and GenerateParams().composers == []
+    composer = next(line for line in text.splitlines() if "--composer" in line)
+    assert "generate.composers" in composer and "per primer and composer" in text
+    assert "generate: section of --params" in " ".join(text.split())
+
+
+def test_outside_a_project_folder_the_samples_have_no_composer_and_samples_means_samples(tmp_path, calls, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: the built-in defaults, as the help gives them
+    assert run("generate", "--samples", "2").exit_code == 0
+    assert calls[0]["params"].composers == [] and calls[0]["params"].samples == 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"generate": {"composers": ["Bach", "none"]}}))
+    assert run("generate", "--samples", "2").exit_code == 0  # a project folder: its generate.composers
+    assert calls[1]["params"].composers == ["Bach", "none"]

@@ -11,10 +11,12 @@ import pytest
 from conftest import ROOT, write_tokens
 from test_train import TINY_MODEL, params
 
+from pipeline.checkpoint import load_model
 from pipeline.errors import PipelineError
-from pipeline.evaluate import EvaluateParams, evaluate
+from pipeline.evaluate import EvaluateParams, attn_span, evaluate, score_pieces
 from pipeline.generate import GenerateParams, generate
 from pipeline.music.performance_encoding import NOTE_OFF, TIME_SHIFT, decode
+from pipeline.segments import PieceStore
 from pipeline.train import train
 
 REGISTERS = {"Anna Low": (40, 43, 47), "Ben High": (76, 79, 83)}  # the pitches each plays
@@ -53,8 +55,14 @@ def test_the_model_names_each_pieces_composer_and_gains_from_the_label(trained, 
     assert named["labels"] == list(REGISTERS) and named["pieces"] == 8 and named["majority"] == 0.5
     assert named["top1"] == 1.0 > named["majority"] and named["confusion"] == [[4, 0], [0, 4]]
     # Knowing the composer tells the first note's register (ln 6 → ln 3 nats); the later notes show it anyway.
-    assert result["nll_unlabelled"] > result["nll"] and result["label_gain"] > 0.005
-    assert set(result["by_composer_unlabelled"]) == set(REGISTERS)
+    assert result["nll"] > result["nll_labelled"] and result["label_gain"] > 0.005
+    assert abs(result["label_gain"] - (result["nll"] - result["nll_labelled"])) <= 2e-5
+    assert set(result["by_composer_labelled"]) == set(REGISTERS) == set(result["by_composer"])
+    # `nll` is the unconditional NLL, as for a model without labels: every piece scored with no composer given.
+    store = PieceStore(tokens, "validation")
+    pieces = [store.piece(i) for i in range(len(store))]
+    free = score_pieces(load_model(model), pieces, p.tgt_len, p.batch_size, attn_span(p), [0] * len(pieces))
+    assert abs(result["nll"] - float(np.concatenate(free.nll).mean())) <= 1e-5
 
 
 def test_asked_for_a_composer_the_model_plays_in_its_register(trained, tmp_path):
@@ -71,6 +79,15 @@ def test_asked_for_a_composer_the_model_plays_in_its_register(trained, tmp_path)
     guided_params = GenerateParams(**{**vars(base), "composers": ["low"], "guidance": 3.0})
     guided = generate(model, tmp_path / "guided", guided_params, None, tokens)
     assert np.mean([n.note for s in guided["samples"] for n in _notes(tmp_path / "guided" / s["midi"])]) <= 47
+    # The stage passes the guidance on: the same seeds guided play other music than plain conditioning, and a
+    # guidance of 0 ignores the label, as no composer does.
+    music = {}
+    for name, composers, guidance in (("plain", ["low"], 1.0), ("guided", ["low"], 3.0), ("zero", ["low"], 0.0),
+                                      ("none", ["none"], 1.0)):  # fmt: skip
+        p = GenerateParams(**{**vars(base), "composers": composers, "guidance": guidance})
+        made = generate(model, tmp_path / name, p, None, tokens)["samples"]
+        music[name] = [(tmp_path / name / s["midi"]).read_bytes() for s in made]
+    assert music["guided"] != music["plain"] and music["zero"] == music["none"]
 
 
 def _notes(path):  # noqa: ANN001, ANN202

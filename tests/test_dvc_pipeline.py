@@ -246,7 +246,7 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     # The checkpoint is a persistent output: a rerun (here forced) of a finished run with the same settings exports
     # its model as it is, without training again.
     forced = sh(["dvc", "repro", "-f", "-s", "train"], project)
-    assert "at step 6 (a finished run: its model is exported as it is" in forced.stdout
+    assert "at step 6 (a finished run of this code: its model is exported as it is" in forced.stdout
     assert json.loads((project / "reports" / "train" / "metrics.json").read_text()) == trained
     assert json.loads((project / "reports" / "train" / "run.json").read_text()) == run  # the training's, not 0 steps
     again_weights = read_weights(project / "data" / "trained")

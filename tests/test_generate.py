@@ -535,6 +535,8 @@ def test_the_stage_applies_the_rule_and_counts_what_it_changed(tmp_path):
 def test_sampling_remembers_twice_the_training_memory_unless_told(model_dir, tmp_path):
     assert generate(model_dir, tmp_path / "a", params(samples=1, seconds=0.5))["settings"]["mem_len"] == 2 * 16
     assert generate(model_dir, tmp_path / "b", params(samples=1, seconds=0.5, mem_len=5))["settings"]["mem_len"] == 5
+    # 0 is a memory of nothing (each step sees only the segment so far), not "unset".
+    assert generate(model_dir, tmp_path / "z", params(samples=1, seconds=0.5, mem_len=0))["settings"]["mem_len"] == 0
     # And the samples are those of that memory: the same seeds sampled directly with it, not with the model's own.
     model = load_model(model_dir)
     for mem_len, out in ((None, "c"), (5, "d")):
@@ -547,3 +549,14 @@ def test_sampling_remembers_twice_the_training_memory_unless_told(model_dir, tmp
             write_sample(tmp_path, "direct", unconditional(), row, p, None, figures=False)
             assert (tmp_path / "direct.mid").read_bytes() == (tmp_path / out / record["midi"]).read_bytes()
     assert (tmp_path / "c" / "sample-01.mid").read_bytes() != (tmp_path / "d" / "sample-01.mid").read_bytes()
+
+
+def test_composers_given_to_a_model_without_labels_make_unlabelled_samples_and_say_so(model_dir, tmp_path, capsys):
+    summary = generate(
+        model_dir, tmp_path / "out", params(samples=2, seconds=1.0, composers=["Chopin", "Bach", "none"])
+    )
+    line = "generate: the model was trained without composer labels (model.composer_labels), so the samples have no "
+    assert line + "composer: Chopin, Bach, none left aside" in capsys.readouterr().out
+    assert [(s["name"], s["composer"]) for s in summary["samples"]] == [("sample-01", None), ("sample-02", None)]
+    plain = generate(model_dir, tmp_path / "plain", params(samples=2, seconds=1.0))
+    assert [s["tokens"] for s in plain["samples"]] == [s["tokens"] for s in summary["samples"]]  # the same seeds

@@ -98,7 +98,7 @@ def test_raising_steps_resumes_with_the_cosine_stretched_to_the_new_end(tmp_path
     assert train(tokens, tmp_path / "c", tmp_path / "model_again", None, TINY_MODEL, longer)["step"] == 16
     monkeypatch.undo()
     assert used == [] and _same_weights(finished, _weights(tmp_path / "model_again"))
-    assert "at step 16 (a finished run: its model is exported as it is" in capsys.readouterr().out
+    assert "at step 16 (a finished run of this code: its model is exported as it is" in capsys.readouterr().out
     # Fewer steps than were trained: that run is set aside.
     train(tokens, tmp_path / "c", tmp_path / "model", None, TINY_MODEL, params(steps=14))
     assert "was trained past train.steps (16 > 14); kept as last.prev.pt" in capsys.readouterr().out
@@ -113,7 +113,7 @@ def test_no_run_set_aside_is_ever_overwritten_and_the_last_one_resumes_when_it_m
     capsys.readouterr()
     train(tokens, folder, tmp_path / "m", None, TINY_MODEL, good, on_step=_stop_at(8))  # the typo corrected
     out = capsys.readouterr().out
-    assert "last.prev.pt matches, so the two swap places and that run resumes" in out and "at step 6" in out
+    assert "last.pt ← last.prev.pt, which matches: that run resumes, at step 6" in out and "at step 6" in out
     assert torch.load(folder / "last.prev.pt", weights_only=True)["params"]["lr"] == 3e-2  # the typo's run, kept
     train(tokens, folder, tmp_path / "m", None, TINY_MODEL, other, on_step=_stop_at(2))  # a third trajectory
     steps = {name: torch.load(folder / name, weights_only=True)["step"] for name in ("last.pt", "last.prev.pt",

@@ -59,7 +59,8 @@ def test_a_working_checkpoint_of_another_trajectory_is_set_aside_for_the_shared_
     capsys.readouterr()
     train(tokens, working, tmp_path / "model", None, TINY_MODEL, params(steps=10), shared=shared)
     out = capsys.readouterr().out
-    assert "the checkpoint of the finished run, at step 10" in out and "a finished run: its model is exported" in out
+    assert "the checkpoint of the finished run, at step 10" in out
+    assert "a finished run of this code: its model is exported" in out
     assert (working / "last.prev.pt").read_bytes() == other  # the other run, whole
     assert _same_weights(_weights(tmp_path / "model_a"), _weights(tmp_path / "model"))
     # A shared checkpoint of another trajectory is not adopted: that run trains afresh, then shares its own.
@@ -82,4 +83,5 @@ def test_a_stopped_run_set_aside_further_along_than_the_shared_checkpoint_is_sti
     capsys.readouterr()
     train(tokens, working, tmp_path / "model", None, TINY_MODEL, params(steps=16), shared=shared)
     out = capsys.readouterr().out
-    assert "swap places" in out and "at step 13" in out and "the checkpoint of the finished run" not in out
+    assert "← last.prev.pt, which matches" in out and "at step 13" in out
+    assert "the checkpoint of the finished run" not in out

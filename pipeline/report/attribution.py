@@ -27,12 +27,12 @@ def composers_section(scores: dict, summary: dict, samples: Path, out: Path, pie
 
 def gain_lines(splits: dict) -> list[str]:
     """The NLL with each piece's composer label against with none (label 0), per split and per composer."""
-    rows = [[split, f"{m['nll']:.3f}", f"{m['nll_unlabelled']:.3f}", f"{m['label_gain']:+.4f}"]
+    rows = [[split, f"{m['nll_labelled']:.3f}", f"{m['nll']:.3f}", f"{m['label_gain']:+.4f}"]
             for split, m in splits.items()]  # fmt: skip
     per = []
     for split, m in splits.items():
-        for composer, nll in m["by_composer"].items():
-            free = m["by_composer_unlabelled"][composer]
+        for composer, nll in m["by_composer_labelled"].items():
+            free = m["by_composer"][composer]
             per.append([split, composer, f"{nll:.3f}", f"{free:.3f}", f"{free - nll:+.4f}"])
     return [
         "The model reads each piece's composer label at every token (label dropout trains it without, too). What "

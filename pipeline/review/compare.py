@@ -21,6 +21,7 @@ from pipeline.errors import PipelineError
 FIGURES = "reports/figures"
 SAMPLES = "reports/samples"
 RUN_RECORD = "reports/train/run.json"
+LOCK = "dvc.lock"
 COMMENT_LIMIT = 65536  # GitHub's limit on the characters of an issue or pull-request comment
 MARKER = "<!-- maestro-xl compare -->"  # the first line: the review script finds its own comment by it
 
@@ -122,8 +123,31 @@ def run_record(base: str | None) -> dict | None:
         return None
 
 
-def sides(base_rev: str, base: str, head: str) -> list[str]:
-    """The table of which commit, and which machine's training, each side's results come from."""
+def data_source(base: str | None) -> str | None:
+    """The data.source that made the results, as dvc.lock records it for the fetch stage, at commit BASE or in the
+    workspace (None); None when dvc.lock or the entry is missing."""
+    import yaml
+
+    try:
+        text = (Path(_top() or ".") / LOCK).read_text() if base is None else git("show", f"{base}:{LOCK}")
+        params = yaml.safe_load(text or "")["stages"]["fetch"]["params"]["params.yaml"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    source = params.get("data.source") or (params.get("data") or {}).get("source")
+    return None if source is None else str(source)
+
+
+def data_warning(sources: list[str | None], base_rev: str) -> list[str]:
+    """A warning for the comment's first lines when the two sides' results were made from different data."""
+    if sources[0] == sources[1]:
+        return []
+    old, new = (f"`{s}`" if s else "an unrecorded source" for s in sources)
+    return [f"> **Different data:** `{base_rev}`'s results were made from {old}, this change's from {new}; their "
+            "metrics and figures do not compare like for like.", ""]  # fmt: skip
+
+
+def sides(base_rev: str, base: str, head: str, sources: list[str | None]) -> list[str]:
+    """The table of which commit, which data and which machine's training each side's results come from."""
     dirty = bool((git("status", "--porcelain", "--", "reports", "params.yaml", "dvc.lock") or "").strip())
     runs = [run_record(base), run_record(None)]
 
@@ -142,6 +166,7 @@ def sides(base_rev: str, base: str, head: str) -> list[str]:
         f"| | `{base_rev}` | this change |",
         "| --- | --- | --- |",
         f"| commit | `{base[:7]}` | {this} |",
+        "| data (dvc.lock's data.source) | " + " | ".join(f"`{s}`" if s else "(not recorded)" for s in sources) + " |",
         f"| trained on | {machine(runs[0])} | {machine(runs[1])} |",
         f"| training | {training(runs[0])} | {training(runs[1])} |",
     ]
@@ -207,7 +232,9 @@ def compare(
     images = Images(figures_dir, assets_url)
     if base_rev == base:  # a commit's full name: its short one reads better
         base_rev = base[:7]
-    lines = [MARKER, f"## Pipeline results against `{base_rev}` ({base[:7]})", "", *sides(base_rev, base, head), ""]
+    sources = [data_source(base), data_source(None)]
+    lines = [MARKER, f"## Pipeline results against `{base_rev}` ({base[:7]})", "", *data_warning(sources, base_rev)]
+    lines += [*sides(base_rev, base, head, sources), ""]
     lines += [
         "### Metrics",
         "",

@@ -65,7 +65,7 @@ def test_a_full_length_zero_memory_hidden_by_seq_pos_equals_an_empty_one():
     seq_pos = torch.arange(8).repeat(3, 1)  # every row starts a sequence here
     empty, _, empty_mems = model(tokens, seq_pos=seq_pos)
     zeros = model.init_mems(3, 8)
-    assert [m.shape for m in zeros] == [(3, 8, 32)] * 4 and all(not m.any() for m in zeros)
+    assert [m.shape for m in zeros] == [(3, 8, 32)] * model.cfg.n_layer and all(not m.any() for m in zeros)
     full, _, full_mems = model(tokens, mems=zeros, seq_pos=seq_pos)
     torch.testing.assert_close(full, empty, rtol=1e-12, atol=1e-12)
     for a, b in zip(full_mems, empty_mems, strict=True):

@@ -25,7 +25,8 @@ def test_memory_is_a_window_of_mem_len_states():
     model = tiny(mem_len=4)
     tokens = torch.randint(0, 50, (1, 12))
     _, _, mems = model(tokens[:, :8])
-    assert all(m.shape == (1, 4, 32) for m in mems) and len(mems) == 4
+    # One memory per layer, of that layer's input: the last layer's output is never attended to, so it is not kept.
+    assert all(m.shape == (1, 4, 32) for m in mems) and len(mems) == model.cfg.n_layer == 3
     _, _, mems = model(tokens[:, 8:], mems=mems)
     assert all(not m.requires_grad for m in mems)
 

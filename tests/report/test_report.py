@@ -228,8 +228,8 @@ def test_the_composers_section_shows_the_gain_and_who_was_named_and_nothing_with
 
     named = {"tokens": 512, "pieces": 5, "top1": 0.6, "top3": 1.0, "majority": 0.4, "labels": ["Bach", "Chopin"],
              "confusion": [[2, 1], [1, 1]]}  # fmt: skip
-    scores = {"validation": {"nll": 2.5, "nll_unlabelled": 2.56, "label_gain": 0.06, "by_composer": {"Bach": 2.4},
-                             "by_composer_unlabelled": {"Bach": 2.5}, "identification": named}}  # fmt: skip
+    scores = {"validation": {"nll": 2.56, "nll_labelled": 2.5, "label_gain": 0.06, "by_composer": {"Bach": 2.5},
+                             "by_composer_labelled": {"Bach": 2.4}, "identification": named}}  # fmt: skip
     summary = {"settings": {"seconds": 30.0}, "samples": []}
     lines = "\n".join(composers_section(scores, summary, tmp_path, tmp_path, {}, {}))
     assert (

@@ -39,6 +39,8 @@ def test_the_review_script_compares_a_change_with_its_base(project, tmp_path):  
     machine = f"{run['hardware']}; cpu, 1 process(es)"
     assert f"| commit | `{base[:7]}` | `{head[:7]}` with uncommitted results |" in comment
     assert f"| trained on | {machine} | {machine} |" in comment
+    source = f"`{tmp_path / 'synthetic'}`"  # the same data both sides, from each side's dvc.lock: no warning
+    assert f"| data (dvc.lock's data.source) | {source} | {source} |" in comment and "Different data" not in comment
     trained = [json.loads(sh(["git", "show", "base:reports/train/run.json"], project).stdout), run]
     cells = [f"{r['steps']:,} steps in {r['wall_seconds'] / 60:.1f} min, {r['tokens_per_second']:,.0f} tokens/s"
              for r in trained]  # fmt: skip

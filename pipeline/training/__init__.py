@@ -1,0 +1,1 @@
+"""The train stage's helpers: which checkpoint a run resumes and where every other run's state goes (`resume`)."""

@@ -1,0 +1,227 @@
+"""Which run the train stage resumes, and where every other run's checkpoint goes: no run's state is overwritten.
+
+A run is one training trajectory from a fresh start. Its `run_id`, drawn then, stays with it through every resume.
+The working folder (data/checkpoints/, which DVC never touches) holds `last.pt`, the run that trains on, and the runs
+set aside: `last.prev.pt` (the latest), then `last.prev-1.pt`, `last.prev-2.pt`, ... `data/resume/last.pt` is a copy
+of the last finished run's checkpoint, a DVC output that `dvc push` shares, so that a clone trains on from it.
+
+A checkpoint can resume when it was trained with the same model, data and trajectory params, not past train.steps,
+and, if its run finished, by the same code: the files the train stage depends on (its deps in dvc.yaml), by
+content. So a finished run is exported as it is only while that code is unchanged. A stopped run resumes under
+changed code (GPU hours are not thrown away), and its checkpoint's `history` says which steps ran under which code.
+
+Of the checkpoints that can resume, in the working folder and the shared one, the furthest along does (on a tie,
+`last.pt`). A file moved or copied over another never destroys a run's state: the one in the way is set aside first,
+unless it is an earlier checkpoint of the very run that replaces it (the same run_id, fewer steps).
+"""
+
+from __future__ import annotations
+
+import filecmp
+import hashlib
+import itertools
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.atomic import atomic_path
+from pipeline.checkpoint import read_checkpoint
+from pipeline.errors import PipelineError
+
+ROOT = Path(__file__).resolve().parents[2]  # the project whose code is running
+
+
+@dataclass
+class Wanted:
+    """What the run about to start trains: the model's config and the data (`identity`), the train params as
+    trained, the names of those that steer training, and the code (`code_identity`)."""
+
+    identity: dict
+    params: dict
+    trajectory: tuple[str, ...]
+    code: dict[str, str]
+
+
+def file_digest(path: Path) -> str:
+    """The sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tokens_fingerprint(tokens: Path) -> str:
+    """A sha256 over every file of the token folder: a checkpoint resumes only on the data it was trained on."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(tokens).rglob("*")):
+        if path.is_file():
+            digest.update(path.relative_to(tokens).as_posix().encode() + b"\0")
+            with path.open("rb") as f:
+                while block := f.read(1 << 22):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def code_deps(root: Path = ROOT) -> list[Path]:
+    """The files of code the train stage depends on: its deps in ROOT/dvc.yaml outside data/ (a folder's files one
+    by one); without a dvc.yaml (the package installed alone), every Python file of `pipeline` and `model`."""
+    dvc_yaml = Path(root) / "dvc.yaml"
+    if dvc_yaml.is_file():
+        import yaml
+
+        try:
+            deps = yaml.safe_load(dvc_yaml.read_text())["stages"]["train"]["deps"]
+        except (yaml.YAMLError, KeyError, TypeError) as exc:
+            raise PipelineError(f"{dvc_yaml}: no readable deps of the train stage ({exc})") from exc
+        names = [d if isinstance(d, str) else next(iter(d)) for d in deps]
+        paths = [Path(root) / name for name in names if not name.startswith("data/")]
+    else:
+        paths = [Path(root) / "pipeline", Path(root) / "model"]
+    files = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*.py") if "__pycache__" not in p.parts)
+        elif path.is_file():
+            files.append(path)
+    return files
+
+
+def code_identity(root: Path = ROOT) -> dict[str, str]:
+    """The sha256 of each file of `code_deps`, by its path in the project: what a checkpoint records of its code."""
+    return {path.relative_to(root).as_posix(): file_digest(path) for path in code_deps(root)}
+
+
+def code_digest(code: dict[str, str] | None) -> str:
+    """A short name for a whole code identity (12 hex digits), or 'unrecorded'."""
+    if code is None:
+        return "unrecorded"
+    lines = "".join(f"{path}\0{sha}\n" for path, sha in sorted(code.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()[:12]
+
+
+def changed_code(saved: dict[str, str] | None, now: dict[str, str]) -> list[str]:
+    """The files whose content differs between a checkpoint's code and this code (added and removed ones too)."""
+    if saved is None:
+        return ["(a checkpoint from before code was recorded)"]
+    return sorted(path for path in set(saved) | set(now) if saved.get(path) != now.get(path))
+
+
+def code_steps(history: list[dict], step: int) -> list[dict]:
+    """A run's code history as run.json records it: each code's digest, the files changed from the one before, and
+    the steps [from_step, to_step) it trained."""
+    ends = [entry["from_step"] for entry in history[1:]] + [step]
+    return [{**entry, "to_step": end} for entry, end in zip(history, ends, strict=True)]
+
+
+def changes(saved: dict, now: dict) -> list[str]:
+    """'key old → new' for each key whose value differs (the data by name only: its fingerprint says nothing)."""
+    return [
+        "the token data" if key == "data" else f"{key} {saved.get(key)} → {now.get(key)}"
+        for key in sorted(set(saved) | set(now))
+        if saved.get(key) != now.get(key)
+    ]
+
+
+def finished(state: dict) -> bool:
+    """Whether the checkpoint's run reached the train.steps it was trained for."""
+    return state["step"] >= state["params"]["steps"]
+
+
+def mismatch(state: dict, wanted: Wanted) -> str | None:
+    """Why a checkpoint cannot resume as `wanted`, or None: other settings (model, data or a trajectory param), a run
+    already past train.steps, or a finished run of other code."""
+    saved, trajectory = state["params"], wanted.trajectory
+    changed = changes(state["config"], wanted.identity) + changes(
+        {k: saved.get(k) for k in trajectory}, {k: wanted.params[k] for k in trajectory}
+    )
+    if changed:
+        return f"was trained with other settings ({', '.join(changed)})"
+    if state["step"] > wanted.params["steps"]:
+        return f"was trained past train.steps ({state['step']} > {wanted.params['steps']})"
+    edited = changed_code(state.get("code"), wanted.code)
+    if edited and finished(state):
+        return f"finished under other code ({', '.join(edited)})"
+    return None
+
+
+def set_aside(path: Path, folder: Path | None = None) -> Path:
+    """Move a checkpoint that will not train on to NAME.prev.pt in FOLDER (default: its own). One already there moves
+    on to the first free NAME.prev-N.pt (N = 1, 2, ...), so that no run's state is ever overwritten."""
+    folder = Path(folder or path.parent)
+    kept = folder / f"{path.stem}.prev{path.suffix}"
+    if kept.exists():
+        older = next(p for n in itertools.count(1) if not (p := folder / f"{path.stem}.prev-{n}{path.suffix}").exists())
+        kept.replace(older)
+    shutil.move(path, kept)  # data/resume may lie on another file system than data/checkpoints
+    return kept
+
+
+def superseded(old: dict | None, new: dict) -> bool:
+    """Whether OLD is an earlier checkpoint of NEW's own run, which NEW may replace."""
+    return (
+        old is not None
+        and old.get("run_id") is not None
+        and old.get("run_id") == new.get("run_id")
+        and (old["step"] <= new["step"])
+    )
+
+
+def candidates(working: Path, shared: Path | None) -> list[Path]:
+    """The checkpoints to weigh: the working one, the runs set aside beside it (and one caught mid-move), the shared
+    one; in the order that breaks a tie."""
+    beside = sorted(p for p in working.parent.glob(f"{working.stem}.*{working.suffix}") if p.is_file())
+    return [working, *beside, *([Path(shared)] if shared is not None else [])]
+
+
+def choose_checkpoint(
+    working: Path,
+    wanted: Wanted,
+    rank: int,
+    say: Callable[[str], None],
+    wait: Callable[[], None],
+    shared: Path | None = None,
+) -> dict | None:
+    """The state to resume (see the module's docstring), now at WORKING; None to train afresh, with WORKING set aside.
+    Every process reads; rank 0 alone moves files, after `wait` (a barrier) says that every process has read them."""
+    states = {path: read_checkpoint(path) for path in candidates(working, shared)}
+    fits = [(path, s) for path, s in states.items() if s is not None and mismatch(s, wanted) is None]
+    chosen = max(fits, key=lambda fit: fit[1]["step"], default=None)  # the first of the furthest along
+    wait()
+    if rank == 0 and (chosen is None or chosen[0] != working):
+        _move_into_place(working, states[working], chosen, wanted, say)
+    return None if chosen is None else chosen[1]
+
+
+def _move_into_place(
+    working: Path, current: dict | None, chosen: tuple[Path, dict] | None, wanted: Wanted, say: Callable[[str], None]
+) -> None:
+    """Put the CHOSEN checkpoint at WORKING, setting the CURRENT one there aside unless CHOSEN continues its run."""
+    source, state = chosen if chosen is not None else (None, None)
+    name = None if source is None else source.name if source.parent == working.parent else str(source)
+    held = None
+    if source is not None and source.parent == working.parent:  # out of the way of set_aside's renames
+        held = source.replace(working.with_name(f"{working.stem}.resuming{working.suffix}"))
+    if current is not None and (state is None or not superseded(current, state)):
+        reason = mismatch(current, wanted) or f"is at step {current['step']}, behind {name}"
+        say(f"{working} {reason}; kept as {set_aside(working).name}" + (", training afresh" if state is None else ""))
+    if held is not None:
+        held.replace(working)
+        say(f"{working} ← {source.name}, which matches: that run resumes, at step {state['step']}")
+    elif source is not None:
+        with atomic_path(working) as tmp:
+            shutil.copyfile(source, tmp)
+        say(f"{working} ← {source}: the checkpoint of the finished run, at step {state['step']}")
+
+
+def share(working: Path, shared: Path, say: Callable[[str], None]) -> None:
+    """Copy a finished run's WORKING checkpoint to SHARED, for DVC to cache. A checkpoint there of another run is set
+    aside beside WORKING first (one of this same run, fewer steps in, is replaced)."""
+    if shared.is_file():
+        if filecmp.cmp(working, shared, shallow=False):
+            return
+        if not superseded(read_checkpoint(shared), read_checkpoint(working)):
+            say(f"{shared} holds another run's checkpoint; kept as {set_aside(shared, working.parent)}")
+    with atomic_path(shared) as tmp:
+        shutil.copyfile(working, tmp)

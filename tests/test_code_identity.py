@@ -1,0 +1,160 @@
+"""A run's code is part of what it is: a finished run is exported again only by the same code, a stopped one resumes
+under new code and says so, and every copy or move over a checkpoint sets the one in the way aside first."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import torch
+import yaml
+from conftest import ROOT, repeating_corpus
+from test_resume import _same_weights, _stop_at, _weights
+from test_train import TINY_MODEL, params
+
+from pipeline.train import train
+from pipeline.training.resume import code_deps, code_identity, set_aside
+
+OLD, NEW = (
+    {"model/transformer_xl.py": "a" * 64, "pipeline/train.py": "b" * 64},
+    {
+        "model/transformer_xl.py": "c" * 64,
+        "pipeline/train.py": "b" * 64,
+    },
+)
+
+
+def _state(path) -> dict:  # noqa: ANN001
+    return torch.load(path, weights_only=True)
+
+
+def test_the_code_identity_is_the_train_stage_deps_of_dvc_yaml_by_content(tmp_path):
+    deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["deps"]
+    code = [d for d in deps if not d.startswith("data/")]
+    assert sorted(code_identity()) == sorted(code) and "model/transformer_xl.py" in code
+    assert all(len(sha) == 64 for sha in code_identity().values())
+    copy = tmp_path / "project"  # a project copy whose model file gains one comment: only that file's digest moves
+    for name in ["dvc.yaml", *code]:
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, copy / name)
+    before = code_identity(copy)
+    with (copy / "model" / "transformer_xl.py").open("a") as f:
+        f.write("# a comment\n")
+    after = code_identity(copy)
+    assert [k for k in before if before[k] != after[k]] == ["model/transformer_xl.py"]
+    (copy / "dvc.yaml").unlink()  # the package without its project: every module of pipeline/ and model/
+    assert {p.relative_to(copy).as_posix() for p in code_deps(copy)} >= set(code)
+
+
+def test_a_finished_run_of_other_code_is_set_aside_and_the_stage_trains_afresh(tmp_path, capsys):
+    tokens, folder = repeating_corpus(tmp_path / "tokens"), tmp_path / "c"
+    train(tokens, folder, tmp_path / "old", None, TINY_MODEL, params(steps=8), code=OLD)
+    finished = (folder / "last.pt").read_bytes()
+    capsys.readouterr()
+    train(tokens, folder, tmp_path / "new", None, TINY_MODEL, params(steps=8), code=NEW)
+    out = capsys.readouterr().out
+    assert "finished under other code (model/transformer_xl.py); kept as last.prev.pt, training afresh" in out
+    assert "resuming" not in out and (folder / "last.prev.pt").read_bytes() == finished
+    assert _state(folder / "last.pt")["code"] == NEW and _state(folder / "last.pt")["history"][0]["from_step"] == 0
+    # The old code again: its finished run is the one exported, and the new code's run is kept in its turn.
+    train(tokens, folder, tmp_path / "again", None, TINY_MODEL, params(steps=8), code=OLD)
+    assert "last.pt ← last.prev.pt, which matches: that run resumes, at step 8" in capsys.readouterr().out
+    assert _same_weights(_weights(tmp_path / "old"), _weights(tmp_path / "again"))
+    assert _state(folder / "last.prev.pt")["code"] == NEW
+
+
+def test_a_stopped_run_resumes_under_new_code_and_its_record_says_which_steps_ran_under_which(tmp_path, capsys):
+    tokens, folder, live = repeating_corpus(tmp_path / "tokens"), tmp_path / "c", tmp_path / "live"
+    train(tokens, folder, tmp_path / "m", live, TINY_MODEL, params(steps=10), on_step=_stop_at(4), code=OLD)
+    capsys.readouterr()
+    train(tokens, folder, tmp_path / "m", live, TINY_MODEL, params(steps=10), code=NEW)
+    out = capsys.readouterr().out
+    assert "resuming from" in out and "at step 4" in out and "training afresh" not in out
+    assert "the code changed since step 4 began (model/transformer_xl.py)" in out
+    code = json.loads((live / "run.json").read_text())["code"]
+    assert [(c["from_step"], c["to_step"], c["changed"]) for c in code] == [
+        (0, 4, []),
+        (4, 10, ["model/transformer_xl.py"]),
+    ]
+    assert code[0]["code"] != code[1]["code"] and not (folder / "last.prev.pt").exists()
+    # The same steps trained under one code end where the run under two did: the code took no part in the maths.
+    train(tokens, tmp_path / "whole", tmp_path / "whole_m", None, TINY_MODEL, params(steps=10), code=NEW)
+    assert _same_weights(_weights(tmp_path / "m"), _weights(tmp_path / "whole_m"))
+
+
+def test_a_shared_checkpoint_of_other_code_is_never_exported_and_is_kept_when_the_new_run_shares(tmp_path, capsys):
+    """What .ci/review relies on: a pulled checkpoint that the pull request's code did not train is not its model."""
+    tokens, shared = repeating_corpus(tmp_path / "tokens"), tmp_path / "resume"
+    train(tokens, tmp_path / "base", tmp_path / "base_m", None, TINY_MODEL, params(steps=8), shared=shared, code=OLD)
+    pulled = (shared / "last.pt").read_bytes()
+    capsys.readouterr()
+    clone = tmp_path / "clone"  # no working checkpoint: a fresh clone that pulled data/resume
+    train(tokens, clone, tmp_path / "pr_m", None, TINY_MODEL, params(steps=8), shared=shared, code=NEW)
+    out = capsys.readouterr().out
+    assert "resuming" not in out and "the checkpoint of the finished run" not in out
+    assert f"{shared / 'last.pt'} holds another run's checkpoint; kept as {clone / 'last.prev.pt'}" in out
+    assert (clone / "last.prev.pt").read_bytes() == pulled and _state(shared / "last.pt")["code"] == NEW
+    train(tokens, tmp_path / "fresh", tmp_path / "fresh_m", None, TINY_MODEL, params(steps=8), code=NEW)
+    assert _same_weights(_weights(tmp_path / "pr_m"), _weights(tmp_path / "fresh_m"))  # trained, from scratch
+
+
+def test_deleting_the_checkpoints_and_the_shared_one_trains_afresh(tmp_path, capsys):
+    tokens, folder, shared = repeating_corpus(tmp_path / "tokens"), tmp_path / "c", tmp_path / "resume"
+    train(tokens, folder, tmp_path / "m", None, TINY_MODEL, params(steps=6), shared=shared, code=OLD)
+    first = _state(folder / "last.pt")["run_id"]
+    shutil.rmtree(folder)
+    shutil.rmtree(shared)
+    capsys.readouterr()
+    train(tokens, folder, tmp_path / "m", None, TINY_MODEL, params(steps=6), shared=shared, code=OLD)
+    assert "resuming" not in capsys.readouterr().out and _state(folder / "last.pt")["run_id"] != first
+
+
+def test_a_matching_working_checkpoint_of_another_run_is_set_aside_before_the_shared_one_is_copied_over_it(
+    tmp_path, capsys
+):
+    tokens, shared, working = repeating_corpus(tmp_path / "tokens"), tmp_path / "s", tmp_path / "w"
+    train(tokens, tmp_path / "a", tmp_path / "model_a", None, TINY_MODEL, params(steps=10), shared=shared)
+    train(tokens, working, tmp_path / "m", None, TINY_MODEL, params(steps=10), on_step=_stop_at(4))  # another run
+    stopped = (working / "last.pt").read_bytes()
+    capsys.readouterr()
+    train(tokens, working, tmp_path / "m", None, TINY_MODEL, params(steps=10), shared=shared)
+    out = capsys.readouterr().out
+    assert f"is at step 4, behind {shared / 'last.pt'}; kept as last.prev.pt" in out
+    assert "the checkpoint of the finished run, at step 10" in out
+    assert (working / "last.prev.pt").read_bytes() == stopped  # the local run, whole
+    # An earlier checkpoint of the shared run itself is replaced, not kept: the copy continues that very run.
+    shutil.copy(tmp_path / "a" / "last.pt", working / "last.pt")
+    train(tokens, tmp_path / "a", tmp_path / "model_a", None, TINY_MODEL, params(steps=14), shared=shared)
+    capsys.readouterr()
+    train(tokens, working, tmp_path / "m", None, TINY_MODEL, params(steps=14), shared=shared)
+    out = capsys.readouterr().out
+    assert "the checkpoint of the finished run, at step 14" in out and "kept as" not in out
+    assert not (working / "last.prev-1.pt").exists()
+
+
+def test_last_prev_resumes_when_last_is_missing(tmp_path, capsys):
+    tokens, folder = repeating_corpus(tmp_path / "tokens"), tmp_path / "c"
+    train(tokens, folder, tmp_path / "m", None, TINY_MODEL, params(steps=10), on_step=_stop_at(6))
+    (folder / "last.pt").rename(folder / "last.prev.pt")
+    capsys.readouterr()
+    train(tokens, folder, tmp_path / "m", None, TINY_MODEL, params(steps=10))
+    out = capsys.readouterr().out
+    assert "last.pt ← last.prev.pt, which matches: that run resumes, at step 6" in out
+    assert not (folder / "last.prev.pt").exists() and _state(folder / "last.pt")["step"] == 10
+    train(tokens, tmp_path / "whole", tmp_path / "whole_m", None, TINY_MODEL, params(steps=10))
+    assert _same_weights(_weights(tmp_path / "m"), _weights(tmp_path / "whole_m"))
+
+
+def test_set_aside_never_overwrites_a_run_already_set_aside(tmp_path):
+    folder = tmp_path / "c"
+    folder.mkdir()
+    for name, text in (("last.pt", "newest"), ("last.prev.pt", "older"), ("last.prev-1.pt", "oldest")):
+        (folder / name).write_text(text)
+    assert set_aside(folder / "last.pt") == folder / "last.prev.pt"
+    kept = {p.name: p.read_text() for p in folder.iterdir()}
+    assert kept == {"last.prev.pt": "newest", "last.prev-1.pt": "oldest", "last.prev-2.pt": "older"}
+    elsewhere = tmp_path / "resume" / "last.pt"  # the shared checkpoint, set aside into the working folder
+    elsewhere.parent.mkdir()
+    elsewhere.write_text("shared")
+    assert set_aside(elsewhere, folder) == folder / "last.prev.pt" and not elsewhere.exists()
+    assert sorted(p.read_text() for p in folder.iterdir()) == ["newest", "older", "oldest", "shared"]
