@@ -1,18 +1,25 @@
 # `make repro`: set up and run the pipeline.  `make test`: set up and run the tests.  `make demo`: the listening page.
-# TORCH is installed first, so that nothing else pulls a different (and much larger) build of it.
+# TORCH is installed first, so that nothing else pulls a different (and much larger) build of it. It is pip's words,
+# passed as they are: TORCH="torch==2.13.0 --index-url URL" picks another build.
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
+# A stamp named after the torch requirement: another TORCH makes another stamp, so setup installs torch again.
+TORCH_STAMP := $(VENV)/.torch-$(shell printf '%s' '$(TORCH)' | cksum | cut -d ' ' -f 1)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup repro test demo lint bench clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(TORCH_STAMP):
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet "$(TORCH)"
+	rm -f $(VENV)/.torch-*
+	$(BIN)/pip install --quiet $(TORCH)
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(TORCH_STAMP)
 	$(BIN)/pip install --quiet -e ".[dev,demo]"
 	touch $@
 

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 MAESTRO_ASAP = ROOT.parent / "shared" / "data" / "maestro-asap"
 
+from pipeline.demo import DemoParams  # noqa: E402
 from pipeline.demo.studio import ANY, Request, Studio  # noqa: E402
 from pipeline.music.pianoroll import roll_image  # noqa: E402
 from pipeline.params import GenerateParams, load_section, typed  # noqa: E402
@@ -57,7 +58,7 @@ def main() -> None:
     print(f"primer: {primer.name}, 10 s; {args.seconds:g} s of new music")
 
     started = time.perf_counter()
-    studio = Studio(args.model, ROOT / "data" / "tokens", settings, max_upload_mb=2)
+    studio = Studio(args.model, ROOT / "data" / "tokens", settings, DemoParams())
     startup = time.perf_counter() - started
     composer = "Chopin" if "Chopin" in studio.composers() else ANY
     waits = []

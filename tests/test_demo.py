@@ -17,6 +17,7 @@ from test_generate import PRIMER_NOTES, notes_by_mido, notes_by_pretty_midi, par
 from test_package import LABELS, tiny_labelled_model
 
 from pipeline.checkpoint import export_model
+from pipeline.demo import RANGES, DemoParams
 from pipeline.demo.page import composing, generate_take, start, summary
 from pipeline.demo.studio import Request, Studio
 from pipeline.errors import PipelineError
@@ -34,7 +35,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def studio(model_dir, tmp_path) -> Studio:
-    made = Studio(model_dir, tmp_path / "no-tokens", params(samples=1, max_note_s=8.0), max_upload_mb=0.01)
+    made = Studio(model_dir, tmp_path / "no-tokens", params(samples=1, max_note_s=8.0), DemoParams(max_upload_mb=0.01))
     yield made
     made.close()
 
@@ -101,8 +102,17 @@ def test_bad_uploads_and_settings_are_one_line_messages_without_the_servers_path
         (Request(upload=big), "big.mid: 0.02 MB, over the 0.01 MB an upload may be"),
         (Request(upload=silent), "silent.mid: not a readable MIDI primer (contains no notes)"),
         (Request(composer="Mozart"), "unknown composer 'Mozart': the model knows Chopin, Bach, others"),
-        (Request(seconds=0), "seconds must be above 0"),
-        (Request(top_p=1.5), "top-p must be in (0, 1]"),
+        (Request(seconds=0), "seconds must be from 1 to 120, not 0"),
+        (Request(seconds=3600.0), "seconds must be from 1 to 120, not 3600.0"),  # demo.max_seconds, API or page
+        (Request(seconds=float("nan")), "seconds must be from 1 to 120, not nan"),
+        (Request(primer_seconds=61.0), "primer seconds must be from 1 to 60, not 61.0"),
+        (Request(temperature=0.1), "temperature must be from 0.5 to 1.5, not 0.1"),
+        (Request(temperature=2.0), "temperature must be from 0.5 to 1.5, not 2.0"),
+        (Request(top_p=1.5), "top p must be from 0.5 to 1, not 1.5"),
+        (Request(top_p=0.2), "top p must be from 0.5 to 1, not 0.2"),
+        (Request(guidance=-1.0), "guidance must be from 0 to 4, not -1.0"),
+        (Request(guidance=4.5), "guidance must be from 0 to 4, not 4.5"),
+        (Request(seconds="20"), "seconds must be from 1 to 120, not '20'"),
         (Request(piece=3), "validation piece 3: not among the pieces this page offers"),
     ]
     for request, message in cases:
@@ -131,13 +141,20 @@ def test_validation_pieces_are_offered_when_the_tokens_are_there(model_dir, tmp_
     stretched = {key: values + values for key, values in index.items()}  # the same piece again, time-stretched
     stretched["piece_id"][1], stretched["stretch"][1] = index["piece_id"][0] + 1, 1.05
     index_path.write_text(json.dumps(stretched))
-    studio = Studio(model_dir, tokens, params(samples=1), max_upload_mb=1)
+    studio = Studio(model_dir, tokens, params(samples=1), DemoParams(max_upload_mb=1))
     ((choice, piece),) = studio.pieces().items()  # the stretched copy is no piece to start from
     assert choice.startswith(f"piece {piece} · ")
     take = studio.compose(Request(piece=piece, seconds=1.0))
     assert take.record["primer"]["source"].startswith(f"validation piece {piece}")
     studio.close()
     assert not studio.folder.exists()
+
+
+def test_every_limit_admits_its_own_edges(studio):
+    edges = {**RANGES, "seconds": (1.0, studio.limits.max_seconds)}
+    for name, (low, high) in edges.items():
+        for value in (low, high):
+            studio.check(Request(**{name: value}))  # no error at either edge of the slider
 
 
 def test_the_status_bar_fills_with_the_share_done():
@@ -204,3 +221,7 @@ def test_takes_never_run_side_by_side_and_only_the_latest_folders_are_kept(studi
     assert len({t.record["take"] for t in takes}) == 2
     studio.compose(Request(seconds=1.0, seed=3))
     assert len(list(studio.folder.iterdir())) == 2  # the oldest take's folder is gone
+    studio.takes = 9998  # past take 9999, names no longer sort as numbers do: the newest are kept all the same
+    for seed in (4, 5, 6):
+        studio.compose(Request(seconds=1.0, seed=seed))
+    assert sorted(p.name for p in studio.folder.iterdir()) == ["take-10000", "take-10001"]

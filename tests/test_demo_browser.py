@@ -197,15 +197,29 @@ def test_the_page_listens_on_loopback_only_and_makes_no_share_link(app):
     assert "gradio.live" not in log and "share" not in log.lower()
 
 
+def refusal(client, args: dict) -> str:  # noqa: ANN001
+    """The message a request outside the page's limits gets through the API."""
+    from gradio_client.exceptions import AppError
+
+    try:
+        status = client.predict(**args)[0]
+    except AppError as exc:
+        return str(exc)
+    assert status.startswith("⚠ "), status
+    return status
+
+
 def test_two_requests_at_once_are_both_served_one_after_the_other(app):
     """The page in this process, its studio timing each take: both takes come, and they do not overlap."""
     from gradio_client import Client
 
+    from pipeline.demo import DemoParams
     from pipeline.demo.page import build
     from pipeline.demo.studio import Studio
     from pipeline.params import GenerateParams
 
-    studio = Studio(app[1] / "model", app[1] / "no-tokens", GenerateParams(device="cpu"), max_upload_mb=1)
+    limits = DemoParams(seconds=SECONDS, max_seconds=30, max_upload_mb=1)
+    studio = Studio(app[1] / "model", app[1] / "no-tokens", GenerateParams(device="cpu"), limits)
     spans, compose = [], studio.compose
 
     def timed(request, on_progress=None):  # noqa: ANN001, ANN202
@@ -215,7 +229,7 @@ def test_two_requests_at_once_are_both_served_one_after_the_other(app):
         return take
 
     studio.compose = timed
-    page = build(studio, SECONDS, 30)
+    page = build(studio)
     page.launch(server_name="127.0.0.1", server_port=free_port(), share=False, quiet=True, prevent_thread_lock=True)
     try:
         client = Client(page.local_url, verbose=False)
@@ -223,9 +237,15 @@ def test_two_requests_at_once_are_both_served_one_after_the_other(app):
                     temp=1.0, nucleus=0.98, api_name="/generate")  # fmt: skip
         jobs = [client.submit(**args, seed_value=seed) for seed in (1, 2)]
         statuses = [job.result(timeout=120)[0] for job in jobs]
+        # The API keeps the page's limits: an hour of music, or a temperature off the slider, is refused with a
+        # message (Gradio's own check of the slider, or the studio's behind it), and no take is made.
+        refused = [refusal(client, {**args, name: value, "seed_value": 3}) for name, value in (("secs", 3600.0),
+                                                                                               ("temp", 9.0))]
     finally:
         page.close()
         studio.close()
     assert "seed 1," in statuses[0] and "seed 2," in statuses[1]
     (first_start, first_end), (second_start, second_end) = sorted(spans)
     assert len(spans) == 2 and first_end <= second_start  # queued, not run side by side
+    assert "3600" in refused[0] and "30" in refused[0] and "9" in refused[1] and "1.5" in refused[1], refused
+    assert len(spans) == 2

@@ -123,9 +123,14 @@ def commit(project: Path, message: str) -> None:
 
 def review(clone: Path, **env: str) -> subprocess.CompletedProcess:
     """.ci/review as the workflow runs it, with the tests' own environment as its venv (`make setup` then finds it up
-    to date: a clone's files are newer than the venv, so they are dated back)."""
+    to date: a clone's files are newer than the venv, so they are dated back, and the stamp of the torch the venv
+    has is there, dated back too)."""
     for name in ("pyproject.toml", "Makefile"):
         os.utime(clone / name, (0, 0))
+    torch_stamp = sh(["make", "-s", "-p", "-n", "setup", f"VENV={sys.prefix}"], clone).stdout
+    stamp = Path(re.search(r"^TORCH_STAMP := (.+)$", torch_stamp, re.M).group(1))
+    stamp.touch()
+    os.utime(stamp, (0, 0))
     return sh([str(clone / ".ci" / "review")], clone, VENV=sys.prefix, **env)
 
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# What a visitor may ask for besides the length (demo.max_seconds): the page's sliders span these, and the studio
+# refuses anything outside them, so the page and its API keep the same limits.
+RANGES = {"primer_seconds": (1.0, 60.0), "guidance": (0.0, 4.0), "temperature": (0.5, 1.5), "top_p": (0.5, 1.0)}
+
 
 @dataclass
 class DemoParams:

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.demo import DemoParams
+from pipeline.demo import RANGES, DemoParams
 from pipeline.demo.studio import ANY, Request, Studio, Take
 from pipeline.errors import PipelineError
 from pipeline.music.pianoroll import roll_image
@@ -66,7 +66,7 @@ def summary(take: Take) -> str:
     )
 
 
-def build(studio: Studio, seconds: float, max_seconds: float) -> object:
+def build(studio: Studio) -> object:
     """The page's gradio Blocks."""
     import gradio as gr
 
@@ -79,14 +79,17 @@ def build(studio: Studio, seconds: float, max_seconds: float) -> object:
             with gr.Column():
                 upload = gr.File(label="primer (MIDI)", file_types=[".mid", ".midi"], type="filepath", elem_id="upload")
                 source = gr.Dropdown(sources, value=NO_PRIMER, label="start from", elem_id="source")
-                primer_seconds = gr.Slider(1, 60, value=studio.settings.primer_seconds, step=1,
+                primer_seconds = gr.Slider(*RANGES["primer_seconds"], value=studio.settings.primer_seconds, step=1,
                                            label="seconds of the primer")  # fmt: skip
             with gr.Column():
                 composer = gr.Dropdown(studio.composers(), value=ANY, label="composer", elem_id="composer")
-                guidance = gr.Slider(0, 4, value=studio.settings.guidance, step=0.25, label="guidance (1: plain)")
-                length = gr.Slider(1, max_seconds, value=seconds, step=1, label="seconds to generate")
-                temperature = gr.Slider(0.5, 1.5, value=studio.settings.temperature, step=0.05, label="temperature")
-                top_p = gr.Slider(0.5, 1.0, value=studio.settings.top_p, step=0.01, label="top-p")
+                guidance = gr.Slider(*RANGES["guidance"], value=studio.settings.guidance, step=0.25,
+                                     label="guidance (1: plain)")  # fmt: skip
+                length = gr.Slider(1, studio.limits.max_seconds, value=studio.limits.seconds, step=1,
+                                   label="seconds to generate")  # fmt: skip
+                temperature = gr.Slider(*RANGES["temperature"], value=studio.settings.temperature, step=0.05,
+                                        label="temperature")  # fmt: skip
+                top_p = gr.Slider(*RANGES["top_p"], value=studio.settings.top_p, step=0.01, label="top-p")
                 seed = gr.Number(value=studio.settings.seed, precision=0, label="seed")
         button = gr.Button("Generate", variant="primary", elem_id="generate")
         status = gr.Markdown(elem_id="status")
@@ -129,8 +132,7 @@ def start(model: Path, tokens: Path, params: Path, host: str, port: int | None) 
 
     found = {name: load_section(name, params) if Path(params).is_file() else {} for name in ("demo", "generate")}
     demo = DemoParams(**typed(DemoParams, found["demo"], "demo"))
-    studio = Studio(model, tokens, GenerateParams(**typed(GenerateParams, found["generate"], "generate")),
-                    demo.max_upload_mb)  # fmt: skip
+    studio = Studio(model, tokens, GenerateParams(**typed(GenerateParams, found["generate"], "generate")), demo)
     try:
         try:
             import gradio  # noqa: F401
@@ -145,7 +147,7 @@ def serve(studio: Studio, host: str, port: int | None, demo: DemoParams) -> None
     """Serve the page on host:port (a free port from 7860 when None) until interrupted; never a share link."""
     import gradio as gr
 
-    page = build(studio, demo.seconds, demo.max_seconds)
+    page = build(studio)
     if host != LOOPBACK:
         print(f"demo: listening on {host}: anyone who can reach this machine can use the page", flush=True)
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])  # no fonts fetched

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.composers import UNLABELLED, resolve
+from pipeline.demo import RANGES, DemoParams
 from pipeline.errors import PipelineError
 from pipeline.generate import (
     Primer,
@@ -73,11 +74,11 @@ class Take:
 class Studio:
     """The model loaded once, and requests turned into takes."""
 
-    def __init__(self, model_dir: Path, tokens: Path, settings: GenerateParams, max_upload_mb: float) -> None:
+    def __init__(self, model_dir: Path, tokens: Path, settings: GenerateParams, limits: DemoParams) -> None:
         self.settings = dataclasses.replace(settings, samples=1, wav_samples=1, keep_primer=True, primers=[])
         self.model, self.dtype, self.span = open_model(Path(model_dir), self.settings, 1)
         labels = model_labels(self.model, model_dir, tokens) if self.model.cfg.n_labels else []
-        self.labels, self.tokens, self.max_upload_mb = labels, Path(tokens), max_upload_mb
+        self.labels, self.tokens, self.limits = labels, Path(tokens), limits
         self.offered = self._validation_pieces()  # read once: the token folder does not change while the page serves
         self.synth = synthesizer()
         self.folder = Path(tempfile.mkdtemp(prefix="maestro-xl-demo-"))
@@ -109,9 +110,9 @@ class Studio:
         if request.upload is not None:
             path = Path(request.upload)
             size = path.stat().st_size if path.is_file() else 0
-            if size > self.max_upload_mb * 2**20:
+            if size > self.limits.max_upload_mb * 2**20:
                 raise PipelineError(
-                    f"{path.name}: {size / 2**20:.2f} MB, over the {self.max_upload_mb:g} MB an upload may be"
+                    f"{path.name}: {size / 2**20:.2f} MB, over the {self.limits.max_upload_mb:g} MB an upload may be"
                 )
             try:
                 return primer_from_midi(path, request.primer_seconds)
@@ -123,8 +124,18 @@ class Studio:
             return primer_from_piece(self.tokens, int(request.piece), request.primer_seconds)
         return unconditional()
 
+    def check(self, request: Request) -> None:
+        """Refuse a request outside the page's limits (RANGES and demo.max_seconds), whether it came from the page or
+        from its API: a PipelineError that names the setting and its range."""
+        bounds = {**RANGES, "seconds": (1.0, self.limits.max_seconds)}
+        for name, (low, high) in bounds.items():
+            value = getattr(request, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise PipelineError(f"{name.replace('_', ' ')} must be from {low:g} to {high:g}, not {value!r}")
+
     def compose(self, request: Request, on_progress: Progress | None = None) -> Take:
         """Sample one take for `request`, calling `on_progress` now and then; PipelineError for a bad request."""
+        self.check(request)
         p = dataclasses.replace(
             self.settings,
             seconds=float(request.seconds),
@@ -159,7 +170,8 @@ class Studio:
             self.takes += 1
             number, folder = self.takes, self.folder / f"take-{self.takes:04d}"
             folder.mkdir()
-            for old in sorted(self.folder.iterdir())[:-KEEP_TAKES]:  # the page has served them by now
+            numbered = sorted(self.folder.iterdir(), key=lambda take: int(take.name.split("-")[1]))
+            for old in numbered[:-KEEP_TAKES]:  # the page has served them by now
                 shutil.rmtree(old, ignore_errors=True)
         audio = None if isinstance(self.synth, str) else self.synth
         record = write_sample(folder, f"maestro-xl-take-{number}", primer, rows[0], p, audio)

@@ -12,7 +12,8 @@ from pathlib import Path
 from conftest import ROOT
 
 FAKE_GH = r'''#!PYTHON
-"""gh api, as .ci/post-comment calls it, over a JSON file of comments; --jq runs the real jq."""
+"""gh api, as .ci/post-comment calls it, over a JSON file of comments: a GET prints them as --paginate does, a
+page of two at a time (--jq, where given, runs the real jq)."""
 import json, subprocess, sys
 from pathlib import Path
 store = Path(__file__).with_name("comments.json")
@@ -23,7 +24,11 @@ with Path(__file__).with_name("calls.log").open("a") as log:
 assert args[0] == "api"
 method = args[args.index("--method") + 1] if "--method" in args else "GET"
 if method == "GET":
-    subprocess.run(["jq", "-r", args[args.index("--jq") + 1]], input=json.dumps(comments), text=True, check=True)
+    pages = "".join(json.dumps(comments[i : i + 2]) for i in range(0, max(len(comments), 1), 2))
+    if "--jq" in args:
+        subprocess.run(["jq", "-r", args[args.index("--jq") + 1]], input=pages, text=True, check=True)
+    else:
+        print(pages)
 else:
     body = Path(next(a for a in args if a.startswith("body=@"))[6:]).read_text()
     if method == "PATCH":
@@ -42,16 +47,35 @@ def git(*args: str, cwd: Path) -> str:
                           env={**os.environ, **GIT}).stdout  # fmt: skip
 
 
-def test_each_push_publishes_its_images_and_updates_the_one_comment(tmp_path):
+def fake_gh(tmp_path: Path, comments: list[dict]) -> Path:
+    """A folder holding the stand-in gh and its store of COMMENTS."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "gh").write_text(FAKE_GH.replace("PYTHON", sys.executable))
     (bin_dir / "gh").chmod(0o755)
+    (bin_dir / "comments.json").write_text(json.dumps(comments))
+    return bin_dir
+
+
+def test_a_first_line_written_as_a_jq_program_finds_no_comment_of_anyone_else(tmp_path):
+    theirs = [{"id": 1, "user": {"login": "a-reviewer"}, "body": "A person's comment"}]
+    bin_dir = fake_gh(tmp_path, theirs)
+    comment = tmp_path / "comment.md"
+    comment.write_text('")) or (true) or ((""|startswith("\nthe pull request\'s own text\n')  # a crafted first line
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "GH_TOKEN": "t",
+           "GITHUB_REPOSITORY": "someone/maestro-xl", "PR_NUMBER": "7"}  # fmt: skip
+    result = subprocess.run([str(ROOT / ".ci" / "post-comment"), str(comment), str(tmp_path / "none"), "pr-7/run-1"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0 and "posted the comment on #7" in result.stdout, result.stdout + result.stderr
+    assert json.loads((bin_dir / "comments.json").read_text())[0] == theirs[0]  # never edited
+
+
+def test_each_push_publishes_its_images_and_updates_the_one_comment(tmp_path):
     others = [
         {"id": 1, "user": {"login": "a-reviewer"}, "body": "Looks good to me"},
         {"id": 2, "user": {"login": "a-reviewer"}, "body": "<!-- maestro-xl compare -->\nquoted by hand"},
     ]
-    (bin_dir / "comments.json").write_text(json.dumps(others))
+    bin_dir = fake_gh(tmp_path, others)
     origin, work = tmp_path / "origin.git", tmp_path / "work"
     git("init", "-q", "--bare", str(origin), cwd=tmp_path)
     git("clone", "-q", str(origin), str(work), cwd=tmp_path)
