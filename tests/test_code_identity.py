@@ -158,3 +158,14 @@ def test_set_aside_never_overwrites_a_run_already_set_aside(tmp_path):
     elsewhere.write_text("shared")
     assert set_aside(elsewhere, folder) == folder / "last.prev.pt" and not elsewhere.exists()
     assert sorted(p.read_text() for p in folder.iterdir()) == ["newest", "older", "oldest", "shared"]
+
+
+def test_the_shared_checkpoint_is_set_aside_only_when_its_run_is_not_kept_in_the_working_folder(tmp_path, capsys):
+    tokens, folder, shared = repeating_corpus(tmp_path / "tokens"), tmp_path / "c", tmp_path / "resume"
+    train(tokens, folder, tmp_path / "m", None, TINY_MODEL, params(steps=6), shared=shared)
+    capsys.readouterr()
+    train(tokens, folder, tmp_path / "m", None, TINY_MODEL, params(steps=6, lr=1e-3), shared=shared)
+    out = capsys.readouterr().out
+    assert "kept as last.prev.pt, training afresh" in out and "holds another run's checkpoint" not in out
+    assert sorted(p.name for p in folder.iterdir()) == ["last.prev.pt", "last.pt"]  # the first run once, not twice
+    assert _state(shared / "last.pt")["params"]["lr"] == 1e-3 and _state(folder / "last.prev.pt")["step"] == 6

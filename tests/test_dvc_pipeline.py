@@ -44,8 +44,12 @@ def sh(args: list[str], cwd: Path, check: bool = True, **extra_env: str) -> subp
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A git repository holding a copy of the project's files (as a fresh clone would)."""
+    return copy_project(tmp_path / "project")
+
+
+def copy_project(copy: Path) -> Path:
+    """A git repository at COPY holding the project's files, as a fresh clone would."""
     files = sh(["git", "ls-files", "--cached", "--others", "--exclude-standard"], ROOT).stdout.split()
-    copy = tmp_path / "project"
     for name in files:
         if (ROOT / name).is_file() and not name.startswith(("tests/", "benchmarks/", "reports/")):
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
@@ -134,10 +138,26 @@ def review(clone: Path, **env: str) -> subprocess.CompletedProcess:
     return sh([str(clone / ".ci" / "review")], clone, VENV=sys.prefix, **env)
 
 
-def test_a_pipeline_pushed_to_a_remote_is_pulled_up_to_date_into_a_fresh_clone(project, tmp_path):
-    tiny_run(project, tmp_path, synthetic_pieces(tmp_path))
+@pytest.fixture(scope="session")
+def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project whose tiny pipeline ran on synthetic pieces and was committed, made once for the tests that start
+    from such a run (each works on a copy: `ran`)."""
+    folder = tmp_path_factory.mktemp("synthetic-run")
+    project = copy_project(folder / "project")
+    tiny_run(project, folder, synthetic_pieces(folder))
     sh(["dvc", "repro"], project)
     commit(project, "pipeline run")
+    return project
+
+
+@pytest.fixture
+def ran(synthetic_run: Path, tmp_path: Path) -> Path:
+    """A copy of `synthetic_run`, git history, DVC cache, outputs and working checkpoint included."""
+    return Path(shutil.copytree(synthetic_run, tmp_path / "project", symlinks=True))
+
+
+def test_a_pipeline_pushed_to_a_remote_is_pulled_up_to_date_into_a_fresh_clone(ran, tmp_path):
+    project = ran
     unset = sh(["dvc", "push"], project, check=False)  # none is configured: the user chooses where data goes
     assert unset.returncode != 0 and "dvc remote add -d" in unset.stderr
     remote = tmp_path / "remote"
@@ -276,3 +296,46 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     assert (samples / "sample-01.mid").read_bytes() != first_sample  # another model, other music
     # One process or several, the tables are the same.
     assert pq.read_table(project / "data" / "events" / "pieces.parquet").equals(pieces)
+
+
+def experiment(project: Path, *settings: str) -> subprocess.CompletedProcess:
+    """`dvc exp run -S ...` from the committed params (each experiment on its own, not on top of the last)."""
+    sh(["git", "checkout", "-q", "--", "params.yaml"], project)
+    return sh(["dvc", "exp", "run", *[arg for s in settings for arg in ("-S", s)]], project)
+
+
+def test_every_experiment_the_readme_names_runs_to_the_end_and_training_follows_its_code(ran):
+    project = ran
+    samples, model = project / "reports" / "samples" / "samples.json", project / "data" / "model" / "config.json"
+    unlabelled = experiment(project, "model.composer_labels=false")
+    assert "the model was trained without composer labels (model.composer_labels), so the samples have no " \
+           "composer: other composers, none left aside" in unlabelled.stdout  # fmt: skip
+    assert [s["composer"] for s in json.loads(samples.read_text())["samples"]] == [None]  # one group, not two
+    scored = json.loads((project / "reports" / "metrics" / "eval.json").read_text())["validation"]
+    assert "nll_labelled" not in scored and json.loads(model.read_text())["n_labels"] == 0
+    experiment(project, "model.state_input=false")
+    assert json.loads(model.read_text())["side_size"] == 0
+    experiment(project, "model.n_layer=2")
+    assert json.loads(model.read_text())["n_layer"] == 2
+    profiled = experiment(project, "train.profile=cpu")
+    assert "the CPU profile (train.profile cpu) sets" in profiled.stdout
+    piece = json.loads((project / "data" / "tokens" / "validation" / "index.json").read_text())["piece_id"][0]
+    experiment(project, f"generate.primers=[{piece}]")
+    assert {s["primer"]["source"] for s in json.loads(samples.read_text())["samples"]} == {
+        f"validation piece {piece} (Test)"
+    }
+    # A change to the model's code retrains from scratch, the old run kept; one to the report touches no training.
+    sh(["git", "checkout", "-q", "--", "params.yaml"], project)
+    sh(["dvc", "checkout", "-f"], project)
+    with (project / "model" / "transformer_xl.py").open("a") as f:
+        f.write("# a change to the model's code\n")
+    retrained = sh(["dvc", "repro"], project)
+    assert "finished under other code (model/transformer_xl.py); kept as last.prev.pt, training afresh" in \
+        retrained.stdout, retrained.stdout  # fmt: skip
+    assert (project / "data" / "checkpoints" / "last.prev.pt").is_file()
+    code = json.loads((project / "reports" / "train" / "run.json").read_text())["code"]
+    assert len(code) == 1 and code[0]["from_step"] == 0 and code[0]["to_step"] == 6
+    with (project / "pipeline" / "report" / "stage.py").open("a") as f:
+        f.write("# a change to the report's code\n")
+    reported = sh(["dvc", "repro"], project)
+    assert "Running stage 'report'" in reported.stdout and "Running stage 'train'" not in reported.stdout

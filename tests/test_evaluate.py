@@ -354,3 +354,29 @@ def test_identification_names_the_likeliest_label_and_the_majority_is_trains_mos
     for t, b in zip(truth, best, strict=True):
         confusion[t - 1, b - 1] += 1
     assert named["confusion"] == confusion.tolist() and named["labels"] == ["A", "B"]
+
+
+def test_identification_over_four_labels_ranks_on_exactly_its_tokens_and_counts_the_majority_on_train():
+    """Four labels, so that top-3 differs from top-2; train's commonest composer neither the first label nor the
+    split's; one token to name the composer from, so that a head one token short would know nothing."""
+    from pipeline.evaluate import identify
+
+    model = tiny_model(n_labels=4)
+    with torch.no_grad():
+        model.label_emb.weight[1:].normal_(0, 2.0, generator=torch.Generator().manual_seed(5))
+    pieces = random_pieces(11, 8, low=20, high=30)
+    ids = [1, 2, 3, 4]
+    scores = np.array([[score_pieces(model, [p[:2]], 8, 1, labels=[label]).nll[0].sum() for label in ids]
+                       for p in pieces])  # fmt: skip
+    ranked = np.array(ids)[np.argsort(scores, axis=1, kind="stable")]  # each piece's labels, likeliest first
+    rank_of_truth = [0, 2, 1, 3, 2, 0, 1, 2]  # the true composer's place among the four, piece by piece
+    truth = [int(ranked[i, r]) for i, r in enumerate(rank_of_truth)]
+    labels = [{"label": label, "composer": name, "pieces": {"train": n, "validation": 9 - n}}
+              for label, name, n in zip(ids, "ABCD", (3, 2, 8, 1), strict=True)]  # fmt: skip
+    named = identify(model, pieces, truth, labels, params(identify_tokens=1, tgt_len=8))
+    assert named["top1"] == np.mean(np.array(rank_of_truth) == 0) == 0.25
+    assert named["top3"] == np.mean(np.array(rank_of_truth) < 3) == 0.875  # over the top 2 it would be 0.625
+    assert named["majority"] == round(float(np.mean(np.array(truth) == 3)), 4)  # C: the most train pieces
+    assert named["tokens"] == 1 and named["pieces"] == 8
+    # Here A (the first label) and the split's commonest label are not C: a majority counted on either differs.
+    assert max(ids, key=truth.count) != 3 and truth.count(1) != truth.count(3)

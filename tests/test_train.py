@@ -67,7 +67,10 @@ def test_a_run_stopped_by_sigterm_resumes_to_the_same_parameters(tmp_path):
 
     first = train(tokens, tmp_path / "b", tmp_path / "model_b", None, model, p, on_step=stop_at_7)
     assert first == {"interrupted": True, "step": 7}
-    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 7
+    state = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert state["step"] == 7
+    # One memory per layer for each process and accumulation chunk: the last layer's output is never read back.
+    assert [len(chunk) for chunk in state["mems"][0]] == [TINY_MODEL["n_layer"]] * 2
     assert not (tmp_path / "model_b").exists()
     train(tokens, tmp_path / "b", tmp_path / "model_b", None, model, p)
     a = read_weights(tmp_path / "model_a")

@@ -216,12 +216,14 @@ def _move_into_place(
 
 
 def share(working: Path, shared: Path, say: Callable[[str], None]) -> None:
-    """Copy a finished run's WORKING checkpoint to SHARED, for DVC to cache. A checkpoint there of another run is set
-    aside beside WORKING first (one of this same run, fewer steps in, is replaced)."""
+    """Copy a finished run's WORKING checkpoint to SHARED, for DVC to cache. The checkpoint there is set aside beside
+    WORKING first, unless the working folder already keeps its run at least as far along (WORKING itself, when this
+    run continued it, or a run set aside there)."""
     if shared.is_file():
         if filecmp.cmp(working, shared, shallow=False):
             return
-        if not superseded(read_checkpoint(shared), read_checkpoint(working)):
+        old = read_checkpoint(shared)
+        if not any(superseded(old, read_checkpoint(path)) for path in candidates(working, None)):
             say(f"{shared} holds another run's checkpoint; kept as {set_aside(shared, working.parent)}")
     with atomic_path(shared) as tmp:
         shutil.copyfile(working, tmp)

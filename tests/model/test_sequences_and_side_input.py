@@ -69,6 +69,32 @@ def test_a_piece_inside_a_row_scores_as_it_does_alone(backend, side_size, length
     assert not torch.allclose(unmasked[lengths[0] :], in_row[lengths[0] :])
 
 
+@pytest.mark.parametrize("offset", [0, 3])
+def test_a_piece_longer_than_the_memory_scores_as_alone_exactly_while_its_window_holds_all_of_it(offset):
+    """Past the first segment, what a token sees depends on where the segments fall (Transformer-XL's window of
+    mem_len states plus the segment so far). Each token of the piece is scored as in one pass over the piece alone
+    exactly where its segment starts at most mem_len after the piece does, so that all of the piece so far is in
+    view (its memory's states saw all of theirs too), and not beyond."""
+    model = tiny(mem_len=8, tgt_len=8)
+    with torch.no_grad():  # weights large enough that a token's far past shows in its score
+        for weight in (p for p in model.parameters() if p.dim() == 2):
+            weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    lengths = [offset, 40, 5] if offset else [40, 5]
+    g = torch.Generator().manual_seed(7)
+    pieces = [torch.randint(0, 50, (n,), generator=g) for n in lengths]
+    row = torch.cat(pieces)[None]
+    first = offset  # where the long piece starts in the row
+    with torch.no_grad():
+        in_row = _row_losses(model, row, None, lengths)[first : first + 39]
+        alone = _alone_losses(model, pieces[-2], None)
+    t = torch.arange(39)  # each predicting token's place in the piece
+    segment_start = (first + t) // 8 * 8
+    whole = segment_start - 8 <= first
+    assert whole.sum() >= 8 and (~whole).sum() >= 8  # both kinds of token are there
+    torch.testing.assert_close(in_row[whole], alone[whole], rtol=0, atol=1e-10)
+    assert (in_row[~whole] - alone[~whole]).abs().min() > 1e-6  # every later token sees less, and scores otherwise
+
+
 def test_seq_pos_counting_from_the_row_start_changes_nothing():
     model = tiny()
     tokens = torch.randint(0, 50, (2, 8))

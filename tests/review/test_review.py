@@ -8,17 +8,16 @@ import re
 import subprocess
 
 import pytest
-from test_dvc_pipeline import commit, project, review, sh, synthetic_pieces, tiny_run  # noqa: F401 (project is a fixture)
+import yaml
+from test_dvc_pipeline import commit, ran, review, sh, synthetic_run  # noqa: F401 (ran and synthetic_run are fixtures)
 
 from pipeline.review.compare import COMMENT_LIMIT, MARKER
 
 pytestmark = pytest.mark.slow
 
 
-def test_the_review_script_compares_a_change_with_its_base(project, tmp_path):  # noqa: F811
-    tiny_run(project, tmp_path, synthetic_pieces(tmp_path))
-    sh(["dvc", "repro"], project)
-    commit(project, "pipeline run")
+def test_the_review_script_compares_a_change_with_its_base(ran):  # noqa: F811
+    project = ran
     sh(["git", "branch", "base"], project)
     base = sh(["git", "rev-parse", "HEAD"], project).stdout.strip()
     params = (project / "params.yaml").read_text()
@@ -39,7 +38,7 @@ def test_the_review_script_compares_a_change_with_its_base(project, tmp_path):  
     machine = f"{run['hardware']}; cpu, 1 process(es)"
     assert f"| commit | `{base[:7]}` | `{head[:7]}` with uncommitted results |" in comment
     assert f"| trained on | {machine} | {machine} |" in comment
-    source = f"`{tmp_path / 'synthetic'}`"  # the same data both sides, from each side's dvc.lock: no warning
+    source = f"`{yaml.safe_load((project / 'params.yaml').read_text())['data']['source']}`"  # both sides: no warning
     assert f"| data (dvc.lock's data.source) | {source} | {source} |" in comment and "Different data" not in comment
     trained = [json.loads(sh(["git", "show", "base:reports/train/run.json"], project).stdout), run]
     cells = [f"{r['steps']:,} steps in {r['wall_seconds'] / 60:.1f} min, {r['tokens_per_second']:,.0f} tokens/s"
