@@ -174,3 +174,25 @@ def tiny(**overrides) -> TransformerXL:  # noqa: ANN003
             model.side_net.weight.normal_(0, 0.5)
             model.side_logits.weight.normal_(0, 0.5)
     return model
+
+
+@pytest.fixture(scope="session")
+def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project whose tiny pipeline ran on synthetic pieces and was committed, made once for every test that starts
+    from such a run (each works on a copy: `ran`)."""
+    from test_dvc_pipeline import commit, copy_project, sh, synthetic_pieces, tiny_run
+
+    folder = tmp_path_factory.mktemp("synthetic-run")
+    project = copy_project(folder / "project")
+    tiny_run(project, folder, synthetic_pieces(folder))
+    sh(["dvc", "repro"], project)
+    commit(project, "pipeline run")
+    return project
+
+
+@pytest.fixture
+def ran(synthetic_run: Path, tmp_path: Path) -> Path:
+    """A copy of `synthetic_run`, git history, DVC cache, outputs and working checkpoint included."""
+    import shutil
+
+    return Path(shutil.copytree(synthetic_run, tmp_path / "project", symlinks=True))

@@ -138,24 +138,6 @@ def review(clone: Path, **env: str) -> subprocess.CompletedProcess:
     return sh([str(clone / ".ci" / "review")], clone, VENV=sys.prefix, **env)
 
 
-@pytest.fixture(scope="session")
-def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project whose tiny pipeline ran on synthetic pieces and was committed, made once for the tests that start
-    from such a run (each works on a copy: `ran`)."""
-    folder = tmp_path_factory.mktemp("synthetic-run")
-    project = copy_project(folder / "project")
-    tiny_run(project, folder, synthetic_pieces(folder))
-    sh(["dvc", "repro"], project)
-    commit(project, "pipeline run")
-    return project
-
-
-@pytest.fixture
-def ran(synthetic_run: Path, tmp_path: Path) -> Path:
-    """A copy of `synthetic_run`, git history, DVC cache, outputs and working checkpoint included."""
-    return Path(shutil.copytree(synthetic_run, tmp_path / "project", symlinks=True))
-
-
 def test_a_pipeline_pushed_to_a_remote_is_pulled_up_to_date_into_a_fresh_clone(ran, tmp_path):
     project = ran
     unset = sh(["dvc", "push"], project, check=False)  # none is configured: the user chooses where data goes

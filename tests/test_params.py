@@ -140,7 +140,8 @@ def test_training_evaluation_and_generation_need_only_torch_numpy_typer_and_pyya
 
 @pytest.mark.parametrize("section", ["train", "evaluate", "generate"])
 def test_a_stage_run_without_params_yaml_gets_params_yamls_values(section):
-    """The dataclass defaults (what a stage called from Python gets) are params.yaml's values."""
+    """The dataclass defaults (what a stage called from Python gets) are params.yaml's values, but for the composers of
+    generate: the pipeline's samples are for four of them, while a call with none named gives no composer."""
     from pipeline.evaluate import EvaluateParams
 
     cls = {"train": TrainParams, "evaluate": EvaluateParams, "generate": GenerateParams}[section]
@@ -150,6 +151,8 @@ def test_a_stage_run_without_params_yaml_gets_params_yamls_values(section):
         for f in dataclasses.fields(cls)
         if f.name != "cpu_limits"
     }
+    if section == "generate":
+        assert values.pop("composers") == ["Chopin", "Beethoven", "Bach", "none"] and defaults.pop("composers") == []
     assert {k: v for k, v in values.items() if k != "cpu_limits"} == defaults
 
 

@@ -9,14 +9,14 @@ import subprocess
 
 import pytest
 import yaml
-from test_dvc_pipeline import commit, ran, review, sh, synthetic_run  # noqa: F401 (ran and synthetic_run are fixtures)
+from test_dvc_pipeline import commit, review, sh
 
 from pipeline.review.compare import COMMENT_LIMIT, MARKER
 
 pytestmark = pytest.mark.slow
 
 
-def test_the_review_script_compares_a_change_with_its_base(ran):  # noqa: F811
+def test_the_review_script_compares_a_change_with_its_base(ran):
     project = ran
     sh(["git", "branch", "base"], project)
     base = sh(["git", "rev-parse", "HEAD"], project).stdout.strip()
