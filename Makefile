@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
-# A stamp named after the torch requirement: another TORCH makes another stamp, so setup installs torch again.
+# A stamp named after the torch requirement: another TORCH makes another stamp, so setup installs torch again (after
+# removing the one there: pip would keep an installed torch of the same version but another build).
 TORCH_STAMP := $(VENV)/.torch-$(shell printf '%s' '$(TORCH)' | cksum | cut -d ' ' -f 1)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
@@ -16,6 +17,7 @@ setup: $(VENV)/.installed
 $(TORCH_STAMP):
 	$(PYTHON) -m venv $(VENV)
 	rm -f $(VENV)/.torch-*
+	$(BIN)/pip uninstall --quiet --yes torch
 	$(BIN)/pip install --quiet $(TORCH)
 	touch $@
 

@@ -2,7 +2,7 @@
 torch.load(weights_only=True) so that a file runs no code.
 
 A checkpoint (`data/checkpoints/last.pt`) holds everything a resumed run needs; which one resumes is
-pipeline/resume.py's to decide. A model folder (`data/trained/`, and the package stage's `data/model/`) holds
+pipeline/training/resume.py's to decide. A model folder (`data/trained/`, and the package stage's `data/model/`) holds
 model.safetensors, config.json and vocab.json.
 """
 

@@ -177,8 +177,10 @@ def train(
     On a GPU: bf16 autocast, TF32, fused AdamW, torch.compile (train.compile: auto); on a CPU: the CPU profile's
     smaller shape (train.profile), bf16 autocast where the CPU has it natively (train.precision), the same code.
     SIGTERM or SIGINT saves a checkpoint and stops; the next run resumes there, as long as the model, the data and
-    the params that steer training are the same (otherwise the old checkpoint is kept as last.prev.pt). A finished
-    run copies its checkpoint to RESUME, which DVC pushes and pulls; a clone resumes from it. LIVE gets
+    the params that steer training are the same (otherwise the old checkpoint is kept as last.prev.pt), and a
+    finished run is exported again only by the same code (the train stage's deps in dvc.yaml): other code trains
+    afresh, while a stopped run resumes under it. A finished run copies its checkpoint to RESUME, which DVC pushes
+    and pulls; a clone resumes from it. LIVE gets
     DVCLive's metrics and params.yaml, the shape and settings as trained. Under torchrun it trains with DDP.
     """
     from pipeline.checkpoint import model_section

@@ -4,7 +4,7 @@ with `model.state_input` the model also reads the piano's state after each token
 size (pipeline/cpu_profile.py).
 
 A checkpoint resumes whenever the training trajectory is the same: the model, the data, and the TRAJECTORY params;
-and a finished run's only when the code is the same too (pipeline/resume.py). Other settings (compile, device,
+and a finished run's only when the code is the same too (pipeline/training/resume.py). Other settings (compile, device,
 precision, logging, evaluation and checkpoint intervals) may change between a stop and its resume; a raised `steps`
 resumes with the cosine decay stretched to the new end. Anything else sets the old checkpoint aside as last.prev.pt
 and trains afresh.
@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from model import TransformerXL
@@ -35,7 +34,8 @@ from pipeline.checkpoint import build_model, export_model, rank_state, write_che
 from pipeline.errors import PipelineError
 from pipeline.live import Progress, log_metrics, open_live, write_run_record, write_trained_params
 from pipeline.params import TrainParams
-from pipeline.segments import PieceStore, Segment, SegmentStream, load_vocab, pitch_ranges
+from pipeline.segments import PieceStore, SegmentStream, load_vocab, pitch_ranges
+from pipeline.training.batches import segment_tensors, validation_nll
 from pipeline.training.resume import (
     Wanted,
     changed_code,
@@ -69,34 +69,6 @@ def _lr_factor(step: int, p: TrainParams) -> float:
         return (step + 1) / p.warmup_steps
     progress = min(1.0, (step - p.warmup_steps) / max(1, p.steps - p.warmup_steps))
     return p.min_lr_ratio + (1 - p.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def segment_tensors(segment: Segment, device: torch.device, rows: slice = slice(None)) -> dict[str, torch.Tensor]:
-    """A segment's rows as the model's inputs: tokens, targets, seq_pos, and side and labels when it has them."""
-    arrays = {"tokens": segment.tokens, "targets": segment.targets, "seq_pos": segment.seq_pos}
-    for name in ("side", "labels"):
-        if getattr(segment, name) is not None:
-            arrays[name] = getattr(segment, name)
-    return {name: to_device(array[rows], device) for name, array in arrays.items()}
-
-
-@torch.no_grad()
-def evaluate(
-    model: TransformerXL, stream: SegmentStream, max_segments: int, device: torch.device, dtype: torch.dtype | None
-) -> float:
-    """Mean negative log-likelihood per token (nats) over the first segments of a stream, memory carried."""
-    was_training = model.training
-    model.eval()
-    mems, total, count = None, 0.0, 0
-    for k, segment in stream.batches(0):
-        if k >= max_segments:
-            break
-        batch = segment_tensors(segment, device)
-        with autocast(device, dtype):
-            _, loss, mems = model(mems=mems, **batch)
-        total, count = total + float(loss) * segment.targets.size, count + segment.targets.size
-    model.train(was_training)
-    return total / max(count, 1)
 
 
 def train_step(
@@ -136,14 +108,6 @@ def train_step(
     return total
 
 
-def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Integers as int64, floats as float32, on `device`; to a GPU through pinned memory without waiting, so the host
-    never stalls on it."""
-    dtype = np.float32 if np.issubdtype(array.dtype, np.floating) else np.int64
-    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
-    return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor
-
-
 @dataclass
 class _Run:
     """One training run: where it runs, what it trains, and how far it has got."""
@@ -163,7 +127,7 @@ class _Run:
     segment: int = 0  # the next segment of this epoch's row streams
     metrics: dict = field(default_factory=dict)
     mems: list = field(default_factory=list)  # one memory per accumulation chunk
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # drawn at a fresh start, kept by every resume
+    lineage: list = field(default_factory=lambda: [uuid.uuid4().hex[:12]])  # one id per start or resume (resume.py)
     history: list = field(default_factory=list)  # {from_step, code, changed}: which steps ran under which code
 
 
@@ -210,20 +174,20 @@ def _setup(tokens: Path, model_params: dict, p: TrainParams) -> _Run:
     return _Run(p, rank, world, device, model, optimizer, scheduler, stream, val_stream, dtype, mems=mems)
 
 
-def _resume(run: _Run, ckpt_path: Path, wanted: Wanted, shared: Path | None) -> bool:
+def _resume(run: _Run, ckpt_path: Path, wanted: Wanted, shared: Path | None) -> dict | None:
     """Restore `run` from the checkpoint that `choose_checkpoint` picks (it also weighs SHARED/last.pt, the last
-    finished run's), or start its code history afresh. A finished run is restored too: its model is exported as it
-    is. Rank 0 alone says what it does."""
+    finished run's) and return the train params it holds, or start the run's code history afresh (None). A finished
+    run is restored too: its model is exported as it is. Rank 0 alone says what it does."""
     say = (lambda text: print(f"train: {text}", flush=True)) if run.rank == 0 else (lambda text: None)
     wait = partial(distributed.barrier, run.world)
-    finished = None if shared is None else Path(shared) / "last.pt"
-    state = choose_checkpoint(ckpt_path, wanted, run.rank, say, wait, finished)
+    shared_ckpt = None if shared is None else Path(shared) / "last.pt"
+    state = choose_checkpoint(ckpt_path, wanted, run.rank, say, wait, shared_ckpt)
     wait()  # no process reads on before rank 0 has moved what it moves
     if state is None:
         run.history = [{"from_step": 0, "code": code_digest(wanted.code), "changed": []}]
-        return False
+        return None
     _restore(run, state, ckpt_path, say)
-    run.run_id = state.get("run_id") or run.run_id  # a checkpoint from before run ids: from now on, this one
+    run.lineage = [*(state.get("lineage") or []), *run.lineage]  # this resume's id after the run's own
     edited = changed_code(state.get("code"), wanted.code)
     first = {"from_step": 0, "code": code_digest(state.get("code")), "changed": []}  # before histories were kept
     run.history = list(state.get("history") or [first])
@@ -235,7 +199,7 @@ def _resume(run: _Run, ckpt_path: Path, wanted: Wanted, shared: Path | None) -> 
         say(f"the code changed since step {run.step} began ({', '.join(edited)}): the run trains on under this code, "
             "and reports/train/run.json records which steps ran under which")  # fmt: skip
     _say_settings(run, state["params"], say)
-    return True
+    return state["params"]
 
 
 def _restore(run: _Run, state: dict, ckpt_path: Path, say: Callable[[str], None]) -> None:
@@ -306,7 +270,7 @@ def _loop(
                         progress.update(step, run.metrics["train/loss"], run.scheduler.get_last_lr()[0])
                         logged["train/loss"] = run.metrics["train/loss"]
                 if run.val_stream is not None and rank == 0 and (step % p.eval_interval == 0 or step == p.steps):
-                    nll = evaluate(run.model, run.val_stream, p.eval_segments, run.device, run.dtype)
+                    nll = validation_nll(run.model, run.val_stream, p.eval_segments, run.device, run.dtype)
                     run.metrics["val/nll"] = logged["val/nll"] = nll
                     progress.line(f"step {step}: validation NLL {nll:.4f} nats/token")
                 if logged:
@@ -340,9 +304,9 @@ def train(
     shared: Path | None = None,
     code: dict[str, str] | None = None,
 ) -> dict:
-    """Train, resuming the checkpoint that pipeline/resume.py picks among checkpoints/last.pt, the runs set aside
-    beside it and SHARED/last.pt; return the final metrics (rank 0's). A run that finishes copies its checkpoint to
-    SHARED/last.pt. CODE is the code identity (default: `code_identity()`, the train stage's code deps).
+    """Train, resuming the checkpoint that pipeline/training/resume.py picks among checkpoints/last.pt, the runs set
+    aside beside it and SHARED/last.pt; return the final metrics (rank 0's). A run that finishes copies its checkpoint
+    to SHARED/last.pt. CODE is the code identity (default: `code_identity()`, the train stage's code deps).
     LIVE_DIR/params.yaml records what is trained: the model's shape and the train params after the profile."""
     run = _setup(tokens, model_params, p)
     p, cfg, rank, world = run.p, run.model.cfg, run.rank, run.world
@@ -350,7 +314,8 @@ def train(
     trained = {k: v for k, v in asdict(p).items() if k not in ("cpu_limits", "cpu_lr")}  # their effect is in p
     identity = {**asdict(cfg), "data": tokens_fingerprint(tokens)}
     wanted = Wanted(identity, trained, TRAJECTORY, code_identity() if code is None else code)
-    resumed = _resume(run, ckpt_path, wanted, shared)
+    saved = _resume(run, ckpt_path, wanted, shared)
+    resumed = saved is not None
     try:
         compiled = compiles(p.compile, run.device)
     except ValueError as exc:
@@ -360,6 +325,7 @@ def train(
     live = _open_records(run, live_dir, resumed, trained, compiled) if rank == 0 else None
 
     def save() -> None:
+        """Write the checkpoint: rank 0 writes every process's memories and RNG states, the others wait for it."""
         training = {
             "model": run.model.state_dict(),
             "optimizer": run.optimizer.state_dict(),
@@ -367,7 +333,7 @@ def train(
             "config": identity,
             "params": trained,
             "code": wanted.code,
-            "run_id": run.run_id,
+            "lineage": run.lineage,
             "history": run.history,
             "step": run.step,
             "epoch": run.epoch,
@@ -380,12 +346,15 @@ def train(
         distributed.barrier(world)  # no process stops (torchrun would then stop rank 0) before the file is whole
 
     def log(logged: dict) -> None:
+        """Log this step's metrics with DVCLive (rank 0)."""
         if live is not None:
             log_metrics(live, run.step, logged, num_params, tokens_per_step)
 
     started, first_step = time.perf_counter(), run.step
     if _loop(run, forward, save, log, on_step, ckpt_path):
         return {"interrupted": True, "step": run.step}
+    if run.step == first_step and saved not in (None, trained):  # no step left: the checkpoint says what it ends as
+        save()
     if rank == 0:
         export_model(run.model, Path(model_out), load_vocab(tokens))
         if shared is not None:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from conftest import ROOT, repeating_corpus
 from test_resume import _same_weights, _stop_at, _weights
 from test_train import TINY_MODEL, params
 
+from pipeline.errors import PipelineError
 from pipeline.train import train
 from pipeline.training.resume import code_deps, code_identity, set_aside
 
@@ -101,12 +104,12 @@ def test_a_shared_checkpoint_of_other_code_is_never_exported_and_is_kept_when_th
 def test_deleting_the_checkpoints_and_the_shared_one_trains_afresh(tmp_path, capsys):
     tokens, folder, shared = repeating_corpus(tmp_path / "tokens"), tmp_path / "c", tmp_path / "resume"
     train(tokens, folder, tmp_path / "m", None, TINY_MODEL, params(steps=6), shared=shared, code=OLD)
-    first = _state(folder / "last.pt")["run_id"]
+    first = _state(folder / "last.pt")["lineage"]
     shutil.rmtree(folder)
     shutil.rmtree(shared)
     capsys.readouterr()
     train(tokens, folder, tmp_path / "m", None, TINY_MODEL, params(steps=6), shared=shared, code=OLD)
-    assert "resuming" not in capsys.readouterr().out and _state(folder / "last.pt")["run_id"] != first
+    assert "resuming" not in capsys.readouterr().out and _state(folder / "last.pt")["lineage"][0] != first[0]
 
 
 def test_a_matching_working_checkpoint_of_another_run_is_set_aside_before_the_shared_one_is_copied_over_it(
@@ -169,3 +172,101 @@ def test_the_shared_checkpoint_is_set_aside_only_when_its_run_is_not_kept_in_the
     assert "kept as last.prev.pt, training afresh" in out and "holds another run's checkpoint" not in out
     assert sorted(p.name for p in folder.iterdir()) == ["last.prev.pt", "last.pt"]  # the first run once, not twice
     assert _state(shared / "last.pt")["params"]["lr"] == 1e-3 and _state(folder / "last.prev.pt")["step"] == 6
+
+
+def test_a_stopped_run_whose_steps_are_lowered_to_where_it_stopped_is_finished_and_new_code_trains_afresh(
+    tmp_path, capsys
+):
+    tokens, folder = repeating_corpus(tmp_path / "tokens"), tmp_path / "c"
+    train(tokens, folder, tmp_path / "m", None, TINY_MODEL, params(steps=10), on_step=_stop_at(4), code=OLD)
+    capsys.readouterr()
+    train(tokens, folder, tmp_path / "m", None, TINY_MODEL, params(steps=4), code=NEW)  # no step left for new code
+    assert "finished under other code (model/transformer_xl.py); kept as last.prev.pt, training afresh" in (
+        capsys.readouterr().out
+    )
+    assert _state(folder / "last.pt")["code"] == NEW and _state(folder / "last.prev.pt")["step"] == 4
+    # The same code: the stopped run is exported at the lowered steps, and its checkpoint says so (the shared copy
+    # is then a finished run, which a later code change does not export).
+    train(tokens, folder, tmp_path / "m", None, TINY_MODEL, params(steps=10), on_step=_stop_at(4), code=OLD)
+    train(tokens, folder, tmp_path / "m", None, TINY_MODEL, params(steps=4), shared=tmp_path / "s", code=OLD)
+    assert _state(tmp_path / "s" / "last.pt")["params"]["steps"] == 4 == _state(tmp_path / "s" / "last.pt")["step"]
+
+
+def test_a_checkpoint_from_before_code_lineage_and_one_memory_per_layer_resumes_exactly(tmp_path, capsys):
+    tokens, folder = repeating_corpus(tmp_path / "tokens"), tmp_path / "c"
+    model = {**TINY_MODEL, "dropout": 0.1}
+    train(tokens, tmp_path / "whole", tmp_path / "whole_m", None, model, params(steps=10), code=OLD)
+    train(tokens, folder, tmp_path / "m", None, model, params(steps=10), on_step=_stop_at(4), code=OLD)
+    state = _state(folder / "last.pt")
+    for key in ("code", "lineage", "history"):
+        del state[key]
+    # The older layout kept the last layer's output too, one memory more than there are layers.
+    state["mems"] = [[[*chunk, chunk[-1] + 1] for chunk in rank] for rank in state["mems"]]
+    torch.save(state, folder / "last.pt")
+    capsys.readouterr()
+    train(tokens, folder, tmp_path / "m", tmp_path / "live", model, params(steps=10), code=OLD)
+    out = capsys.readouterr().out
+    assert "at step 4" in out and "(a checkpoint from before code was recorded)" in out
+    assert _same_weights(_weights(tmp_path / "whole_m"), _weights(tmp_path / "m"))  # as if never stopped
+    code = json.loads((tmp_path / "live" / "run.json").read_text())["code"]
+    assert [(c["from_step"], c["to_step"], c["code"]) for c in code][0] == (0, 4, "unrecorded")
+    # Finished in the older layout, it is not exported again: nothing says which code trained it.
+    old = _state(folder / "last.pt")
+    del old["code"]
+    torch.save(old, folder / "last.pt")
+    train(tokens, folder, tmp_path / "m", None, model, params(steps=10), code=OLD)
+    assert "finished under other code ((a checkpoint from before code was recorded))" in capsys.readouterr().out
+
+
+def test_a_run_caught_mid_move_resumes_and_an_unreadable_run_set_aside_is_passed_over(tmp_path, capsys):
+    tokens, folder = repeating_corpus(tmp_path / "tokens"), tmp_path / "c"
+    train(tokens, folder, tmp_path / "m", None, TINY_MODEL, params(steps=10), on_step=_stop_at(6))
+    (folder / "last.pt").rename(folder / "last.resuming-0a1b2c3d.pt")  # a crash between the renames
+    (folder / "last.prev.pt").write_bytes(b"not a checkpoint")
+    capsys.readouterr()
+    train(tokens, folder, tmp_path / "m", None, TINY_MODEL, params(steps=10))
+    out = capsys.readouterr().out
+    assert "last.pt ← last.resuming-0a1b2c3d.pt, which matches: that run resumes, at step 6" in out
+    assert f"warning: {folder / 'last.prev.pt'}: unreadable checkpoint" in out and "passed over" in out
+    assert (folder / "last.prev.pt").read_bytes() == b"not a checkpoint"  # left where it was, for its owner
+    (folder / "last.pt").write_bytes(b"truncated")
+    with pytest.raises(PipelineError, match="last.pt: unreadable checkpoint"):  # the run that trains on: stop
+        train(tokens, folder, tmp_path / "m", None, TINY_MODEL, params(steps=10))
+
+
+def test_a_run_continued_on_two_machines_branches_and_neither_branch_replaces_the_other(tmp_path, capsys):
+    tokens, shared = repeating_corpus(tmp_path / "tokens"), tmp_path / "s"
+    train(tokens, tmp_path / "a", tmp_path / "m", None, TINY_MODEL, params(steps=6), shared=shared)
+    pulled = tmp_path / "pulled"
+    shutil.copytree(shared, pulled)  # the same finished run, pulled onto a second machine
+    train(tokens, tmp_path / "a", tmp_path / "m", None, TINY_MODEL, params(steps=10), shared=shared)  # here on to 10
+    train(tokens, tmp_path / "b", tmp_path / "m", None, TINY_MODEL, params(steps=14), on_step=_stop_at(8),
+          shared=pulled)  # there on, stopped at 8  # fmt: skip
+    branch = (tmp_path / "b" / "last.pt").read_bytes()
+    capsys.readouterr()
+    train(tokens, tmp_path / "b", tmp_path / "m", None, TINY_MODEL, params(steps=14), shared=shared)  # 10 > 8
+    out = capsys.readouterr().out
+    assert "is at step 8, behind" in out and (tmp_path / "b" / "last.prev.pt").read_bytes() == branch
+    aside, adopted = _state(tmp_path / "b" / "last.prev.pt")["lineage"], _state(shared / "last.pt")["lineage"]
+    assert aside[0] == adopted[0] and aside[1] != adopted[1]  # one run, two branches from step 6
+
+
+def test_a_set_aside_across_file_systems_copies_whole_then_removes(tmp_path, monkeypatch):
+    import os
+
+    import pipeline.training.resume as resume
+
+    folder, shared = tmp_path / "c", tmp_path / "resume" / "last.pt"
+    folder.mkdir()
+    shared.parent.mkdir()
+    shared.write_bytes(b"a finished run")
+
+    def cross_device(src, dst):  # noqa: ANN001, ANN202
+        if Path(src).parent != Path(dst).parent:
+            raise OSError(18, "Invalid cross-device link")
+        return os.rename(src, dst)
+
+    monkeypatch.setattr(resume.os, "replace", cross_device)
+    assert set_aside(shared, folder) == folder / "last.prev.pt"
+    assert (folder / "last.prev.pt").read_bytes() == b"a finished run" and not shared.exists()
+    assert [p.name for p in folder.iterdir()] == ["last.prev.pt"]  # no temporary file left

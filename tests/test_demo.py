@@ -102,17 +102,17 @@ def test_bad_uploads_and_settings_are_one_line_messages_without_the_servers_path
         (Request(upload=big), "big.mid: 0.02 MB, over the 0.01 MB an upload may be"),
         (Request(upload=silent), "silent.mid: not a readable MIDI primer (contains no notes)"),
         (Request(composer="Mozart"), "unknown composer 'Mozart': the model knows Chopin, Bach, others"),
-        (Request(seconds=0), "seconds must be from 1 to 120, not 0"),
-        (Request(seconds=3600.0), "seconds must be from 1 to 120, not 3600.0"),  # demo.max_seconds, API or page
-        (Request(seconds=float("nan")), "seconds must be from 1 to 120, not nan"),
-        (Request(primer_seconds=61.0), "primer seconds must be from 1 to 60, not 61.0"),
+        (Request(seconds=0), "seconds to generate must be from 1 to 120, not 0"),
+        (Request(seconds=3600.0), "seconds to generate must be from 1 to 120, not 3600.0"),  # demo.max_seconds
+        (Request(seconds=float("nan")), "seconds to generate must be from 1 to 120, not nan"),
+        (Request(primer_seconds=61.0), "seconds of the primer must be from 1 to 60, not 61.0"),
         (Request(temperature=0.1), "temperature must be from 0.5 to 1.5, not 0.1"),
         (Request(temperature=2.0), "temperature must be from 0.5 to 1.5, not 2.0"),
-        (Request(top_p=1.5), "top p must be from 0.5 to 1, not 1.5"),
-        (Request(top_p=0.2), "top p must be from 0.5 to 1, not 0.2"),
+        (Request(top_p=1.5), "top-p must be from 0.5 to 1, not 1.5"),
+        (Request(top_p=0.2), "top-p must be from 0.5 to 1, not 0.2"),
         (Request(guidance=-1.0), "guidance must be from 0 to 4, not -1.0"),
         (Request(guidance=4.5), "guidance must be from 0 to 4, not 4.5"),
-        (Request(seconds="20"), "seconds must be from 1 to 120, not '20'"),
+        (Request(seconds="20"), "seconds to generate must be from 1 to 120, not '20'"),
         (Request(piece=3), "validation piece 3: not among the pieces this page offers"),
     ]
     for request, message in cases:

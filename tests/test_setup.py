@@ -37,9 +37,12 @@ def test_torch_words_reach_pip_apart_and_another_torch_installs_again(tmp_path):
     (tmp_path / "python").chmod(0o755)
     gpu = "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
     calls = _setup(tmp_path, gpu)
-    assert calls[0] == ["install", "--quiet", "torch==2.13.0", "--index-url", "https://download.pytorch.org/whl/cu128"]
-    assert calls[1] == ["install", "--quiet", "-e", ".[dev,demo]"] and len(calls) == 2
+    # The torch there goes first: pip would keep an installed 2.13.0 of another build.
+    assert calls[0] == ["uninstall", "--quiet", "--yes", "torch"]
+    assert calls[1] == ["install", "--quiet", "torch==2.13.0", "--index-url", "https://download.pytorch.org/whl/cu128"]
+    assert calls[2] == ["install", "--quiet", "-e", ".[dev,demo]"] and len(calls) == 3
     assert _setup(tmp_path, gpu) == []  # the same TORCH: nothing to do
     again = _setup(tmp_path, "torch==2.13.0")
-    assert again == [["install", "--quiet", "torch==2.13.0"], ["install", "--quiet", "-e", ".[dev,demo]"]]
+    assert again == [["uninstall", "--quiet", "--yes", "torch"], ["install", "--quiet", "torch==2.13.0"],
+                     ["install", "--quiet", "-e", ".[dev,demo]"]]  # fmt: skip
     assert len(list((tmp_path / "venv").glob(".torch-*"))) == 1  # the stamp of the torch installed last, alone

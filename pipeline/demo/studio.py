@@ -40,6 +40,9 @@ from pipeline.music.performance_encoding import STEP_S, decode, elapsed_steps
 from pipeline.params import GenerateParams
 
 ANY = "any"  # the composer choice that gives no label
+# The page's names of the settings that RANGES and demo.max_seconds limit.
+LABELS = {"primer_seconds": "seconds of the primer", "guidance": "guidance", "temperature": "temperature",
+          "top_p": "top-p", "seconds": "seconds to generate"}  # fmt: skip
 PROGRESS_EVERY_S = 0.25  # the least time between two calls of on_progress
 KEEP_TAKES = 16  # take folders kept on disk; older ones are removed (the page copies each take as it serves it)
 Progress = Callable[[float, dict[str, np.ndarray], float], None]  # the share done, the notes so far, the primer's end
@@ -131,7 +134,7 @@ class Studio:
         for name, (low, high) in bounds.items():
             value = getattr(request, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-                raise PipelineError(f"{name.replace('_', ' ')} must be from {low:g} to {high:g}, not {value!r}")
+                raise PipelineError(f"{LABELS[name]} must be from {low:g} to {high:g}, not {value!r}")
 
     def compose(self, request: Request, on_progress: Progress | None = None) -> Take:
         """Sample one take for `request`, calling `on_progress` now and then; PipelineError for a bad request."""

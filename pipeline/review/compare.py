@@ -133,7 +133,7 @@ def data_source(base: str | None) -> str | None:
         params = yaml.safe_load(text or "")["stages"]["fetch"]["params"]["params.yaml"]
     except (OSError, yaml.YAMLError, KeyError, TypeError):
         return None
-    source = params.get("data.source") or (params.get("data") or {}).get("source")
+    source = (params.get("data") or {}).get("source")  # the fetch stage declares the whole data: section
     return None if source is None else str(source)
 
 

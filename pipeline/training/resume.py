@@ -1,18 +1,22 @@
 """Which run the train stage resumes, and where every other run's checkpoint goes: no run's state is overwritten.
 
-A run is one training trajectory from a fresh start. Its `run_id`, drawn then, stays with it through every resume.
-The working folder (data/checkpoints/, which DVC never touches) holds `last.pt`, the run that trains on, and the runs
-set aside: `last.prev.pt` (the latest), then `last.prev-1.pt`, `last.prev-2.pt`, ... `data/resume/last.pt` is a copy
-of the last finished run's checkpoint, a DVC output that `dvc push` shares, so that a clone trains on from it.
+A run is one training trajectory from a fresh start. Its `lineage` is a list of random ids, one drawn when it starts
+and one more at every resume: of two checkpoints of one run, the earlier one's lineage begins the later one's (a run
+continued on two machines branches). The working folder (data/checkpoints/, which DVC never touches) holds
+`last.pt`, the run that trains on, and the runs set aside: `last.prev.pt` (the latest), then `last.prev-1.pt`,
+`last.prev-2.pt`, ... `data/resume/last.pt` is a copy of the last finished run's checkpoint, a DVC output that
+`dvc push` shares, so that a clone trains on from it.
 
 A checkpoint can resume when it was trained with the same model, data and trajectory params, not past train.steps,
-and, if its run finished, by the same code: the files the train stage depends on (its deps in dvc.yaml), by
-content. So a finished run is exported as it is only while that code is unchanged. A stopped run resumes under
-changed code (GPU hours are not thrown away), and its checkpoint's `history` says which steps ran under which code.
+and, if it has finished (its own train.steps, or those wanted now), by the same code: the files the train stage
+depends on (its deps in dvc.yaml), by content. So a finished run is exported as it is only while that code is
+unchanged. A stopped run with steps left resumes under changed code (GPU hours are not thrown away), and its
+checkpoint's `history` says which steps ran under which code.
 
 Of the checkpoints that can resume, in the working folder and the shared one, the furthest along does (on a tie,
 `last.pt`). A file moved or copied over another never destroys a run's state: the one in the way is set aside first,
-unless it is an earlier checkpoint of the very run that replaces it (the same run_id, fewer steps).
+unless it is an earlier checkpoint of the very run that replaces it (its lineage begins the other's, at no more
+steps). A set-aside file that cannot be read is passed over with a warning; an unreadable last.pt stops the stage.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from __future__ import annotations
 import filecmp
 import hashlib
 import itertools
+import os
 import shutil
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,9 +130,9 @@ def changes(saved: dict, now: dict) -> list[str]:
     ]
 
 
-def finished(state: dict) -> bool:
-    """Whether the checkpoint's run reached the train.steps it was trained for."""
-    return state["step"] >= state["params"]["steps"]
+def finished(state: dict, steps: int) -> bool:
+    """Whether the checkpoint's run has no step left: it reached the train.steps it was trained for, or STEPS."""
+    return state["step"] >= min(state["params"]["steps"], steps)
 
 
 def mismatch(state: dict, wanted: Wanted) -> str | None:
@@ -141,7 +147,7 @@ def mismatch(state: dict, wanted: Wanted) -> str | None:
     if state["step"] > wanted.params["steps"]:
         return f"was trained past train.steps ({state['step']} > {wanted.params['steps']})"
     edited = changed_code(state.get("code"), wanted.code)
-    if edited and finished(state):
+    if edited and finished(state, wanted.params["steps"]):
         return f"finished under other code ({', '.join(edited)})"
     return None
 
@@ -154,18 +160,19 @@ def set_aside(path: Path, folder: Path | None = None) -> Path:
     if kept.exists():
         older = next(p for n in itertools.count(1) if not (p := folder / f"{path.stem}.prev-{n}{path.suffix}").exists())
         kept.replace(older)
-    shutil.move(path, kept)  # data/resume may lie on another file system than data/checkpoints
+    try:
+        os.replace(path, kept)
+    except OSError:  # data/resume on another file system than data/checkpoints: a whole copy first, then the move
+        with atomic_path(kept) as tmp:
+            shutil.copyfile(path, tmp)
+        path.unlink()
     return kept
 
 
 def superseded(old: dict | None, new: dict) -> bool:
-    """Whether OLD is an earlier checkpoint of NEW's own run, which NEW may replace."""
-    return (
-        old is not None
-        and old.get("run_id") is not None
-        and old.get("run_id") == new.get("run_id")
-        and (old["step"] <= new["step"])
-    )
+    """Whether OLD is an earlier checkpoint of NEW's own run (its lineage begins NEW's), which NEW may replace."""
+    lineage = [] if old is None else old.get("lineage") or []
+    return bool(lineage) and new.get("lineage", [])[: len(lineage)] == lineage and old["step"] <= new["step"]
 
 
 def candidates(working: Path, shared: Path | None) -> list[Path]:
@@ -185,13 +192,26 @@ def choose_checkpoint(
 ) -> dict | None:
     """The state to resume (see the module's docstring), now at WORKING; None to train afresh, with WORKING set aside.
     Every process reads; rank 0 alone moves files, after `wait` (a barrier) says that every process has read them."""
-    states = {path: read_checkpoint(path) for path in candidates(working, shared)}
+    states = {path: _weigh(path, path not in (working, shared), say if rank == 0 else None)
+              for path in candidates(working, shared)}  # fmt: skip
     fits = [(path, s) for path, s in states.items() if s is not None and mismatch(s, wanted) is None]
     chosen = max(fits, key=lambda fit: fit[1]["step"], default=None)  # the first of the furthest along
     wait()
     if rank == 0 and (chosen is None or chosen[0] != working):
         _move_into_place(working, states[working], chosen, wanted, say)
     return None if chosen is None else chosen[1]
+
+
+def _weigh(path: Path, aside: bool, say: Callable[[str], None] | None) -> dict | None:
+    """A candidate's state; a run set aside (ASIDE) that cannot be read is passed over, with a warning from SAY."""
+    try:
+        return read_checkpoint(path)
+    except PipelineError as exc:
+        if not aside:
+            raise
+        if say is not None:
+            say(f"warning: {exc.args[0].split('; ')[0]}; passed over")
+        return None
 
 
 def _move_into_place(
@@ -202,7 +222,7 @@ def _move_into_place(
     name = None if source is None else source.name if source.parent == working.parent else str(source)
     held = None
     if source is not None and source.parent == working.parent:  # out of the way of set_aside's renames
-        held = source.replace(working.with_name(f"{working.stem}.resuming{working.suffix}"))
+        held = source.replace(working.with_name(f"{working.stem}.resuming-{uuid.uuid4().hex[:8]}{working.suffix}"))
     if current is not None and (state is None or not superseded(current, state)):
         reason = mismatch(current, wanted) or f"is at step {current['step']}, behind {name}"
         say(f"{working} {reason}; kept as {set_aside(working).name}" + (", training afresh" if state is None else ""))
