@@ -240,3 +240,20 @@ def test_the_composers_section_shows_the_gain_and_who_was_named_and_nothing_with
     assert "(figures/composer_confusion_validation.png)" in lines
     assert (tmp_path / "composer_confusion_validation.png").stat().st_size > 1000
     assert composers_section({"validation": {"nll": 2.5}}, summary, tmp_path, tmp_path, {}, {}) == []
+
+
+def test_the_evaluation_table_says_its_nll_is_with_no_composer_given_for_a_model_with_labels(tmp_path):
+    from pipeline.report.stage import Inputs, evaluation_section
+
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "p.yaml").write_text("evaluate:\n  ngram_order: 4\n")
+    base = {"nll": 2.6, "bits_per_token": 3.75, "accuracy": 0.3, "tokens": 10, "seconds": 3600.0,
+            "nats_per_second": 100.0, "by_composer": {"Bach": 2.5},
+            "baselines": {"kneser_ney": 3.8, "unigram": 4.9, "uniform": 5.97}}  # fmt: skip
+    inputs = Inputs(metrics=tmp_path / "metrics", params=tmp_path / "p.yaml")
+    for labelled, row in ((False, "| Transformer-XL (this model) | **2.600** |"),
+                          (True, "| Transformer-XL (this model, no composer given) | **2.600** |")):  # fmt: skip
+        scored = {**base, "nll_labelled": 2.55} if labelled else base
+        (tmp_path / "metrics" / "eval.json").write_text(json.dumps({"validation": scored}))
+        lines = evaluation_section(inputs, tmp_path / "figures", tmp_path / "plots")
+        assert any(line.startswith(row) for line in lines), lines
