@@ -45,6 +45,12 @@ def test_the_code_identity_is_the_train_stage_deps_of_dvc_yaml_by_content(tmp_pa
         f.write("# a comment\n")
     after = code_identity(copy)
     assert [k for k in before if before[k] != after[k]] == ["model/transformer_xl.py"]
+    stages = yaml.safe_load((copy / "dvc.yaml").read_text())  # a data dep, even a Python file, is data, not code
+    (copy / "data").mkdir()
+    (copy / "data" / "made.py").write_text("# an output of an earlier stage\n")
+    stages["stages"]["train"]["deps"].append("data/made.py")
+    (copy / "dvc.yaml").write_text(yaml.safe_dump(stages))
+    assert code_identity(copy) == after
     (copy / "dvc.yaml").unlink()  # the package without its project: every module of pipeline/ and model/
     assert {p.relative_to(copy).as_posix() for p in code_deps(copy)} >= set(code)
 
@@ -185,11 +191,16 @@ def test_a_stopped_run_whose_steps_are_lowered_to_where_it_stopped_is_finished_a
         capsys.readouterr().out
     )
     assert _state(folder / "last.pt")["code"] == NEW and _state(folder / "last.prev.pt")["step"] == 4
-    # The same code: the stopped run is exported at the lowered steps, and its checkpoint says so (the shared copy
-    # is then a finished run, which a later code change does not export).
-    train(tokens, folder, tmp_path / "m", None, TINY_MODEL, params(steps=10), on_step=_stop_at(4), code=OLD)
-    train(tokens, folder, tmp_path / "m", None, TINY_MODEL, params(steps=4), shared=tmp_path / "s", code=OLD)
-    assert _state(tmp_path / "s" / "last.pt")["params"]["steps"] == 4 == _state(tmp_path / "s" / "last.pt")["step"]
+    # The same code: the stopped run is exported at the lowered steps, and its checkpoint is written again to say so
+    # (the shared copy is then a finished run, which a later code change does not export).
+    same = tmp_path / "same"
+    train(tokens, same, tmp_path / "m", None, TINY_MODEL, params(steps=10), on_step=_stop_at(4), code=OLD)
+    stopped = _state(same / "last.pt")
+    capsys.readouterr()
+    train(tokens, same, tmp_path / "m", None, TINY_MODEL, params(steps=4), shared=tmp_path / "s", code=OLD)
+    assert "resuming from" in capsys.readouterr().out and stopped["params"]["steps"] == 10
+    for path in (same / "last.pt", tmp_path / "s" / "last.pt"):
+        assert _state(path)["params"]["steps"] == 4 == _state(path)["step"]
 
 
 def test_a_checkpoint_from_before_code_lineage_and_one_memory_per_layer_resumes_exactly(tmp_path, capsys):

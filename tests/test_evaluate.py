@@ -380,3 +380,21 @@ def test_identification_over_four_labels_ranks_on_exactly_its_tokens_and_counts_
     assert named["tokens"] == 1 and named["pieces"] == 8
     # Here A (the first label) and the split's commonest label are not C: a majority counted on either differs.
     assert max(ids, key=truth.count) != 3 and truth.count(1) != truth.count(3)
+
+
+def test_nll_is_unconditional_for_a_model_with_labels_and_nll_labelled_gives_each_piece_its_composer(folder):
+    model = tiny_model(n_labels=2)
+    with torch.no_grad():  # labels that tell the phrase: one of them lowers the NLL a great deal
+        model.label_emb.weight[1:].normal_(0, 1.0, generator=torch.Generator().manual_seed(2))
+    export_model(model, folder / "labelled")
+    tokens = folder / "tokens"
+    m = evaluate(tokens, folder / "labelled", folder / "eval.json", params())["validation"]
+    index = json.loads((tokens / "validation" / "index.json").read_text())
+    shard = np.load(tokens / "validation" / "shard-00000.npy").astype(np.int64)
+    pieces = [shard[s : s + n] for s, n in zip(index["start"], index["length"], strict=True)]
+    span = AttnSpan(64, same_length=True)
+    free = np.concatenate(score_pieces(model, pieces, 16, 2, span).nll).mean()
+    given = np.concatenate(score_pieces(model, pieces, 16, 2, span, index["label"]).nll).mean()
+    assert m["nll"] == pytest.approx(free, abs=1e-5) and m["nll_labelled"] == pytest.approx(given, abs=1e-5)
+    assert abs(free - given) > 1e-3  # the two differ, so each is checked against its own
+    assert m["label_gain"] == pytest.approx(free - given, abs=2e-5)
