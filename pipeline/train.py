@@ -324,26 +324,7 @@ def train(
     tokens_per_step, num_params = p.batch_size * cfg.tgt_len, run.model.num_params()
     live = _open_records(run, live_dir, resumed, trained, compiled) if rank == 0 else None
 
-    def save() -> None:
-        """Write the checkpoint: rank 0 writes every process's memories and RNG states, the others wait for it."""
-        training = {
-            "model": run.model.state_dict(),
-            "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(),
-            "config": identity,
-            "params": trained,
-            "code": wanted.code,
-            "lineage": run.lineage,
-            "history": run.history,
-            "step": run.step,
-            "epoch": run.epoch,
-            "segment": run.segment,
-            "metrics": run.metrics,
-        }
-        ranks = distributed.gather_on_first(rank_state(run.mems, run.device), rank, world)
-        if rank == 0:
-            write_checkpoint(ckpt_path, training, ranks)
-        distributed.barrier(world)  # no process stops (torchrun would then stop rank 0) before the file is whole
+    save = partial(_save, run, ckpt_path, wanted)
 
     def log(logged: dict) -> None:
         """Log this step's metrics with DVCLive (rank 0)."""
@@ -369,6 +350,28 @@ def train(
             live.end()
     distributed.barrier(world)
     return {"step": run.step, **run.metrics}
+
+
+def _save(run: _Run, ckpt_path: Path, wanted: Wanted) -> None:
+    """Write the checkpoint: rank 0 writes every process's memories and RNG states, the others wait for it."""
+    training = {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "config": wanted.identity,
+        "params": wanted.params,
+        "code": wanted.code,
+        "lineage": run.lineage,
+        "history": run.history,
+        "step": run.step,
+        "epoch": run.epoch,
+        "segment": run.segment,
+        "metrics": run.metrics,
+    }
+    ranks = distributed.gather_on_first(rank_state(run.mems, run.device), run.rank, run.world)
+    if run.rank == 0:
+        write_checkpoint(ckpt_path, training, ranks)
+    distributed.barrier(run.world)  # no process stops (torchrun would then stop rank 0) before the file is whole
 
 
 def _open_records(run: _Run, live_dir: Path | None, resumed: bool, trained: dict, compiled: bool):  # noqa: ANN202
