@@ -281,3 +281,13 @@ def test_a_set_aside_across_file_systems_copies_whole_then_removes(tmp_path, mon
     assert set_aside(shared, folder) == folder / "last.prev.pt"
     assert (folder / "last.prev.pt").read_bytes() == b"a finished run" and not shared.exists()
     assert [p.name for p in folder.iterdir()] == ["last.prev.pt"]  # no temporary file left
+
+
+def test_an_unreadable_run_set_aside_does_not_stop_a_finished_run_from_sharing(tmp_path, capsys):
+    tokens, folder, shared = repeating_corpus(tmp_path / "tokens"), tmp_path / "c", tmp_path / "resume"
+    train(tokens, folder, tmp_path / "m", None, TINY_MODEL, params(steps=6), shared=shared)
+    (folder / "last.prev.pt").write_bytes(b"not a checkpoint")
+    train(tokens, folder, tmp_path / "m", None, TINY_MODEL, params(steps=6, lr=1e-3), shared=shared)
+    assert _state(shared / "last.pt")["params"]["lr"] == 1e-3  # shared: the first run is kept beside, as last.prev.pt
+    assert (folder / "last.prev-1.pt").read_bytes() == b"not a checkpoint"
+    assert "holds another run's checkpoint" not in capsys.readouterr().out

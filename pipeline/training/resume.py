@@ -242,8 +242,8 @@ def share(working: Path, shared: Path, say: Callable[[str], None]) -> None:
     if shared.is_file():
         if filecmp.cmp(working, shared, shallow=False):
             return
-        old = read_checkpoint(shared)
-        if not any(superseded(old, read_checkpoint(path)) for path in candidates(working, None)):
+        old, kept = read_checkpoint(shared), [_weigh(path, path != working, None) for path in candidates(working, None)]
+        if not any(state is not None and superseded(old, state) for state in kept):
             say(f"{shared} holds another run's checkpoint; kept as {set_aside(shared, working.parent)}")
     with atomic_path(shared) as tmp:
         shutil.copyfile(working, tmp)
