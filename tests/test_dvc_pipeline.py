@@ -24,8 +24,9 @@ from pipeline.checkpoint import read_weights
 pytestmark = pytest.mark.slow
 
 
-def sh(args: list[str], cwd: Path, check: bool = True, **extra_env: str) -> subprocess.CompletedProcess:
-    env = {
+def environment(**extra_env: str) -> dict[str, str]:
+    """The environment of a command the tests run: this venv first on PATH, no analytics, a git identity."""
+    return {
         **os.environ,
         **extra_env,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -35,7 +36,10 @@ def sh(args: list[str], cwd: Path, check: bool = True, **extra_env: str) -> subp
         "GIT_COMMITTER_NAME": "test",
         "GIT_COMMITTER_EMAIL": "test@localhost",
     }
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def sh(args: list[str], cwd: Path, check: bool = True, **extra_env: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=environment(**extra_env), capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -280,35 +284,37 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     assert pq.read_table(project / "data" / "events" / "pieces.parquet").equals(pieces)
 
 
-def experiment(project: Path, *settings: str) -> subprocess.CompletedProcess:
-    """`dvc exp run -S ...` from the committed params (each experiment on its own, not on top of the last)."""
-    sh(["git", "checkout", "-q", "--", "params.yaml"], project)
-    return sh(["dvc", "exp", "run", *[arg for s in settings for arg in ("-S", s)]], project)
+def experiments(project: Path, runs: dict[str, list[str]]) -> dict[str, tuple[Path, subprocess.Popen]]:
+    """Start `dvc exp run -S ...` for each of RUNS in a copy of PROJECT of its own, all at once (each starts from the
+    committed params, not from the last one's): each copy and its process, for `finish`."""
+    started = {}
+    for name, settings in runs.items():
+        copy = Path(shutil.copytree(project, project.parent / name, symlinks=True))
+        args = ["dvc", "exp", "run", *[arg for s in settings for arg in ("-S", s)]]
+        started[name] = copy, subprocess.Popen(args, cwd=copy, env=environment(), stdout=subprocess.PIPE,
+                                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    return started
+
+
+def finish(started: dict) -> dict[str, tuple[Path, str]]:
+    """Wait for the experiments that `experiments` started; each must succeed."""
+    ended = {}
+    for name, (copy, process) in started.items():
+        output = process.communicate(timeout=900)[0]
+        assert process.returncode == 0, f"{name}:\n{output}"
+        ended[name] = copy, output
+    return ended
 
 
 def test_every_experiment_the_readme_names_runs_to_the_end_and_training_follows_its_code(ran):
     project = ran
-    samples, model = project / "reports" / "samples" / "samples.json", project / "data" / "model" / "config.json"
-    unlabelled = experiment(project, "model.composer_labels=false")
-    assert "the model was trained without composer labels (model.composer_labels), so the samples have no " \
-           "composer: other composers, none left aside" in unlabelled.stdout  # fmt: skip
-    assert [s["composer"] for s in json.loads(samples.read_text())["samples"]] == [None]  # one group, not two
-    scored = json.loads((project / "reports" / "metrics" / "eval.json").read_text())["validation"]
-    assert "nll_labelled" not in scored and json.loads(model.read_text())["n_labels"] == 0
-    experiment(project, "model.state_input=false")
-    assert json.loads(model.read_text())["side_size"] == 0
-    experiment(project, "model.n_layer=2")
-    assert json.loads(model.read_text())["n_layer"] == 2
-    profiled = experiment(project, "train.profile=cpu")
-    assert "the CPU profile (train.profile cpu) sets" in profiled.stdout
     piece = json.loads((project / "data" / "tokens" / "validation" / "index.json").read_text())["piece_id"][0]
-    experiment(project, f"generate.primers=[{piece}]")
-    assert {s["primer"]["source"] for s in json.loads(samples.read_text())["samples"]} == {
-        f"validation piece {piece} (Test)"
-    }
-    # A change to the model's code retrains from scratch, the old run kept; one to the report touches no training.
-    sh(["git", "checkout", "-q", "--", "params.yaml"], project)
-    sh(["dvc", "checkout", "-f"], project)
+    runs = {"unlabelled": ["model.composer_labels=false"], "plain": ["model.state_input=false"],
+            "two-layers": ["model.n_layer=2"], "profiled": ["train.profile=cpu"],
+            "primed": [f"generate.primers=[{piece}]"]}  # fmt: skip
+    started = experiments(project, runs)
+    # Meanwhile, in the project itself: a change to the model's code retrains from scratch, the old run kept; one to
+    # the report touches no training.
     with (project / "model" / "transformer_xl.py").open("a") as f:
         f.write("# a change to the model's code\n")
     retrained = sh(["dvc", "repro"], project)
@@ -321,3 +327,18 @@ def test_every_experiment_the_readme_names_runs_to_the_end_and_training_follows_
         f.write("# a change to the report's code\n")
     reported = sh(["dvc", "repro"], project)
     assert "Running stage 'report'" in reported.stdout and "Running stage 'train'" not in reported.stdout
+
+    ended = finish(started)
+    samples, config = Path("reports") / "samples" / "samples.json", Path("data") / "model" / "config.json"
+
+    def read(name: str, path: Path) -> dict:
+        return json.loads((ended[name][0] / path).read_text())
+
+    assert "the model was trained without composer labels (model.composer_labels), so the samples have no " \
+           "composer: other composers, none left aside" in ended["unlabelled"][1]  # fmt: skip
+    assert [s["composer"] for s in read("unlabelled", samples)["samples"]] == [None]  # one group, not two
+    scored = read("unlabelled", Path("reports") / "metrics" / "eval.json")["validation"]
+    assert "nll_labelled" not in scored and read("unlabelled", config)["n_labels"] == 0
+    assert read("plain", config)["side_size"] == 0 and read("two-layers", config)["n_layer"] == 2
+    assert "the CPU profile (train.profile cpu) sets" in ended["profiled"][1]
+    assert {s["primer"]["source"] for s in read("primed", samples)["samples"]} == {f"validation piece {piece} (Test)"}
