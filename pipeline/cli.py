@@ -180,8 +180,8 @@ def train(
     the params that steer training are the same (otherwise the old checkpoint is kept as last.prev.pt), and a
     finished run is exported again only by the same code (the train stage's deps in dvc.yaml): other code trains
     afresh, while a stopped run resumes under it. A finished run copies its checkpoint to RESUME, which DVC pushes
-    and pulls; a clone resumes from it. LIVE gets
-    DVCLive's metrics and params.yaml, the shape and settings as trained. Under torchrun it trains with DDP.
+    and pulls; a clone resumes from it. LIVE gets DVCLive's metrics and params.yaml, the shape and settings as
+    trained. Under torchrun it trains with DDP.
     """
     from pipeline.checkpoint import model_section
     from pipeline.distributed import finish
