@@ -56,6 +56,16 @@ def gather_on_first(local: object, rank: int, world: int) -> list | None:
     return gathered
 
 
+def from_first(value: object, rank: int, world: int) -> object:
+    """Rank 0's `value` on every rank (VALUE itself in a single process); the other ranks' VALUE is not read."""
+    if world == 1:
+        return value
+    # Pickled into a byte tensor (on the GPU with NCCL); a tensor arrives on the device it left, so send CPU ones.
+    box = [value if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(world: int) -> None:
     """Wait for every process (nothing to wait for in a single one)."""
     if world > 1:

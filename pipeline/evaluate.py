@@ -27,7 +27,8 @@ from pipeline import cpu_profile
 from pipeline.atomic import atomic_write_text
 from pipeline.checkpoint import load_model
 from pipeline.errors import PipelineError
-from pipeline.music.piano_state import PIANO_STATE_SIZE, PianoState
+from pipeline.music.piano_state import PIANO_STATE_SIZE
+from pipeline.music.piano_state_torch import PianoState
 from pipeline.ngram import KneserNey, uniform_nll, unigram_log_probs
 from pipeline.segments import PieceStore, load_vocab
 
@@ -90,15 +91,14 @@ def score_pieces(
         row_labels = None if labels is None else torch.tensor([labels[i] for i in batch], device=device)
         row_nll = torch.zeros(len(batch), width, device=device)
         row_hit = torch.zeros(len(batch), width, dtype=torch.bool, device=device)
-        mems, state = None, PianoState(len(batch)) if model.cfg.side_size else None
+        mems, state = None, PianoState(len(batch), device) if model.cfg.side_size else None
         for start in range(0, width, tgt_len):
             alive = int(np.count_nonzero(lengths > start))  # rows are longest first: the live ones are a prefix
             mems = None if mems is None else [m[:alive] for m in mems]
-            side = None
+            ids, side = x_all[:alive, start : start + tgt_len], None
             if state is not None:
                 state.keep(alive)
-                side = torch.from_numpy(state(x[:alive, start : start + tgt_len])).to(device)
-            ids = x_all[:alive, start : start + tgt_len]
+                side = state(ids)
             segment_labels = None if row_labels is None else row_labels[:alive, None].expand_as(ids)
             logits, _, mems = model(ids, None, mems, side, span=span, labels=segment_labels)
             log_probs = torch.log_softmax(logits.float(), dim=-1)

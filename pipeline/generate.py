@@ -45,7 +45,8 @@ from pipeline.music.performance_encoding import (
     elapsed_steps,
     encode_opening,
 )
-from pipeline.music.piano_state import PIANO_STATE_SIZE, NoteLimit, PianoState
+from pipeline.music.piano_state import PIANO_STATE_SIZE
+from pipeline.music.piano_state_torch import NoteLimit, PianoState
 from pipeline.params import GenerateParams
 from pipeline.segments import PieceStore
 
@@ -166,16 +167,9 @@ def unconditional() -> Primer:
 
 
 def piano_state_input(rows: int, device: torch.device) -> Side:
-    """The side input of a state-input model while it samples: the piano state of `rows` rows, computed for the
-    prompt at once and then one token at a time as they are sampled."""
-    state = PianoState(rows)
-
-    def side(ids: torch.Tensor) -> torch.Tensor:
-        ids = ids.cpu().numpy()
-        features = state.step(ids[:, 0])[:, None] if ids.shape[1] == 1 else state(ids)
-        return torch.from_numpy(features).to(device)
-
-    return side
+    """The side input of a state-input model while it samples: the piano state of `rows` rows on `device`, computed
+    for the prompt at once and then for each token as it is sampled, without leaving the device."""
+    return PianoState(rows, device)
 
 
 def sample_batch(
@@ -200,12 +194,12 @@ def sample_batch(
     side = piano_state_input(len(seeds), device) if model.cfg.side_size else None
     forced, imposed = None, []  # per step, the rows whose token the rule chose
     if rule and p.max_note_s:
-        limit = NoteLimit(np.repeat(primer.tokens[None], len(seeds), axis=0), p.max_note_s)
+        limit = NoteLimit(prompt, p.max_note_s)
 
         def forced(ids: torch.Tensor | None) -> torch.Tensor:
-            release = limit(None if ids is None else ids.cpu().numpy())
-            imposed.append(release >= 0)
-            return torch.from_numpy(release)
+            release = limit(ids)
+            imposed.append(release >= 0)  # on the device: read once sampling ends
+            return release
 
     new = sample_tokens(
         model,
@@ -227,7 +221,7 @@ def sample_batch(
         progress=progress,
     )
     rows = [row.cpu().numpy() for row in new]
-    steps = np.array(imposed, bool).reshape(-1, len(seeds))  # [steps, rows]
+    steps = torch.stack(imposed).cpu().numpy() if imposed else np.zeros((0, len(seeds)), bool)  # [steps, rows]
     return rows, np.array([int(steps[: len(row), i].sum()) for i, row in enumerate(rows)])
 
 

@@ -1,10 +1,11 @@
 """Training data from token shards: whole pieces laid end to end in batch rows, cut into segments that carry memory.
 
 Each segment comes with every token's position in its piece, so that the model attends to nothing of an earlier
-piece (a piece starts from an empty past, as in evaluation and generation), and, when asked, the piano's state after
-each token (pipeline/music/piano_state.py) and each token's composer label: its piece's, or 0 ("none") for the
-pieces that label dropout picks in that epoch. Imports only numpy, the standard library and the numpy-only music
-modules, so the train path runs where polars, symusic and dvc are missing.
+piece (a piece starts from an empty past, as in evaluation and generation), and, when asked, each token's composer
+label: its piece's, or 0 ("none") for the pieces that label dropout picks in that epoch. The piano state that a
+state-input model reads is computed from the tokens on the device (pipeline/training/batches.py); a segment that
+resumes an epoch midway brings the tokens that state must replay. Imports only numpy and the standard library, so the
+train path runs where polars, symusic and dvc are missing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.music.performance_encoding import PIECE_START
-from pipeline.music.piano_state import PianoState
 
 
 def load_vocab(tokens: Path) -> dict:
@@ -81,13 +81,15 @@ def transpose(tokens: np.ndarray, semitones: int, ranges: list[tuple[int, int]])
 
 @dataclass
 class Segment:
-    """One segment of every batch row: inputs, next-token targets, positions in their pieces, and the piano state."""
+    """One segment of the batch rows asked for: inputs, next-token targets, positions in their pieces, and labels."""
 
     tokens: np.ndarray  # [rows, tgt_len]
     targets: np.ndarray  # [rows, tgt_len]
     seq_pos: np.ndarray  # [rows, tgt_len]: 0 at a PIECE_START, counting on from there
-    side: np.ndarray | None  # [rows, tgt_len, PIANO_STATE_SIZE] float32, or None when the stream has no state input
     labels: np.ndarray | None = None  # [rows, tgt_len]: each token's piece's label (0: none), when the stream has them
+    # [rows, n]: on the first segment of an epoch resumed midway, the tokens of each row's current pieces before it,
+    # which a piano state replays (None otherwise: an epoch's rows begin with a PIECE_START)
+    before: np.ndarray | None = None
 
 
 @dataclass
@@ -101,7 +103,7 @@ class SegmentStream:
     seed: int = 0
     max_transpose: int = 0
     ranges: tuple = ()
-    state_input: bool = False  # each segment carries the piano state after each token
+    state_input: bool = False  # the model reads the piano state after each token (computed on the device)
     labels: bool = False  # each segment carries each token's label (the index's `label` column)
     label_dropout: float = 0.0  # the share of pieces whose label is 0 in an epoch (drawn per piece and epoch)
 
@@ -147,25 +149,25 @@ class SegmentStream:
         dropped = np.random.default_rng([self.seed, epoch, 1]).random(len(label)) < self.label_dropout
         return np.where(dropped, 0, label)
 
-    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[int, Segment]]:
-        """(segment number, segment) from segment `start` of `epoch` to the end of the epoch."""
-        rows, labels = self.rows_and_labels(epoch)
+    def batches(self, epoch: int = 0, start: int = 0, rows: slice = slice(None)) -> Iterator[tuple[int, Segment]]:
+        """(segment number, segment of the batch rows `rows`) from segment `start` of `epoch` to the end of the
+        epoch; a process of several takes its own rows, so it does no work for the others'."""
+        streams, labels = self.rows_and_labels(epoch)
+        streams, labels = streams[rows], None if labels is None else labels[rows]
         first = start * self.tgt_len
         # Where each row's current piece began: the state of a segment depends on its piece so far, no further.
-        piece_begin = np.array([_last_piece_start(row, first) for row in rows])
-        state = PianoState(len(rows)) if self.state_input else None
-        if state is not None and first > 0:  # resuming mid-epoch: replay the current pieces up to here
-            state(rows[:, piece_begin.min() : first])
+        piece_begin = np.array([_last_piece_start(row, first) for row in streams])
+        before = streams[:, piece_begin.min() : first] if self.state_input and first > 0 else None
         position = first - piece_begin  # of each row's next token in its piece
         span = np.arange(self.tgt_len)
-        for k in range(start, (rows.shape[1] - 1) // self.tgt_len):
+        for k in range(start, (streams.shape[1] - 1) // self.tgt_len):
             a = k * self.tgt_len
-            x, y = rows[:, a : a + self.tgt_len], rows[:, a + 1 : a + self.tgt_len + 1]
+            x, y = streams[:, a : a + self.tgt_len], streams[:, a + 1 : a + self.tgt_len + 1]
             last = np.maximum.accumulate(np.where(x == PIECE_START, span, -1), axis=1)
             seq_pos = np.where(last >= 0, span - last, position[:, None] + span)
             position = seq_pos[:, -1] + 1
-            side = None if state is None else state(x)
-            yield k, Segment(x, y, seq_pos, side, None if labels is None else labels[:, a : a + self.tgt_len])
+            segment_labels = None if labels is None else labels[:, a : a + self.tgt_len]
+            yield k, Segment(x, y, seq_pos, segment_labels, before if k == start else None)
 
 
 def _last_piece_start(row: np.ndarray, end: int) -> int:

@@ -35,7 +35,7 @@ from pipeline.errors import PipelineError
 from pipeline.live import Progress, log_metrics, open_live, write_run_record, write_trained_params
 from pipeline.params import TrainParams
 from pipeline.segments import PieceStore, SegmentStream, load_vocab, pitch_ranges
-from pipeline.training.batches import segment_tensors, validation_nll
+from pipeline.training.batches import device_batches, validation_nll
 from pipeline.training.resume import (
     Wanted,
     changed_code,
@@ -44,6 +44,7 @@ from pipeline.training.resume import (
     code_digest,
     code_identity,
     code_steps,
+    load_optimizer,
     share,
     tokens_fingerprint,
 )
@@ -82,7 +83,7 @@ def train_step(
     distributed: bool = False,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """One optimiser step over a batch (segment_tensors) split into len(mems) accumulation chunks, each carrying its
+    """One optimiser step over a batch (device_batches) split into len(mems) accumulation chunks, each carrying its
     own memory, the forward pass under autocast to `dtype` (None: float32).
 
     `mems` is updated in place; a chunk without one (None) starts from a full-length memory of zeros, which the
@@ -167,7 +168,7 @@ def _setup(tokens: Path, model_params: dict, p: TrainParams) -> _Run:
         [{"params": decay, "weight_decay": p.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=p.lr,
         betas=(0.9, 0.98),
-        fused=device.type == "cuda" or None,
+        fused=device.type in ("cuda", "cpu") or None,  # one kernel for all parameters, and no host sync per step
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, p))
     mems = [None] * p.grad_accum
@@ -177,12 +178,20 @@ def _setup(tokens: Path, model_params: dict, p: TrainParams) -> _Run:
 def _resume(run: _Run, ckpt_path: Path, wanted: Wanted, shared: Path | None) -> dict | None:
     """Restore `run` from the checkpoint that `choose_checkpoint` picks (it also weighs SHARED/last.pt, the last
     finished run's) and return the train params it holds, or start the run's code history afresh (None). A finished
-    run is restored too: its model is exported as it is. Rank 0 alone says what it does."""
+    run is restored too: its model is exported as it is. Rank 0 alone reads, chooses and says what it does; every
+    process restores the state it chose."""
     say = (lambda text: print(f"train: {text}", flush=True)) if run.rank == 0 else (lambda text: None)
-    wait = partial(distributed.barrier, run.world)
     shared_ckpt = None if shared is None else Path(shared) / "last.pt"
-    state = choose_checkpoint(ckpt_path, wanted, run.rank, say, wait, shared_ckpt)
-    wait()  # no process reads on before rank 0 has moved what it moves
+    state, error = None, None
+    if run.rank == 0:  # the others' disks may hold other checkpoints, or none (no shared file system)
+        try:
+            state = choose_checkpoint(ckpt_path, wanted, say, shared_ckpt)
+        except PipelineError as exc:
+            error = exc
+    # Every process takes rank 0's state (read onto the CPU) or its error, so that none waits for the other.
+    state, message = distributed.from_first((state, None if error is None else error.args[0]), run.rank, run.world)
+    if error is not None or message is not None:
+        raise error or PipelineError(message)
     if state is None:
         run.history = [{"from_step": 0, "code": code_digest(wanted.code), "changed": []}]
         return None
@@ -205,12 +214,11 @@ def _resume(run: _Run, ckpt_path: Path, wanted: Wanted, shared: Path | None) -> 
 def _restore(run: _Run, state: dict, ckpt_path: Path, say: Callable[[str], None]) -> None:
     """Load a checkpoint's weights, optimiser, schedule, position, metrics, memories and RNG states into `run`."""
     run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
+    load_optimizer(run.optimizer, state["optimizer"])  # as this run's AdamW, on this device, would have made it
     run.scheduler.load_state_dict(state["scheduler"])
     run.step, run.epoch, run.segment = state["step"], state["epoch"], state["segment"]
     for group, base in zip(run.optimizer.param_groups, run.scheduler.base_lrs, strict=True):
         group["lr"] = base * _lr_factor(run.step, run.p)  # this run's schedule (train.steps may have changed)
-        group["fused"] = run.device.type == "cuda" or None  # this device's AdamW, not the checkpoint's
     run.metrics = dict(state["metrics"])
     mems, rng, layers = state["mems"], state["rng"], run.model.cfg.n_layer
     # A checkpoint from before memories were one per layer also kept the last layer's output, which nothing reads.
@@ -256,8 +264,7 @@ def _loop(
     stopping = False
     try:
         while run.step < p.steps and not stopping:
-            for k, segment in run.stream.batches(run.epoch, run.segment):
-                batch = segment_tensors(segment, run.device, slice(rank, None, world))
+            for k, batch in device_batches(run.stream, run.device, run.epoch, run.segment, slice(rank, None, world)):
                 loss = train_step(
                     forward, run.model, run.optimizer, batch, run.mems, p.clip, run.device, world > 1, run.dtype
                 )

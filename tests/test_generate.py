@@ -498,14 +498,14 @@ def test_only_the_first_wav_samples_get_audio(model_dir, tmp_path):
 
 
 def test_the_note_length_rule_releases_the_longest_held_key_once_it_has_sounded_long_enough():
-    from pipeline.music.piano_state import NoteLimit
+    from pipeline.music.piano_state_torch import NoteLimit
 
-    opening = np.array([[PIECE_START, 60, TIME_SHIFT + 99, 64], [PIECE_START, 62, 65, TIME_SHIFT + 49]])
+    opening = torch.tensor([[PIECE_START, 60, TIME_SHIFT + 99, 64], [PIECE_START, 62, 65, TIME_SHIFT + 49]])
     rule = NoteLimit(opening, seconds=1.5)  # row 0: key 60 has sounded 1 s; row 1: keys 62 and 65 0.5 s
     assert rule(None).tolist() == [-1, -1]
-    assert rule(np.array([TIME_SHIFT + 48, TIME_SHIFT + 99])).tolist() == [-1, 128 + 62]  # 1.49 s; 1.5 s (a tie)
-    assert rule(np.array([TIME_SHIFT, 128 + 62])).tolist() == [128 + 60, 128 + 65]  # 60 at 1.5 s, not 64 (0.5 s)
-    assert rule(np.array([128 + 60, 128 + 65])).tolist() == [-1, -1]
+    assert rule(torch.tensor([TIME_SHIFT + 48, TIME_SHIFT + 99])).tolist() == [-1, 128 + 62]  # 1.49 s; 1.5 s (a tie)
+    assert rule(torch.tensor([TIME_SHIFT, 128 + 62])).tolist() == [128 + 60, 128 + 65]  # 60 at 1.5 s, not 64 (0.5 s)
+    assert rule(torch.tensor([128 + 60, 128 + 65])).tolist() == [-1, -1]
 
 
 def test_the_stage_applies_the_rule_and_counts_what_it_changed(tmp_path):

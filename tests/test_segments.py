@@ -1,15 +1,20 @@
-"""Training segments: every token's position in its piece and the piano state, against a loop over the row and the
-piano state of the whole row in one pass; a resumed epoch gives the segments a fresh one does."""
+"""Training segments: every token's position in its piece and the piano state computed on the device, against a loop
+over the row and the numpy piano state of the whole row in one pass; a resumed epoch, and a process's own rows, give
+the segments a fresh run of every row does."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from conftest import write_tokens
 
 from pipeline.music.performance_encoding import PIECE_START
 from pipeline.music.piano_state import piano_state
 from pipeline.segments import PieceStore, SegmentStream
+from pipeline.training.batches import device_batches
+
+CPU = torch.device("cpu")
 
 
 @pytest.fixture
@@ -22,10 +27,10 @@ def stream(tmp_path) -> SegmentStream:
 
 def test_positions_count_from_each_rows_latest_piece_start_and_the_state_is_the_rows(stream):
     rows = stream.rows(0)
-    segments = list(stream.batches(0))
+    segments = [batch for _, batch in device_batches(stream, CPU)]
     assert len(segments) == (rows.shape[1] - 1) // 16 > 10
-    seq_pos = np.concatenate([s.seq_pos for _, s in segments], axis=1)
-    side = np.concatenate([s.side for _, s in segments], axis=1)
+    seq_pos = torch.cat([s["seq_pos"] for s in segments], dim=1).numpy()
+    side = torch.cat([s["side"] for s in segments], dim=1).numpy()
     for r, row in enumerate(rows):
         position = -1
         for t in range(seq_pos.shape[1]):
@@ -33,19 +38,26 @@ def test_positions_count_from_each_rows_latest_piece_start_and_the_state_is_the_
             assert seq_pos[r, t] == position, (r, t)
         np.testing.assert_array_equal(side[r], piano_state(row)[: side.shape[1]])
     assert (seq_pos == 0).sum() > 20  # many pieces begin inside the stream's segments
+    assert side[..., :128].sum() > 100  # keys do sound
 
 
-@pytest.mark.parametrize("start", [1, 7, 12])
-def test_a_resumed_epoch_gives_the_segments_of_a_fresh_one(stream, start):
-    fresh = {k: s for k, s in stream.batches(0)}
-    for k, resumed in stream.batches(0, start):
-        for name in ("tokens", "targets", "seq_pos", "side"):
-            np.testing.assert_array_equal(getattr(resumed, name), getattr(fresh[k], name), err_msg=f"{name} at {k}")
+ALL, ODD, EVEN = slice(None), slice(1, None, 2), slice(0, None, 2)
+
+
+@pytest.mark.parametrize(("start", "rows"), [(1, ALL), (7, ALL), (12, ALL), (0, ODD), (9, EVEN)])
+def test_a_resumed_epoch_and_a_process_rows_give_the_segments_of_a_fresh_run_of_all_rows(stream, start, rows):
+    fresh = dict(device_batches(stream, CPU))
+    resumed = list(device_batches(stream, CPU, 0, start, rows))
+    assert [k for k, _ in resumed] == list(range(start, len(fresh)))
+    for k, batch in resumed:
+        assert set(batch) == set(fresh[k]) == {"tokens", "targets", "seq_pos", "side"}
+        for name, tensor in batch.items():
+            torch.testing.assert_close(tensor, fresh[k][name][rows], rtol=0, atol=0, msg=f"{name} at {k}")
 
 
 def test_without_the_state_input_no_side_is_made(stream):
     stream.state_input = False
-    assert all(s.side is None for _, s in stream.batches(0))
+    assert all("side" not in batch for _, batch in device_batches(stream, CPU, 0, 3))
 
 
 def test_each_token_carries_its_pieces_label_and_label_dropout_is_drawn_per_piece_and_epoch(tmp_path):

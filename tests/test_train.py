@@ -282,13 +282,15 @@ def test_a_train_step_scores_each_piece_of_a_row_as_if_it_were_alone(tmp_path):
     from pipeline.music.performance_encoding import PIECE_START
     from pipeline.music.piano_state import piano_state
     from pipeline.segments import PieceStore, SegmentStream
-    from pipeline.train import segment_tensors, train_step
+    from pipeline.train import train_step
+    from pipeline.training.batches import device_batches
 
     rng = np.random.default_rng(0)
     bodies = [rng.choice([60, 64, 67, 188, 192, 195, 300, 320], n) for n in (15, 9, 13, 21, 6, 18, 11)]
     store = PieceStore(write_tokens(tmp_path / "tokens", {"train": bodies}), "train")
     stream = SegmentStream(store, batch_size=2, tgt_len=40, state_input=True)
     _, segment = next(stream.batches(0))
+    _, on_device = next(device_batches(stream, torch.device("cpu")))
     torch.manual_seed(0)
     model = build_model(vocab(), {**TINY_MODEL, "tgt_len": 40, "state_input": True}).double()
     with torch.no_grad():  # large weights, so that what each token attends to shows in the loss
@@ -305,9 +307,7 @@ def test_a_train_step_scores_each_piece_of_a_row_as_if_it_were_alone(tmp_path):
             logits = model(piece, side=side)[0][0]
             expected.append(F.cross_entropy(logits, torch.from_numpy(whole[a + 1 : b + 1]), reduction="none"))
     assert starts_seen >= 4  # pieces do begin inside the segment
-    batch = {
-        k: v.double() if v.is_floating_point() else v for k, v in segment_tensors(segment, torch.device("cpu")).items()
-    }
+    batch = {k: v.double() if v.is_floating_point() else v for k, v in on_device.items()}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     loss = train_step(model, model, optimizer, batch, [None], clip=1.0, device=torch.device("cpu"))
     alone = torch.cat(expected).mean().detach()
@@ -332,7 +332,8 @@ def test_a_compiled_model_compiles_once_the_first_segment_included(tmp_path):
     import torch._dynamo
 
     from pipeline.segments import PieceStore, SegmentStream
-    from pipeline.train import segment_tensors, train_step
+    from pipeline.train import train_step
+    from pipeline.training.batches import segment_tensors
 
     tokens, cpu = repeating_corpus(tmp_path / "tokens"), torch.device("cpu")
     torch.manual_seed(0)

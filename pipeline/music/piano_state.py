@@ -1,13 +1,15 @@
 """The piano's state as a performance is played token by token: which keys sound, and for how long they have.
 
 After each token, each of the 128 pitches gets two numbers: whether it is sounding, and how long it has sounded
-(seconds / HELD_SCALE_S, capped at 1). They follow `performance_encoding.decode` exactly: strikes and releases pair
-first-in first-out per pitch, a release with nothing held does nothing, and a pitch struck again while it sounds
-sounds on, from its latest strike (as the MIDI file then holds it). PIECE_START silences every key.
+(steps / HELD_STEPS, capped at 1: held seconds over HELD_SCALE_S, in one float32 division, so that any library
+that divides by IEEE's rules gets the same bits). They follow `performance_encoding.decode` exactly: strikes and
+releases pair first-in first-out per pitch, a release with nothing held does nothing, and a pitch struck again while
+it sounds sounds on, from its latest strike (as the MIDI file then holds it). PIECE_START silences every key.
 
 A feature at position t depends on tokens up to t only. `PianoState` carries the state from one call to the next:
 `__call__` takes chunks [rows, time] and is vectorised over them (training, evaluation), `step` takes one token per
-row (generation). Both give the same numbers.
+row. Both give the same numbers. This numpy module is the reference; pipeline/music/piano_state_torch.py computes
+the same on the device that trains, evaluates and samples.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pipeline.music.performance_encoding import NOTE_OFF, NOTE_ON, PIECE_START, 
 PITCHES = 128
 PIANO_STATE_SIZE = 2 * PITCHES  # [sounding of pitches 0-127, held time of pitches 0-127]
 HELD_SCALE_S = 10.0  # a note held this long or longer gets held time 1
+HELD_STEPS = round(HELD_SCALE_S / STEP_S)  # the same, in time steps
 CHUNK = 1024  # positions per vectorised pass: bounds the [rows, CHUNK, 128] work arrays
 
 
@@ -99,29 +102,10 @@ class PianoState:
 
 def _features(held: np.ndarray, onset: np.ndarray, clock: np.ndarray) -> np.ndarray:
     sounding = held > 0
-    seconds = np.where(sounding, (clock - onset) * STEP_S, 0.0)
-    return np.concatenate([sounding, np.minimum(seconds / HELD_SCALE_S, 1.0)], axis=-1).astype(np.float32)
+    steps = np.minimum(np.where(sounding, clock - onset, 0), HELD_STEPS)
+    return np.concatenate([sounding, steps.astype(np.float32) / np.float32(HELD_STEPS)], axis=-1, dtype=np.float32)
 
 
 def piano_state(tokens: np.ndarray) -> np.ndarray:
     """The features after each token of one sequence [time] that starts silent: [time, PIANO_STATE_SIZE]."""
     return PianoState(1)(np.asarray(tokens)[None])[0]
-
-
-class NoteLimit:
-    """A decoding rule: a key that has sounded `seconds` or longer is released at the next event. Called with each
-    step's tokens [rows] (None at the first step), it returns the NOTE_OFF to emit per row (the longest-held such
-    key), or -1 where the row goes on freely."""
-
-    def __init__(self, opening: np.ndarray, seconds: float) -> None:
-        opening = np.asarray(opening, np.int64)
-        self.state, self.seconds = PianoState(len(opening)), seconds
-        self.state(opening)
-
-    def __call__(self, tokens: np.ndarray | None) -> np.ndarray:
-        if tokens is not None:
-            self.state.step(tokens)
-        held = self.state.seconds_held()
-        longest = held.argmax(axis=1)
-        over = held[np.arange(len(held)), longest] >= self.seconds
-        return np.where(over, NOTE_OFF + longest, -1)

@@ -17,6 +17,9 @@ Of the checkpoints that can resume, in the working folder and the shared one, th
 `last.pt`). A file moved or copied over another never destroys a run's state: the one in the way is set aside first,
 unless it is an earlier checkpoint of the very run that replaces it (its lineage begins the other's, at no more
 steps). A set-aside file that cannot be read is passed over with a warning; an unreadable last.pt stops the stage.
+
+A checkpoint resumes on any device: its optimiser state is loaded as this run's optimiser would have made it here,
+whichever device and AdamW kernels (fused or plain) wrote it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from pipeline.atomic import atomic_path
 from pipeline.checkpoint import read_checkpoint
@@ -183,21 +188,14 @@ def candidates(working: Path, shared: Path | None) -> list[Path]:
 
 
 def choose_checkpoint(
-    working: Path,
-    wanted: Wanted,
-    rank: int,
-    say: Callable[[str], None],
-    wait: Callable[[], None],
-    shared: Path | None = None,
+    working: Path, wanted: Wanted, say: Callable[[str], None], shared: Path | None = None
 ) -> dict | None:
     """The state to resume (see the module's docstring), now at WORKING; None to train afresh, with WORKING set aside.
-    Every process reads; rank 0 alone moves files, after `wait` (a barrier) says that every process has read them."""
-    states = {path: _weigh(path, path not in (working, shared), say if rank == 0 else None)
-              for path in candidates(working, shared)}  # fmt: skip
+    One process calls it (rank 0, which hands the state to the others): the others' disks may hold other files."""
+    states = {path: _weigh(path, path not in (working, shared), say) for path in candidates(working, shared)}
     fits = [(path, s) for path, s in states.items() if s is not None and mismatch(s, wanted) is None]
     chosen = max(fits, key=lambda fit: fit[1]["step"], default=None)  # the first of the furthest along
-    wait()
-    if rank == 0 and (chosen is None or chosen[0] != working):
+    if chosen is None or chosen[0] != working:
         _move_into_place(working, states[working], chosen, wanted, say)
     return None if chosen is None else chosen[1]
 
@@ -247,3 +245,26 @@ def share(working: Path, shared: Path, say: Callable[[str], None]) -> None:
             say(f"{shared} holds another run's checkpoint; kept as {set_aside(shared, working.parent)}")
     with atomic_path(shared) as tmp:
         shutil.copyfile(working, tmp)
+
+
+# The group settings that this run's optimiser chose for its device, which a checkpoint's groups must not override.
+DEVICE_FLAGS = ("fused", "capturable", "foreach")
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Load a checkpoint's optimiser state into OPTIMIZER as if OPTIMIZER had made it here, on this device."""
+    # load_state_dict puts each `step` where the *saved* groups' fused or capturable flag says (float32 on the
+    # parameter's device, else left as it is): plain AdamW's steps would stay on the CPU, where CUDA's fused AdamW
+    # refuses them. So the saved groups take this optimiser's flags first.
+    groups = [
+        {**old, **{key: now[key] for key in DEVICE_FLAGS if key in now}}
+        for old, now in zip(saved["param_groups"], optimizer.param_groups, strict=True)
+    ]
+    optimizer.load_state_dict({**saved, "param_groups": groups})
+    for group in optimizer.param_groups:
+        if group.get("fused") or group.get("capturable"):
+            continue
+        for param in group["params"]:  # the plain kernels keep `step` on the host, wherever the checkpoint had it
+            state = optimizer.state.get(param, {})
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].cpu()

@@ -17,7 +17,7 @@ from pipeline.music.performance_encoding import (
     decode,
     encode,
 )
-from pipeline.music.piano_state import HELD_SCALE_S, PIANO_STATE_SIZE, PITCHES, PianoState, piano_state
+from pipeline.music.piano_state import HELD_SCALE_S, HELD_STEPS, PIANO_STATE_SIZE, PITCHES, PianoState, piano_state
 
 
 def loop_state(tokens: np.ndarray) -> np.ndarray:
@@ -37,7 +37,8 @@ def loop_state(tokens: np.ndarray) -> np.ndarray:
         for pitch, open_strikes in strikes.items():
             if open_strikes:
                 out[i, pitch] = 1
-                out[i, PITCHES + pitch] = min((clock - max(open_strikes)) * STEP_S / HELD_SCALE_S, 1.0)
+                steps = min(clock - max(open_strikes), HELD_STEPS)
+                out[i, PITCHES + pitch] = np.float32(steps) / np.float32(HELD_STEPS)
     return out
 
 

@@ -1,0 +1,103 @@
+"""The piano state of pipeline/music/piano_state.py in torch, on the device that trains, evaluates or samples.
+
+The same features, equal to the numpy reference bit for bit in float32, computed where the tokens already are: no
+host round trip and no host sync (nothing reads a tensor's value on the host), and a fixed number of torch operations
+per call, whatever its length up to CHUNK positions. The numpy module stays the reference that tests compare to, and
+the music library used alone still loads no torch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pipeline.music.performance_encoding import NOTE_OFF, PIECE_START, SHIFT_STEPS, STEP_S, TIME_SHIFT
+from pipeline.music.piano_state import CHUNK, HELD_STEPS, PITCHES
+
+
+class PianoState:
+    """The state of `rows` pianos on `device`, each starting silent; call it with successive tokens [rows, time]."""
+
+    def __init__(self, rows: int, device: torch.device | str = "cpu") -> None:
+        self.held = torch.zeros(rows, PITCHES, dtype=torch.long, device=device)  # open strikes per key
+        self.onset = torch.zeros(rows, PITCHES, dtype=torch.long, device=device)  # the step of each key's latest strike
+        self.clock = torch.zeros(rows, dtype=torch.long, device=device)  # steps since the start
+
+    def keep(self, rows: int) -> None:
+        """Keep the first `rows` pianos only (rows that have ended drop out of a batch)."""
+        self.held, self.onset, self.clock = self.held[:rows], self.onset[:rows], self.clock[:rows]
+
+    def steps_held(self) -> torch.Tensor:
+        """How many steps each key has sounded since its latest strike [rows, 128]; 0 for a silent key."""
+        return torch.where(self.held > 0, self.clock[:, None] - self.onset, 0)
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Advance by tokens [rows, time]; return the features after each [rows, time, PIANO_STATE_SIZE] (float32)."""
+        if tokens.size(1) == 1:  # a sampled token: about half the operations
+            return self._step(tokens[:, 0].long())[:, None]
+        if tokens.size(1) <= CHUNK:  # a segment: one pass
+            return self._chunk(tokens.long())
+        return torch.cat([self._chunk(part.long()) for part in tokens.split(CHUNK, dim=1)], dim=1)
+
+    def _step(self, t: torch.Tensor) -> torch.Tensor:
+        """One token per row [rows]: the numpy reference's `step`."""
+        shift = (t >= TIME_SHIFT) & (t < TIME_SHIFT + SHIFT_STEPS)
+        self.clock = self.clock + torch.where(shift, t - TIME_SHIFT + 1, 0)
+        key = torch.arange(PITCHES, device=t.device) == (t % NOTE_OFF)[:, None]  # [rows, 128]
+        struck, released = key & (t < NOTE_OFF)[:, None], key & ((t >= NOTE_OFF) & (t < TIME_SHIFT))[:, None]
+        held = torch.where((t == PIECE_START)[:, None], 0, self.held) + struck.long() - released.long()
+        self.held = held.clamp(min=0)
+        self.onset = torch.where(struck, self.clock[:, None], self.onset)
+        return _features(self.held, self.onset, self.clock[:, None])
+
+    def _chunk(self, t: torch.Tensor) -> torch.Tensor:
+        """The numpy reference's `_chunk` (which explains the arithmetic), one torch operation for each of its own."""
+        rows, time = t.shape
+        if time == 0:
+            return torch.zeros(rows, 0, 2 * PITCHES, device=t.device)
+        span = torch.arange(time, device=t.device)
+        shift = (t >= TIME_SHIFT) & (t < TIME_SHIFT + SHIFT_STEPS)
+        clock = self.clock[:, None] + torch.where(shift, t - TIME_SHIFT + 1, 0).cumsum(1)  # [rows, time]
+        sign = (t < NOTE_OFF).long() - ((t >= NOTE_OFF) & (t < TIME_SHIFT)).long()  # +1 a strike, -1 a release
+        delta = torch.zeros(rows, time, PITCHES, dtype=torch.long, device=t.device)
+        delta.scatter_(2, (t % NOTE_OFF)[..., None], sign[..., None])  # one key per position: nothing collides
+        reset = t == PIECE_START
+        group = reset.long().cumsum(1)[..., None]
+        total = self.held[:, None] + delta.cumsum(1)
+        last_reset = torch.where(reset, span, -1).cummax(1).values  # [rows, time]
+        at_reset = total.gather(1, last_reset.clamp(min=0)[..., None].expand(-1, -1, PITCHES))
+        running = total - torch.where((last_reset >= 0)[..., None], at_reset, 0)
+        big = 2 * (running.abs().amax() + 1)  # a tensor: its value never comes to the host
+        lowest = (running - group * big).cummin(1).values + group * big
+        held = running - lowest.clamp(max=0)
+        last_strike = torch.where(delta > 0, span[None, :, None], -1).cummax(1).values
+        struck_at = clock.gather(1, last_strike.clamp(min=0).reshape(rows, -1)).reshape(rows, time, PITCHES)
+        onset = torch.where(last_strike > last_reset[..., None], struck_at, self.onset[:, None])
+        self.held, self.onset, self.clock = held[:, -1], onset[:, -1], clock[:, -1]
+        return _features(held, onset, clock[..., None])
+
+
+def _features(held: torch.Tensor, onset: torch.Tensor, clock: torch.Tensor) -> torch.Tensor:
+    sounding = held > 0
+    steps = torch.where(sounding, clock - onset, 0).clamp(max=HELD_STEPS)
+    return torch.cat([sounding.float(), steps.float() / HELD_STEPS], dim=-1)
+
+
+class NoteLimit:
+    """A decoding rule on the device: a key that has sounded `seconds` or longer is released at the next event.
+    Called with each step's tokens [rows] (None at the first step), it returns the NOTE_OFF to emit per row (the
+    longest-held such key), or -1 where the row goes on freely."""
+
+    def __init__(self, opening: torch.Tensor, seconds: float) -> None:
+        self.state = PianoState(opening.size(0), opening.device)
+        self.state(opening)
+        self.steps = math.ceil(seconds / STEP_S - 1e-9)  # held this many steps: held `seconds` (up to float noise)
+
+    def __call__(self, tokens: torch.Tensor | None) -> torch.Tensor:
+        if tokens is not None:
+            self.state(tokens[:, None])
+        held = self.state.steps_held()
+        longest = held.argmax(dim=1)
+        over = held.gather(1, longest[:, None])[:, 0] >= self.steps
+        return torch.where(over, NOTE_OFF + longest, -1)
