@@ -5,7 +5,8 @@ Each contender starts from the same 1,024-token prompt (a validation piece when 
 memory (or window) is full from the first timed token. The prompt is not timed; the steps are, after two untimed
 ones. Seconds of music per second = tokens/s ÷ the validation split's tokens per second of music.
 
-Usage: python benchmarks/generate.py [--model data/model] [--tokens data/tokens] [--context 1024] [--batches 1 8]
+Usage: python benchmarks/generate.py [--model data/model] [--tokens data/tokens] [--params params.yaml]
+                                     [--context 1024] [--batches 1 8] [--steps 64] [--json rows.json]
 """
 
 from __future__ import annotations
@@ -24,30 +25,44 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model import AttnSpan, TransformerXL, TransformerXLConfig  # noqa: E402
+from model import AttnSpan, TransformerXL  # noqa: E402
 from model.device import autocast, cpu_has_bf16, native_bf16  # noqa: E402
 from model.sampling import start_decoding  # noqa: E402
 from pipeline.generate import piano_state_input  # noqa: E402
+from pipeline.music.piano_state import PIANO_STATE_SIZE  # noqa: E402
 
 TOKENS_PER_SECOND_OF_MUSIC = 43.0  # MAESTRO's average, when there are no token shards to measure it on
 
 
-def models(model_dir: Path) -> dict[str, TransformerXL]:
-    """The default-size model (params.yaml's model:, freshly initialised) and the CPU-trained one."""
+def vocabulary(model_dir: Path, tokens: Path) -> dict:
+    """The vocabulary the train stage builds the default model from: the token folder's vocab.json, else the trained
+    model's, else the encoding's own (which lists no composer labels)."""
+    for path in (tokens / "vocab.json", model_dir / "vocab.json"):
+        if path.is_file():
+            return json.loads(path.read_text())
+    from pipeline.music.performance_encoding import vocab
+
+    return vocab()
+
+
+def models(model_dir: Path, tokens: Path, params: Path) -> dict[str, TransformerXL]:
+    """The default-size model (the params' model:, freshly initialised) and the trained one (or a CPU-sized one)."""
     from pipeline.checkpoint import build_model, load_model, model_section
     from pipeline.params import load_section
 
     torch.manual_seed(0)
-    shape = model_section(load_section("model", ROOT / "params.yaml"))
-    default = build_model({"vocab_size": 390}, {**shape, "dropout": 0.0})
-    side = default.cfg.side_size
+    vocab = vocabulary(model_dir, tokens)
+    shape = {**model_section(load_section("model", params)), "dropout": 0.0}
+    if shape["composer_labels"] and "labels" not in vocab:  # a label adds one embedding per token, next to nothing
+        print(f"no composer labels in a vocab.json at {tokens} or {model_dir}: the default model is timed without")
+        shape["composer_labels"] = False
+    default = build_model(vocab, shape)
     if any((model_dir / name).is_file() for name in ("model.safetensors", "model.pt")):
-        trained, name = load_model(model_dir, side_size=side), f"trained ({model_dir.name})"
+        trained, name = load_model(model_dir, side_size=PIANO_STATE_SIZE), f"trained ({model_dir.name})"
     else:
         print(f"no model at {model_dir}: a freshly initialised CPU-sized model is timed in its place")
-        cfg = TransformerXLConfig(390, n_layer=4, d_model=128, n_head=4, d_head=32, d_inner=512, dropout=0.0,
-                                  side_size=side)  # fmt: skip
-        trained, name = TransformerXL(cfg), "CPU-sized"
+        cpu_shape = {"n_layer": 4, "d_model": 128, "n_head": 4, "d_head": 32, "d_inner": 512, "tgt_len": 128}
+        trained, name = build_model(vocab, {**shape, **cpu_shape, "mem_len": 128}), "CPU-sized"
     size = {model: f"{model.num_params() / 1e6:.1f} M" for model in (default, trained)}
     return {f"default size, {size[default]}": default, f"{name}, {size[trained]}": trained}
 
@@ -67,12 +82,14 @@ def music_rate(tokens: Path) -> tuple[float, np.ndarray | None]:
 def time_steps(
     model: TransformerXL, prompt: torch.Tensor, decoding: str, steps: int, window: int, dtype: torch.dtype | None
 ) -> float:
-    """Tokens per second over `steps` decoding steps after two untimed ones (the prompt's forward is not timed)."""
+    """Tokens per second over `steps` decoding steps after two untimed ones (the prompt's forward is not timed), with
+    the piano state and a composer label where the model reads them, as the generate stage samples."""
     rng = torch.Generator().manual_seed(0)
     device = prompt.device
     with torch.no_grad(), autocast(device, dtype):
         side = piano_state_input(prompt.size(0), device) if model.cfg.side_size else None
-        logits, step = start_decoding(model, prompt, decoding, window, side, AttnSpan(window))
+        labels = torch.ones(prompt.size(0), dtype=torch.long, device=device) if model.cfg.n_labels else None
+        logits, step = start_decoding(model, prompt, decoding, window, side, AttnSpan(window), labels)
         tokens = torch.randint(0, logits.size(-1), (prompt.size(0), steps + 2), generator=rng).to(device)
         for i in range(2):
             step(tokens[:, i])
@@ -91,9 +108,11 @@ def synchronize(device: torch.device) -> None:
 
 
 def main() -> None:
+    """Time every contender for each model and batch, and print a row each."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=ROOT / "data" / "model")
     parser.add_argument("--tokens", type=Path, default=ROOT / "data" / "tokens")
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="its model: is the default size")
     parser.add_argument("--context", type=int, default=1024, help="memory length, and the recompute's window")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--steps", type=int, default=64, help="timed cached steps (the peers take fewer)")
@@ -119,7 +138,7 @@ def main() -> None:
         ("cached, bf16 weights", "cached", torch.bfloat16, args.steps),
     ]
     rows = []
-    for model_name, model in models(args.model).items():
+    for model_name, model in models(args.model, args.tokens, args.params).items():
         model.eval().to(device)
         for batch in args.batches:
             prompt = torch.from_numpy(piece[-args.context :]).repeat(batch, 1).to(device)

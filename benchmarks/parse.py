@@ -19,18 +19,21 @@ sys.path.insert(0, str(ROOT))
 
 
 def timed(fn: Callable[[], int]) -> tuple[float, int]:
+    """Seconds that `fn` took, and the notes it counted."""
     start = time.perf_counter()
     notes = fn()
     return time.perf_counter() - start, notes
 
 
 def raw_symusic(files: list[Path]) -> int:
+    """symusic's load alone: the notes of every track, nothing converted or written."""
     import symusic
 
     return sum(sum(len(t.notes) for t in symusic.Score(str(f)).tracks) for f in files)
 
 
 def pretty_midi_parse(files: list[Path]) -> int:
+    """pretty_midi's load: the notes of every instrument."""
     import pretty_midi
 
     return sum(sum(len(i.notes) for i in pretty_midi.PrettyMIDI(str(f)).instruments) for f in files)
@@ -54,6 +57,7 @@ def mido_parse(files: list[Path]) -> int:
 
 
 def main() -> None:
+    """Time the parse stage and its peers on the same files, and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "maestro-asap")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N files (0: all)")
@@ -78,6 +82,7 @@ def main() -> None:
         meta.write_text("\n".join(lines[: len(pieces) + 1]) + "\n")
 
         def stage() -> int:
+            """The parse stage into a fresh folder: the notes it wrote."""
             out = Path(tmp) / f"events-{time.monotonic_ns()}"
             return parse(raw, out, Path(tmp) / "metrics.json", workers=args.workers, progress=False)["notes"]
 

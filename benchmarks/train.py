@@ -20,6 +20,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from itertools import count
 from pathlib import Path
 
@@ -67,14 +68,14 @@ def peak_flops(name: str) -> float | None:
 
 def measure(setting: str, args: argparse.Namespace) -> dict:
     """Time `args.steps` train steps (after `args.warmup` untimed ones) of the train stage's own step function."""
-    import numpy as np
     import torch
 
     from pipeline import cpu_profile
     from pipeline.checkpoint import build_model, model_section
     from pipeline.params import load_section, typed
-    from pipeline.segments import PieceStore, Segment, SegmentStream, load_vocab
-    from pipeline.train import TrainParams, segment_tensors, train_step
+    from pipeline.segments import PieceStore, SegmentStream, load_vocab
+    from pipeline.train import TrainParams, train_step
+    from pipeline.training.batches import device_batches
 
     bf16, compiled, tf32 = SETTINGS[setting]
     cuda = torch.cuda.is_available()
@@ -93,23 +94,19 @@ def measure(setting: str, args: argparse.Namespace) -> dict:
     state = cfg.side_size > 0
     if (tokens / "train" / "index.json").is_file():
         stream = SegmentStream(PieceStore(tokens, "train"), batch_size, cfg.tgt_len, seed=0, state_input=state)
-        batches = (segment for epoch in count() for _, segment in stream.batches(epoch))
+        batches = (batch for epoch in count() for _, batch in device_batches(stream, device, epoch))
         source = "token shards"
     else:
-        rng = np.random.default_rng(0)
-        shape = (batch_size, cfg.tgt_len)
-        side = (lambda: rng.random((*shape, cfg.side_size), np.float32)) if state else (lambda: None)
-        batches = (Segment(rng.integers(0, cfg.vocab_size, shape), rng.integers(0, cfg.vocab_size, shape),
-                           np.tile(np.arange(cfg.tgt_len), (batch_size, 1)), side()) for _ in count())  # fmt: skip
+        batches = random_batches(batch_size, cfg, device)
         source = "random ids"
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda or None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as the stage's, on a GPU or a CPU
     forward = torch.compile(model) if compiled else model
     mems: list = [None] * p.grad_accum
 
     dtype = torch.bfloat16 if bf16 else None
 
     def step() -> torch.Tensor:
-        batch = segment_tensors(next(batches), device)
+        batch = next(batches)
         return train_step(forward, model, optimizer, batch, mems, p.clip, device, dtype=dtype)
 
     for _ in range(max(1, args.warmup)):
@@ -144,6 +141,117 @@ def measure(setting: str, args: argparse.Namespace) -> dict:
     }
 
 
+def random_batches(rows: int, cfg: object, device: object) -> Iterator[dict]:
+    """Batches of random ids on `device`, with the piano state of their tokens for a state-input model."""
+    import torch
+
+    from pipeline.music.piano_state_torch import PianoState
+
+    piano = PianoState(rows, device) if cfg.side_size else None
+    while True:
+        tokens = torch.randint(0, cfg.vocab_size, (rows, cfg.tgt_len + 1), device=device)
+        batch = {
+            "tokens": tokens[:, :-1],
+            "targets": tokens[:, 1:],
+            "seq_pos": torch.arange(cfg.tgt_len, device=device).expand(rows, -1),
+        }
+        if piano is not None:
+            batch["side"] = piano(batch["tokens"])
+        yield batch
+
+
+class _RandomStore:
+    """Pieces of random events, each opening with PIECE_START, standing in for token shards that are not there."""
+
+    def __init__(self, pieces: int = 400, length: int = 4000) -> None:
+        import numpy as np
+
+        from pipeline.music.performance_encoding import PIECE_START
+
+        rng = np.random.default_rng(0)
+        self.pieces = [np.concatenate([[PIECE_START], rng.integers(0, 388, length - 1)]).astype(np.uint16)
+                       for _ in range(pieces)]  # fmt: skip
+        self.index = {"label": rng.integers(1, 10, pieces).tolist()}
+        self.total_tokens = pieces * length
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+    def piece(self, i: int) -> object:
+        return self.pieces[i]
+
+
+def host_time(args: argparse.Namespace) -> dict:
+    """The host's milliseconds per step of one process of `args.ranks` at the GPU shape (params.yaml as written, no
+    CPU profile), without the model: the data path, the process's rows, their transfer; beside the path before the
+    piano state moved to the device (numpy, every row), and the step time the FLOP count gives on an H100."""
+    import numpy as np
+    import torch
+
+    from pipeline.checkpoint import build_model, model_section
+    from pipeline.music.piano_state import PianoState as NumpyState
+    from pipeline.music.piano_state_torch import PianoState
+    from pipeline.params import TrainParams, load_section, typed
+    from pipeline.segments import PieceStore, SegmentStream, load_vocab, pitch_ranges
+    from pipeline.training.batches import segment_tensors
+
+    p = TrainParams(**typed(TrainParams, load_section("train", args.params), "train"))
+    tokens, rows, steps = Path(args.tokens), args.host_batch or p.batch_size, args.host_steps
+    shards = (tokens / "train" / "index.json").is_file()
+    vocab = load_vocab(tokens) if shards else {"vocab_size": 390, "composers": [str(i) for i in range(9)]}
+    with torch.device("meta"):  # the shape and FLOP count only
+        model = build_model(vocab, model_section(load_section("model", args.params)))
+    cfg, world = model.cfg, args.ranks
+    store = PieceStore(tokens, "train") if shards else None
+    if store is None or store.total_tokens < 2 * rows * cfg.tgt_len * (steps + 2):  # too few to fill the rows
+        store, shards = _RandomStore(), False
+    ranges = tuple(pitch_ranges(vocab)) if shards else ()
+    stream = SegmentStream(store, rows, cfg.tgt_len, 0, p.transpose, ranges, cfg.side_size > 0, cfg.n_labels > 0)
+    started = time.perf_counter()
+    streams = stream.rows(0)
+    epoch_s = time.perf_counter() - started
+
+    def per_step(work: Callable[[int], object]) -> float:
+        work(0)  # warm
+        begun = time.perf_counter()
+        for k in range(1, steps + 1):
+            work(k)
+        return (time.perf_counter() - begun) / steps * 1e3
+
+    numpy_state = NumpyState(rows)
+    before = per_step(lambda k: numpy_state(streams[:, k * cfg.tgt_len : (k + 1) * cfg.tgt_len])[0::world])
+    device, now = torch.device("cuda" if torch.cuda.is_available() else "cpu"), []
+    wait = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    for rank in range(world):
+        segments = stream.batches(0, 0, slice(rank, None, world))
+        now.append(per_step(lambda k, it=segments: segment_tensors(next(it)[1], device)))
+        wait()  # the transfers too (on a GPU they run beside the step, from pinned memory)
+    mine = torch.from_numpy(streams[0::world].astype(np.int64)).to(device)
+    piano = PianoState(len(mine), device)
+    device_ms = per_step(lambda k: (piano(mine[:, k * cfg.tgt_len : (k + 1) * cfg.tgt_len]), wait()))
+    flops = model.flops_per_token(batch_size=rows) * rows * cfg.tgt_len / world
+    return {"before_ms": before, "now_ms": float(np.mean(now)), "device_state_ms": device_ms, "epoch_s": epoch_s,
+            "steps_per_epoch": (streams.shape[1] - 1) // cfg.tgt_len, "h100_ms": flops / BF16_PEAK["H100"] * 1e3,
+            "rows": rows, "world": world, "tgt_len": cfg.tgt_len, "source": "token shards" if shards else "random ids",
+            "model": f"{model.num_params() / 1e6:.1f} M parameters", "device": device.type}  # fmt: skip
+
+
+def print_host_time(h: dict) -> None:
+    """The host-time table."""
+    mine = h["rows"] // h["world"]
+    print(f"host time per step: batch {h['rows']} × {h['tgt_len']} over {h['world']} processes ({mine} rows each), "
+          f"{h['model']}, {h['source']}; one process's work\n")  # fmt: skip
+    print("| path | ms per step |\n| --- | ---: |")
+    print(f"| before: numpy piano state of all {h['rows']} rows, then the process's rows (the peer) | "
+          f"{h['before_ms']:.2f} |")  # fmt: skip
+    print(f"| now, on the host: the process's {mine} rows, positions and labels, to the device | {h['now_ms']:.3f} |")
+    print(f"| now, on the device ({h['device']}): the piano state of those rows | {h['device_state_ms']:.2f} |")
+    print(f"| estimated H100 step from the FLOP count: at the bf16 peak / at 40% MFU | {h['h100_ms']:.1f} / "
+          f"{h['h100_ms'] / 0.4:.1f} |")  # fmt: skip
+    print(f"\nhost time {h['before_ms'] / max(h['now_ms'], 1e-9):,.0f}× less than before; the epoch's row streams "
+          f"are laid once per epoch ({h['epoch_s']:.2f} s per {h['steps_per_epoch']:,} steps)\n")  # fmt: skip
+
+
 def machine() -> str:
     """The device the run used, in words."""
     import torch
@@ -166,10 +274,19 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="bf16 peak, when the GPU is not in the table")
     parser.add_argument("--settings", nargs="*", choices=sorted(SETTINGS), help="default: those suited to the device")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--ranks", type=int, default=8, help="processes whose rows the host-time table splits")
+    parser.add_argument("--host-steps", type=int, default=20, help="steps timed for the host-time table")
+    parser.add_argument("--host-batch", type=int, default=0, help="rows of the host-time table; 0: train.batch_size")
+    parser.add_argument("--host-only", action="store_true", help="print the host-time table only")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # run a single setting in this process and print JSON
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args)))
+        return
+
+    host = host_time(args)
+    print_host_time(host)
+    if args.host_only:
         return
 
     import torch
@@ -207,7 +324,8 @@ def main() -> None:
             f"{r['peak_memory_gib']:.2f} GiB | {per_layer} |"
         )
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": first["machine"], "results": results}, indent=2))
+        record = {"machine": first["machine"], "results": results, "host": host}
+        Path(args.json).write_text(json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,174 @@
+"""Smoke tests of benchmarks/: every script runs at a tiny size on the current params.yaml, so that a change that
+breaks a benchmark fails here. Each checks the table a script prints (its rows there, their figures positive); speed
+itself is never asserted. The inputs are made here (token shards, a tiny model shaped by params.yaml's model:, a
+primer), except the real MIDI files that the parse and tokenize benchmarks read where they lie, when they are there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import MAESTRO_ASAP, ROOT, note, repeating_corpus, require, tempo, write_midi
+
+BENCHMARKS = ROOT / "benchmarks"
+NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+
+
+def run(command: list[str], timeout: float = 120, **env: str) -> str:
+    """The output of a command run from the project root with `env` added; a non-zero exit fails the test with what
+    it printed. One torch thread: on two cores that the rest of a test run shares, threads that wait on each other
+    make a tiny benchmark several times slower."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    assert done.returncode == 0, f"{command[1]} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def script(name: str, *args: str | Path) -> str:
+    """The output of benchmarks/NAME run with `args`."""
+    return run([sys.executable, str(BENCHMARKS / name), *map(str, args)])
+
+
+def numbers(text: str) -> list[float]:
+    """The numbers in `text`, thousands separators and all."""
+    return [float(x.replace(",", "")) for x in NUMBER.findall(text)]
+
+
+def row(output: str, name: str) -> list[float]:
+    """The figures on the line of `output` that starts with `name` (after the name itself)."""
+    lines = [line for line in output.splitlines() if line.startswith(name)]
+    assert len(lines) == 1, f"no single row {name!r} in:\n{output}"
+    return numbers(lines[0][len(name) :])
+
+
+@pytest.fixture(scope="module")
+def bench_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Token shards (the repeating corpus) and an untrained tiny model with params.yaml's model: switches (the piano
+    state, composer labels), exported as the train stage exports one."""
+    import torch
+
+    from pipeline.checkpoint import build_model, export_model, model_section
+    from pipeline.params import load_section
+    from pipeline.segments import load_vocab
+
+    folder = tmp_path_factory.mktemp("bench")
+    tokens = repeating_corpus(folder / "tokens")
+    vocab = load_vocab(tokens)
+    shape = model_section(load_section("model", ROOT / "params.yaml"))
+    tiny = dict(n_layer=2, d_model=32, n_head=2, d_head=16, d_inner=64, dropout=0.0, tgt_len=16, mem_len=16)
+    torch.manual_seed(0)
+    export_model(build_model(vocab, {**shape, **tiny}), folder / "model", vocab)
+    return tokens, folder / "model"
+
+
+def test_parse_benchmark_times_the_stage_and_its_peers_on_three_real_files():
+    output = script("parse.py", "--data", require(MAESTRO_ASAP), "--limit", "3")
+    assert output.startswith("3 files from")
+    for name in ("parse stage", "raw symusic", "pretty_midi", "mido"):
+        _, files, notes, ratio = row(output, name)  # the seconds, to two places, may round to 0.00
+        assert min(files, notes, ratio) > 0
+
+
+def test_encoding_benchmark_times_ours_and_the_stage_on_three_real_files():
+    output = script("encoding.py", "--data", require(MAESTRO_ASAP), "--limit", "3")
+    assert output.startswith("MidiTok is not installed") or "MidiTok MIDILike" in output
+    for name in ("ours:", "tokenize stage"):
+        assert min(row(output, name)[-2:]) > 0  # files/s, tokens/s
+
+
+@pytest.mark.parametrize("name", ["parse.py", "encoding.py"])
+def test_the_real_data_benchmarks_say_why_they_skip_without_the_data(name, tmp_path):
+    missing = tmp_path / "maestro"
+    done = subprocess.run([sys.executable, str(BENCHMARKS / name), "--data", str(missing), "--limit", "3"],
+                          cwd=ROOT, capture_output=True, text=True, check=False)  # fmt: skip
+    assert f"skipped: no MAESTRO folder at {missing}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_train_benchmark_times_each_setting_against_eager_float32(bench_inputs, tmp_path):
+    tokens, _ = bench_inputs
+    settings = ["eager float32", "eager bf16"]
+    output = script("train.py", "--tokens", tokens, "--steps", "2", "--warmup", "1", "--batch-size", "2",
+                    "--settings", *settings, "--json", tmp_path / "train.json", "--host-steps", "2",
+                    "--host-batch", "16", "--ranks", "2")  # fmt: skip
+    assert "failed" not in output
+    assert re.search(r"^\| eager float32 \| [\d,]+ \| 1\.00× \|", output, re.M), output
+    record = json.loads((tmp_path / "train.json").read_text())
+    results, host = record["results"], record["host"]
+    assert [r["setting"] for r in results] == settings
+    assert re.search(r"^\| now, on the host: .* \| [\d.]+ \|$", output, re.M), output
+    assert host["now_ms"] > 0 and host["before_ms"] > 0 and host["device_state_ms"] > 0 and host["h100_ms"] > 0
+    for r in results:
+        assert r["tokens_per_s"] > 0 and r["peak_memory_gib"] > 0 and math.isfinite(r["loss"])
+        assert r["batch"].startswith("2 × ") and r["source"] == "token shards"
+
+
+def test_generate_benchmark_times_every_decoding_for_the_default_and_the_trained_model(bench_inputs, tmp_path):
+    tokens, model = bench_inputs
+    script("generate.py", "--model", model, "--tokens", tokens, "--context", "32", "--batches", "1", "--steps", "3",
+           "--json", tmp_path / "rows.json")  # fmt: skip
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    names = list(dict.fromkeys(r["model"] for r in rows))
+    assert len(names) == 2 and names[0].startswith("default size, ") and names[1].startswith("trained (model), ")
+    for name in names:
+        mine = [r for r in rows if r["model"] == name]
+        contenders = [r["contender"] for r in mine]
+        assert contenders[:3] == ["recompute the window", "plain incremental forward", "cached, float32"]
+        assert mine[0]["vs_recompute"] == 1.0
+        assert all(r["tokens_per_s"] > 0 and r["music_s_per_s"] > 0 for r in mine)
+
+
+def test_evaluate_benchmark_times_the_ngram_fit_and_scoring_with_the_memory(bench_inputs):
+    tokens, model = bench_inputs
+    output = script("evaluate.py", "--tokens", tokens, "--model", model, "--train-tokens", "2000",
+                    "--scored-tokens", "100", "--tgt-len", "16", "--mem-len", "32")  # fmt: skip
+    nll, fit, scored = row(output, "ours: numpy modified KN, NLL")
+    assert 0 < nll < math.log(390) and fit > 0 and scored > 0
+    assert row(output, "ours: segments of 16 with a memory of 32")[0] > 0
+    assert row(output, "recompute a window of 48 per token")[0] > 0
+    assert row(output, "memory / recompute:")[0] > 0
+
+
+def test_demo_benchmark_times_takes_on_the_page_and_the_command(bench_inputs, tmp_path):
+    tokens, model = bench_inputs
+    notes = [event for k in range(24) for event in note(480 * k, 480 * k + 400, 60 + k % 12)]
+    primer = write_midi(tmp_path / "primer.mid", [[tempo(0, 500_000)], notes])  # 12 s at 120 bpm
+    output = script("demo.py", "--model", model, "--tokens", tokens, "--primer", primer, "--seconds", "2",
+                    "--takes", "1")  # fmt: skip
+    startup, *takes, median = row(output, "page: start-up")
+    assert len(takes) == 1 and min(startup, *takes, median) > 0
+    assert row(output, "peer, `maestro-xl generate` for the same request:")[0] > 0
+    assert "sooner" in output
+
+
+def test_gpu_script_runs_every_step_in_its_cpu_mode(bench_inputs, tmp_path):
+    tokens, _ = bench_inputs
+    output = run(
+        ["bash", str(BENCHMARKS / "gpu.sh"), "--cpu", "--tokens", str(tokens), str(tmp_path)], PYTHON=sys.executable
+    )
+    table = (tmp_path / "table.md").read_text()
+    assert table.strip() in output
+    lines = table.strip().splitlines()
+    assert lines[:2] == ["| step | setting | result | wall time |", "| --- | --- | --- | ---: |"]
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    steps = {}
+    for name, setting, result, _ in cells:
+        steps.setdefault(name, []).append((setting, result))
+    assert steps["card"] == [(f"no GPU: the CPU mode, torch {__import__('torch').__version__}", "")]
+    assert re.fullmatch(r"\d+ skipped in .*", steps["GPU tests"][0][1])  # tests/test_gpu.py needs CUDA
+    for setting, result in steps["train step"]:
+        assert setting.startswith("eager float32, 2 × ")
+        assert numbers(result)[0] > 0
+    [(what, result)] = steps["training"]
+    assert re.fullmatch(r"2 layers, d_model 64; \d+ steps in a 8 s budget", what)
+    nll, step = re.fullmatch(r"validation NLL ([\d.]+) at step (\d+)", result).groups()
+    assert 0 < float(nll) < math.log(390) + 1 and f"; {step} steps" in what
+    assert len(steps["generate"]) >= 6 and all(numbers(r)[0] > 0 for _, r in steps["generate"])
+    assert {"gpu.log", "train-bench.json", "generate.json"} <= {p.name for p in tmp_path.iterdir()}
