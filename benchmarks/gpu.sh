@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One run for a lent GPU, in under 9 minutes on one H100: the GPU tests, the train-step benchmark (bf16 and compiled
-# against eager float32), a 5-minute training of params.yaml's model with its validation NLL, and the generation
-# benchmark on the model it trained. It ends with one Markdown table, the card's name in it, for benchmarks/README.md.
+# One run for a lent GPU, in under 9 minutes on one H100: the GPU tests, the train-step benchmark (the host's time per
+# step, bf16 and compiled against eager float32), one attention layer (today's path against FlexAttention), a 5-minute
+# training of params.yaml's model with its validation NLL, and the generation benchmark on the model it trained. It ends with one Markdown table, the card's name in it, for benchmarks/README.md.
 #
 # Usage: benchmarks/gpu.sh [--cpu] [--tokens DIR] [OUT_DIR]
 #   OUT_DIR   where table.md, gpu.log, train-bench.json and generate.json go (default: $OUT)
@@ -50,6 +50,7 @@ if [[ $mode == cpu ]]; then
     train_seconds=8 startup_seconds=5 max_steps=12 deadline=0
     bench_args=(--steps 2 --warmup 1 --batch-size 2 --settings "eager float32" --host-steps 2 --host-batch 16 --ranks 2)
     generate_args=(--batches 1 --context 32 --steps 4)
+    attention_args=(--batch 1 --tgt-len 32 --mem-len 32 --no-compile --steps 1 --warmup 1)
 else
     if ! "$PYTHON" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
         echo "gpu.sh: no CUDA GPU here (benchmarks/gpu.sh --cpu runs the tiny CPU mode)" >&2
@@ -62,6 +63,7 @@ else
     train_seconds=300 startup_seconds=60 max_steps=0 deadline=$((8 * 60 + 40))
     bench_args=(--steps 15 --warmup 6 --settings "eager float32" "eager bf16" "compiled bf16")
     generate_args=(--batches 1 8)
+    attention_args=(--steps 3 --warmup 2)
 fi
 
 # Runs a step, its output into the log; records its wall time, and its failure without stopping the others.
@@ -152,6 +154,10 @@ else
 fi
 step "train-step benchmark" "$PYTHON" benchmarks/train.py --params "$root/params.yaml" --tokens "$tokens" \
     "${bench_args[@]}" --json "$out/train-bench.json"
+attention() {
+    "$PYTHON" benchmarks/attention.py --params "$root/params.yaml" "${attention_args[@]}" | tee "$work/attention.txt"
+}
+step "attention benchmark" attention
 if ((deadline)); then
     train_seconds=$((train_seconds < deadline - SECONDS - 60 ? train_seconds : deadline - SECONDS - 60))
     train_seconds=$((train_seconds > startup_seconds + 30 ? train_seconds : startup_seconds + 30))
@@ -195,6 +201,11 @@ if host:
     rows.append(("host time", f"batch {host['rows']} × {host['tgt_len']}, {host['source']}", result, ""))
 if not bench["results"]:
     rows.append(("train step", "", "no result", times.get("train-step benchmark", "")))
+attention = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in read(work / "attention.txt").splitlines()
+             if line.startswith("| today's") or line.startswith("| FlexAttention")]
+for i, cells in enumerate(attention):  # contender, forward ms, ×, forward+backward ms, ×, saved MiB, share, |Δ|
+    result = f"forward {cells[1]} ms ({cells[2]}), forward+backward {cells[3]} ms ({cells[4] or 'n/a'}), saved {cells[5]} MiB"
+    rows.append(("attention", f"one layer, {cells[0]}", result, times.get("attention benchmark", "") if i == 0 else ""))
 log = read(work / "training.txt")
 nll = re.findall(r"step (\d+): validation NLL ([\d.]+)", log)
 params = yaml.safe_load(read(work / "params.yaml") or "{}") or {}

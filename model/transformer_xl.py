@@ -7,12 +7,18 @@ scaled_dot_product_attention, with the position term (B+D in the paper) passed a
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# The only kernel attention may use on CUDA. With a float bias PyTorch picks it when it can and otherwise falls back
+# silently to the math kernel, many times slower; pinned, such a fallback is an error.
+CUDA_KERNELS = [SDPBackend.EFFICIENT_ATTENTION]
 
 
 @dataclass(frozen=True)
@@ -136,16 +142,13 @@ class RelPartialLearnableMultiHeadAttn(nn.Module):
         # (b) + (d): content-independent and global position terms, shifted to key positions.
         # The biases join the queries in the queries' dtype: a float32 bias would promote bf16 queries to float32.
         bd = torch.einsum("bhid,jhd->bhij", q + r_r_bias.to(q.dtype)[:, None], r_head_k)
-        bias = (_rel_shift(bd) * self.scale).masked_fill(attn_mask, float("-inf"))
-        # (a) + (c): the content terms, with r_w_bias folded into the query.
-        return F.scaled_dot_product_attention(
-            q + r_w_bias.to(q.dtype)[:, None],
-            k,
-            v,
-            attn_mask=bias.to(q.dtype),
-            dropout_p=self.dropatt if self.training else 0.0,
-            scale=self.scale,
-        )
+        bias = (_rel_shift(bd) * self.scale).masked_fill(attn_mask, float("-inf")).to(q.dtype)
+        dropout_p = self.dropatt if self.training else 0.0
+        # (a) + (c): the content terms, with r_w_bias folded into the query; on CUDA in the pinned kernel.
+        with sdpa_kernel(CUDA_KERNELS) if q.is_cuda else contextlib.nullcontext():
+            return F.scaled_dot_product_attention(
+                q + r_w_bias.to(q.dtype)[:, None], k, v, attn_mask=bias, dropout_p=dropout_p, scale=self.scale
+            )
 
     def _output(self, w: torch.Tensor, attn_vec: torch.Tensor) -> torch.Tensor:
         b, _, qlen, _ = attn_vec.shape
@@ -263,11 +266,9 @@ class TransformerXL(nn.Module):
         self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_lnorm else nn.Identity()
         self.out_bias = nn.Parameter(torch.zeros(cfg.vocab_size))  # the output layer's weight is word_emb's
         self.apply(self._init_weights)
-        if self.side_net is not None:
-            nn.init.zeros_(self.side_net.weight)
-            nn.init.zeros_(self.side_logits.weight)
-        if self.label_emb is not None:  # starts as the unlabelled model; training decides what a label adds
-            nn.init.zeros_(self.label_emb.weight)
+        for zeroed in (self.side_net, self.side_logits, self.label_emb):  # each starts as the plain model
+            if zeroed is not None:
+                nn.init.zeros_(zeroed.weight)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -335,9 +336,8 @@ class TransformerXL(nn.Module):
         if mems is None:
             mems = self.init_mems(b)
         mlen = mems[0].size(1)
-        klen = mlen + qlen
         word_emb = self._embed(tokens, side, labels)
-        r = self.drop(self._positions(klen, span.clamp_len, tokens.device))
+        r = self.drop(self._positions(mlen + qlen, span.clamp_len, tokens.device))
         attn_mask = self._attn_mask(qlen, mlen, tokens.device, span, seq_pos)
 
         core_out = self.drop(word_emb)

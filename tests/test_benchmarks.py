@@ -171,4 +171,19 @@ def test_gpu_script_runs_every_step_in_its_cpu_mode(bench_inputs, tmp_path):
     nll, step = re.fullmatch(r"validation NLL ([\d.]+) at step (\d+)", result).groups()
     assert 0 < float(nll) < math.log(390) + 1 and f"; {step} steps" in what
     assert len(steps["generate"]) >= 6 and all(numbers(r)[0] > 0 for _, r in steps["generate"])
+    [(host_batch, host)] = steps["host time"]
+    assert host_batch.startswith("batch 16 × ") and numbers(host)[0] > 0 and "before: " in host
+    assert [s for s, _ in steps["attention"]] == ["one layer, today's path, eager", "one layer, FlexAttention, eager"]
+    assert all(numbers(r)[0] > 0 for _, r in steps["attention"])
     assert {"gpu.log", "train-bench.json", "generate.json"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_attention_benchmark_measures_flex_attention_against_todays_path():
+    output = script("attention.py", "--batch", "1", "--tgt-len", "32", "--mem-len", "32", "--no-compile",
+                    "--steps", "1", "--warmup", "1")  # fmt: skip
+    row = r"^\| today's path, eager \| ([\d.,]+) \| 1\.00× \| ([\d.,]+) \| 1\.00× \| ([\d.,]+) \|"
+    peer = re.search(row, output, re.M)
+    flex = re.search(r"^\| FlexAttention, eager \| ([\d.,]+) \| ([\d.]+)× \|.*\| ([\d.e+-]+) \|$", output, re.M)
+    assert peer and flex, output
+    assert min(numbers(" ".join(peer.groups()))) > 0 and float(flex.group(1).replace(",", "")) > 0
+    assert float(flex.group(3)) < 0.05  # the two paths agree (bf16 where native)
