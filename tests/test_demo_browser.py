@@ -239,8 +239,9 @@ def test_two_requests_at_once_are_both_served_one_after_the_other(app):
         statuses = [job.result(timeout=120)[0] for job in jobs]
         # The API keeps the page's limits: an hour of music, or a temperature off the slider, is refused with a
         # message (Gradio's own check of the slider, or the studio's behind it), and no take is made.
-        refused = [refusal(client, {**args, name: value, "seed_value": 3}) for name, value in (("secs", 3600.0),
-                                                                                               ("temp", 9.0))]
+        refused = [
+            refusal(client, {**args, name: value, "seed_value": 3}) for name, value in (("secs", 3600.0), ("temp", 9.0))
+        ]
     finally:
         page.close()
         studio.close()

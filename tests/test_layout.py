@@ -221,8 +221,9 @@ def test_a_figure_change_reruns_the_report_stage_only():
 
 def near_twins(a: str, b: str) -> bool:
     """Names one letter-ending apart, like tokenize and tokenizer or compare and comparison (a stage's own params
-    module, like generate_params beside generate, says what it is)."""
-    if f"{a}_params" == b or f"{b}_params" == a:
+    module, like generate_params beside generate, and a module's torch twin, like piano_state_torch beside the
+    numpy piano_state, say what they are)."""
+    if any(f"{a}_{role}" == b or f"{b}_{role}" == a for role in ("params", "torch")):
         return False
     common = len(os.path.commonprefix([a, b]))
     return a != b and common >= 5 and common >= 0.75 * min(len(a), len(b))
@@ -232,6 +233,7 @@ def test_near_twins_are_recognised():
     assert near_twins("tokenize", "tokenizer") and near_twins("compare", "comparison")
     assert not near_twins("params", "parse") and not near_twins("features", "figures")
     assert not near_twins("generate", "generate_params") and near_twins("generate", "generator")
+    assert not near_twins("piano_state", "piano_state_torch") and near_twins("piano_state", "piano_states")
 
 
 def test_no_two_modules_are_near_twins():
