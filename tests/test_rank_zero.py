@@ -18,22 +18,30 @@ from pipeline.train import train
 
 CODE = {"pipeline/train.py": "0" * 64}  # a fixed code identity: the checkpoint resumes whatever is edited meanwhile
 
-# Run in each process, each with its own checkpoint folder (RUN/ckpt0, RUN/ckpt1): train, and record the steps taken
-# and the result, or the one line of a PipelineError.
+# Run in each process, each with its own checkpoint folder (RUN/ckpt0, RUN/ckpt1): train, and record the steps taken,
+# the rows of each batch the process trained on, and the result, or the one line of a PipelineError.
 WORKER = """
 import json, os, sys
+import pipeline.train as stage
 from pipeline.errors import PipelineError
 from pipeline.train import TrainParams, train
 
 tokens, out, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-rank, steps = os.environ["RANK"], []
+rank, steps, rows, batches = os.environ["RANK"], [], [], stage.device_batches
+
+def recorded(*args, **kwargs):
+    for k, batch in batches(*args, **kwargs):
+        rows.append(len(batch["tokens"]))
+        yield k, batch
+
+stage.device_batches = recorded
 try:
     result = train(tokens, f"{out}/ckpt{rank}", f"{out}/model", None, settings["model"],
                    TrainParams(**settings["train"]), on_step=steps.append, code=settings["code"])
 except PipelineError as exc:
     result = {"error": exc.args[0]}
 with open(f"{out}/rank{rank}.json", "w") as f:
-    json.dump({"steps": steps, "result": result}, f)
+    json.dump({"steps": steps, "rows": rows, "result": result}, f)
 """
 
 
@@ -45,7 +53,8 @@ def _two_processes(tmp_path: Path, tokens: Path, run: Path, steps: int) -> tuple
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
             str(tokens), str(run), json.dumps(settings)]  # fmt: skip
     # Ranks that took different branches would hang in their first mismatched collective: the timeout fails them.
-    result = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    env = {**ENV, "PYTHONPATH": str(ROOT)}  # this checkout's code, wherever the package is installed from
+    result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout, [json.loads((run / f"rank{rank}.json").read_text()) for rank in (0, 1)]
 
@@ -57,6 +66,7 @@ def test_only_rank_zero_holds_the_checkpoint_and_both_ranks_resume_from_it(tmp_p
     (run / "ckpt1").mkdir()  # rank 1's node-local disk: no checkpoint at all
     out, ranks = _two_processes(tmp_path, tokens, run, steps=8)
     assert [r["steps"] for r in ranks] == [[5, 6, 7, 8]] * 2  # both resumed at step 4, none afresh
+    assert [r["rows"] for r in ranks] == [[params().batch_size // 2] * 4] * 2  # each its own half of the batch
     assert out.count("resuming from") == 1 and "at step 4" in out and "its memories go to 2" in out  # rank 0 says
     assert not any((run / "ckpt1").iterdir())  # rank 0 alone writes checkpoints
     assert torch.load(run / "ckpt0" / "last.pt", weights_only=True)["step"] == 8

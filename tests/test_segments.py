@@ -96,3 +96,22 @@ def test_label_dropout_picks_other_pieces_each_epoch(tmp_path):
     dropped = [stream._labels(epoch) == 0 for epoch in (0, 1)]
     assert not np.array_equal(*dropped) and all(0.2 < d.mean() < 0.4 for d in dropped)
     assert np.array_equal(stream._labels(1) == 0, dropped[1])  # and the same again for the same epoch
+
+
+def test_a_labelled_streams_own_rows_resumed_carry_each_tokens_label(tmp_path):
+    rng = np.random.default_rng(4)
+    pieces = [rng.integers(0, 388, int(n)) for n in rng.integers(10, 60, 60)]
+    store = PieceStore(write_tokens(tmp_path / "tokens", {"train": pieces}, composers=("A", "B", "C")), "train")
+    stream = SegmentStream(store, batch_size=4, tgt_len=16, seed=2, state_input=True, labels=True, label_dropout=0.2)
+    tokens, labels = stream.rows_and_labels(0)
+    fresh = dict(device_batches(stream, CPU))
+    resumed = list(device_batches(stream, CPU, 0, 5, ODD))
+    assert len(resumed) == len(fresh) - 5 > 3
+    for k, batch in resumed:
+        assert set(batch) == {"tokens", "targets", "seq_pos", "side", "labels"}
+        span = slice(k * 16, (k + 1) * 16)
+        np.testing.assert_array_equal(batch["labels"].numpy(), labels[ODD, span])
+        np.testing.assert_array_equal(batch["tokens"].numpy(), tokens[ODD, span])
+        for name, tensor in batch.items():
+            torch.testing.assert_close(tensor, fresh[k][name][ODD], rtol=0, atol=0, msg=f"{name} at {k}")
+    assert len(np.unique(labels)) == 4  # three composers and the dropped label 0
