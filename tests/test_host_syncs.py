@@ -68,7 +68,7 @@ def test_generation_reads_nothing_back_between_its_checks(tmp_path):
     shape = dict(n_layer=2, d_model=32, n_head=2, d_head=16, d_inner=64, tgt_len=16, mem_len=16)
     model = TransformerXL(TransformerXLConfig(VOCAB_SIZE, **shape, side_size=PIANO_STATE_SIZE, n_labels=2))
     primer = Primer(np.array([388, 60, 300, 64, 330, 128 + 60], np.int64), 0, "test")
-    p = GenerateParams(seconds=25.0, max_note_s=0.3, guidance=2.0, stop_at_piece_end=False, temperature=1.0)
+    p = GenerateParams(seconds=10.0, max_note_s=0.3, guidance=2.0, stop_at_piece_end=False, temperature=1.0)
     counter, checks = HostSyncs(), []
     with counter:
         sample_batch(model, primer, p, [1, 2, 3], None, label=1, progress=lambda ids: checks.append(len(counter.calls)))

@@ -23,7 +23,7 @@ def in_parts(tokens: np.ndarray, cuts: list[int]) -> np.ndarray:
     return torch.cat(parts, dim=1).numpy()
 
 
-CUTS = [[], [1], [7, 8, 300], [512, 1024, 1536], [1023, 1025, 2500], list(range(5, 3000, 97))]
+CUTS = [[], [1], [7, 8, 300], [512, 1024, 1536], [1023, 1025, 2500], list(range(5, 3000, 331))]
 
 
 @pytest.mark.parametrize("cuts", CUTS)
@@ -56,7 +56,7 @@ def test_dropping_rows_keeps_the_others_state():
 def test_a_real_performance_in_segments_gives_the_numpy_state():
     from pipeline.music.midi import read_performance
 
-    paths = sorted(require(MAESTRO_ASAP).rglob("*.mid*"))[:3]
+    paths = sorted(require(MAESTRO_ASAP).rglob("*.mid*"))[:2]
     for path in paths:
         perf = read_performance(path)
         tokens, _ = encode(np.zeros(len(perf.onset), np.int64), perf.onset, perf.offset, perf.pitch, perf.velocity)
