@@ -248,8 +248,9 @@ def print_host_time(h: dict) -> None:
     print(f"| now, on the device ({h['device']}): the piano state of those rows | {h['device_state_ms']:.2f} |")
     print(f"| estimated H100 step from the FLOP count: at the bf16 peak / at 40% MFU | {h['h100_ms']:.1f} / "
           f"{h['h100_ms'] / 0.4:.1f} |")  # fmt: skip
-    print(f"\nhost time {h['before_ms'] / max(h['now_ms'], 1e-9):,.0f}× less than before; the epoch's row streams "
-          f"are laid once per epoch ({h['epoch_s']:.2f} s per {h['steps_per_epoch']:,} steps)\n")  # fmt: skip
+    print(f"\nhost time {h['before_ms'] / max(h['now_ms'], 1e-9):,.0f}× less than before; each epoch's row streams "
+          f"({h['epoch_s']:.2f} s per {h['steps_per_epoch']:,} steps) are laid in a background thread while the epoch "
+          "before trains\n")  # fmt: skip
 
 
 def machine() -> str:

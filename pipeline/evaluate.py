@@ -7,7 +7,7 @@ to the memory); a model with the state input reads the piano's state after each 
 labels also gets `nll_labelled` (each piece's true composer given) and `label_gain`. `piece_start_nll` is the NLL
 of each piece's first PIECE_START_TOKENS predicted tokens: how well the model begins a piece. The baselines
 (uniform, unigram, Kneser–Ney) are fit on the unstretched train pieces and score the same tokens. Imports only
-torch, numpy, the standard library and numpy-only music modules.
+torch, numpy, the standard library and the music modules that need no more.
 """
 
 from __future__ import annotations

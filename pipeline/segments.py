@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -67,16 +68,18 @@ class PieceStore:
 
 def transpose(tokens: np.ndarray, semitones: int, ranges: list[tuple[int, int]]) -> np.ndarray:
     """Shift every pitch-indexed token by `semitones`; a piece that would leave its range is returned unchanged."""
-    if semitones == 0:
+    if semitones == 0 or not ranges or len(tokens) == 0:
         return tokens
-    out = tokens.astype(np.int64)
+    size = max(int(tokens.max()) + 1, *(first + count for first, count in ranges))
+    moved, leaves = np.arange(size), np.zeros(size, bool)  # what each id becomes; the ids that would leave a range
     for first, count in ranges:
-        inside = (out >= first) & (out < first + count)
-        moved = out[inside] + semitones
-        if len(moved) and (moved.min() < first or moved.max() >= first + count):
-            return tokens
-        out[inside] = moved
-    return out.astype(tokens.dtype)
+        moved[first : first + count] += semitones
+        leaves[first : first + count] = (moved[first : first + count] < first) | (
+            moved[first : first + count] >= first + count
+        )
+    if leaves[tokens].any():  # two lookups per token: the epoch's rows are laid in a fraction of a second
+        return tokens
+    return moved.astype(tokens.dtype)[tokens]
 
 
 @dataclass
@@ -106,6 +109,8 @@ class SegmentStream:
     state_input: bool = False  # the model reads the piano state after each token (computed on the device)
     labels: bool = False  # each segment carries each token's label (the index's `label` column)
     label_dropout: float = 0.0  # the share of pieces whose label is 0 in an epoch (drawn per piece and epoch)
+    ahead: bool = False  # lay the next epoch's rows in a background thread while this epoch trains
+    _next: dict[int, Future] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def rows(self, epoch: int) -> np.ndarray:
         """This epoch's token streams, one per batch row, cut to the shortest row's length."""
@@ -138,6 +143,14 @@ class SegmentStream:
         labels = np.stack([np.concatenate(s)[:length] for s in label_streams]) if self.labels else None
         return tokens, labels
 
+    def _laid(self, epoch: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """This epoch's rows (laid in the background if `ahead` asked for them), and the next epoch's started."""
+        laid = self._next.pop(epoch, None)
+        rows = laid.result() if laid is not None else self.rows_and_labels(epoch)
+        if self.ahead:  # numpy's copies release the GIL: the training thread goes on meanwhile
+            self._next = {epoch + 1: _LAYER.submit(self.rows_and_labels, epoch + 1)}
+        return rows
+
     def _labels(self, epoch: int) -> np.ndarray:
         """Each piece's label this epoch: the index's, or 0 where label dropout picks the piece (zeros without
         labels)."""
@@ -152,7 +165,7 @@ class SegmentStream:
     def batches(self, epoch: int = 0, start: int = 0, rows: slice = slice(None)) -> Iterator[tuple[int, Segment]]:
         """(segment number, segment of the batch rows `rows`) from segment `start` of `epoch` to the end of the
         epoch; a process of several takes its own rows, so it does no work for the others'."""
-        streams, labels = self.rows_and_labels(epoch)
+        streams, labels = self._laid(epoch)
         streams, labels = streams[rows], None if labels is None else labels[rows]
         first = start * self.tgt_len
         # Where each row's current piece began: the state of a segment depends on its piece so far, no further.
@@ -168,6 +181,9 @@ class SegmentStream:
             position = seq_pos[:, -1] + 1
             segment_labels = None if labels is None else labels[:, a : a + self.tgt_len]
             yield k, Segment(x, y, seq_pos, segment_labels, before if k == start else None)
+
+
+_LAYER = ThreadPoolExecutor(1, thread_name_prefix="segments")  # lays epochs ahead, one at a time
 
 
 def _last_piece_start(row: np.ndarray, end: int) -> int:

@@ -9,8 +9,8 @@ precision, logging, evaluation and checkpoint intervals) may change between a st
 resumes with the cosine decay stretched to the new end. Anything else sets the old checkpoint aside as last.prev.pt
 and trains afresh.
 
-Imports only torch, numpy, PyYAML, the standard library and numpy-only music modules; DVCLive is loaded lazily
-(pipeline/live.py) and skipped when it is not installed.
+Imports only torch, numpy, PyYAML, the standard library and the music modules that need no more; DVCLive is loaded
+lazily (pipeline/live.py) and skipped when it is not installed.
 """
 
 from __future__ import annotations
@@ -155,7 +155,8 @@ def _setup(tokens: Path, model_params: dict, p: TrainParams) -> _Run:
     tgt_len, state, labels = model.cfg.tgt_len, model.cfg.side_size > 0, model.cfg.n_labels > 0
     ranges = tuple(pitch_ranges(vocab))
     store = PieceStore(tokens, "train")
-    stream = SegmentStream(store, p.batch_size, tgt_len, p.seed, p.transpose, ranges, state, labels, p.label_dropout)
+    stream = SegmentStream(store, p.batch_size, tgt_len, p.seed, p.transpose, ranges, state, labels, p.label_dropout,
+                           ahead=True)  # fmt: skip
     val_stream = None
     if (Path(tokens) / "validation" / "index.json").is_file():
         val_store = PieceStore(tokens, "validation")

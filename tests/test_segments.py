@@ -115,3 +115,41 @@ def test_a_labelled_streams_own_rows_resumed_carry_each_tokens_label(tmp_path):
         for name, tensor in batch.items():
             torch.testing.assert_close(tensor, fresh[k][name][ODD], rtol=0, atol=0, msg=f"{name} at {k}")
     assert len(np.unique(labels)) == 4  # three composers and the dropped label 0
+
+
+def test_transposition_moves_every_pitch_or_leaves_the_piece_as_it_is():
+    from pipeline.segments import transpose
+
+    def plain(tokens: np.ndarray, semitones: int, ranges: list) -> np.ndarray:  # one range at a time, as written
+        out = tokens.astype(np.int64)
+        for first, count in ranges:
+            inside = (out >= first) & (out < first + count)
+            if inside.any() and not (first <= out[inside].min() + semitones < out[inside].max() + semitones + 1 <=
+                                     first + count):  # fmt: skip
+                return tokens
+            out[inside] += semitones
+        return out.astype(tokens.dtype)
+
+    rng, ranges, moved, kept = np.random.default_rng(7), [(0, 128), (128, 128)], 0, 0
+    for _ in range(1500):
+        low, high = sorted(rng.integers(0, 390, 2))
+        tokens, semitones = rng.integers(low, high + 1, rng.integers(0, 40)).astype(np.uint16), int(rng.integers(-6, 7))
+        got, expected = transpose(tokens, semitones, ranges), plain(tokens, semitones, ranges)
+        assert got.dtype == tokens.dtype and np.array_equal(got, expected), (tokens, semitones)
+        moved, kept = moved + (not np.array_equal(got, tokens)), kept + (semitones != 0 and np.array_equal(got, tokens))
+    assert moved > 300 and kept > 100  # both branches ran
+
+
+def test_the_next_epoch_laid_ahead_is_the_one_laid_on_demand(stream):
+    import dataclasses
+
+    ahead = dataclasses.replace(stream, ahead=True)
+    first = [batch for _, batch in device_batches(ahead, CPU, 0)]
+    assert list(ahead._next) == [1]  # laid while epoch 0 ran
+    for epoch, batches in ((0, first), (1, [batch for _, batch in device_batches(ahead, CPU, 1)])):
+        expected = [batch for _, batch in device_batches(stream, CPU, epoch)]
+        assert len(batches) == len(expected)
+        for got, want in zip(batches, expected, strict=True):
+            for name in want:
+                torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
+    assert not stream._next  # without `ahead`, nothing runs in the background
