@@ -508,9 +508,9 @@ def test_the_note_length_rule_releases_the_longest_held_key_once_it_has_sounded_
     assert rule(torch.tensor([128 + 60, 128 + 65])).tolist() == [-1, -1]
 
 
-def test_a_rows_count_of_imposed_releases_stops_where_the_row_ends():
-    """A model that strikes key 60, never releases it and may end the piece: every release in a sample is the rule's,
-    so each row's count is its own releases, none counted after it ended while the others went on."""
+def key_holder(wait: int) -> TransformerXL:
+    """A state-input model that strikes key 60 or waits (the shift `wait`), and never strikes 60 while it sounds nor
+    releases it."""
     from pipeline.music.piano_state import PIANO_STATE_SIZE
 
     torch.manual_seed(0)
@@ -519,9 +519,17 @@ def test_a_rows_count_of_imposed_releases_stops_where_the_row_ends():
     model = TransformerXL(cfg)
     with torch.no_grad():
         model.out_bias[:] = -30.0
-        model.out_bias[60] = model.out_bias[TIME_SHIFT + 9] = 0.0  # strike 60, or wait 0.1 s
-        model.out_bias[PIECE_END] = -3.0  # now and then, the piece ends
+        model.out_bias[60] = model.out_bias[wait] = 0.0
         model.side_logits.weight[60, 60] = -60.0  # never while it sounds
+    return model
+
+
+def test_a_rows_count_of_imposed_releases_stops_where_the_row_ends():
+    """A model that strikes key 60, never releases it and may end the piece: every release in a sample is the rule's,
+    so each row's count is its own releases, none counted after it ended while the others went on."""
+    model = key_holder(wait=TIME_SHIFT + 9)
+    with torch.no_grad():
+        model.out_bias[PIECE_END] = -3.0  # now and then, the piece ends
     p = params(seconds=20.0, max_note_s=0.2, stop_at_piece_end=True)
     rows, imposed = sample_batch(model, unconditional(), p, list(range(8)), None)
     lengths = [len(row) for row in rows]
@@ -533,16 +541,7 @@ def test_a_rows_count_of_imposed_releases_stops_where_the_row_ends():
 def test_the_stage_applies_the_rule_and_counts_what_it_changed(tmp_path):
     """A model that strikes one key and never releases it: with the rule each sample's key is released on time,
     and the samples made again without it (listed beside them) hold it to the end."""
-    from pipeline.music.piano_state import PIANO_STATE_SIZE
-
-    torch.manual_seed(0)
-    cfg = TransformerXLConfig(VOCAB_SIZE, n_layer=1, d_model=16, n_head=2, d_head=8, d_inner=32, tgt_len=8, mem_len=8,
-                              side_size=PIANO_STATE_SIZE)  # fmt: skip
-    model = TransformerXL(cfg)
-    with torch.no_grad():
-        model.out_bias[:] = -30.0
-        model.out_bias[60] = model.out_bias[TIME_SHIFT + 99] = 0.0  # strike 60, or wait a second
-        model.side_logits.weight[60, 60] = -60.0  # never while it sounds
+    model = key_holder(wait=TIME_SHIFT + 99)
     export_model(model, tmp_path / "model")
     summary = generate(tmp_path / "model", tmp_path / "out", params(samples=2, seconds=20.0, max_note_s=3.0))
     assert sum(s["rule_releases"] for s in summary["samples"]) >= 3
