@@ -7,7 +7,7 @@
 #   OUT_DIR   where table.md, gpu.log, train-bench.json and generate.json go (default: $OUT)
 #   --tokens  the token shards to train on (default: data/tokens)
 #   --cpu     every step at a tiny size on the CPU, in about a minute: the check that the script itself runs
-# Needs python3 with torch, numpy and PyYAML (PYTHON names another interpreter); pytest for the GPU tests, which a
+# Needs python3 with torch, numpy, PyYAML and typer (PYTHON names another interpreter); pytest for the GPU tests, which a
 # wheel under the repository can bring (one folder down, e.g. .whl/pytest-*.whl with its dependencies), else they are
 # skipped with a line saying so. Nothing is fetched from the network.
 set -euo pipefail
@@ -41,8 +41,8 @@ log=$out/gpu.log
 export PYTHONUNBUFFERED=1
 failed=()
 
-if ! "$PYTHON" -c 'import numpy, torch, yaml' 2>/dev/null; then
-    echo "gpu.sh: $PYTHON lacks torch, numpy or PyYAML (PYTHON names another interpreter)" >&2
+if ! "$PYTHON" -c 'import numpy, torch, typer, yaml' 2>/dev/null; then
+    echo "gpu.sh: $PYTHON lacks torch, numpy, PyYAML or typer (PYTHON names another interpreter)" >&2
     exit 1
 fi
 if [[ $mode == cpu ]]; then
@@ -94,7 +94,7 @@ find_pytest() {
 }
 
 gpu_tests() {
-    "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_gpu.py | tee "$work/pytest.txt"
+    timeout --signal=INT 150 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_gpu.py | tee "$work/pytest.txt"
 }
 
 # The params to train with: params.yaml, train.steps set to what fits in train_seconds (in the CPU mode a tiny model).
@@ -132,8 +132,28 @@ training() {
         --params "$work/params.yaml" --tokens "$tokens" --checkpoints "$work/checkpoints" --resume "$work/resume" \
         --out "$work/model" --live "$work/live" | tee "$work/training.txt" || status=$?
     echo "exit $status" >>"$work/training.txt"
-    ((status == 124)) && echo "train: stopped by the time cap ($((train_seconds + 45)) s)" && return 0
+    if ((status == 124)); then  # stopped with a checkpoint: export the model as it is, for the generation benchmark
+        echo "train: stopped by the time cap ($((train_seconds + 45)) s)"
+        export_as_stopped
+        return
+    fi
     return "$status"
+}
+
+# A run the time cap stopped, finished at the step it reached (train.steps lowered to it) and exported as it is.
+export_as_stopped() {
+    "$PYTHON" - "$work/checkpoints/last.pt" "$work/params.yaml" <<'EOF'
+import sys
+import torch
+import yaml
+step = torch.load(sys.argv[1], map_location="cpu", weights_only=True)["step"]
+params = yaml.safe_load(open(sys.argv[2]))
+params["train"]["steps"] = step
+yaml.safe_dump(params, open(sys.argv[2], "w"), sort_keys=False)
+print(f"train: exporting the run as it stands at step {step}")
+EOF
+    "$PYTHON" -m pipeline train --params "$work/params.yaml" --tokens "$tokens" --checkpoints "$work/checkpoints" \
+        --resume "$work/resume" --out "$work/model" --live "$work/live"
 }
 
 driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1) || driver=""
@@ -152,10 +172,11 @@ if find_pytest; then
 else
     echo "GPU tests skipped: no pytest in $PYTHON and no pytest wheel under $root" | tee -a "$log" "$work/pytest.txt"
 fi
-step "train-step benchmark" "$PYTHON" benchmarks/train.py --params "$root/params.yaml" --tokens "$tokens" \
+step "train-step benchmark" timeout 150 "$PYTHON" benchmarks/train.py --params "$root/params.yaml" --tokens "$tokens" \
     "${bench_args[@]}" --json "$out/train-bench.json"
 attention() {
-    "$PYTHON" benchmarks/attention.py --params "$root/params.yaml" "${attention_args[@]}" | tee "$work/attention.txt"
+    timeout 60 "$PYTHON" benchmarks/attention.py --params "$root/params.yaml" "${attention_args[@]}" |
+        tee "$work/attention.txt"
 }
 step "attention benchmark" attention
 if ((deadline)); then
@@ -165,7 +186,7 @@ fi
 echo "$train_seconds" >"$work/budget"
 step "training params" training_params
 step "training" training
-step "generation benchmark" "$PYTHON" benchmarks/generate.py --model "$work/model" --tokens "$tokens" \
+step "generation benchmark" timeout 90 "$PYTHON" benchmarks/generate.py --model "$work/model" --tokens "$tokens" \
     --params "$work/params.yaml" "${generate_args[@]}" --json "$out/generate.json"
 
 echo

@@ -285,9 +285,8 @@ def main() -> None:
         print(json.dumps(measure(args.one, args)))
         return
 
-    host = host_time(args)
-    print_host_time(host)
     if args.host_only:
+        print_host_time(host_time(args))
         return
 
     import torch
@@ -308,6 +307,16 @@ def main() -> None:
         print(f"{setting}: {results[-1]['tokens_per_s']:,.0f} tokens/s", flush=True)
     if not results:
         raise SystemExit("every setting failed")
+    host = host_time(args)  # after the settings: it starts this process's CUDA context, which theirs must not share
+    print_host_time(host)
+    print_settings(results, args)
+    if args.json:
+        record = {"machine": results[0]["machine"], "results": results, "host": host}
+        Path(args.json).write_text(json.dumps(record, indent=2))
+
+
+def print_settings(results: list[dict], args: argparse.Namespace) -> None:
+    """The settings' table, each against eager float32."""
     first = results[0]
     print(f"machine: {first['machine']}")
     print(f"model: {first['model']}; batch {first['batch']}; {first['flops_per_token'] / 1e6:.0f} MFLOP per token")
@@ -324,9 +333,6 @@ def main() -> None:
             f"| {r['setting']} | {r['tokens_per_s']:,.0f} | {ratio} | {r['tflops']:.2f} | {mfu} | "
             f"{r['peak_memory_gib']:.2f} GiB | {per_layer} |"
         )
-    if args.json:
-        record = {"machine": first["machine"], "results": results, "host": host}
-        Path(args.json).write_text(json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":

@@ -183,16 +183,17 @@ def _resume(run: _Run, ckpt_path: Path, wanted: Wanted, shared: Path | None) -> 
     process restores the state it chose."""
     say = (lambda text: print(f"train: {text}", flush=True)) if run.rank == 0 else (lambda text: None)
     shared_ckpt = None if shared is None else Path(shared) / "last.pt"
-    state, error = None, None
+    state, error, line = None, None, None
     if run.rank == 0:  # the others' disks may hold other checkpoints, or none (no shared file system)
         try:
             state = choose_checkpoint(ckpt_path, wanted, say, shared_ckpt)
-        except PipelineError as exc:
-            error = exc
-    # Every process takes rank 0's state (read onto the CPU) or its error, so that none waits for the other.
-    state, message = distributed.from_first((state, None if error is None else error.args[0]), run.rank, run.world)
-    if error is not None or message is not None:
-        raise error or PipelineError(message)
+        except Exception as exc:  # any failure, or the others would wait for the state until a timeout
+            error, line = exc, exc.args[0] if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
+    state, line = distributed.from_first((state, line), run.rank, run.world)  # the state read onto the CPU, or why not
+    if error is not None:
+        raise error
+    if line is not None:  # rank 0's line, on every other process
+        raise PipelineError(line)
     if state is None:
         run.history = [{"from_step": 0, "code": code_digest(wanted.code), "changed": []}]
         return None

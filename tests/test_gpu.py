@@ -264,3 +264,64 @@ def test_a_checkpoint_resumes_on_the_other_device_with_its_optimiser_state(tmp_p
         assert all(fused == {True} for fused, _ in seen)  # CUDA's fused AdamW
     state = torch.load(folder / "last.pt", weights_only=True)
     assert state["step"] == 16 and all(s["step"].item() == 16 for s in state["optimizer"]["state"].values())
+
+
+def test_the_piano_state_on_cuda_is_the_numpy_reference_bit_for_bit():
+    """CUDA divides by a host number as a product with its reciprocal, a bit off for most held times: the state
+    divides by a tensor on the device, and equals the reference in every bit, in segments and one token at a time."""
+    import numpy as np
+
+    from pipeline.music.piano_state import PianoState as Reference
+    from pipeline.music.piano_state_torch import PianoState
+
+    rng = np.random.default_rng(0)
+    kind, pitch = rng.choice(4, (4, 3000), p=[0.25, 0.2, 0.5, 0.05]), rng.integers(60, 66, (4, 3000))
+    shift = 256 + rng.integers(0, 100, (4, 3000))
+    tokens = np.select([kind == 0, kind == 1, kind == 2], [pitch, 128 + pitch, shift], PIECE_START)
+    reference = Reference(4)(tokens)
+    state, cuts = PianoState(4, "cuda"), [(0, 1), (1, 512), (512, 2000), (2000, 3000)]
+    parts = [state(torch.from_numpy(tokens[:, a:b]).cuda()) for a, b in cuts]
+    assert np.array_equal(torch.cat(parts, dim=1).cpu().numpy(), reference)
+    stepper = PianoState(4, "cuda")
+    one_by_one = torch.cat([stepper(torch.from_numpy(tokens[:, t : t + 1]).cuda()) for t in range(1200)], dim=1)
+    assert np.array_equal(one_by_one.cpu().numpy(), reference[:, :1200])
+    assert (reference[..., 128:] == 1).any() and ((reference[..., 128:] > 0) & (reference[..., 128:] < 1)).sum() > 1000
+
+
+def test_training_and_decoding_steps_never_wait_for_the_gpu(tmp_path):
+    """CUDA's sync debug mode raises at any call that makes the host wait: none in the train step of the default
+    model (data path and piano state included), nor in a decoding step with the piano state and the note-length rule."""
+    from model.sampling import Draws, draw, filter_logits, start_decoding
+    from pipeline.music.piano_state_torch import NoteLimit, PianoState
+    from pipeline.segments import PieceStore, SegmentStream
+    from pipeline.train import train_step
+    from pipeline.training.batches import device_batches
+
+    cuda, model = torch.device("cuda"), default_model("cuda").train()
+    stream = SegmentStream(PieceStore(repeating_corpus(tmp_path / "tokens"), "train"), 4, 32, state_input=True)
+    batches = (batch for epoch in range(100) for _, batch in device_batches(stream, cuda, epoch))
+    optimizer, mems = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True), [None]
+    for _ in range(2):  # the first steps allocate and warm up
+        train_step(model, model, optimizer, next(batches), mems, 1.0, cuda, dtype=torch.bfloat16)
+    model.eval()
+    prompt = torch.randint(0, 300, (2, 40), device=cuda)
+    rule, draws = NoteLimit(prompt, 0.5), Draws(None, 2, cuda)
+    with torch.no_grad():
+        logits, step = start_decoding(model, prompt, side=PianoState(2, cuda), labels=torch.tensor([1, 2], device=cuda))
+        logits = step(prompt[:, -1])
+        draws()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(8):
+                sampled = draw(filter_logits(logits, 1.0, 0, 0.98), draws())
+                release = rule(sampled)
+                logits = step(torch.where(release >= 0, release, sampled))
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    model.train()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            train_step(model, model, optimizer, next(batches), mems, 1.0, cuda, dtype=torch.bfloat16)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

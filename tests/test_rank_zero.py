@@ -35,6 +35,10 @@ def recorded(*args, **kwargs):
         yield k, batch
 
 stage.device_batches = recorded
+if settings.get("fail") and rank == "0":  # a failure that is no PipelineError, on rank 0 alone
+    def choose_checkpoint(*args, **kwargs):
+        raise OSError("the disk went away")
+    stage.choose_checkpoint = choose_checkpoint
 try:
     result = train(tokens, f"{out}/ckpt{rank}", f"{out}/model", None, settings["model"],
                    TrainParams(**settings["train"]), on_step=steps.append, code=settings["code"])
@@ -45,18 +49,21 @@ with open(f"{out}/rank{rank}.json", "w") as f:
 """
 
 
-def _two_processes(tmp_path: Path, tokens: Path, run: Path, steps: int) -> tuple[str, list[dict]]:
-    """Train in two processes under torchrun, rank k in RUN/ckptK; their output and what each recorded."""
+def _two_processes(tmp_path: Path, tokens: Path, run: Path, steps: int, fail: bool = False) -> tuple[str, list]:
+    """Train in two processes under torchrun, rank k in RUN/ckptK; their output and what each recorded (None for a
+    process that stopped on an error other than a PipelineError, as `fail` makes rank 0 do)."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    settings = {"model": TINY_MODEL, "train": {**params(steps=steps, transpose=0).__dict__}, "code": CODE}
+    train_params = {**params(steps=steps, transpose=0).__dict__}
+    settings = {"model": TINY_MODEL, "train": train_params, "code": CODE, "fail": fail}
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
             str(tokens), str(run), json.dumps(settings)]  # fmt: skip
     # Ranks that took different branches would hang in their first mismatched collective: the timeout fails them.
     env = {**ENV, "PYTHONPATH": str(ROOT)}  # this checkout's code, wherever the package is installed from
     result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout, [json.loads((run / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert (result.returncode != 0) == fail, result.stdout + result.stderr
+    records = [run / f"rank{rank}.json" for rank in (0, 1)]
+    return result.stdout + result.stderr, [json.loads(r.read_text()) if r.is_file() else None for r in records]
 
 
 def test_only_rank_zero_holds_the_checkpoint_and_both_ranks_resume_from_it(tmp_path):
@@ -88,3 +95,12 @@ def test_rank_zeros_unreadable_checkpoint_stops_every_process_with_its_line(tmp_
     errors = [r["result"].get("error") for r in ranks]
     assert errors[0] == errors[1] and "ckpt0/last.pt: unreadable checkpoint" in errors[0]
     assert [r["steps"] for r in ranks] == [[], []]
+
+
+def test_any_failure_of_rank_zero_stops_the_others_with_its_line_instead_of_a_hang(tmp_path):
+    tokens, run = repeating_corpus(tmp_path / "tokens"), tmp_path / "run"
+    (run / "ckpt0").mkdir(parents=True)
+    (run / "ckpt1").mkdir()
+    out, ranks = _two_processes(tmp_path, tokens, run, steps=2, fail=True)
+    assert ranks[0] is None and "OSError: the disk went away" in out  # rank 0 raises what it met
+    assert ranks[1] == {"steps": [], "rows": [], "result": {"error": "OSError: the disk went away"}}

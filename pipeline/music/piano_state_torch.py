@@ -18,16 +18,18 @@ from pipeline.music.piano_state import CHUNK, HELD_STEPS, PITCHES
 
 
 @cache
-def _tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _tables(device: torch.device) -> tuple[torch.Tensor, ...]:
     """Per token id, on `device`: its change to each key's open strikes [VOCAB_SIZE, 128] (+1 a strike, -1 a
-    release), the time steps it moves the clock, and whether it silences every key. A lookup each, so that a step
-    is a handful of kernels."""
+    release), the time steps it moves the clock, and whether it silences every key (a lookup each, so that a step
+    is a handful of kernels); and HELD_STEPS as a float32 tensor there: CUDA divides by a host number as a product
+    with its reciprocal, one bit off the numpy reference's division for most step counts, and by a tensor exactly."""
     ids = torch.arange(VOCAB_SIZE)
     delta = torch.zeros(VOCAB_SIZE, PITCHES, dtype=torch.long)
     delta[ids[:NOTE_OFF], ids[:NOTE_OFF]] = 1
     delta[ids[NOTE_OFF:TIME_SHIFT], ids[NOTE_OFF:TIME_SHIFT] - NOTE_OFF] = -1
     shift = torch.where((ids >= TIME_SHIFT) & (ids < TIME_SHIFT + SHIFT_STEPS), ids - TIME_SHIFT + 1, 0)
-    return delta.to(device), shift.to(device), (ids == PIECE_START).to(device)
+    held_steps = torch.tensor(float(HELD_STEPS))
+    return delta.to(device), shift.to(device), (ids == PIECE_START).to(device), held_steps.to(device)
 
 
 class PianoState:
@@ -37,7 +39,7 @@ class PianoState:
         self.held = torch.zeros(rows, PITCHES, dtype=torch.long, device=device)  # open strikes per key
         self.onset = torch.zeros(rows, PITCHES, dtype=torch.long, device=device)  # the step of each key's latest strike
         self.clock = torch.zeros(rows, dtype=torch.long, device=device)  # steps since the start
-        self._delta, self._shift, self._reset = _tables(torch.device(device))
+        self._delta, self._shift, self._reset, self._held_steps = _tables(torch.device(device))
 
     def keep(self, rows: int) -> None:
         """Keep the first `rows` pianos only (rows that have ended drop out of a batch)."""
@@ -61,7 +63,7 @@ class PianoState:
         self.clock = self.clock + self._shift[t]
         self.held = (torch.where(self._reset[t][:, None], 0, self.held) + delta).clamp(min=0)
         self.onset = torch.where(delta > 0, self.clock[:, None], self.onset)
-        return _features(self.held, self.onset, self.clock[:, None])
+        return self._features(self.held, self.onset, self.clock[:, None])
 
     def _chunk(self, t: torch.Tensor) -> torch.Tensor:
         """The numpy reference's `_chunk` (which explains the arithmetic), one torch operation for each of its own."""
@@ -84,13 +86,12 @@ class PianoState:
         struck_at = clock.gather(1, last_strike.clamp(min=0).reshape(rows, -1)).reshape(rows, time, PITCHES)
         onset = torch.where(last_strike > last_reset[..., None], struck_at, self.onset[:, None])
         self.held, self.onset, self.clock = held[:, -1], onset[:, -1], clock[:, -1]
-        return _features(held, onset, clock[..., None])
+        return self._features(held, onset, clock[..., None])
 
-
-def _features(held: torch.Tensor, onset: torch.Tensor, clock: torch.Tensor) -> torch.Tensor:
-    sounding = held > 0
-    steps = torch.where(sounding, clock - onset, 0).clamp(max=HELD_STEPS)
-    return torch.cat([sounding.float(), steps.float() / HELD_STEPS], dim=-1)
+    def _features(self, held: torch.Tensor, onset: torch.Tensor, clock: torch.Tensor) -> torch.Tensor:
+        sounding = held > 0
+        steps = torch.where(sounding, clock - onset, 0).clamp(max=HELD_STEPS)
+        return torch.cat([sounding.float(), steps.float() / self._held_steps], dim=-1)
 
 
 class NoteLimit:
