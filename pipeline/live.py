@@ -49,6 +49,13 @@ def open_live(live_dir: Path | None, resume_step: int | None):  # noqa: ANN202 (
         return None
     if resume_step is not None:
         trim_history(Path(live_dir) / "plots" / "metrics", resume_step)
+        summary = Path(live_dir) / "metrics.json"  # DVCLive reads it on resuming, but writes it in place
+        try:
+            if summary.is_file():
+                json.loads(summary.read_text())
+        except ValueError:  # cut short by a kill: the checkpoint's metrics, logged next, make it whole again
+            print(f"train: {summary} was cut short (a killed run); it is written again from the checkpoint")
+            summary.unlink()
     return Live(dir=str(live_dir), resume=resume_step is not None, dvcyaml=None, save_dvc_exp=False)
 
 

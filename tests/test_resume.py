@@ -190,3 +190,18 @@ def test_another_label_dropout_is_another_trajectory(tmp_path, capsys):
     train(tokens, tmp_path / "c", tmp_path / "m", None, model, params(steps=8, label_dropout=0.3))
     out = capsys.readouterr().out
     assert "label_dropout 0.1 → 0.3" in out and "training afresh" in out and "resuming" not in out
+
+
+def test_a_metrics_summary_cut_short_by_a_kill_does_not_stop_the_resume(tmp_path, capsys):
+    pytest.importorskip("dvclive")
+    from pipeline.live import open_live
+
+    live_dir = tmp_path / "live"
+    live_dir.mkdir()
+    (live_dir / "metrics.json").write_text("")  # SIGKILL while DVCLive rewrote it in place
+    live = open_live(live_dir, resume_step=4)
+    assert live is not None and "was cut short" in capsys.readouterr().out
+    live.log_metric("train/loss", 1.5)
+    live.next_step()
+    assert json.loads((live_dir / "metrics.json").read_text())["train"]["loss"] == 1.5
+    live.end()
