@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 def pieces_of(tokens: Path, split: str, limit: int, stretch_one: bool = False) -> list[np.ndarray]:
     """The first pieces of a split, up to `limit` tokens in all."""
-    from pipeline.segments import PieceStore
+    from pipeline.token_folder import PieceStore
 
     store, out, total = PieceStore(tokens, split), [], 0
     for i in range(len(store)):
@@ -82,9 +82,9 @@ def model_rows(model_dir: Path, tokens: Path, tgt_len: int, mem_len: int, scored
     with the evaluate stage's span and, for a state-input model, the piano state as the stages make it."""
     from model import TransformerXL, TransformerXLConfig
     from model.sampling import start_decoding
-    from pipeline.checkpoint import load_model
     from pipeline.evaluate import EvaluateParams, attn_span, score_pieces
     from pipeline.generate import piano_state_input
+    from pipeline.model_folder import load_model
     from pipeline.music.piano_state import PIANO_STATE_SIZE
 
     if any((model_dir / name).is_file() for name in ("model.safetensors", "model.pt")):

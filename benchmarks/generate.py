@@ -47,7 +47,7 @@ def vocabulary(model_dir: Path, tokens: Path) -> dict:
 
 def models(model_dir: Path, tokens: Path, params: Path) -> dict[str, TransformerXL]:
     """The default-size model (the params' model:, freshly initialised) and the trained one (or a CPU-sized one)."""
-    from pipeline.checkpoint import build_model, load_model, model_section
+    from pipeline.model_folder import build_model, load_model, model_section
     from pipeline.params import load_section
 
     torch.manual_seed(0)
@@ -72,7 +72,7 @@ def music_rate(tokens: Path) -> tuple[float, np.ndarray | None]:
     index = tokens / "validation" / "index.json"
     if not index.is_file():
         return TOKENS_PER_SECOND_OF_MUSIC, None
-    from pipeline.segments import PieceStore
+    from pipeline.token_folder import PieceStore
 
     store = PieceStore(tokens, "validation")
     longest = max(range(len(store)), key=lambda i: store.index["length"][i])

@@ -129,7 +129,7 @@ EOF
 training() {
     local status=0
     timeout --signal=INT --kill-after=30 $((train_seconds + 45)) "$PYTHON" -m pipeline train \
-        --params "$work/params.yaml" --tokens "$tokens" --checkpoints "$work/checkpoints" --resume "$work/resume" \
+        --params "$work/params.yaml" --tokens "$tokens" --checkpoints "$work/checkpoints" --shared "$work/shared" \
         --out "$work/model" --live "$work/live" | tee "$work/training.txt" || status=$?
     echo "exit $status" >>"$work/training.txt"
     if ((status == 124)); then  # stopped with a checkpoint: export the model as it is, for the generation benchmark
@@ -153,7 +153,7 @@ yaml.safe_dump(params, open(sys.argv[2], "w"), sort_keys=False)
 print(f"train: exporting the run as it stands at step {step}")
 EOF
     "$PYTHON" -m pipeline train --params "$work/params.yaml" --tokens "$tokens" --checkpoints "$work/checkpoints" \
-        --resume "$work/resume" --out "$work/model" --live "$work/live"
+        --shared "$work/shared" --out "$work/model" --live "$work/live"
 }
 
 driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1) || driver=""

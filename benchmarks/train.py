@@ -70,12 +70,13 @@ def measure(setting: str, args: argparse.Namespace) -> dict:
     """Time `args.steps` train steps (after `args.warmup` untimed ones) of the train stage's own step function."""
     import torch
 
-    from pipeline import cpu_profile
-    from pipeline.checkpoint import build_model, model_section
+    from pipeline.model_folder import build_model, model_section
     from pipeline.params import load_section, typed
-    from pipeline.segments import PieceStore, SegmentStream, load_vocab
+    from pipeline.token_folder import PieceStore, load_vocab
     from pipeline.train import TrainParams, train_step
+    from pipeline.training import cpu_profile
     from pipeline.training.batches import device_batches
+    from pipeline.training.segments import SegmentStream
 
     bf16, compiled, tf32 = SETTINGS[setting]
     cuda = torch.cuda.is_available()
@@ -188,12 +189,13 @@ def host_time(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from pipeline.checkpoint import build_model, model_section
+    from pipeline.model_folder import build_model, model_section
     from pipeline.music.piano_state import PianoState as NumpyState
     from pipeline.music.piano_state_torch import PianoState
     from pipeline.params import TrainParams, load_section, typed
-    from pipeline.segments import PieceStore, SegmentStream, load_vocab, pitch_ranges
+    from pipeline.token_folder import PieceStore, load_vocab
     from pipeline.training.batches import segment_tensors
+    from pipeline.training.segments import SegmentStream, pitch_ranges
 
     p = TrainParams(**typed(TrainParams, load_section("train", args.params), "train"))
     tokens, rows, steps = Path(args.tokens), args.host_batch or p.batch_size, args.host_steps

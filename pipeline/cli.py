@@ -168,7 +168,9 @@ def train(
     params: ParamsOption = Path("params.yaml"),
     tokens: Annotated[Path, typer.Option(help="token shards from tokenize")] = Path("data/tokens"),
     checkpoints: Annotated[Path, typer.Option(help="resumable checkpoint (last.pt)")] = Path("data/checkpoints"),
-    resume: Annotated[Path, typer.Option(help="the last finished run's last.pt, shared by DVC")] = Path("data/resume"),
+    shared: Annotated[Path, typer.Option(help="the shared checkpoint: the last finished run's, pushed by DVC")] = Path(
+        "data/shared"
+    ),
     out: Annotated[Path, typer.Option(help="model folder: weights, config.json, vocab.json")] = Path("data/trained"),
     live: Annotated[Path, typer.Option(help="DVCLive metrics and plots")] = Path("reports/train"),
 ) -> None:
@@ -179,20 +181,20 @@ def train(
     SIGTERM or SIGINT saves a checkpoint and stops; the next run resumes there, as long as the model, the data and
     the params that steer training are the same (otherwise the old checkpoint is kept as last.prev.pt), and a
     finished run is exported again only by the same code (the train stage's deps in dvc.yaml): other code trains
-    afresh, while a stopped run resumes under it. A finished run copies its checkpoint to RESUME, which DVC pushes
+    afresh, while a stopped run resumes under it. A finished run copies its checkpoint to SHARED, which DVC pushes
     and pulls; a clone resumes from it. LIVE gets DVCLive's metrics and params.yaml, the shape and settings as
     trained. Under torchrun it trains with DDP.
     """
-    from pipeline.checkpoint import model_section
-    from pipeline.distributed import finish
+    from pipeline.model_folder import model_section
     from pipeline.params import load_section, typed
     from pipeline.train import TrainParams
     from pipeline.train import train as run_train
+    from pipeline.training.distributed import finish
 
     model_params = _run(model_section, _run(load_section, "model", params))
     section = _run(typed, TrainParams, _run(load_section, "train", params), "train")
     try:
-        result = _run(run_train, tokens, checkpoints, out, live, model_params, TrainParams(**section), shared=resume)
+        result = _run(run_train, tokens, checkpoints, out, live, model_params, TrainParams(**section), shared=shared)
     finally:
         finish()
     if result.get("interrupted"):

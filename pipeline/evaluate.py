@@ -23,14 +23,14 @@ import torch
 
 from model import AttnSpan, TransformerXL
 from model.device import allow_tf32, pick_device
-from pipeline import cpu_profile
 from pipeline.atomic import atomic_write_text
-from pipeline.checkpoint import load_model
 from pipeline.errors import PipelineError
+from pipeline.model_folder import load_model
 from pipeline.music.piano_state import PIANO_STATE_SIZE
 from pipeline.music.piano_state_torch import PianoState
 from pipeline.ngram import KneserNey, uniform_nll, unigram_log_probs
-from pipeline.segments import PieceStore, load_vocab
+from pipeline.token_folder import PieceStore, load_vocab
+from pipeline.training import cpu_profile
 
 HELD_OUT = ("validation", "test")
 PIECE_START_TOKENS = 64  # the opening whose NLL is piece_start_nll

@@ -6,10 +6,10 @@ import shutil
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pipeline.archive import safe_extract
 from pipeline.atomic import atomic_dir
-from pipeline.download import download, verify
 from pipeline.errors import PipelineError
+from pipeline.fetching.archive import safe_extract
+from pipeline.fetching.download import download, verify
 from pipeline.metadata import MIDI_SUFFIXES, find_metadata, read_metadata
 
 

@@ -29,9 +29,9 @@ from model.device import DEVICES, PRECISIONS, compute_dtype, pick_device
 from model.sampling import Side, bf16_decodes_faster, check_sampling
 from model.sampling import generate as sample_tokens
 from pipeline.atomic import atomic_write_text
-from pipeline.checkpoint import load_model, model_vocab
 from pipeline.composers import UNLABELLED, resolve
 from pipeline.errors import PipelineError
+from pipeline.model_folder import load_model, model_vocab
 from pipeline.music.audio import render_wav, synthesizer
 from pipeline.music.midi import UnreadableMidi, cut_notes, one_note_per_key, read_performance, write_midi
 from pipeline.music.performance_encoding import (
@@ -48,7 +48,7 @@ from pipeline.music.performance_encoding import (
 from pipeline.music.piano_state import PIANO_STATE_SIZE
 from pipeline.music.piano_state_torch import NoteLimit, PianoState
 from pipeline.params import GenerateParams
-from pipeline.segments import PieceStore
+from pipeline.token_folder import PieceStore
 
 MAX_SAMPLES, MAX_SECONDS, MAX_MEM_LEN = 256, 3600.0, 16384  # beyond these a run would not fit in memory
 MAX_TOKENS_PER_SECOND = 300  # a cap on sampled tokens per second of music; MAESTRO averages about 43

@@ -13,8 +13,8 @@ import shutil
 from pathlib import Path
 
 from pipeline.atomic import atomic_dir
-from pipeline.checkpoint import CONFIG, VOCAB, WEIGHTS, load_model
 from pipeline.errors import PipelineError
+from pipeline.model_folder import CONFIG, VOCAB, WEIGHTS, load_model
 from pipeline.music.piano_state import PIANO_STATE_SIZE
 
 LICENSE = "cc-by-nc-sa-4.0"

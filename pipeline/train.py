@@ -1,16 +1,16 @@
 """train stage: a Transformer-XL on the token shards, resumable, on GPU or CPU (bf16 where native), single process or
-torchrun DDP (pipeline/distributed.py). Pieces lie end to end in each row, but no token attends to an earlier piece;
-with `model.state_input` the model also reads the piano's state after each token. On a CPU the CPU profile caps the
-size (pipeline/cpu_profile.py).
+torchrun DDP (pipeline/training/distributed.py). Pieces lie end to end in each row, but no token attends to an earlier
+piece; with `model.state_input` the model also reads the piano's state after each token. On a CPU the CPU profile caps
+the size (pipeline/training/cpu_profile.py).
 
 A checkpoint resumes whenever the training trajectory is the same: the model, the data, and the TRAJECTORY params;
-and a finished run's only when the code is the same too (pipeline/training/resume.py). Other settings (compile, device,
-precision, logging, evaluation and checkpoint intervals) may change between a stop and its resume; a raised `steps`
-resumes with the cosine decay stretched to the new end. Anything else sets the old checkpoint aside as last.prev.pt
-and trains afresh.
+and a finished run's only when the code is the same too (pipeline/training/checkpoints.py). Other settings
+(compile, device, precision, logging, evaluation and checkpoint intervals) may change between a stop and its resume;
+a raised `steps` resumes with the cosine decay stretched to the new end. Anything else sets the old checkpoint aside
+as last.prev.pt and trains afresh.
 
 Imports only torch, numpy, PyYAML, the standard library and the music modules that need no more; DVCLive is loaded
-lazily (pipeline/live.py) and skipped when it is not installed.
+lazily (pipeline/training/live.py) and skipped when it is not installed.
 """
 
 from __future__ import annotations
@@ -29,14 +29,13 @@ import torch
 
 from model import TransformerXL
 from model.device import allow_tf32, autocast, compiles, compute_dtype
-from pipeline import cpu_profile, distributed
-from pipeline.checkpoint import build_model, export_model, rank_state, write_checkpoint
 from pipeline.errors import PipelineError
-from pipeline.live import Progress, log_metrics, open_live, write_run_record, write_trained_params
+from pipeline.model_folder import build_model, export_model
 from pipeline.params import TrainParams
-from pipeline.segments import PieceStore, SegmentStream, load_vocab, pitch_ranges
+from pipeline.token_folder import PieceStore, load_vocab
+from pipeline.training import cpu_profile, distributed
 from pipeline.training.batches import device_batches, validation_nll
-from pipeline.training.resume import (
+from pipeline.training.checkpoints import (
     Wanted,
     changed_code,
     changes,
@@ -45,9 +44,13 @@ from pipeline.training.resume import (
     code_identity,
     code_steps,
     load_optimizer,
+    rank_state,
     share,
     tokens_fingerprint,
+    write_checkpoint,
 )
+from pipeline.training.live import Progress, log_metrics, open_live, write_run_record, write_trained_params
+from pipeline.training.segments import SegmentStream, pitch_ranges
 
 # The train params that decide where training goes; with the model and the data, a checkpoint resumes only if they
 # are the same. `steps` is apart: a raised one resumes with the new schedule.
@@ -313,9 +316,9 @@ def train(
     shared: Path | None = None,
     code: dict[str, str] | None = None,
 ) -> dict:
-    """Train, resuming the checkpoint that pipeline/training/resume.py picks among checkpoints/last.pt, the runs set
-    aside beside it and SHARED/last.pt; return the final metrics (rank 0's). A run that finishes copies its checkpoint
-    to SHARED/last.pt. CODE is the code identity (default: `code_identity()`, the train stage's code deps).
+    """Train, resuming the checkpoint that pipeline/training/checkpoints.py picks among checkpoints/last.pt, the runs
+    set aside beside it and SHARED/last.pt; return the final metrics (rank 0's). A run that finishes copies its
+    checkpoint to SHARED/last.pt. CODE is the code identity (default: `code_identity()`, the train stage's code deps).
     LIVE_DIR/params.yaml records what is trained: the model's shape and the train params after the profile."""
     run = _setup(tokens, model_params, p)
     p, cfg, rank, world = run.p, run.model.cfg, run.rank, run.world

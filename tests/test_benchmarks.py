@@ -54,9 +54,9 @@ def bench_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     state, composer labels), exported as the train stage exports one."""
     import torch
 
-    from pipeline.checkpoint import build_model, export_model, model_section
+    from pipeline.model_folder import build_model, export_model, model_section
     from pipeline.params import load_section
-    from pipeline.segments import load_vocab
+    from pipeline.token_folder import load_vocab
 
     folder = tmp_path_factory.mktemp("bench")
     tokens = repeating_corpus(folder / "tokens")

@@ -16,7 +16,7 @@ from test_train import TINY_MODEL, params
 
 from pipeline.errors import PipelineError
 from pipeline.train import train
-from pipeline.training.resume import code_deps, code_identity, set_aside
+from pipeline.training.checkpoints import code_deps, code_identity, set_aside
 
 OLD, NEW = (
     {"model/transformer_xl.py": "a" * 64, "pipeline/train.py": "b" * 64},
@@ -97,7 +97,7 @@ def test_a_shared_checkpoint_of_other_code_is_never_exported_and_is_kept_when_th
     train(tokens, tmp_path / "base", tmp_path / "base_m", None, TINY_MODEL, params(steps=8), shared=shared, code=OLD)
     pulled = (shared / "last.pt").read_bytes()
     capsys.readouterr()
-    clone = tmp_path / "clone"  # no working checkpoint: a fresh clone that pulled data/resume
+    clone = tmp_path / "clone"  # no working checkpoint: a fresh clone that pulled data/shared
     train(tokens, clone, tmp_path / "pr_m", None, TINY_MODEL, params(steps=8), shared=shared, code=NEW)
     out = capsys.readouterr().out
     assert "resuming" not in out and "the checkpoint of the finished run" not in out
@@ -265,7 +265,7 @@ def test_a_run_continued_on_two_machines_branches_and_neither_branch_replaces_th
 def test_a_set_aside_across_file_systems_copies_whole_then_removes(tmp_path, monkeypatch):
     import os
 
-    import pipeline.training.resume as resume
+    import pipeline.training.checkpoints as resume
 
     folder, shared = tmp_path / "c", tmp_path / "resume" / "last.pt"
     folder.mkdir()

@@ -11,12 +11,12 @@ import pytest
 from conftest import ROOT, write_tokens
 from test_train import TINY_MODEL, params
 
-from pipeline.checkpoint import load_model
 from pipeline.errors import PipelineError
 from pipeline.evaluate import EvaluateParams, attn_span, evaluate, score_pieces
 from pipeline.generate import GenerateParams, generate
+from pipeline.model_folder import load_model
 from pipeline.music.performance_encoding import NOTE_OFF, TIME_SHIFT, decode
-from pipeline.segments import PieceStore
+from pipeline.token_folder import PieceStore
 from pipeline.train import train
 
 REGISTERS = {"Anna Low": (40, 43, 47), "Ben High": (76, 79, 83)}  # the pitches each plays

@@ -17,7 +17,7 @@ from conftest import ROOT, note, write_midi
 from test_generate import PRIMER_NOTES, notes_by_mido
 from test_package import LABELS, tiny_labelled_model
 
-from pipeline.checkpoint import export_model
+from pipeline.model_folder import export_model
 from pipeline.music.performance_encoding import VOCAB_SIZE
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -81,7 +81,7 @@ def test_several_processes_compile_around_ddp(tmp_path):
     import torch
     import torch.distributed as dist
 
-    from pipeline.distributed import wrap
+    from pipeline.training.distributed import wrap
 
     model = torch.nn.Linear(4, 4)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
@@ -100,7 +100,8 @@ def test_a_two_process_run_resumes_in_one_process_with_its_memories_dealt_out_ag
     ends where an unbroken two-process run ends (to float tolerance: the gradients are summed in another order)."""
     from test_train import _command, _terminate_after
 
-    from pipeline.checkpoint import read_checkpoint, read_weights
+    from pipeline.model_folder import read_weights
+    from pipeline.training.checkpoints import read_checkpoint
 
     tokens = repeating_corpus(tmp_path / "tokens")
     settings = {**params(steps=12, log_interval=1, eval_interval=100, transpose=0, grad_accum=2).__dict__}
@@ -130,7 +131,7 @@ def test_a_two_process_run_resumes_in_one_process_with_its_memories_dealt_out_ag
 def test_resharding_deals_the_global_rows_out_again():
     import torch
 
-    from pipeline.distributed import reshard
+    from pipeline.training.distributed import reshard
 
     rows, layers = torch.arange(8 * 3 * 2, dtype=torch.float64).view(8, 3, 2), 2  # 8 global rows
     layer_rows = [rows + 100 * layer for layer in range(layers)]
@@ -154,7 +155,7 @@ def test_compiled_around_ddp_two_processes_train_as_the_eager_ones_do(tmp_path):
     eager DDP, to float tolerance (aot_eager traces the same operations)."""
     import torch
 
-    from pipeline.checkpoint import read_weights
+    from pipeline.model_folder import read_weights
 
     tokens = repeating_corpus(tmp_path / "tokens")
     settings = {**params(steps=6, log_interval=1, eval_interval=100, transpose=0, grad_accum=2).__dict__}

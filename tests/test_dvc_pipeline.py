@@ -19,7 +19,7 @@ import torch
 import yaml
 from conftest import MAESTRO_ASAP, ROOT, note, require, tempo, write_metadata, write_midi
 
-from pipeline.checkpoint import read_weights
+from pipeline.model_folder import read_weights
 
 pytestmark = pytest.mark.slow
 
@@ -172,10 +172,10 @@ def test_a_pipeline_pushed_to_a_remote_is_pulled_up_to_date_into_a_fresh_clone(r
     assert "the checkpoint of the finished run, at step 6" in resumed.stdout
     assert "resuming from data/checkpoints/last.pt at step 6" in resumed.stdout
     # Where it was trained, a run further along than the committed one (here one that ran to step 8 outside DVC, as a
-    # stopped experiment would leave it) is what the next experiment resumes: DVC restores data/resume, not it.
+    # stopped experiment would leave it) is what the next experiment resumes: DVC restores data/shared, not it.
     further = tmp_path / "further.yaml"
     further.write_text((clone / "params.yaml").read_text())
-    sh([sys.executable, "-m", "pipeline", "train", "--params", str(further), "--resume", str(tmp_path / "aside")],
+    sh([sys.executable, "-m", "pipeline", "train", "--params", str(further), "--shared", str(tmp_path / "aside")],
        project)  # fmt: skip
     experiment = sh(["dvc", "exp", "run", "train", "-S", "train.cpu_limits.steps=10"], project)
     assert "resuming from data/checkpoints/last.pt at step 8" in experiment.stdout, experiment.stdout

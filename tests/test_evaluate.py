@@ -14,12 +14,12 @@ import torch
 from conftest import ROOT, write_tokens
 
 from model import AttnSpan, TransformerXL, TransformerXLConfig
-from pipeline.checkpoint import export_model
-from pipeline.cpu_profile import for_evaluation
 from pipeline.errors import PipelineError
 from pipeline.evaluate import HELD_OUT, EvaluateParams, evaluate, score_pieces
+from pipeline.model_folder import export_model
 from pipeline.music.performance_encoding import PIECE_END, PIECE_START, VOCAB_SIZE
 from pipeline.ngram import KneserNey, unigram_log_probs
+from pipeline.training.cpu_profile import for_evaluation
 
 
 def tiny_model(**overrides) -> TransformerXL:  # noqa: ANN003

@@ -17,7 +17,6 @@ import torch
 from conftest import ROOT, note, write_midi, write_tokens
 
 from model import AttnSpan, TransformerXL, TransformerXLConfig
-from pipeline.checkpoint import export_model, load_model
 from pipeline.errors import PipelineError
 from pipeline.generate import (
     MAX_SAMPLES,
@@ -35,6 +34,7 @@ from pipeline.generate import (
     unconditional,
     write_sample,
 )
+from pipeline.model_folder import export_model, load_model
 from pipeline.music.audio import synthesizer
 from pipeline.music.performance_encoding import (
     PIECE_END,

@@ -15,7 +15,7 @@ from torch.nn.attention import SDPBackend
 
 import model.transformer_xl as txl
 from model import TransformerXL
-from pipeline.checkpoint import build_model
+from pipeline.model_folder import build_model
 from pipeline.music.performance_encoding import PIECE_START, vocab
 from pipeline.music.piano_state import PIANO_STATE_SIZE
 from pipeline.train import TrainParams, train
@@ -293,9 +293,10 @@ def test_training_and_decoding_steps_never_wait_for_the_gpu(tmp_path):
     model (data path and piano state included), nor in a decoding step with the piano state and the note-length rule."""
     from model.sampling import Draws, draw, filter_logits, start_decoding
     from pipeline.music.piano_state_torch import NoteLimit, PianoState
-    from pipeline.segments import PieceStore, SegmentStream
+    from pipeline.token_folder import PieceStore
     from pipeline.train import train_step
     from pipeline.training.batches import device_batches
+    from pipeline.training.segments import SegmentStream
 
     cuda, model = torch.device("cuda"), default_model("cuda").train()
     stream = SegmentStream(PieceStore(repeating_corpus(tmp_path / "tokens"), "train"), 4, 32, state_input=True)

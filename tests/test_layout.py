@@ -100,9 +100,9 @@ def layer(module: str) -> str:
 
 def test_the_layout_is_read_from_real_imports():
     # The graph itself must be right, or every check below is vacuous.
-    assert {"pipeline.music.midi", "pipeline.atomic", "pipeline.segments"} <= GRAPH["pipeline.generate"]
+    assert {"pipeline.music.midi", "pipeline.atomic", "pipeline.token_folder"} <= GRAPH["pipeline.generate"]
     assert "pipeline.music.features" in GRAPH["pipeline.report.samples"]  # imported inside a function
-    assert "model" in GRAPH["pipeline.checkpoint"] and "model.transformer_xl" in GRAPH["model"]
+    assert "model" in GRAPH["pipeline.model_folder"] and "model.transformer_xl" in GRAPH["model"]
     assert "pipeline.report.figures" in GRAPH["pipeline.report.stage"]  # `from pipeline.report import figures`
     assert {layer(m) for m in MODULES} == {"model", "music", "report", "review", "stage", "cli", "app", "helper"}
     assert "pipeline.errors" in GRAPH["pipeline.review.remote"] and "pipeline.review.compare" in GRAPH["pipeline.cli"]

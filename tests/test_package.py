@@ -17,9 +17,9 @@ from conftest import ROOT
 from test_generate import params
 
 from model import TransformerXL, TransformerXLConfig
-from pipeline.checkpoint import export_model, load_model, read_weights
 from pipeline.errors import PipelineError
 from pipeline.generate import generate
+from pipeline.model_folder import export_model, load_model, read_weights
 from pipeline.music.performance_encoding import PIECE_END, VOCAB_SIZE
 from pipeline.package import package
 
@@ -175,7 +175,7 @@ def test_a_config_far_larger_than_its_weights_is_refused_without_allocating_it(t
     # In a process allowed 8 GB of address space, so that a loader that allocates first fails fast, not the machine.
     script = (
         "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))\n"
-        "from pipeline.checkpoint import load_model\n"
+        "from pipeline.model_folder import load_model\n"
         "from pipeline.errors import PipelineError\n"
         "try:\n    load_model(sys.argv[1])\nexcept PipelineError as exc:\n    print(exc)\n"
     )

@@ -118,7 +118,7 @@ def test_training_evaluation_and_generation_need_only_torch_numpy_typer_and_pyya
     blocked |= {"scipy", "matplotlib", "pretty_midi", "note_seq", "nltk"}
     common = ["--params", str(tmp_path / "p.yaml"), "--tokens", str(tokens)]
     train_args = ["train", *common]
-    for option, name in (("--checkpoints", "ckpt"), ("--resume", "resume"), ("--out", "model"), ("--live", "live")):
+    for option, name in (("--checkpoints", "ckpt"), ("--shared", "shared"), ("--out", "model"), ("--live", "live")):
         train_args += [option, str(tmp_path / name)]
     evaluate_args = ["evaluate", *common, "--model", str(tmp_path / "model"), "--metrics", str(tmp_path / "e.json")]
     generate_args = ["generate", *common, "--model", str(tmp_path / "model"), "--out", str(tmp_path / "samples")]

@@ -13,7 +13,7 @@ import yaml
 from conftest import ROOT, repeating_corpus
 from test_train import ENV, TINY_MODEL, _command, params
 
-from pipeline.checkpoint import read_weights
+from pipeline.model_folder import read_weights
 from pipeline.train import _lr_factor, train
 
 
@@ -144,8 +144,8 @@ def test_a_run_killed_with_sigkill_resumes_from_its_last_checkpoint_to_the_same_
 
 def test_the_cpu_profile_applies_as_train_profile_says(tmp_path):
     from model.device import compiles
-    from pipeline.cpu_profile import applies
     from pipeline.errors import PipelineError
+    from pipeline.training.cpu_profile import applies
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     assert applies("auto", cpu) and not applies("auto", cuda) and applies("cpu", cuda) and not applies("full", cpu)
@@ -194,7 +194,7 @@ def test_another_label_dropout_is_another_trajectory(tmp_path, capsys):
 
 def test_a_metrics_summary_cut_short_by_a_kill_does_not_stop_the_resume(tmp_path, capsys):
     pytest.importorskip("dvclive")
-    from pipeline.live import open_live
+    from pipeline.training.live import open_live
 
     live_dir = tmp_path / "live"
     live_dir.mkdir()

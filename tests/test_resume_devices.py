@@ -13,8 +13,8 @@ from conftest import repeating_corpus
 from test_resume import _stop_at, _weights
 from test_train import TINY_MODEL, params
 
-from pipeline.checkpoint import read_checkpoint
 from pipeline.train import _restore, _setup, train
+from pipeline.training.checkpoints import read_checkpoint
 
 CODE = {"pipeline/train.py": "0" * 64}  # a fixed code identity: the checkpoint resumes whatever is edited meanwhile
 P, STOP = params(steps=6, transpose=0), 3

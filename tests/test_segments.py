@@ -11,8 +11,9 @@ from conftest import write_tokens
 
 from pipeline.music.performance_encoding import PIECE_START
 from pipeline.music.piano_state import piano_state
-from pipeline.segments import PieceStore, SegmentStream
+from pipeline.token_folder import PieceStore
 from pipeline.training.batches import device_batches
+from pipeline.training.segments import SegmentStream
 
 CPU = torch.device("cpu")
 
@@ -118,7 +119,7 @@ def test_a_labelled_streams_own_rows_resumed_carry_each_tokens_label(tmp_path):
 
 
 def test_transposition_moves_every_pitch_or_leaves_the_piece_as_it_is():
-    from pipeline.segments import transpose
+    from pipeline.training.segments import transpose
 
     def plain(tokens: np.ndarray, semitones: int, ranges: list) -> np.ndarray:  # one range at a time, as written
         out = tokens.astype(np.int64)

@@ -1,4 +1,4 @@
-"""The finished run's checkpoint, shared through DVC (data/resume/last.pt), beside the working one
+"""The finished run's checkpoint, shared through DVC (data/shared/last.pt), beside the working one
 (data/checkpoints/last.pt): a clone trains on from the shared one, and a stopped run's working one is never lost."""
 
 from __future__ import annotations

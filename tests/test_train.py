@@ -18,11 +18,11 @@ import torch
 import yaml
 from conftest import ROOT, repeating_corpus
 
-from pipeline.checkpoint import build_model, load_model, read_weights
-from pipeline.cpu_profile import for_training
 from pipeline.errors import PipelineError
+from pipeline.model_folder import build_model, load_model, read_weights
 from pipeline.music.performance_encoding import vocab
 from pipeline.train import TrainParams, train
+from pipeline.training.cpu_profile import for_training
 
 TINY_MODEL = dict(n_layer=2, d_model=32, n_head=4, d_head=8, d_inner=64, dropout=0.0, tgt_len=16, mem_len=16)
 
@@ -89,7 +89,7 @@ def _command(tmp_path: Path, tokens: Path, name: str, processes: int, steps: int
     if processes > 1:
         launch += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     args = [*launch, "-m", "pipeline", "train", "--params", str(tmp_path / f"{name}.yaml"), "--tokens", str(tokens)]
-    for option, folder in (("--checkpoints", "ckpt"), ("--resume", "resume"), ("--out", "model"), ("--live", "live")):
+    for option, folder in (("--checkpoints", "ckpt"), ("--shared", "shared"), ("--out", "model"), ("--live", "live")):
         args += [option, str(tmp_path / name / folder)]
     return args
 
@@ -267,7 +267,7 @@ def test_bf16_training_on_the_cpu_learns_and_is_recorded(tmp_path):
     with pytest.raises(PipelineError, match="train.precision must be one of auto, bfloat16, float32, not 'half'"):
         train(tokens, tmp_path / "c2", tmp_path / "m2", None, TINY_MODEL, params(steps=1, precision="half"))
     with pytest.raises(PipelineError, match="model.state_input must be true or false, not 'yes'"):
-        from pipeline.checkpoint import model_section
+        from pipeline.model_folder import model_section
 
         model_section({**TINY_MODEL, "state_input": "yes"})
 
@@ -281,9 +281,10 @@ def test_a_train_step_scores_each_piece_of_a_row_as_if_it_were_alone(tmp_path):
 
     from pipeline.music.performance_encoding import PIECE_START
     from pipeline.music.piano_state import piano_state
-    from pipeline.segments import PieceStore, SegmentStream
+    from pipeline.token_folder import PieceStore
     from pipeline.train import train_step
     from pipeline.training.batches import device_batches
+    from pipeline.training.segments import SegmentStream
 
     rng = np.random.default_rng(0)
     bodies = [rng.choice([60, 64, 67, 188, 192, 195, 300, 320], n) for n in (15, 9, 13, 21, 6, 18, 11)]
@@ -331,9 +332,10 @@ def test_a_compiled_model_compiles_once_the_first_segment_included(tmp_path):
     """The first segment's memory has the full length (zeros, hidden by seq_pos), so no later segment recompiles."""
     import torch._dynamo
 
-    from pipeline.segments import PieceStore, SegmentStream
+    from pipeline.token_folder import PieceStore
     from pipeline.train import train_step
     from pipeline.training.batches import segment_tensors
+    from pipeline.training.segments import SegmentStream
 
     tokens, cpu = repeating_corpus(tmp_path / "tokens"), torch.device("cpu")
     torch.manual_seed(0)

@@ -19,12 +19,12 @@ import yaml
 
 from pipeline.atomic import atomic_write_text
 from pipeline.errors import PipelineError
-from pipeline.live import cpu_model
 from pipeline.params import load_section
 from pipeline.report import figures
 from pipeline.report.attribution import composers_section
 from pipeline.report.markdown import read_json, table
 from pipeline.report.samples import samples_section
+from pipeline.training.live import cpu_model
 
 SPLITS = ("train", "validation", "test")
 # Published figures, as far as their sources could be checked. None is comparable like for like: other MAESTRO

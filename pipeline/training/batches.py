@@ -11,7 +11,7 @@ import torch
 from model import TransformerXL
 from model.device import autocast
 from pipeline.music.piano_state_torch import PianoState
-from pipeline.segments import Segment, SegmentStream
+from pipeline.training.segments import Segment, SegmentStream
 
 
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -10,60 +10,20 @@ train path runs where polars, symusic and dvc are missing.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.music.performance_encoding import PIECE_START
-
-
-def load_vocab(tokens: Path) -> dict:
-    """The vocabulary the tokenize stage wrote (vocab.json)."""
-    path = Path(tokens) / "vocab.json"
-    if not path.is_file():
-        raise PipelineError(f"{path}: no vocabulary (run the tokenize stage first)")
-    return json.loads(path.read_text())
+from pipeline.token_folder import PieceStore
 
 
 def pitch_ranges(vocab: dict) -> list[tuple[int, int]]:
     """(first id, count) of the event ranges indexed by pitch (NOTE_ON and NOTE_OFF), which transposition moves."""
     return [(e["first_id"], e["count"]) for e in vocab["events"] if e.get("meaning") == "pitch"]
-
-
-class PieceStore:
-    """The pieces of one split: its index.json and memory-mapped uint16 shards."""
-
-    def __init__(self, tokens: Path, split: str) -> None:
-        folder = self.folder = Path(tokens) / split
-        index_path = folder / "index.json"
-        if not index_path.is_file():
-            raise PipelineError(f"{index_path}: no piece index for split '{split}' (run the tokenize stage first)")
-        self.index = json.loads(index_path.read_text())
-        self.shards = {}
-        for shard in sorted(set(self.index["shard"])):
-            path = folder / f"shard-{shard:05d}.npy"
-            if not path.is_file():
-                raise PipelineError(f"{path}: shard listed in {index_path} is missing")
-            self.shards[shard] = np.load(path, mmap_mode="r")
-        if not self.index["piece_id"]:
-            raise PipelineError(f"{index_path}: split '{split}' holds no pieces")
-
-    def __len__(self) -> int:
-        return len(self.index["piece_id"])
-
-    def piece(self, i: int) -> np.ndarray:
-        """The tokens of the i-th piece copy, PIECE_START to PIECE_END."""
-        shard, start, length = self.index["shard"][i], self.index["start"][i], self.index["length"][i]
-        return np.asarray(self.shards[shard][start : start + length])
-
-    @property
-    def total_tokens(self) -> int:
-        return int(sum(self.index["length"]))
 
 
 def transpose(tokens: np.ndarray, semitones: int, ranges: list[tuple[int, int]]) -> np.ndarray:

@@ -1,9 +1,7 @@
-"""The model from its params, checkpoints and trained weights: written atomically, read with
-torch.load(weights_only=True) so that a file runs no code.
+"""The model from its params, and the model folder: model.safetensors, config.json and vocab.json, which the train
+stage writes to `data/trained/` and the package stage to `data/model/`; evaluate, generate and the demo read it.
 
-A checkpoint (`data/checkpoints/last.pt`) holds everything a resumed run needs; which one resumes is
-pipeline/training/resume.py's to decide. A model folder (`data/trained/`, and the package stage's `data/model/`) holds
-model.safetensors, config.json and vocab.json.
+The folder is replaced as a whole (written beside it, then renamed), and its weights are read as data only.
 """
 
 from __future__ import annotations
@@ -16,41 +14,11 @@ import torch
 
 from model import TransformerXL, TransformerXLConfig
 from model.weights import WeightsError, load_safetensors, save_safetensors
-from pipeline.atomic import atomic_dir, atomic_path
+from pipeline.atomic import atomic_dir
 from pipeline.errors import PipelineError
 from pipeline.music.piano_state import PIANO_STATE_SIZE
 from pipeline.params import typed
-from pipeline.segments import load_vocab
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save through a temporary file, so a crash mid-write never leaves a broken checkpoint."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def read_checkpoint(path: Path) -> dict | None:
-    """The checkpoint at `path`, or None when there is none; an unreadable one is a PipelineError."""
-    if not path.is_file():
-        return None
-    try:  # mapped, not read: weighing a checkpoint reads its few small entries, not its gigabyte of tensors
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # noqa: BLE001 (a truncated or foreign file: say which and how to recover)
-        raise PipelineError(f"{path}: unreadable checkpoint ({exc}); delete it to train afresh") from exc
-
-
-def rank_state(mems: list, device: torch.device) -> dict:
-    """What a checkpoint keeps of each process: its memories and its RNG states (dropout's, on a GPU the CUDA one)."""
-    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return {
-        "mems": [None if m is None else [t.detach().cpu() for t in m] for m in mems],
-        "rng": {"cpu": torch.get_rng_state(), "cuda": cuda_rng},
-    }
-
-
-def write_checkpoint(path: Path, training: dict, ranks: list[dict]) -> None:
-    """One checkpoint of `training`'s entries and every process's `rank_state`, in rank order."""
-    save_checkpoint(path, {**training, "mems": [r["mems"] for r in ranks], "rng": [r["rng"] for r in ranks]})
+from pipeline.token_folder import load_vocab
 
 
 def model_section(values: dict) -> dict:

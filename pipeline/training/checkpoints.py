@@ -4,7 +4,7 @@ A run is one training trajectory from a fresh start. Its `lineage` is a list of 
 and one more at every resume: of two checkpoints of one run, the earlier one's lineage begins the later one's (a run
 continued on two machines branches). The working folder (data/checkpoints/, which DVC never touches) holds
 `last.pt`, the run that trains on, and the runs set aside: `last.prev.pt` (the latest), then `last.prev-1.pt`,
-`last.prev-2.pt`, ... `data/resume/last.pt` is a copy of the last finished run's checkpoint, a DVC output that
+`last.prev-2.pt`, ... `data/shared/last.pt` is a copy of the last finished run's checkpoint, a DVC output that
 `dvc push` shares, so that a clone trains on from it.
 
 A checkpoint can resume when it was trained with the same model, data and trajectory params, not past train.steps,
@@ -37,10 +37,39 @@ from pathlib import Path
 import torch
 
 from pipeline.atomic import atomic_path
-from pipeline.checkpoint import read_checkpoint
 from pipeline.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parents[2]  # the project whose code is running
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save through a temporary file, so a crash mid-write never leaves a broken checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def read_checkpoint(path: Path) -> dict | None:
+    """The checkpoint at `path`, or None when there is none; an unreadable one is a PipelineError."""
+    if not path.is_file():
+        return None
+    try:  # mapped, not read: weighing a checkpoint reads its few small entries, not its gigabyte of tensors
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 (a truncated or foreign file: say which and how to recover)
+        raise PipelineError(f"{path}: unreadable checkpoint ({exc}); delete it to train afresh") from exc
+
+
+def rank_state(mems: list, device: torch.device) -> dict:
+    """What a checkpoint keeps of each process: its memories and its RNG states (dropout's, on a GPU the CUDA one)."""
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return {
+        "mems": [None if m is None else [t.detach().cpu() for t in m] for m in mems],
+        "rng": {"cpu": torch.get_rng_state(), "cuda": cuda_rng},
+    }
+
+
+def write_checkpoint(path: Path, training: dict, ranks: list[dict]) -> None:
+    """One checkpoint of `training`'s entries and every process's `rank_state`, in rank order."""
+    save_checkpoint(path, {**training, "mems": [r["mems"] for r in ranks], "rng": [r["rng"] for r in ranks]})
 
 
 @dataclass
@@ -167,7 +196,7 @@ def set_aside(path: Path, folder: Path | None = None) -> Path:
         kept.replace(older)
     try:
         os.replace(path, kept)
-    except OSError:  # data/resume on another file system than data/checkpoints: a whole copy first, then the move
+    except OSError:  # data/shared on another file system than data/checkpoints: a whole copy first, then the move
         with atomic_path(kept) as tmp:
             shutil.copyfile(path, tmp)
         path.unlink()

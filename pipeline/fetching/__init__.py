@@ -1,0 +1,1 @@
+"""The fetch stage's helpers: resumable downloads (`download`) and safe archive extraction (`archive`)."""
