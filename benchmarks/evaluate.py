@@ -82,10 +82,11 @@ def model_rows(model_dir: Path, tokens: Path, tgt_len: int, mem_len: int, scored
     with the evaluate stage's span and, for a state-input model, the piano state as the stages make it."""
     from model import TransformerXL, TransformerXLConfig
     from model.sampling import start_decoding
-    from pipeline.evaluate import EvaluateParams, attn_span, score_pieces
+    from pipeline.evaluate import attn_span, score_pieces
     from pipeline.generate import piano_state_input
     from pipeline.model_folder import load_model
     from pipeline.music.piano_state import PIANO_STATE_SIZE
+    from pipeline.params import EvaluateParams
 
     if any((model_dir / name).is_file() for name in ("model.safetensors", "model.pt")):
         model = load_model(model_dir, side_size=PIANO_STATE_SIZE)

@@ -214,9 +214,8 @@ def evaluate(
     Each piece is scored from its start with an empty memory; every token once. Writes NLL (nats and bits per token),
     perplexity, accuracy, nats per second of music, and the NLL per composer to METRICS.
     """
-    from pipeline.evaluate import EvaluateParams
     from pipeline.evaluate import evaluate as run_evaluate
-    from pipeline.params import load_section, typed
+    from pipeline.params import EvaluateParams, load_section, typed
 
     section = _run(typed, EvaluateParams, _run(load_section, "evaluate", params), "evaluate")
     result = _run(run_evaluate, tokens, model, metrics, EvaluateParams(**section))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,26 +29,12 @@ from pipeline.model_folder import load_model
 from pipeline.music.piano_state import PIANO_STATE_SIZE
 from pipeline.music.piano_state_torch import PianoState
 from pipeline.ngram import KneserNey, uniform_nll, unigram_log_probs
+from pipeline.params import EvaluateParams
 from pipeline.token_folder import PieceStore, load_vocab
 from pipeline.training import cpu_profile
 
 HELD_OUT = ("validation", "test")
 PIECE_START_TOKENS = 64  # the opening whose NLL is piece_start_nll
-
-
-@dataclass
-class EvaluateParams:
-    """The `evaluate:` section of params.yaml."""
-
-    tgt_len: int = 512  # tokens scored per forward pass
-    mem_len: int = 1024  # hidden states kept per layer: twice the training memory
-    same_length: bool = True  # every query sees mem_len keys
-    clamp_len: int = -1  # relative distances beyond this share one encoding (-1: none)
-    batch_size: int = 16  # pieces scored side by side
-    ngram_order: int = 4
-    device: str = "auto"  # auto, cuda or cpu
-    identify_tokens: int = 512  # a model with composer labels names each piece's composer from this many tokens
-    cpu_limits: dict = field(default_factory=dict)  # upper bounds on the keys above when evaluating on a CPU
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Read one stage's section of params.yaml with PyYAML, and give its values the types a stage's dataclass declares.
 
-The train: and generate: sections' dataclasses are here rather than beside their stages, so that the command line and
-the demo can show their defaults without loading torch."""
+Every section's dataclass is here (train:, evaluate:, generate:, demo:), rather than beside its stage, so that the
+command line and the demo can show their defaults without loading torch. The model: section is typed against the
+model's own config (pipeline/model_folder.py)."""
 
 from __future__ import annotations
 
@@ -146,3 +147,27 @@ class TrainParams:
     profile: str = "auto"  # the CPU profile (cpu_limits, cpu_lr): auto (on a CPU), cpu (always) or full (never)
     cpu_limits: dict = field(default_factory=dict)  # upper bounds on model and train params in the CPU profile
     cpu_lr: float | None = 1e-3  # the peak learning rate in the CPU profile (None: lr)
+
+
+@dataclass
+class EvaluateParams:
+    """The `evaluate:` section of params.yaml."""
+
+    tgt_len: int = 512  # tokens scored per forward pass
+    mem_len: int = 1024  # hidden states kept per layer: twice the training memory
+    same_length: bool = True  # every query sees mem_len keys
+    clamp_len: int = -1  # relative distances beyond this share one encoding (-1: none)
+    batch_size: int = 16  # pieces scored side by side
+    ngram_order: int = 4
+    device: str = "auto"  # auto, cuda or cpu
+    identify_tokens: int = 512  # a model with composer labels names each piece's composer from this many tokens
+    cpu_limits: dict = field(default_factory=dict)  # upper bounds on the keys above when evaluating on a CPU
+
+
+@dataclass
+class DemoParams:
+    """The `demo:` section of params.yaml; the sampling settings come from `generate:`."""
+
+    seconds: float = 20.0  # the page's default length of new music
+    max_seconds: float = 120.0  # the longest a visitor may ask for
+    max_upload_mb: float = 2.0  # a larger primer upload is refused with a message

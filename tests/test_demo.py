@@ -16,7 +16,7 @@ from conftest import ROOT, note, write_midi, write_tokens
 from test_generate import PRIMER_NOTES, notes_by_mido, notes_by_pretty_midi, params
 from test_package import LABELS, tiny_labelled_model
 
-from pipeline.demo import RANGES, DemoParams
+from pipeline.demo import RANGES
 from pipeline.demo.page import composing, generate_take, start, summary
 from pipeline.demo.studio import Request, Studio
 from pipeline.errors import PipelineError
@@ -24,6 +24,7 @@ from pipeline.generate import generate
 from pipeline.model_folder import export_model
 from pipeline.music.performance_encoding import VOCAB_SIZE
 from pipeline.music.pianoroll import HIGHEST_KEY, ROLL_BACKGROUND, ROLL_PRIMER, roll_image
+from pipeline.params import DemoParams
 
 
 @pytest.fixture(scope="module")

@@ -213,10 +213,9 @@ def test_two_requests_at_once_are_both_served_one_after_the_other(app):
     """The page in this process, its studio timing each take: both takes come, and they do not overlap."""
     from gradio_client import Client
 
-    from pipeline.demo import DemoParams
     from pipeline.demo.page import build
     from pipeline.demo.studio import Studio
-    from pipeline.params import GenerateParams
+    from pipeline.params import DemoParams, GenerateParams
 
     limits = DemoParams(seconds=SECONDS, max_seconds=30, max_upload_mb=1)
     studio = Studio(app[1] / "model", app[1] / "no-tokens", GenerateParams(device="cpu"), limits)

@@ -15,10 +15,11 @@ from conftest import ROOT, write_tokens
 
 from model import AttnSpan, TransformerXL, TransformerXLConfig
 from pipeline.errors import PipelineError
-from pipeline.evaluate import HELD_OUT, EvaluateParams, evaluate, score_pieces
+from pipeline.evaluate import HELD_OUT, evaluate, score_pieces
 from pipeline.model_folder import export_model
 from pipeline.music.performance_encoding import PIECE_END, PIECE_START, VOCAB_SIZE
 from pipeline.ngram import KneserNey, unigram_log_probs
+from pipeline.params import EvaluateParams
 from pipeline.training.cpu_profile import for_evaluation
 
 

@@ -142,7 +142,7 @@ def test_training_evaluation_and_generation_need_only_torch_numpy_typer_and_pyya
 def test_a_stage_run_without_params_yaml_gets_params_yamls_values(section):
     """The dataclass defaults (what a stage called from Python gets) are params.yaml's values, but for the composers of
     generate: the pipeline's samples are for four of them, while a call with none named gives no composer."""
-    from pipeline.evaluate import EvaluateParams
+    from pipeline.params import EvaluateParams
 
     cls = {"train": TrainParams, "evaluate": EvaluateParams, "generate": GenerateParams}[section]
     values = typed(cls, yaml.safe_load((ROOT / "params.yaml").read_text())[section], section)

@@ -3,17 +3,6 @@ is the Gradio app around it. Nothing in the pipeline imports it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 # What a visitor may ask for besides the length (demo.max_seconds): the page's sliders span these, and the studio
 # refuses anything outside them, so the page and its API keep the same limits.
 RANGES = {"primer_seconds": (1.0, 60.0), "guidance": (0.0, 4.0), "temperature": (0.5, 1.5), "top_p": (0.5, 1.0)}
-
-
-@dataclass
-class DemoParams:
-    """The `demo:` section of params.yaml; the sampling settings come from `generate:`."""
-
-    seconds: float = 20.0  # the page's default length of new music
-    max_seconds: float = 120.0  # the longest a visitor may ask for
-    max_upload_mb: float = 2.0  # a larger primer upload is refused with a message

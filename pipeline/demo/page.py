@@ -14,10 +14,11 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.demo import RANGES, DemoParams
+from pipeline.demo import RANGES
 from pipeline.demo.studio import ANY, Request, Studio, Take
 from pipeline.errors import PipelineError
 from pipeline.music.pianoroll import roll_image
+from pipeline.params import DemoParams
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: it reads it then
 NO_PRIMER = "no primer: start from nothing"

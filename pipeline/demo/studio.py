@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.composers import UNLABELLED, resolve
-from pipeline.demo import RANGES, DemoParams
+from pipeline.demo import RANGES
 from pipeline.errors import PipelineError
 from pipeline.generate import (
     Primer,
@@ -37,7 +37,7 @@ from pipeline.generate import (
 from pipeline.music.audio import synthesizer
 from pipeline.music.midi import cut_notes
 from pipeline.music.performance_encoding import STEP_S, decode, elapsed_steps
-from pipeline.params import GenerateParams
+from pipeline.params import DemoParams, GenerateParams
 
 ANY = "any"  # the composer choice that gives no label
 # The page's names of the settings that RANGES and demo.max_seconds limit.
