@@ -12,6 +12,7 @@ from pipeline.errors import PipelineError
 
 OTHER_COMPOSERS = "other composers"
 UNLABELLED = "none"  # in generate.composers: samples with no composer given (label 0)
+ANY = "any"  # the listening page's word for the same choice
 
 
 def composer_labels(split: list[str], composer: list[str], min_pieces: int) -> list[dict]:
@@ -33,13 +34,18 @@ def label_of(composer: str, labels: list[dict]) -> int:
     return own.get(composer, own[OTHER_COMPOSERS])
 
 
+def unlabelled(name: str) -> bool:
+    """Whether a composer choice asks for no composer (label 0): none, any, or nothing at all."""
+    return str(name).strip().lower() in (UNLABELLED, ANY, "")
+
+
 def resolve(names: list[str], labels: list[dict]) -> list[tuple[int, str | None]]:
-    """(label, composer) for each name: matched case-insensitively on the full name or the surname, or `none` for
-    label 0; an unknown name is a PipelineError that lists the composers there are."""
+    """(label, composer) for each name: matched case-insensitively on the full name or the surname, or label 0 for a
+    choice that is `unlabelled`; an unknown name is a PipelineError that lists the composers there are."""
     found = []
     for name in names:
         wanted = str(name).strip().lower()
-        if wanted == UNLABELLED:
+        if unlabelled(name):
             found.append((0, None))
             continue
         matches = [

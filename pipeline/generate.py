@@ -1,12 +1,9 @@
 """generate stage and `maestro-xl generate`: piano performances from the trained model, from nothing or continuing
-a primer, as MIDI, piano rolls, WAV and a summary (samples.json).
+a primer (pipeline/generation/primers.py), as MIDI, piano rolls, WAV and a summary (samples.json).
 
-A primer is the opening of a MIDI file (read with the parse stage's reader, sustain applied, so it is encoded exactly
-as the training data was) or of a validation piece's tokens. It is cut at primer_seconds: notes still sounding end
-there, and a silence before the cut is kept, so the continuation starts at the cut (or at the file's end, if that
-comes first). `model.sampling.generate` continues it with the memory cached, until PIECE_END or `seconds` of new
-music. Imports torch, numpy and the standard library at the top; symusic (a primer file), mido (MIDI out) and
-matplotlib (piano rolls) where they are used, and FluidSynth runs when it is installed.
+The sampler (pipeline/generation/sampler.py) continues each primer with the memory cached, until PIECE_END or
+`seconds` of new music. Imports torch, numpy and the standard library at the top; symusic (a primer file), mido
+(MIDI out) and matplotlib (piano rolls) where they are used, and FluidSynth runs when it is installed.
 """
 
 from __future__ import annotations
@@ -17,42 +14,33 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from model import AttnSpan, TransformerXL
-from model.device import DEVICES, PRECISIONS, compute_dtype, pick_device
-from model.sampling import Side, bf16_decodes_faster, check_sampling
-from model.sampling import generate as sample_tokens
+from model.device import DEVICES, PRECISIONS, pick_device
+from model.sampling import check_sampling
 from pipeline.atomic import atomic_write_text
-from pipeline.composers import UNLABELLED, resolve
+from pipeline.composers import resolve, unlabelled
 from pipeline.errors import PipelineError
+from pipeline.generation.primers import Primer, load_primers
+from pipeline.generation.sampler import decode_dtype, sample_batch
 from pipeline.model_folder import load_model, model_vocab
 from pipeline.music.audio import render_wav, synthesizer
-from pipeline.music.midi import UnreadableMidi, cut_notes, one_note_per_key, read_performance, write_midi
+from pipeline.music.midi import cut_notes, one_note_per_key, write_midi
 from pipeline.music.performance_encoding import (
     PIECE_END,
-    PIECE_START,
-    SHIFT_STEPS,
     STEP_S,
-    TIME_SHIFT,
     VOCAB_SIZE,
     decode,
     elapsed_steps,
-    encode_opening,
 )
 from pipeline.music.piano_state import PIANO_STATE_SIZE
-from pipeline.music.piano_state_torch import NoteLimit, PianoState
 from pipeline.params import GenerateParams
-from pipeline.token_folder import PieceStore
 
 MAX_SAMPLES, MAX_SECONDS, MAX_MEM_LEN = 256, 3600.0, 16384  # beyond these a run would not fit in memory
-MAX_TOKENS_PER_SECOND = 300  # a cap on sampled tokens per second of music; MAESTRO averages about 43
-TOKEN_CAP_FLOOR = 64  # added to that cap, so that a very short sample still has room for a chord
 LONG_NOTE_S = 10.0
 HELD_NOTE_S = 5.0  # a sample's share of notes longer than this is in its record (real music has next to none)
 SAMPLE_FILE = re.compile(r"^sample-\d+(-without-rule)?\.(mid|png|wav)$")
@@ -84,145 +72,6 @@ def check_params(p: GenerateParams) -> None:
     for piece in p.primers:
         if isinstance(piece, bool) or not isinstance(piece, int):
             raise PipelineError(f"generate.primers must list validation piece ids (integers), not {piece!r}")
-
-
-class MusicClock:
-    """The stop predicate for `seconds` of music: adds up each row's time shifts as they are sampled."""
-
-    def __init__(self, seconds: float, rows: int, device: torch.device) -> None:
-        self.limit = round(seconds / STEP_S)
-        self.steps = torch.zeros(rows, dtype=torch.long, device=device)
-
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        shift = (tokens >= TIME_SHIFT) & (tokens < TIME_SHIFT + SHIFT_STEPS)
-        self.steps += torch.where(shift, tokens - TIME_SHIFT + 1, 0)
-        return self.steps >= self.limit
-
-
-def decode_dtype(choice: str, device: torch.device, model: torch.nn.Module, rows: int) -> torch.dtype | None:
-    """The dtype of the weights' matmuls while sampling (None: float32): as generate.precision says, where auto is
-    bf16 where it is native and pays: always on a GPU, and on a CPU where a timing of `rows` rows at start-up says it
-    decodes faster (a large model is bound by memory traffic, which bf16 halves; a small one only pays for casts)."""
-    dtype = compute_dtype(choice, device)
-    if choice == "auto" and dtype is not None and device.type == "cpu" and not bf16_decodes_faster(model, rows):
-        return None
-    return dtype
-
-
-@dataclass
-class Primer:
-    """A primer's tokens (PIECE_START, its events, no PIECE_END), where it ends in 10 ms steps, and what it is."""
-
-    tokens: np.ndarray
-    steps: int
-    source: str
-
-    @property
-    def seconds(self) -> float:
-        """Where the primer ends, as `decode` gives times: steps × STEP_S."""
-        return self.steps * STEP_S
-
-
-def primer_from_midi(path: Path, seconds: float) -> Primer:
-    """A MIDI file's first `seconds`, read as the parse stage reads it; a bad file is a one-line PipelineError."""
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"{path}: primer file not found")
-    if path.stat().st_size == 0:
-        raise PipelineError(f"{path}: primer file is empty")
-    try:
-        performance = read_performance(path)
-    except UnreadableMidi as exc:
-        raise PipelineError(f"{path}: not a readable MIDI primer ({exc})") from exc
-    notes = {k: getattr(performance, k) for k in ("onset", "offset", "pitch", "velocity")}
-    notes = cut_notes(notes, seconds)
-    if len(notes["onset"]) == 0:
-        raise PipelineError(f"{path}: no note starts in the first {seconds:g} s (see --primer-seconds)")
-    return Primer(*encode_opening(notes, min(seconds, performance.duration)), str(path))
-
-
-def primer_from_piece(tokens: Path, piece_id: int, seconds: float) -> Primer:
-    """The first `seconds` of a validation piece, from the tokenize stage's shards."""
-    store = PieceStore(tokens, "validation")
-    index = store.index
-    rows = [
-        i
-        for i, (pid, s) in enumerate(zip(index["piece_id"], index["stretch"], strict=True))
-        if pid == piece_id and s == 1.0
-    ]
-    if not rows:
-        raise PipelineError(f"generate.primers: piece {piece_id} is not in {Path(tokens) / 'validation'}")
-    piece = store.piece(rows[0])
-    notes = cut_notes(decode(piece), seconds)
-    if len(notes["onset"]) == 0:
-        raise PipelineError(f"generate.primers: piece {piece_id} has no note in its first {seconds:g} s")
-    composer = index["composer"][rows[0]] if "composer" in index else "?"
-    end = min(seconds, elapsed_steps(piece) * STEP_S)
-    return Primer(*encode_opening(notes, end), f"validation piece {piece_id} ({composer})")
-
-
-def unconditional() -> Primer:
-    """No primer: the piece starts from PIECE_START alone."""
-    return Primer(np.array([PIECE_START], np.int64), 0, "none")
-
-
-def piano_state_input(rows: int, device: torch.device) -> Side:
-    """The side input of a state-input model while it samples: the piano state of `rows` rows on `device`, computed
-    for the prompt at once and then for each token as it is sampled, without leaving the device."""
-    return PianoState(rows, device)
-
-
-def sample_batch(
-    model: TransformerXL,
-    primer: Primer,
-    p: GenerateParams,
-    seeds: list[int],
-    dtype: torch.dtype | None,
-    span: AttnSpan | None = None,
-    rule: bool = True,
-    label: int = 0,
-    progress: Callable[[torch.Tensor], None] | None = None,
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """`len(seeds)` continuations of `primer` in one batch, each until PIECE_END or p.seconds of new music, with the
-    weights' matmuls in `dtype` (None: float32), attending as far as `span` says (None: as trained), and the
-    note-length rule when `rule` and p.max_note_s are on, every row with composer `label` (0: none) at guidance
-    p.guidance, `progress` getting the tokens so far now and then (`model.sampling.generate`); and how many releases
-    the rule imposed on each."""
-    device = next(model.parameters()).device
-    prompt = torch.as_tensor(primer.tokens, device=device)[None].repeat(len(seeds), 1)
-    generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
-    side = piano_state_input(len(seeds), device) if model.cfg.side_size else None
-    forced, imposed = None, []  # per step, the rows whose token the rule chose
-    if rule and p.max_note_s:
-        limit = NoteLimit(prompt, p.max_note_s)
-
-        def forced(ids: torch.Tensor | None) -> torch.Tensor:
-            release = limit(ids)
-            imposed.append(release >= 0)  # on the device: read once sampling ends
-            return release
-
-    new = sample_tokens(
-        model,
-        prompt,
-        max_new_tokens=int(p.seconds * MAX_TOKENS_PER_SECOND) + TOKEN_CAP_FLOOR,
-        temperature=p.temperature,
-        top_k=p.top_k,
-        top_p=p.top_p,
-        generator=generators,
-        stop_token=PIECE_END,
-        stop=MusicClock(p.seconds, len(seeds), device),
-        banned=[PIECE_START] if p.stop_at_piece_end else [PIECE_START, PIECE_END],  # a piece starts only once
-        dtype=dtype,
-        side=side,
-        forced=forced,
-        span=span,
-        labels=torch.full((len(seeds),), label, device=device) if label else None,
-        guidance=p.guidance,
-        progress=progress,
-    )
-    rows = [row.cpu().numpy() for row in new]
-    steps = torch.stack(imposed).cpu().numpy() if imposed else np.zeros((0, len(seeds)), bool)  # [steps, rows]
-    return rows, np.array([int(steps[: len(row), i].sum()) for i, row in enumerate(rows)])
 
 
 def sample_flags(notes: dict[str, np.ndarray]) -> list[str]:
@@ -285,15 +134,6 @@ def write_sample(  # noqa: PLR0913
         "ended_by": ended_by,
         "flags": flags,
     }
-
-
-def load_primers(p: GenerateParams, primer_file: Path | None, tokens: Path) -> list[Primer]:
-    """The primer file, else the validation pieces of p.primers, else one empty primer (unconditional samples)."""
-    if primer_file is not None:
-        return [primer_from_midi(primer_file, p.primer_seconds)]
-    if p.primers:
-        return [primer_from_piece(tokens, piece, p.primer_seconds) for piece in p.primers]
-    return [unconditional()]
 
 
 def open_model(model_dir: Path, p: GenerateParams, rows: int) -> tuple[TransformerXL, torch.dtype | None, AttnSpan]:
@@ -378,7 +218,7 @@ def composer_groups(
 ) -> list[tuple[int, str | None]]:
     """(label, composer) of each group of samples: p.composers' labels (the names in the model folder's vocab.json),
     or one group without a composer, which a model without labels gets whatever p.composers says (and says so)."""
-    if all(str(name).strip().lower() == UNLABELLED for name in p.composers):
+    if all(unlabelled(name) for name in p.composers):
         return [(0, None)]
     if not model.cfg.n_labels:
         print(f"generate: the model was trained without composer labels (model.composer_labels), so the samples have "

@@ -292,7 +292,8 @@ def test_training_and_decoding_steps_never_wait_for_the_gpu(tmp_path):
     """CUDA's sync debug mode raises at any call that makes the host wait: none in the train step of the default
     model (data path and piano state included), nor in a decoding step with the piano state and the note-length rule."""
     from model.sampling import Draws, draw, filter_logits, start_decoding
-    from pipeline.music.piano_state_torch import NoteLimit, PianoState
+    from pipeline.generation.sampler import NoteLimit
+    from pipeline.music.piano_state_torch import PianoState
     from pipeline.token_folder import PieceStore
     from pipeline.train import train_step
     from pipeline.training.batches import device_batches

@@ -14,8 +14,9 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipeline.composers import ANY
 from pipeline.demo import RANGES
-from pipeline.demo.studio import ANY, Request, Studio, Take
+from pipeline.demo.studio import Request, Studio, Take
 from pipeline.errors import PipelineError
 from pipeline.music.pianoroll import roll_image
 from pipeline.params import DemoParams

@@ -20,26 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.composers import UNLABELLED, resolve
+from pipeline.composers import ANY, resolve, unlabelled
 from pipeline.demo import RANGES
 from pipeline.errors import PipelineError
-from pipeline.generate import (
-    Primer,
-    check_params,
-    model_labels,
-    open_model,
-    primer_from_midi,
-    primer_from_piece,
-    sample_batch,
-    unconditional,
-    write_sample,
-)
+from pipeline.generate import check_params, model_labels, open_model, write_sample
+from pipeline.generation.primers import Primer, primer_from_midi, primer_from_piece, unconditional
+from pipeline.generation.sampler import sample_batch
 from pipeline.music.audio import synthesizer
 from pipeline.music.midi import cut_notes
 from pipeline.music.performance_encoding import STEP_S, decode, elapsed_steps
 from pipeline.params import DemoParams, GenerateParams
 
-ANY = "any"  # the composer choice that gives no label
 # The page's names of the settings that RANGES and demo.max_seconds limit.
 LABELS = {"primer_seconds": "seconds of the primer", "guidance": "guidance", "temperature": "temperature",
           "top_p": "top-p", "seconds": "seconds to generate"}  # fmt: skip
@@ -184,7 +175,7 @@ class Studio:
 
     def label(self, composer: str) -> tuple[int, str | None]:
         """The label of a composer choice (any: none)."""
-        if str(composer).strip().lower() in (ANY, UNLABELLED, ""):
+        if unlabelled(composer):
             return 0, None
         if not self.labels:
             raise PipelineError("this model was trained without composer labels: choose any")

@@ -7,6 +7,8 @@ VELOCITY in 32 bins (emitted only when the bin changes), then PIECE_START and PI
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 NOTE_ON, NOTE_OFF, TIME_SHIFT, VELOCITY = 0, 128, 256, 356
@@ -125,8 +127,7 @@ def decode(tokens: np.ndarray) -> dict[str, np.ndarray]:
     """
     t = np.asarray(tokens, dtype=np.int64).ravel()
     t = t[(t >= 0) & (t < VOCAB_SIZE)]
-    is_shift = (t >= TIME_SHIFT) & (t < VELOCITY)
-    step = np.cumsum(np.where(is_shift, t - TIME_SHIFT + 1, 0))
+    step = np.cumsum(time_steps(t))
     end_step = int(step[-1]) if len(step) else 0
 
     is_vel = (t >= VELOCITY) & (t < VELOCITY + VELOCITY_BINS)
@@ -179,11 +180,15 @@ def _group_rank(group: np.ndarray) -> np.ndarray:
     return idx - np.maximum.accumulate(np.where(start, idx, 0))
 
 
+def time_steps(tokens: Any) -> Any:
+    """The time steps each token moves the clock by: 1 to SHIFT_STEPS for a TIME_SHIFT, 0 for any other id; for a
+    signed integer numpy array or torch tensor alike (operators only, so that the library loads no torch)."""
+    return ((tokens >= TIME_SHIFT) & (tokens < TIME_SHIFT + SHIFT_STEPS)) * (tokens - TIME_SHIFT + 1)
+
+
 def elapsed_steps(tokens: np.ndarray) -> int:
     """Time steps that the TIME_SHIFT events of `tokens` add up to."""
-    t = np.asarray(tokens, np.int64)
-    shifts = t[(t >= TIME_SHIFT) & (t < TIME_SHIFT + SHIFT_STEPS)]
-    return int((shifts - TIME_SHIFT + 1).sum())
+    return int(time_steps(np.asarray(tokens, np.int64)).sum())
 
 
 def encode_opening(notes: dict[str, np.ndarray], end: float) -> tuple[np.ndarray, int]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.music.performance_encoding import NOTE_OFF, NOTE_ON, PIECE_START, SHIFT_STEPS, STEP_S, TIME_SHIFT
+from pipeline.music.performance_encoding import NOTE_OFF, NOTE_ON, PIECE_START, STEP_S, TIME_SHIFT, time_steps
 
 PITCHES = 128
 PIANO_STATE_SIZE = 2 * PITCHES  # [sounding of pitches 0-127, held time of pitches 0-127]
@@ -49,8 +49,7 @@ class PianoState:
         """Advance by one token per row ([rows]); return the features after it [rows, PIANO_STATE_SIZE]."""
         t = np.asarray(tokens, np.int64)
         rows = np.arange(len(t))
-        shift = (t >= TIME_SHIFT) & (t < TIME_SHIFT + SHIFT_STEPS)
-        self.clock += np.where(shift, t - TIME_SHIFT + 1, 0)
+        self.clock += time_steps(t)
         self.held[t == PIECE_START] = 0
         on = np.flatnonzero(t < NOTE_OFF)
         self.held[on, t[on] - NOTE_ON] += 1
@@ -70,8 +69,7 @@ class PianoState:
 
     def _chunk(self, t: np.ndarray) -> np.ndarray:
         rows, time = t.shape
-        shift = (t >= TIME_SHIFT) & (t < TIME_SHIFT + SHIFT_STEPS)
-        clock = self.clock[:, None] + np.cumsum(np.where(shift, t - TIME_SHIFT + 1, 0), axis=1)  # [rows, time]
+        clock = self.clock[:, None] + np.cumsum(time_steps(t), axis=1)  # [rows, time]
         is_on, is_off = t < NOTE_OFF, (t >= NOTE_OFF) & (t < TIME_SHIFT)
         r, s = np.nonzero(is_on | is_off)
         delta = np.zeros((rows, time, PITCHES), np.int64)  # +1 a strike, -1 a release, per key

@@ -8,12 +8,11 @@ the music library used alone still loads no torch.
 
 from __future__ import annotations
 
-import math
 from functools import cache
 
 import torch
 
-from pipeline.music.performance_encoding import NOTE_OFF, PIECE_START, SHIFT_STEPS, STEP_S, TIME_SHIFT, VOCAB_SIZE
+from pipeline.music.performance_encoding import NOTE_OFF, PIECE_START, TIME_SHIFT, VOCAB_SIZE, time_steps
 from pipeline.music.piano_state import CHUNK, HELD_STEPS, PITCHES
 
 
@@ -27,7 +26,7 @@ def _tables(device: torch.device) -> tuple[torch.Tensor, ...]:
     delta = torch.zeros(VOCAB_SIZE, PITCHES, dtype=torch.long)
     delta[ids[:NOTE_OFF], ids[:NOTE_OFF]] = 1
     delta[ids[NOTE_OFF:TIME_SHIFT], ids[NOTE_OFF:TIME_SHIFT] - NOTE_OFF] = -1
-    shift = torch.where((ids >= TIME_SHIFT) & (ids < TIME_SHIFT + SHIFT_STEPS), ids - TIME_SHIFT + 1, 0)
+    shift = time_steps(ids)
     held_steps = torch.tensor(float(HELD_STEPS))
     return delta.to(device), shift.to(device), (ids == PIECE_START).to(device), held_steps.to(device)
 
@@ -92,22 +91,3 @@ class PianoState:
         sounding = held > 0
         steps = torch.where(sounding, clock - onset, 0).clamp(max=HELD_STEPS)
         return torch.cat([sounding.float(), steps.float() / self._held_steps], dim=-1)
-
-
-class NoteLimit:
-    """A decoding rule on the device: a key that has sounded `seconds` or longer is released at the next event.
-    Called with each step's tokens [rows] (None at the first step), it returns the NOTE_OFF to emit per row (the
-    longest-held such key), or -1 where the row goes on freely."""
-
-    def __init__(self, opening: torch.Tensor, seconds: float) -> None:
-        self.state = PianoState(opening.size(0), opening.device)
-        self.state(opening)
-        self.steps = math.ceil(seconds / STEP_S - 1e-9)  # held this many steps: held `seconds` (up to float noise)
-
-    def __call__(self, tokens: torch.Tensor | None) -> torch.Tensor:
-        if tokens is not None:
-            self.state(tokens[:, None])
-        held = self.state.steps_held()
-        longest = held.argmax(dim=1)
-        over = held.gather(1, longest[:, None])[:, 0] >= self.steps
-        return torch.where(over, NOTE_OFF + longest, -1)

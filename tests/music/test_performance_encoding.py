@@ -24,7 +24,9 @@ from pipeline.music.performance_encoding import (
     encode,
     encode_opening,
     quantize,
+    time_steps,
     velocity_bin,
+    vocab,
 )
 
 HALF_STEP = STEP_S / 2 + 1e-9
@@ -198,3 +200,17 @@ def test_an_opening_lasts_until_its_end_rounded_half_up_to_a_step():
         assert shifts.sum() == expected - 1 and (shifts[:-1] == 100).all() and 1 <= shifts[-1] <= 100
         back = decode(np.append(tokens, PIECE_END))
         assert back["onset"].tolist() == [0.0] and back["offset"].tolist() == [0.01]
+
+
+def test_time_steps_counts_each_time_shift_alike_in_numpy_and_torch():
+    import torch
+
+    ids = np.arange(-3, VOCAB_SIZE + 3, dtype=np.int64)
+    # Independently, from the vocabulary's own description: TIME_SHIFT ids mean 1 + their offset steps.
+    (shift,) = [e for e in vocab()["events"] if e["name"] == "TIME_SHIFT"]
+    expected = [i - shift["first_id"] + 1 if 0 <= i - shift["first_id"] < shift["count"] else 0 for i in ids]
+    assert time_steps(ids).tolist() == expected
+    assert time_steps(torch.from_numpy(ids)).tolist() == expected
+    assert elapsed_steps(ids) == sum(expected) == 5050
+    tokens = np.array([PIECE_START, 60, 256 + 9, 60 + 128, 256 + 99, PIECE_END])
+    assert decode(tokens)["offset"].tolist() == [10 * STEP_S]  # decode's clock is the same count
