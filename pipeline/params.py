@@ -133,6 +133,8 @@ class TrainParams:
     warmup_steps: int = 1000
     weight_decay: float = 0.01
     clip: float = 0.25
+    # The validation loss (val/nll) while training: every eval_interval steps, on eval_segments segments of
+    # eval_batch_size rows. The evaluate stage's evaluation (eval.json) is another, full scoring.
     eval_interval: int = 1000
     eval_segments: int = 50
     eval_batch_size: int = 8

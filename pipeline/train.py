@@ -5,9 +5,9 @@ the size (pipeline/training/cpu_profile.py).
 
 A checkpoint resumes whenever the training trajectory is the same: the model, the data, and the TRAJECTORY params;
 and a finished run's only when the code is the same too (pipeline/training/checkpoints.py). Other settings
-(compile, device, precision, logging, evaluation and checkpoint intervals) may change between a stop and its resume;
-a raised `steps` resumes with the cosine decay stretched to the new end. Anything else sets the old checkpoint aside
-as last.prev.pt and trains afresh.
+(compile, device, precision, and the logging, validation and checkpoint intervals) may change between a stop and its
+resume; a raised `steps` resumes with the cosine decay stretched to the new end. Anything else sets the old checkpoint
+aside as last.prev.pt and trains afresh.
 
 Imports only torch, numpy, PyYAML, the standard library and the music modules that need no more; DVCLive is loaded
 lazily (pipeline/training/live.py) and skipped when it is not installed.
@@ -165,7 +165,7 @@ def _setup(tokens: Path, model_params: dict, p: TrainParams) -> _Run:
         val_store = PieceStore(tokens, "validation")
         rows = min(p.eval_batch_size, len(val_store))  # rows need pieces
         val_stream = SegmentStream(val_store, rows, tgt_len, state_input=state, labels=labels)
-        val_stream.rows(0)  # a validation split too short for one segment fails now, not at the first evaluation
+        val_stream.rows(0)  # a validation split too short for one segment fails now, not at the first validation
     decay = [q for q in model.parameters() if q.dim() >= 2]
     no_decay = [q for q in model.parameters() if q.dim() < 2]
     optimizer = torch.optim.AdamW(

@@ -1,2 +1,3 @@
-"""The train stage's helpers: which checkpoint a run resumes and where every other run's state goes (`resume`), and
-what the loop feeds the model (`batches`)."""
+"""The train stage's helpers (evaluate shares some): the data stream of segments (`segments`), what the loop feeds
+the model (`batches`), checkpoint files and which one a run resumes (`checkpoints`), DDP under torchrun
+(`distributed`), the CPU profile (`cpu_profile`), and DVCLive with the progress line (`live`)."""
