@@ -1,11 +1,15 @@
-"""Which run the train stage resumes, and where every other run's checkpoint goes: no run's state is overwritten.
+"""Checkpoint files, and which run the train stage resumes: no run's state is ever overwritten.
+
+A checkpoint holds everything a resumed run needs. It is written through a temporary file and read with
+torch.load(weights_only=True), so that a crash mid-write leaves no broken file and a file runs no code. There are three
+kinds, named so everywhere: the working checkpoint `data/checkpoints/last.pt` (the run that trains on; DVC never
+touches it), the set-aside checkpoints beside it (`last.prev.pt` the latest, then `last.prev-1.pt`, ...), and the
+shared checkpoint `data/shared/last.pt`, a copy of the last finished run's, which is a DVC output that `dvc push`
+shares, so that a clone trains on from it.
 
 A run is one training trajectory from a fresh start. Its `lineage` is a list of random ids, one drawn when it starts
 and one more at every resume: of two checkpoints of one run, the earlier one's lineage begins the later one's (a run
-continued on two machines branches). The working folder (data/checkpoints/, which DVC never touches) holds
-`last.pt`, the run that trains on, and the runs set aside: `last.prev.pt` (the latest), then `last.prev-1.pt`,
-`last.prev-2.pt`, ... `data/shared/last.pt` is a copy of the last finished run's checkpoint, a DVC output that
-`dvc push` shares, so that a clone trains on from it.
+continued on two machines branches).
 
 A checkpoint can resume when it was trained with the same model, data and trajectory params, not past train.steps,
 and, if it has finished (its own train.steps, or those wanted now), by the same code: the files the train stage
