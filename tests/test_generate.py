@@ -236,7 +236,7 @@ def test_a_model_that_never_moves_time_on_is_cut_off_at_the_token_cap(tmp_path):
         model.out_bias[PIECE_END] = -1e4
     export_model(model, tmp_path / "model")
     seconds = 0.5
-    cap = int(seconds * MAX_TOKENS_PER_SECOND) + TOKEN_CAP_FLOOR  # the README's cap: 300 tokens per second, plus 64
+    cap = int(seconds * MAX_TOKENS_PER_SECOND) + TOKEN_CAP_FLOOR  # docs/generation.md: 300 tokens per second, plus 64
 
     def ran_on(signum: int, frame: object) -> None:
         raise TimeoutError("the sample ran on: no cap on its tokens")
@@ -257,7 +257,7 @@ def test_a_model_that_never_moves_time_on_is_cut_off_at_the_token_cap(tmp_path):
 
 
 def test_the_samples_limit_is_checked_at_its_edge():
-    assert MAX_SAMPLES == 256  # the limit the README gives
+    assert MAX_SAMPLES == 256  # the limit docs/generation.md gives
     check_params(GenerateParams(samples=256))
     check_params(GenerateParams(samples=1))
     for samples in (0, 257):

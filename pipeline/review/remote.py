@@ -1,7 +1,7 @@
 """`maestro-xl pull`: `dvc pull` of the pipeline's outputs, with a one-line error that names the command to run when
 no remote is set, when the named one does not exist, or when the remote lacks files that the pipeline needs.
 
-None is configured in the repository: a clone never reaches a host its user did not choose (README: Share).
+None is configured in the repository: a clone never reaches a host its user did not choose (docs/sharing.md).
 """
 
 from __future__ import annotations
