@@ -83,7 +83,7 @@ def model_rows(model_dir: Path, tokens: Path, tgt_len: int, mem_len: int, scored
     from model import TransformerXL, TransformerXLConfig
     from model.sampling import start_decoding
     from pipeline.evaluate import attn_span, score_pieces
-    from pipeline.generation.sampler import piano_state_input
+    from pipeline.generation.decoding import piano_state_input
     from pipeline.model_folder import load_model
     from pipeline.music.piano_state import PIANO_STATE_SIZE
     from pipeline.params import EvaluateParams

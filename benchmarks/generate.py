@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from model import AttnSpan, TransformerXL  # noqa: E402
 from model.device import autocast, cpu_has_bf16, native_bf16  # noqa: E402
 from model.sampling import start_decoding  # noqa: E402
-from pipeline.generation.sampler import piano_state_input  # noqa: E402
+from pipeline.generation.decoding import piano_state_input  # noqa: E402
 from pipeline.music.piano_state import PIANO_STATE_SIZE  # noqa: E402
 
 TOKENS_PER_SECOND_OF_MUSIC = 43.0  # MAESTRO's average, when there are no token shards to measure it on

@@ -1,7 +1,7 @@
 """generate stage and `maestro-xl generate`: piano performances from the trained model, from nothing or continuing
 a primer (pipeline/generation/primers.py), as MIDI, piano rolls, WAV and a summary (samples.json).
 
-The sampler (pipeline/generation/sampler.py) continues each primer with the memory cached, until PIECE_END or
+The sampler (pipeline/generation/decoding.py) continues each primer with the memory cached, until PIECE_END or
 `seconds` of new music. Imports torch, numpy and the standard library at the top; symusic (a primer file), mido
 (MIDI out) and matplotlib (piano rolls) where they are used, and FluidSynth runs when it is installed.
 """
@@ -25,8 +25,8 @@ from model.sampling import check_sampling
 from pipeline.atomic import atomic_write_text
 from pipeline.composers import resolve, unlabelled
 from pipeline.errors import PipelineError
+from pipeline.generation.decoding import decode_dtype, sample_batch
 from pipeline.generation.primers import Primer, load_primers
-from pipeline.generation.sampler import decode_dtype, sample_batch
 from pipeline.model_folder import load_model, model_vocab
 from pipeline.music.audio import render_wav, synthesizer
 from pipeline.music.midi import cut_notes, one_note_per_key, write_midi

@@ -1,16 +1,12 @@
-"""train stage: a Transformer-XL on the token shards, resumable, on GPU or CPU (bf16 where native), single process or
-torchrun DDP (pipeline/training/distributed.py). Pieces lie end to end in each row, but no token attends to an earlier
-piece; with `model.state_input` the model also reads the piano's state after each token. On a CPU the CPU profile caps
-the size (pipeline/training/cpu_profile.py).
-
-A checkpoint resumes whenever the training trajectory is the same: the model, the data, and the TRAJECTORY params;
-and a finished run's only when the code is the same too (pipeline/training/checkpoints.py). Other settings
-(compile, device, precision, and the logging, validation and checkpoint intervals) may change between a stop and its
-resume; a raised `steps` resumes with the cosine decay stretched to the new end. Anything else sets the old checkpoint
-aside as last.prev.pt and trains afresh.
+"""train stage: a Transformer-XL on the token shards, resumable, on GPU or CPU (bf16 where native), in one process or
+under torchrun with DDP (training/distributed.py). Pieces lie end to end in each row, but no token attends to an
+earlier piece; with `model.state_input` the model also reads the piano's state after each token. On a CPU the CPU
+profile caps the size (training/cpu_profile.py). Which checkpoint resumes is training/checkpoints.py's to decide: a
+stopped run resumes under the same model, data and TRAJECTORY params (a raised `steps` stretches the cosine decay),
+a finished one only under the same code too; anything else is set aside and trains afresh.
 
 Imports only torch, numpy, PyYAML, the standard library and the music modules that need no more; DVCLive is loaded
-lazily (pipeline/training/live.py) and skipped when it is not installed.
+lazily (training/live.py) and skipped when it is not installed.
 """
 
 from __future__ import annotations
@@ -131,7 +127,7 @@ class _Run:
     segment: int = 0  # the next segment of this epoch's row streams
     metrics: dict = field(default_factory=dict)
     mems: list = field(default_factory=list)  # one memory per accumulation chunk
-    lineage: list = field(default_factory=lambda: [uuid.uuid4().hex[:12]])  # one id per start or resume (resume.py)
+    lineage: list = field(default_factory=lambda: [uuid.uuid4().hex[:12]])  # an id per start or resume (checkpoints.py)
     history: list = field(default_factory=list)  # {from_step, code, changed}: which steps ran under which code
 
 

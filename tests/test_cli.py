@@ -1,14 +1,18 @@
-"""The `generate` command line: every option reaches the stage over params.yaml, the help's defaults are the stage's,
-and a bad value is a one-line error."""
+"""The command line: every `generate` option reaches the stage over params.yaml, the help's defaults are the stage's,
+and a bad value is a one-line error; the app lists the stages in order and importing it runs no stage's code."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -211,3 +215,25 @@ def test_outside_a_project_folder_the_samples_have_no_composer_and_samples_means
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"generate": {"composers": ["Bach", "none"]}}))
     assert run("generate", "--samples", "2").exit_code == 0  # a project folder: its generate.composers
     assert calls[1]["params"].composers == ["Bach", "none"]
+
+
+def test_the_app_lists_every_command_in_the_pipelines_order():
+    result = run("--help")
+    assert result.exit_code == 0, result.output
+    assert re.findall(r"^│ ([a-z]+) ", result.stdout, flags=re.MULTILINE) == [
+        *("fetch", "parse", "validate", "tokenize", "train", "evaluate", "package", "generate"),  # dvc.yaml's stages
+        *("demo", "report", "compare", "pull"),
+    ]
+
+
+def test_importing_the_cli_imports_no_stage_and_no_heavy_library():
+    # Each command imports its stage's code inside its body: `maestro-xl --help` starts at once, and a stage loads
+    # only the libraries its own code needs.
+    code = "import json, sys, pipeline.cli; print(json.dumps(sorted(sys.modules)))"
+    found = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    modules = set(json.loads(found.stdout))
+    heavy = {"torch", "numpy", "polars", "pyarrow", "pandas", "symusic", "mido", "dvc", "dvclive", "matplotlib"}
+    heavy |= {"great_expectations", "gradio", "model"}
+    assert not {m.split(".")[0] for m in modules} & heavy
+    ours = {m for m in modules if m.split(".")[0] == "pipeline" and not m.startswith("pipeline.cli")}
+    assert ours == {"pipeline", "pipeline.errors", "pipeline.params"}, "a stage's code is imported with the CLI"

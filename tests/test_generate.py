@@ -19,8 +19,8 @@ from conftest import ROOT, note, write_midi, write_tokens
 from model import AttnSpan, TransformerXL, TransformerXLConfig
 from pipeline.errors import PipelineError
 from pipeline.generate import MAX_SAMPLES, GenerateParams, check_params, generate, sample_flags, write_sample
+from pipeline.generation.decoding import MAX_TOKENS_PER_SECOND, TOKEN_CAP_FLOOR, MusicClock, sample_batch
 from pipeline.generation.primers import Primer, primer_from_midi, primer_from_piece, unconditional
-from pipeline.generation.sampler import MAX_TOKENS_PER_SECOND, TOKEN_CAP_FLOOR, MusicClock, sample_batch
 from pipeline.model_folder import export_model, load_model
 from pipeline.music.audio import synthesizer
 from pipeline.music.performance_encoding import (
@@ -340,7 +340,7 @@ def test_an_unconditional_sample_starts_from_piece_start():
 
 
 def test_bf16_is_chosen_where_it_pays_and_when_asked(monkeypatch):
-    import pipeline.generation.sampler as stage
+    import pipeline.generation.decoding as stage
 
     cpu = torch.device("cpu")
     small = TransformerXL(TransformerXLConfig(VOCAB_SIZE, n_layer=1, d_model=32, n_head=2, d_head=16, d_inner=64))
@@ -431,7 +431,7 @@ def test_a_validation_primer_is_the_piece_as_played_not_a_stretched_copy(tmp_pat
 def test_a_state_input_model_samples_what_a_full_recompute_with_the_piano_state_would(tmp_path):
     """The stage's incremental piano state, fed one token at a time, against the state of the whole sequence so far
     recomputed at every step with a plain forward over it (greedy, so the tokens must be the same)."""
-    from pipeline.generation.sampler import sample_batch
+    from pipeline.generation.decoding import sample_batch
     from pipeline.music.piano_state import PIANO_STATE_SIZE, piano_state
 
     torch.manual_seed(0)
@@ -485,7 +485,7 @@ def test_only_the_first_wav_samples_get_audio(model_dir, tmp_path):
 
 
 def test_the_note_length_rule_releases_the_longest_held_key_once_it_has_sounded_long_enough():
-    from pipeline.generation.sampler import NoteLimit
+    from pipeline.generation.decoding import NoteLimit
 
     opening = torch.tensor([[PIECE_START, 60, TIME_SHIFT + 99, 64], [PIECE_START, 62, 65, TIME_SHIFT + 49]])
     rule = NoteLimit(opening, seconds=1.5)  # row 0: key 60 has sounded 1 s; row 1: keys 62 and 65 0.5 s

@@ -59,8 +59,8 @@ def test_the_training_loop_reads_nothing_back_between_log_steps(tmp_path):
 def test_generation_reads_nothing_back_between_its_checks(tmp_path):
     from model import TransformerXL, TransformerXLConfig
     from model.sampling import DONE_EVERY
+    from pipeline.generation.decoding import sample_batch
     from pipeline.generation.primers import Primer
-    from pipeline.generation.sampler import sample_batch
     from pipeline.music.performance_encoding import VOCAB_SIZE
     from pipeline.music.piano_state import PIANO_STATE_SIZE
     from pipeline.params import GenerateParams

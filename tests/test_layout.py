@@ -1,6 +1,6 @@
-"""The code's layout, read from its import statements: imports run one way (stages -> report -> music -> helpers;
-model apart), nothing imports in a cycle, dvc.yaml lists exactly the code each stage runs, and no two modules are
-named as near-twins."""
+"""The code's layout, read from its import statements: imports run one way (cli -> stages and report -> rooms ->
+music -> helpers; model apart), nothing imports in a cycle, dvc.yaml lists exactly the code each stage runs, no two
+modules are named as near-twins, and no file or function is too long to read at once."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ from conftest import ROOT
 PACKAGES = ("pipeline", "model")
 HELPERS = {"pipeline.atomic", "pipeline.errors"}  # what the music library may use of the pipeline
 STAGES = {"fetch", "parse", "validate", "tokenize", "train", "evaluate", "package", "generate"}  # pipeline/<stage>.py
+ROOMS = ("fetching", "training", "generation")  # pipeline/<room>/: the helpers of one stage or two, in a folder
+MAX_TOP_MODULES = 20  # .py files directly in pipeline/; beyond this, a room (a subpackage) reads better
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 60
 
 
 def module_files() -> dict[str, Path]:
@@ -55,7 +58,9 @@ def imported_names(tree: ast.AST, module: str) -> list[str]:
 
 
 def project_imports(module: str) -> set[str]:
-    """The project modules that `module` imports directly, with the packages whose __init__ each import runs."""
+    """The project modules that `module` imports directly, with the packages whose __init__ each import runs: not the
+    packages around `module`, which Python began before `module` itself, unless it imports from one of them by name
+    (`from pipeline.cli import app` inside pipeline/cli/ is a cycle; `from pipeline.cli.common import app` is not)."""
     found = set()
     for name in imported_names(ast.parse(MODULES[module].read_text()), module):
         parts = name.split(".")
@@ -63,7 +68,8 @@ def project_imports(module: str) -> set[str]:
             continue
         for k in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__.py and a/b/__init__.py first
             prefix = ".".join(parts[:k])
-            if prefix in MODULES and prefix != module:
+            around = module.startswith(prefix + ".") and prefix != name
+            if prefix in MODULES and prefix != module and not around:
                 found.add(prefix)
     return found
 
@@ -83,16 +89,17 @@ def closure(start: set[str]) -> set[str]:
 
 
 def layer(module: str) -> str:
-    """Which room a module is in: model, music, report, a stage, the cli, or a shared helper of the pipeline."""
+    """Which room a module is in: model, music, report, review, a stage's helpers (fetching, training, generation), a
+    stage, the cli (pipeline/cli/ and __main__), the listening page, or a shared helper of the pipeline."""
     parts = module.split(".")
     if parts[0] == "model":
         return "model"
-    if len(parts) > 1 and parts[1] in ("music", "report", "review"):
+    if module == "pipeline.__main__" or parts[1:2] == ["cli"]:
+        return "cli"
+    if len(parts) > 1 and parts[1] in ("music", "report", "review", *ROOMS):
         return parts[1]
     if len(parts) > 1 and parts[1] in STAGES:
         return "stage"
-    if module in ("pipeline.cli", "pipeline.__main__"):
-        return "cli"
     if len(parts) > 1 and parts[1] == "demo":
         return "app"  # the listening page: built on the generate stage, imported by the cli alone
     return "helper"
@@ -100,13 +107,20 @@ def layer(module: str) -> str:
 
 def test_the_layout_is_read_from_real_imports():
     # The graph itself must be right, or every check below is vacuous.
-    assert {"pipeline.music.midi", "pipeline.atomic", "pipeline.token_folder"} <= GRAPH["pipeline.generate"]
+    assert {"pipeline.music.midi", "pipeline.atomic", "pipeline.generation.primers"} <= GRAPH["pipeline.generate"]
     assert "pipeline.music.features" in GRAPH["pipeline.report.samples"]  # imported inside a function
     assert "model" in GRAPH["pipeline.model_folder"] and "model.transformer_xl" in GRAPH["model"]
     assert "pipeline.report.figures" in GRAPH["pipeline.report.stage"]  # `from pipeline.report import figures`
-    assert {layer(m) for m in MODULES} == {"model", "music", "report", "review", "stage", "cli", "app", "helper"}
-    assert "pipeline.errors" in GRAPH["pipeline.review.remote"] and "pipeline.review.compare" in GRAPH["pipeline.cli"]
-    assert "pipeline.generate" in GRAPH["pipeline.demo.studio"] and "pipeline.demo.page" in GRAPH["pipeline.cli"]
+    every_room = {"model", "music", "report", "review", "stage", "cli", "app", "helper", *ROOMS}
+    assert {layer(m) for m in MODULES} == every_room, every_room - {layer(m) for m in MODULES}
+    assert "pipeline.errors" in GRAPH["pipeline.review.remote"]
+    assert "pipeline.review.compare" in GRAPH["pipeline.cli.review"]
+    assert "pipeline.generate" in GRAPH["pipeline.demo.studio"] and "pipeline.demo.page" in GRAPH["pipeline.cli.listen"]
+    assert {"pipeline.cli.data", "pipeline.cli.listen", "pipeline.cli.common"} <= GRAPH["pipeline.cli"]
+    assert "pipeline.cli" not in GRAPH["pipeline.cli.data"]  # its package began first: no edge, so no cycle
+    assert {"pipeline.fetching.download", "pipeline.training.segments", "pipeline.generation.decoding"} <= (
+        GRAPH["pipeline.fetch"] | GRAPH["pipeline.train"] | GRAPH["pipeline.generate"]
+    )
 
 
 def test_model_knows_no_music_and_no_pipeline():
@@ -115,7 +129,7 @@ def test_model_knows_no_music_and_no_pipeline():
         assert not outside, f"{module} imports {outside}"
         names = {n.split(".")[0] for n in imported_names(ast.parse(MODULES[module].read_text()), module)}
         allowed = {"torch", "math", "time", "contextlib", "dataclasses", "collections", "__future__", "model", "typing"}
-        allowed |= {"json", "struct", "pathlib"}  # the weights file's format (model/weights.py)
+        allowed |= {"safetensors", "json", "pathlib"}  # model/weights.py: the package reads, json writes the header
         assert names <= allowed, names
 
 
@@ -144,6 +158,22 @@ def test_report_imports_no_stage_and_stages_no_report_or_other_stage():
             assert not {m for m, r in rooms.items() if r in banned}, f"{module}: {rooms}"
 
 
+def test_rooms_import_no_stage_cli_report_or_demo_and_the_libraries_no_room():
+    # A room holds a stage's helpers (fetching: fetch's; training: train's and evaluate's; generation: generate's and
+    # the demo's): it may use the music library and the shared helpers, never what is built on it. The rule holds for
+    # a room whose folder does not exist yet, and for one added to ROOMS.
+    for module, imports in GRAPH.items():
+        rooms = {m: layer(m) for m in imports}
+        if layer(module) in ROOMS:
+            built_on = sorted(m for m, r in rooms.items() if r in ("stage", "cli", "report", "app"))
+            assert not built_on, f"{module} (the {layer(module)} room) imports {built_on}: a room serves the stages"
+        if layer(module) == "music":
+            assert not {r for r in rooms.values() if r in ROOMS}, f"{module}, in the music library, imports {rooms}"
+        if layer(module) == "model":
+            outside = sorted(m for m in imports if not m.startswith("model"))
+            assert not outside, f"{module}: the model imports nothing of the pipeline, not {outside}"
+
+
 def test_no_import_cycles():
     # Depth-first search; a module met again while still on the path closes a cycle.
     state: dict[str, int] = {}
@@ -168,17 +198,33 @@ def _has_code(path: Path) -> bool:
     return any(not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)) for s in body)
 
 
+def cli_functions() -> dict[str, ast.FunctionDef]:
+    """Every top-level function of the CLI's modules (pipeline/cli/*.py) by name: the commands and their helpers."""
+    functions: dict[str, ast.FunctionDef] = {}
+    for module in sorted(m for m in MODULES if layer(m) == "cli"):
+        for f in ast.parse(MODULES[module].read_text()).body:
+            if isinstance(f, ast.FunctionDef):
+                assert f.name not in functions, f"two functions of the CLI are named {f.name} ({module} has one)"
+                functions[f.name] = f
+    return functions
+
+
 def stage_code(stage: str) -> set[str]:
-    """The project files that `python -m pipeline STAGE` runs, the CLI's own dispatch file left out: what the
-    stage's command imports, transitively."""
-    cli = ast.parse(MODULES["pipeline.cli"].read_text())
-    command = next(f for f in cli.body if isinstance(f, ast.FunctionDef) and f.name == stage)
-    runner = next(f for f in cli.body if isinstance(f, ast.FunctionDef) and f.name == "_run")
+    """The project files that `python -m pipeline STAGE` runs, the CLI's own files left out: what the stage's command
+    imports, and what the CLI functions it calls (`_run`, a helper beside it) import, transitively."""
+    functions, called, todo = cli_functions(), set(), [stage]
+    while todo:  # the command, then every CLI function it calls by name
+        name = todo.pop()
+        called.add(name)
+        calls = {
+            n.func.id for n in ast.walk(functions[name]) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+        }
+        todo += sorted(calls & functions.keys() - called)
     start = set()
-    for name in imported_names(command, "pipeline.cli") + imported_names(runner, "pipeline.cli"):
+    for name in (name for f in sorted(called) for name in imported_names(functions[f], "pipeline.cli")):
         parts = name.split(".")
         start |= {".".join(parts[:k]) for k in range(1, len(parts) + 1) if ".".join(parts[:k]) in MODULES}
-    files = {MODULES[m] for m in closure(start) if _has_code(MODULES[m])}
+    files = {MODULES[m] for m in closure(start) if layer(m) != "cli" and _has_code(MODULES[m])}
     return {str(f.relative_to(ROOT)) for f in files}
 
 
@@ -240,8 +286,44 @@ def test_no_two_modules_are_near_twins():
     stems = [p.stem for p in MODULES.values() if p.name not in ("__init__.py", "__main__.py")]
     assert len(stems) == len(set(stems)), sorted(s for s in stems if stems.count(s) > 1)
     assert not [(a, b) for a in stems for b in stems if a < b and near_twins(a, b)]
+
+
+def test_at_most_twenty_modules_directly_in_pipeline():
     top = sorted(p.name for p in (ROOT / "pipeline").glob("*.py"))
-    assert len(top) <= 24, top  # beyond this, a subpackage (as music/ and report/) reads better
+    assert len(top) <= MAX_TOP_MODULES, (
+        f"{len(top)} modules directly in pipeline/, more than {MAX_TOP_MODULES}: move helpers into a room (fetching/, "
+        f"training/, generation/, or a new subpackage as music/ and report/ are): {', '.join(top)}"
+    )
+
+
+def too_long(text: str, where: str) -> list[str]:
+    """What in a file's `text` is over the limits: the file past MAX_FILE_LINES lines, and every def (a method or a
+    nested one too) past MAX_FUNCTION_LINES, counted from its `def` line to its last."""
+    found = [f"{where}: {n} lines" for n in [len(text.splitlines())] if n > MAX_FILE_LINES]
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            if length > MAX_FUNCTION_LINES:
+                found.append(f"{where}:{node.lineno}: {node.name}() is {length} lines")
+    return found
+
+
+def test_too_long_finds_long_files_methods_and_nested_functions():
+    body = "".join(f"        x = {i}\n" for i in range(MAX_FUNCTION_LINES - 1))  # a def of exactly the limit
+    fits = f"class A:\n    def f(self):\n{body}"
+    assert too_long(fits, "a.py") == []
+    nested = f"def outer():\n    def inner():\n{body}        return x\n    return inner\n"
+    assert too_long(nested, "b.py") == ["b.py:1: outer() is 63 lines", "b.py:2: inner() is 61 lines"]
+    long_file = "x = 1\n" * (MAX_FILE_LINES + 1)
+    assert too_long(long_file, "c.py") == [f"c.py: {MAX_FILE_LINES + 1} lines"]
+
+
+def test_no_file_over_400_lines_and_no_function_over_60():
+    offenders = [o for path in MODULES.values() for o in too_long(path.read_text(), str(path.relative_to(ROOT)))]
+    assert not offenders, (
+        f"{len(offenders)} over the limits ({MAX_FILE_LINES} lines a file under pipeline/ or model/, "
+        f"{MAX_FUNCTION_LINES} a function):\n" + "\n".join(offenders)
+    )
 
 
 def test_no_script_shadows_a_standard_module():

@@ -24,8 +24,8 @@ from pipeline.composers import ANY, resolve, unlabelled
 from pipeline.demo import RANGES
 from pipeline.errors import PipelineError
 from pipeline.generate import check_params, model_labels, open_model, write_sample
+from pipeline.generation.decoding import sample_batch
 from pipeline.generation.primers import Primer, primer_from_midi, primer_from_piece, unconditional
-from pipeline.generation.sampler import sample_batch
 from pipeline.music.audio import synthesizer
 from pipeline.music.midi import cut_notes
 from pipeline.music.performance_encoding import STEP_S, decode, elapsed_steps

@@ -11,7 +11,7 @@ from conftest import MAESTRO_ASAP, require
 from test_piano_state import random_tokens
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pipeline.generation.sampler import NoteLimit
+from pipeline.generation.decoding import NoteLimit
 from pipeline.music.performance_encoding import NOTE_OFF, STEP_S, TIME_SHIFT, encode
 from pipeline.music.piano_state import PianoState as Reference
 from pipeline.music.piano_state_torch import PianoState
