@@ -7,9 +7,12 @@
 #   OUT_DIR   where table.md, gpu.log, train-bench.json and generate.json go (default: $OUT)
 #   --tokens  the token shards to train on (default: data/tokens)
 #   --cpu     every step at a tiny size on the CPU, in about a minute: the check that the script itself runs
-# Needs python3 with torch, numpy, PyYAML and typer (PYTHON names another interpreter); pytest for the GPU tests, which a
-# wheel under the repository can bring (one folder down, e.g. .whl/pytest-*.whl with its dependencies), else they are
-# skipped with a line saying so. Nothing is fetched from the network.
+# Needs python3 with torch, numpy, PyYAML and typer (PYTHON names another interpreter), and safetensors (it reads the
+# model folder); pytest for the GPU tests, else they are skipped with a line saying so. Nothing is fetched from the
+# network: a wheel under the repository brings what the interpreter lacks (one folder down, e.g. .whl/, not committed),
+# fetched beforehand on a machine with the network for the GPU image's Python (safetensors has no dependencies):
+#   pip download safetensors --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl
+#   pip download pytest --only-binary=:all: --python-version 3.12 -d .whl   (pytest with its dependencies)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -21,7 +24,7 @@ while (($#)); do
     case $1 in
         --cpu) mode=cpu ;;
         --tokens) tokens=$(cd "$2" && pwd); shift ;;
-        -h | --help) sed -n '2,12s/^# \{0,1\}//p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,15s/^# \{0,1\}//p' "$0"; exit 0 ;;
         -*) echo "gpu.sh: unknown option $1" >&2; exit 2 ;;
         *) out=$1 ;;
     esac
@@ -81,17 +84,26 @@ step() {
     echo "   $((SECONDS - started)) s"
 }
 
-# pytest from a wheel under the repository when the interpreter lacks it (a machine without network access).
-find_pytest() {
-    "$PYTHON" -c 'import pytest' 2>/dev/null && return 0
-    local wheel
-    wheel=$(find "$root" -maxdepth 2 -name 'pytest-*.whl' -not -path '*/.venv/*' -print -quit)
+# A module from a wheel under the repository when the interpreter lacks it (a machine without network access): the
+# wheel's folder, with the dependencies beside it, installed offline into a folder put on PYTHONPATH for every step.
+from_wheel() {
+    local module=$1 wheel
+    "$PYTHON" -c "import $module" 2>/dev/null && return 0
+    wheel=$(find "$root" -maxdepth 2 -name "$module-*.whl" -not -path '*/.venv/*' -print -quit)
     [[ -n $wheel ]] || return 1
     "$PYTHON" -m pip install -q --no-index --no-deps --target "$work/site" "$(dirname "$wheel")"/*.whl >>"$log" 2>&1 ||
         return 1
-    export PYTHONPATH=$work/site${PYTHONPATH:+:$PYTHONPATH}
-    "$PYTHON" -c 'import pytest' 2>/dev/null
+    [[ :${PYTHONPATH:-}: == *:$work/site:* ]] || export PYTHONPATH=$work/site${PYTHONPATH:+:$PYTHONPATH}
+    "$PYTHON" -c "import $module" 2>/dev/null
 }
+
+# The train stage writes the model folder and the generation benchmark reads it through model/weights.py: no run
+# without safetensors.
+if ! from_wheel safetensors; then
+    echo "gpu.sh: $PYTHON lacks safetensors and no safetensors-*.whl is under $root (the top of gpu.sh says how to" \
+        "fetch one)" >&2
+    exit 1
+fi
 
 gpu_tests() {
     timeout --signal=INT 150 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_gpu.py | tee "$work/pytest.txt"
@@ -167,7 +179,7 @@ else:
     print(f"no GPU: the CPU mode, torch {torch.__version__}")
 EOF
 echo "card: $(cat "$work/card.txt")"
-if find_pytest; then
+if from_wheel pytest; then
     step "GPU tests" gpu_tests
 else
     echo "GPU tests skipped: no pytest in $PYTHON and no pytest wheel under $root" | tee -a "$log" "$work/pytest.txt"

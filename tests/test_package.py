@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 import subprocess
 import sys
 from dataclasses import asdict
@@ -182,3 +183,42 @@ def test_a_config_far_larger_than_its_weights_is_refused_without_allocating_it(t
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "model")], cwd=ROOT, capture_output=True,
                             text=True, timeout=300)  # fmt: skip
     assert "the weights do not have the shapes config.json gives" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_malformed_weights_file_is_a_one_line_error_naming_it_that_allocates_nothing(tmp_path):
+    export_model(tiny_labelled_model(), tmp_path / "model", {"vocab_size": VOCAB_SIZE, "labels": LABELS})
+    good = (tmp_path / "model" / "model.safetensors").read_bytes()
+    (size,) = struct.unpack("<Q", good[:8])
+    claim = json.dumps({"w": {"dtype": "F32", "shape": [2**20, 2**20], "data_offsets": [0, 2**42]}}).encode()
+    uncovered = "incomplete metadata, file not fully covered"  # bytes claimed that the file does not hold
+    files = {
+        "truncated": (good[: len(good) // 2], uncovered),
+        "cut in its header": (good[: size // 2], "invalid header length"),
+        "a header length past the end": (struct.pack("<Q", len(good)) + good[8:], "invalid header length"),
+        "a header length of 2**40": (struct.pack("<Q", 2**40) + good[8:], "header too large"),
+        "garbage": (bytes(range(256)) * 64, "header too large"),
+        "a tensor of 4 TiB": (struct.pack("<Q", len(claim)) + claim + b"\0" * 64, uncovered),
+    }
+    for name, (data, _) in files.items():
+        shutil.copytree(tmp_path / "model", tmp_path / name)
+        (tmp_path / name / "model.safetensors").write_bytes(data)
+    # In a process allowed 8 GB of address space, so that a loader that allocates what a header claims fails fast.
+    script = (
+        "import json, resource, sys; resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))\n"
+        "from pipeline.model_folder import load_model\n"
+        "from pipeline.errors import PipelineError\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "for folder in sys.argv[1:]:\n"
+        "    try:\n        load_model(folder)\n        print(json.dumps('loaded'))\n"
+        "    except PipelineError as exc:\n        print(json.dumps(str(exc)))\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+    )
+    folders = [str(tmp_path / name) for name in files]
+    result = subprocess.run([sys.executable, "-c", script, *folders], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    *messages, grown_mib = result.stdout.splitlines() or [result.stderr]
+    assert len(messages) == len(files), result.stdout + result.stderr
+    for (name, (_, reason)), message in zip(files.items(), map(json.loads, messages), strict=True):
+        path = tmp_path / name / "model.safetensors"
+        assert message == f"{path}: not a readable weights file (Error while deserializing header: {reason})", name
+    assert int(grown_mib) < 256, f"loading the malformed files grew the process by {grown_mib} MiB"
