@@ -23,6 +23,13 @@ import time
 from collections.abc import Callable, Iterator
 from itertools import count
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from model import TransformerXL, TransformerXLConfig
+    from pipeline.train import TrainParams
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -70,36 +77,15 @@ def measure(setting: str, args: argparse.Namespace) -> dict:
     """Time `args.steps` train steps (after `args.warmup` untimed ones) of the train stage's own step function."""
     import torch
 
-    from pipeline.model_folder import build_model, model_section
-    from pipeline.params import load_section, typed
-    from pipeline.token_folder import PieceStore, load_vocab
-    from pipeline.train import TrainParams, train_step
-    from pipeline.training import cpu_profile
-    from pipeline.training.batches import device_batches
-    from pipeline.training.segments import SegmentStream
+    from pipeline.train import train_step
 
     bf16, compiled, tf32 = SETTINGS[setting]
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
-    model_params = model_section(load_section("model", args.params))
-    p = TrainParams(**typed(TrainParams, load_section("train", args.params), "train"))
-    if cpu_profile.applies(p.profile, device):
-        model_params, p, _ = cpu_profile.for_training(model_params, p)
-    batch_size = args.batch_size or p.batch_size
-    tokens = Path(args.tokens)
-    vocab = load_vocab(tokens) if (tokens / "vocab.json").is_file() else {"vocab_size": 390}
-    torch.manual_seed(0)
-    model = build_model(vocab, model_params).to(device)
+    model, p, batch_size = stage_model(args, device)
     cfg = model.cfg
-    state = cfg.side_size > 0
-    if (tokens / "train" / "index.json").is_file():
-        stream = SegmentStream(PieceStore(tokens, "train"), batch_size, cfg.tgt_len, seed=0, state_input=state)
-        batches = (batch for epoch in count() for _, batch in device_batches(stream, device, epoch))
-        source = "token shards"
-    else:
-        batches = random_batches(batch_size, cfg, device)
-        source = "random ids"
+    batches, source = stage_batches(Path(args.tokens), batch_size, cfg, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as the stage's, on a GPU or a CPU
     forward = torch.compile(model) if compiled else model
     mems: list = [None] * p.grad_accum
@@ -110,18 +96,7 @@ def measure(setting: str, args: argparse.Namespace) -> dict:
         batch = next(batches)
         return train_step(forward, model, optimizer, batch, mems, p.clip, device, dtype=dtype)
 
-    for _ in range(max(1, args.warmup)):
-        loss = step()
-    float(loss)
-    if cuda:
-        torch.cuda.synchronize()
-        resident = torch.cuda.memory_allocated()  # weights, optimiser state and memories, between steps
-        torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    for _ in range(args.steps):
-        loss = step()
-    final_loss = float(loss)  # waits for the GPU
-    seconds = time.perf_counter() - started
+    seconds, final_loss, resident = time_steps(step, args.warmup, args.steps, cuda)
     tokens_per_s = args.steps * batch_size * cfg.tgt_len / seconds
     flops = model.flops_per_token(batch_size=batch_size)
     peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(torch.cuda.get_device_name()) if cuda else None
@@ -140,6 +115,66 @@ def measure(setting: str, args: argparse.Namespace) -> dict:
         "source": source,
         "machine": machine(),
     }
+
+
+def stage_model(args: argparse.Namespace, device: torch.device) -> tuple[TransformerXL, TrainParams, int]:
+    """The model the train stage would build on `device` (seeded), its train params (after the CPU profile where it
+    applies) and the batch size: `args.batch_size`, or the train params'."""
+    import torch
+
+    from pipeline.model_folder import build_model, model_section
+    from pipeline.params import load_section, typed
+    from pipeline.token_folder import load_vocab
+    from pipeline.train import TrainParams
+    from pipeline.training import cpu_profile
+
+    model_params = model_section(load_section("model", args.params))
+    p = TrainParams(**typed(TrainParams, load_section("train", args.params), "train"))
+    if cpu_profile.applies(p.profile, device):
+        model_params, p, _ = cpu_profile.for_training(model_params, p)
+    batch_size = args.batch_size or p.batch_size
+    tokens = Path(args.tokens)
+    vocab = load_vocab(tokens) if (tokens / "vocab.json").is_file() else {"vocab_size": 390}
+    torch.manual_seed(0)
+    return build_model(vocab, model_params).to(device), p, batch_size
+
+
+def stage_batches(
+    tokens: Path, batch_size: int, cfg: TransformerXLConfig, device: torch.device
+) -> tuple[Iterator, str]:
+    """Endless train batches on `device` as the stage makes them from the token shards, or random ids when there are
+    none; with where they come from."""
+    from pipeline.token_folder import PieceStore
+    from pipeline.training.batches import device_batches
+    from pipeline.training.segments import SegmentStream
+
+    if (tokens / "train" / "index.json").is_file():
+        state = cfg.side_size > 0
+        stream = SegmentStream(PieceStore(tokens, "train"), batch_size, cfg.tgt_len, seed=0, state_input=state)
+        return (batch for epoch in count() for _, batch in device_batches(stream, device, epoch)), "token shards"
+    return random_batches(batch_size, cfg, device), "random ids"
+
+
+def time_steps(
+    step: Callable[[], torch.Tensor], warmup: int, steps: int, cuda: bool
+) -> tuple[float, float, int | None]:
+    """Run max(1, warmup) untimed steps, then `steps` timed ones: their seconds, the last loss and, on CUDA, the memory
+    allocated between steps (weights, optimiser state and memories)."""
+    import torch
+
+    resident = None
+    for _ in range(max(1, warmup)):
+        loss = step()
+    float(loss)
+    if cuda:
+        torch.cuda.synchronize()
+        resident = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    final_loss = float(loss)  # waits for the GPU
+    return time.perf_counter() - started, final_loss, resident
 
 
 def random_batches(rows: int, cfg: object, device: object) -> Iterator[dict]:

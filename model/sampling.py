@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from model.decode_cache import decode_cache
 from model.device import autocast
 from model.transformer_xl import AttnSpan, TransformerXL
 
@@ -125,7 +126,7 @@ def _prefill(model: TransformerXL, prompt: torch.Tensor, inputs: _Inputs) -> tup
 
 def _cached(model: TransformerXL, prompt: torch.Tensor, window: int | None, inputs: _Inputs):  # noqa: ANN202
     logits, mems = _prefill(model, prompt, inputs)
-    cache = model.decode_cache(mems, inputs.span)
+    cache = decode_cache(model, mems, inputs.span)
     return logits, lambda tokens: model.step(tokens, cache, inputs.side_of(tokens[:, None]), inputs.labels)
 
 
@@ -210,6 +211,59 @@ def start_decoding(
     return mix(with_labels[0], without[0]), lambda tokens: mix(with_labels[1](tokens), without[1](tokens))
 
 
+def _pick(
+    logits: torch.Tensor, banned_ids: torch.Tensor, draws: Draws, temperature: float, top_k: int, top_p: float
+) -> torch.Tensor:
+    """The next ids [b], drawn from logits [b, vocab] filtered by temperature, top-k and top-p; banned ids never."""
+    if len(banned_ids):
+        logits = logits.index_fill(-1, banned_ids, float("-inf"))
+    return draw(filter_logits(logits, temperature, top_k, top_p), draws())
+
+
+@dataclass
+class _Rules:
+    """What the caller of generate() imposes on each step's ids: see its docstring."""
+
+    stop_token: int | None
+    stop: Callable[[torch.Tensor], torch.Tensor] | None
+    forced: Callable[[torch.Tensor | None], torch.Tensor] | None
+    progress: Callable[[torch.Tensor], None] | None
+
+
+class _Rows:
+    """The rows being continued: their new ids, the length of each once it has ended, and the caller's rules."""
+
+    def __init__(self, rows: int, max_new_tokens: int, device: torch.device, rules: _Rules) -> None:
+        self.new = torch.zeros(rows, max(max_new_tokens, 0), dtype=torch.long, device=device)
+        self.length = torch.full((rows,), self.new.size(1), dtype=torch.long, device=device)
+        self.done = torch.zeros(rows, dtype=torch.bool, device=device)
+        self.rules, self.device = rules, device
+
+    def record(self, i: int, sampled: torch.Tensor) -> torch.Tensor:
+        """Step i's ids [b]: the sampled ones where `forced` imposes none; the rows they end are done."""
+        tokens, rules = sampled, self.rules
+        if rules.forced is not None:
+            rule = rules.forced(self.new[:, i - 1] if i else None).to(self.device)
+            tokens = torch.where(rule >= 0, rule, tokens)
+        self.new[:, i] = tokens
+        ended = torch.zeros_like(self.done) if rules.stop_token is None else tokens == rules.stop_token
+        if rules.stop is not None:
+            ended |= rules.stop(tokens).to(self.device)
+        self.length = torch.where(ended & ~self.done, i + 1, self.length)
+        self.done |= ended
+        if rules.progress is not None and (i + 1) % DONE_EVERY == 0:
+            rules.progress(self.new[:, : i + 1])
+        return tokens
+
+    def finished(self, i: int) -> bool:
+        """Whether step i is the last: the last allowed, or one of every DONE_EVERY after which every row has ended."""
+        return i + 1 == self.new.size(1) or ((i + 1) % DONE_EVERY == 0 and bool(self.done.all()))
+
+    def ids(self) -> list[torch.Tensor]:
+        """Each row's new ids, up to where it ended."""
+        return [self.new[row, : self.length[row]] for row in range(self.new.size(0))]
+
+
 @torch.no_grad()
 def generate(
     model: TransformerXL,
@@ -251,33 +305,17 @@ def generate(
     if prompt.dim() != 2 or prompt.size(1) < 1:
         raise ValueError(f"the prompt must be [batch, length ≥ 1], not {list(prompt.shape)}")
     model.eval()
-    b, device = prompt.size(0), prompt.device
-    new = torch.zeros(b, max(max_new_tokens, 0), dtype=torch.long, device=device)
-    length = torch.full((b,), new.size(1), dtype=torch.long, device=device)
-    done = torch.zeros(b, dtype=torch.bool, device=device)
-    draws = Draws(generator, b, device)
-    with autocast(device, dtype):
+    rows = _Rows(prompt.size(0), max_new_tokens, prompt.device, _Rules(stop_token, stop, forced, progress))
+    draws = Draws(generator, prompt.size(0), prompt.device)
+    with autocast(prompt.device, dtype):
         logits, step = start_decoding(model, prompt, decoding, window, side, span, labels, guidance)
-        banned_ids = torch.as_tensor(list(banned), dtype=torch.long, device=device)
-        for i in range(new.size(1)):
-            if len(banned_ids):
-                logits = logits.index_fill(-1, banned_ids, float("-inf"))
-            tokens = draw(filter_logits(logits, temperature, top_k, top_p), draws())
-            if forced is not None:
-                rule = forced(new[:, i - 1] if i else None).to(device)
-                tokens = torch.where(rule >= 0, rule, tokens)
-            new[:, i] = tokens
-            ended = torch.zeros_like(done) if stop_token is None else tokens == stop_token
-            if stop is not None:
-                ended |= stop(tokens).to(device)
-            length = torch.where(ended & ~done, i + 1, length)
-            done |= ended
-            if progress is not None and (i + 1) % DONE_EVERY == 0:
-                progress(new[:, : i + 1])
-            if i + 1 == new.size(1) or ((i + 1) % DONE_EVERY == 0 and bool(done.all())):
+        banned_ids = torch.as_tensor(list(banned), dtype=torch.long, device=prompt.device)
+        for i in range(rows.new.size(1)):
+            tokens = rows.record(i, _pick(logits, banned_ids, draws, temperature, top_k, top_p))
+            if rows.finished(i):
                 break
             logits = step(tokens)
-    return [new[row, : length[row]] for row in range(b)]
+    return rows.ids()
 
 
 @torch.no_grad()

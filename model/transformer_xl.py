@@ -10,11 +10,15 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+if TYPE_CHECKING:
+    from model.decode_cache import DecodeCache
 
 # The only kernel attention may use on CUDA. With a float bias PyTorch picks it when it can and otherwise falls back
 # silently to the math kernel, many times slower; pinned, such a fallback is an error.
@@ -163,47 +167,6 @@ class RelPartialLearnableMultiHeadAttn(nn.Module):
         b, n, _ = normed.shape
         kv = F.linear(normed, self.qkv_net.weight[self.n_head * self.d_head :]).view(b, n, 2, self.n_head, self.d_head)
         return kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
-
-
-class DecodeCache:
-    """What one-token decoding steps reuse: per layer, the keys and values of the memory and the projected encodings
-    of every distance (the paper's W_{k,R} R). A memory position's key and value depend only on its hidden state,
-    since positions enter through R and the two biases, so they are computed once and slide with the memory.
-
-    Each layer's keys live in a buffer twice the window long; the window moves along it and is copied back to the
-    front when it reaches the end, so a step costs O(1) copies, not O(mem_len).
-    """
-
-    def __init__(
-        self, keys: list[torch.Tensor], values: list[torch.Tensor], r_head_k: list[torch.Tensor], span: AttnSpan
-    ) -> None:
-        b, h, mlen, d = keys[0].shape
-        self.span, self.mem_len, self.length, self.start = span, span.mem_len, mlen, 0
-        self.r_head_k = r_head_k  # per layer [mem_len + 1, h, d]: distances mem_len ... 0
-        self.attn_mask = torch.zeros(1, mlen + 1, dtype=torch.bool, device=keys[0].device)  # set by each step
-        size = 2 * (self.mem_len + 1)
-        self.keys = [k.new_zeros(b, h, size, d) for k in keys]
-        self.values = [v.new_zeros(b, h, size, d) for v in values]
-        for buffer, kept in zip(self.keys + self.values, keys + values, strict=True):
-            buffer[:, :, :mlen] = kept
-
-    def append(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add this step's key and value [b, h, 1, d] to a layer's window; return the window (memory, then them)."""
-        end = self.start + self.length
-        self.keys[layer][:, :, end : end + 1] = key
-        self.values[layer][:, :, end : end + 1] = value
-        return self.keys[layer][:, :, self.start : end + 1], self.values[layer][:, :, self.start : end + 1]
-
-    def advance(self) -> None:
-        """After a step through every layer: the memory keeps its last mem_len positions."""
-        if self.length == self.mem_len:
-            self.start += 1
-        else:
-            self.length += 1
-        if self.start + self.length == self.keys[0].size(2):  # no room for the next step: move the window back
-            for buffer in self.keys + self.values:
-                buffer[:, :, : self.length] = buffer[:, :, self.start :].clone()
-            self.start = 0
 
 
 class PositionwiseFF(nn.Module):
@@ -385,15 +348,14 @@ class TransformerXL(nn.Module):
         return logits if side is None else logits + self.side_logits(side.to(core_out.dtype))
 
     @torch.no_grad()
-    def decode_cache(self, mems: list[torch.Tensor], span: AttnSpan | None = None) -> DecodeCache:
-        """A cache for step(), holding the keys and values of `mems` (the memory forward() returns with `span`)."""
-        c, span = self.cfg, span or self.cfg.span()
+    def project_memory(self, mems: list[torch.Tensor], span: AttnSpan) -> tuple[list[torch.Tensor], ...]:
+        """A DecodeCache's contents per layer: the keys and values of `mems` (from forward() with `span`), r_head_k."""
         r = self._positions(span.mem_len + 1, span.clamp_len, mems[0].device).to(mems[0].dtype)
         attn = [layer.dec_attn for layer in self.layers]
         with torch.autocast(mems[0].device.type, enabled=False):  # the cache keeps the memory's precision
             keys, values = zip(*(a.project_memory(m) for a, m in zip(attn, mems, strict=True)), strict=True)
-            r_head_k = [a.r_net(r).view(-1, c.n_head, c.d_head) for a in attn]
-        return DecodeCache(list(keys), list(values), r_head_k, span)
+            r_head_k = [a.r_net(r).view(-1, self.cfg.n_head, self.cfg.d_head) for a in attn]
+        return list(keys), list(values), r_head_k
 
     @torch.no_grad()
     def step(
@@ -403,9 +365,8 @@ class TransformerXL(nn.Module):
         side: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits [batch, vocab] for the next token after `tokens` [batch] (with its side input [batch, 1,
-        side_size] and its label [batch]), one position past the cache, which moves on by one: the incremental
-        forward at a cost that does not grow with the memory's projections."""
+        """Logits [batch, vocab] after `tokens` [batch] (side input [batch, 1, side_size], label [batch]), one position
+        past the cache, which moves on by one: the incremental forward, without recomputing the memory's projections."""
         cache.attn_mask = self._attn_mask(1, cache.length, tokens.device, cache.span)
         core_out = self._embed(tokens[:, None], side, None if labels is None else labels[:, None])
         for i, layer in enumerate(self.layers):

@@ -75,15 +75,7 @@ def tokenize(
     _NOTES.clear()
     notes, rows = _load_notes(events, np.array(pieces["piece_id"]))
     _NOTES.update(notes)
-    duration = dict(zip(pieces["piece_id"], pieces["file_duration"], strict=True))
-    composer = dict(zip(pieces["piece_id"], pieces["composer"], strict=True))
-    kept = [i in rows for i in pieces["piece_id"]]  # pieces with notes: those that get tokens
-    labels = composer_labels(
-        [s for s, k in zip(pieces["split"], kept, strict=True) if k],
-        [c for c, k in zip(pieces["composer"], kept, strict=True) if k],
-        min_composer_pieces,
-    )
-    label = {i: label_of(c, labels) for i, c in composer.items()}
+    labels, about = _piece_labels(pieces, rows, min_composer_pieces)
 
     stats: dict = {"vocab_size": vocab()["vocab_size"], "splits": {}}
     workers = workers or os.cpu_count() or 1
@@ -94,26 +86,55 @@ def tokenize(
                 i for i, s in zip(pieces["piece_id"], pieces["split"], strict=True) if s == split and i in rows
             )
             factors = stretch if split == "train" else [1.0]
-            copies = [(k, *rows[i], f) for k, (i, f) in enumerate((i, f) for i in ids for f in factors)]
-            tokens, lengths = _encode_all(copies, workers)
-            about = {"composer": composer, "label": label, "seconds": duration}
-            index = _write_shards(tmp / split, tokens, lengths, shard_tokens, ids, factors, about)
-            seconds = sum(index["seconds"])
-            counts = np.bincount(tokens, minlength=1 << 16)
-            stats["splits"][split] = {
-                "pieces": len(ids),
-                "copies": len(copies),
-                "tokens": int(len(tokens)),
-                "tokens_per_second": round(len(tokens) / seconds, 3) if seconds else 0.0,
-                "shards": int(max(index["shard"], default=-1) + 1),
-                "event_frequency": {
-                    name: round(float(counts[lo:hi].sum() / max(len(tokens), 1)), 5)
-                    for name, (lo, hi) in EVENT_RANGES.items()
-                },
-            }
+            stats["splits"][split] = _tokenize_split(tmp / split, ids, rows, factors, workers, shard_tokens, about)
     _NOTES.clear()
     atomic_write_text(Path(metrics), json.dumps(stats, indent=2) + "\n")
     return stats
+
+
+def _piece_labels(
+    pieces: dict[str, list], rows: dict[int, tuple[int, int]], min_composer_pieces: int
+) -> tuple[list[dict], dict[str, dict]]:
+    """The composer labels of vocab.json, drawn from the pieces with notes (those in `rows`), and per piece id its
+    composer, label and length in seconds (the piece index's `about`)."""
+    duration = dict(zip(pieces["piece_id"], pieces["file_duration"], strict=True))
+    composer = dict(zip(pieces["piece_id"], pieces["composer"], strict=True))
+    kept = [i in rows for i in pieces["piece_id"]]  # pieces with notes: those that get tokens
+    labels = composer_labels(
+        [s for s, k in zip(pieces["split"], kept, strict=True) if k],
+        [c for c, k in zip(pieces["composer"], kept, strict=True) if k],
+        min_composer_pieces,
+    )
+    label = {i: label_of(c, labels) for i, c in composer.items()}
+    return labels, {"composer": composer, "label": label, "seconds": duration}
+
+
+def _tokenize_split(
+    folder: Path,
+    ids: list[int],
+    rows: dict[int, tuple[int, int]],
+    factors: list[float],
+    workers: int,
+    shard_tokens: int,
+    about: dict[str, dict],
+) -> dict:
+    """Encode a split's pieces, each once per time-stretch factor, into `folder`'s shards and index; return the
+    split's stats."""
+    copies = [(k, *rows[i], f) for k, (i, f) in enumerate((i, f) for i in ids for f in factors)]
+    tokens, lengths = _encode_all(copies, workers)
+    index = _write_shards(folder, tokens, lengths, shard_tokens, ids, factors, about)
+    seconds = sum(index["seconds"])
+    counts = np.bincount(tokens, minlength=1 << 16)
+    return {
+        "pieces": len(ids),
+        "copies": len(copies),
+        "tokens": int(len(tokens)),
+        "tokens_per_second": round(len(tokens) / seconds, 3) if seconds else 0.0,
+        "shards": int(max(index["shard"], default=-1) + 1),
+        "event_frequency": {
+            name: round(float(counts[lo:hi].sum() / max(len(tokens), 1)), 5) for name, (lo, hi) in EVENT_RANGES.items()
+        },
+    }
 
 
 def _encode_all(copies: list[tuple[int, int, int, float]], workers: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,10 +6,15 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.atomic import atomic_dir, atomic_write_text, write_parquet
 from pipeline.errors import PipelineError
 from pipeline.metadata import COLUMNS, find_metadata
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
 
 SPLITS = ["train", "validation", "test"]
 SUITES = ("metadata", "notes", "pieces")
@@ -230,8 +235,6 @@ def validate(
     read it. When more than `max_bad_fraction` of the pieces are quarantined the stage raises PipelineError and
     leaves `out` (and `metrics`) as they were, but still writes `report`, so the reason can be read.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     raw, events, out = Path(raw), Path(events), Path(out)
@@ -241,7 +244,35 @@ def validate(
     meta = metadata_frame(raw)
     pieces = pq.read_table(events / "pieces.parquet")
     notes = pq.read_table(events / "notes", columns=NOTE_COLUMNS)
+    piece_frame, checks = _run_suites(meta, pieces, notes, duration_tolerance_s, onset_tolerance_s, min_notes)
+    parsed = set(pieces["piece_id"].to_pylist())
+    quarantine = _quarantine(meta, piece_frame, parsed, _parse_failures(events), checks)
+    bad = sorted({r["piece_id"] for r in quarantine})
+    total = len(set(range(len(meta))) | parsed)
+    summary = _summary(total, bad, quarantine, checks)
 
+    failed = len(bad) / total > max_bad_fraction
+    atomic_write_text(Path(report), render_report(summary, checks, quarantine, max_bad_fraction, failed))
+    if failed:
+        examples = "\n".join(f"  {q['midi_filename']}: {q['expectation']} ({q['detail']})" for q in quarantine[:10])
+        raise PipelineError(
+            f"{len(bad)} of {total} pieces ({len(bad) / total:.1%}) failed validation, more than "
+            f"validate.max_bad_fraction={max_bad_fraction}; nothing was written to {out}. Report: {report}\n{examples}"
+        )
+    _write_validated(out, pieces, bad, quarantine)
+    atomic_write_text(Path(metrics), json.dumps(summary, indent=2) + "\n")
+    return {**summary, "quarantine": quarantine}
+
+
+def _run_suites(
+    meta: pd.DataFrame,
+    pieces: pa.Table,
+    notes: pa.Table,
+    duration_tolerance_s: float,
+    onset_tolerance_s: float,
+    min_notes: int,
+) -> tuple[pd.DataFrame, list[Check]]:
+    """The checks of the three suites, in order, and the pieces' frame they ran on (with its duration_error)."""
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
     import great_expectations as gx  # slow to import (~2 s), so only this stage pays for it
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -261,39 +292,41 @@ def validate(
         *run_suite(context, "notes", note_frame, notes_expectations(gx)),
         *run_suite(context, "pieces", piece_frame, pieces_expectations(gx, duration_tolerance_s, min_notes)),
     ]
+    return piece_frame, checks
 
+
+def _quarantine(
+    meta: pd.DataFrame, piece_frame: pd.DataFrame, parsed: set[int], reasons: dict[int, str], checks: list[Check]
+) -> list[dict]:
+    """One row per reason a piece is quarantined (parse could not read it, or a check failed on it), by piece_id."""
     names = {int(i): str(n) for i, n in zip(meta["piece_id"], meta.get("midi_filename", [""] * len(meta)), strict=True)}
     names.update((int(i), str(n)) for i, n in zip(piece_frame["piece_id"], piece_frame["midi_filename"], strict=True))
-    parsed = set(pieces["piece_id"].to_pylist())
-    reasons = _parse_failures(events)
     rows = [
         {"piece_id": i, "expectation": PARSED, "detail": reasons.get(i, "absent from pieces.parquet")}
         for i in range(len(meta))
         if i not in parsed
     ]
     rows += [{"piece_id": i, "expectation": c.expectation, "detail": d} for c in checks for i, d in c.pieces.items()]
-    quarantine = sorted(
-        ({**r, "midi_filename": names.get(r["piece_id"], "")} for r in rows), key=lambda r: r["piece_id"]
-    )
-    bad = sorted({r["piece_id"] for r in quarantine})
-    total = len(set(range(len(meta))) | parsed)
-    summary = {
+    return sorted(({**r, "midi_filename": names.get(r["piece_id"], "")} for r in rows), key=lambda r: r["piece_id"])
+
+
+def _summary(total: int, bad: list[int], quarantine: list[dict], checks: list[Check]) -> dict:
+    """The stage's metrics: pieces checked, passed and quarantined, parse failures, failed expectations per suite."""
+    return {
         "pieces": total,
         "passed": total - len(bad),
         "quarantined": len(bad),
         "quarantined_fraction": round(len(bad) / total, 6),
-        "parse_failures": sum(r["expectation"] == PARSED for r in rows),
+        "parse_failures": sum(r["expectation"] == PARSED for r in quarantine),
         "failed_expectations": {s: sum(not c.success for c in checks if c.suite == s) for s in SUITES},
     }
 
-    failed = len(bad) / total > max_bad_fraction
-    atomic_write_text(Path(report), render_report(summary, checks, quarantine, max_bad_fraction, failed))
-    if failed:
-        examples = "\n".join(f"  {q['midi_filename']}: {q['expectation']} ({q['detail']})" for q in quarantine[:10])
-        raise PipelineError(
-            f"{len(bad)} of {total} pieces ({len(bad) / total:.1%}) failed validation, more than "
-            f"validate.max_bad_fraction={max_bad_fraction}; nothing was written to {out}. Report: {report}\n{examples}"
-        )
+
+def _write_validated(out: Path, pieces: pa.Table, bad: list[int], quarantine: list[dict]) -> None:
+    """Write the pieces that passed and the quarantine table to `out`, atomically."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     with atomic_dir(out) as tmp:
         keep = pc.invert(pc.is_in(pieces["piece_id"], pa.array(bad, pa.int32())))
         write_parquet(pieces.filter(keep), tmp / "pieces.parquet")
@@ -306,5 +339,3 @@ def validate(
             ]
         )
         write_parquet(pa.Table.from_pylist(quarantine, schema=schema), tmp / "quarantine.parquet")
-    atomic_write_text(Path(metrics), json.dumps(summary, indent=2) + "\n")
-    return {**summary, "quarantine": quarantine}

@@ -15,6 +15,7 @@ from torch.nn.attention import SDPBackend
 
 import model.transformer_xl as txl
 from model import TransformerXL
+from model.decode_cache import decode_cache
 from pipeline.model_folder import build_model
 from pipeline.music.performance_encoding import PIECE_START, vocab
 from pipeline.music.piano_state import PIANO_STATE_SIZE
@@ -172,7 +173,7 @@ def test_cached_decoding_on_cuda_matches_the_plain_incremental_forward_in_float3
     for dtype, tolerance in ((None, 1e-4), (torch.bfloat16, 0.05)):
         with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
             _, _, mems = model(**segment(inputs, 0, 8))
-            cache = model.decode_cache(mems)
+            cache = decode_cache(model, mems)
             for t in range(8, 48):
                 one = segment(inputs, t, t + 1)
                 expected, _, mems = model(mems=mems, **one)
@@ -292,7 +293,7 @@ def test_training_and_decoding_steps_never_wait_for_the_gpu(tmp_path):
     """CUDA's sync debug mode raises at any call that makes the host wait: none in the train step of the default
     model (data path and piano state included), nor in a decoding step with the piano state and the note-length rule."""
     from model.sampling import Draws, draw, filter_logits, start_decoding
-    from pipeline.generation.sampler import NoteLimit
+    from pipeline.generation.decoding import NoteLimit
     from pipeline.music.piano_state_torch import PianoState
     from pipeline.token_folder import PieceStore
     from pipeline.train import train_step

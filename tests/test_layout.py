@@ -129,7 +129,7 @@ def test_model_knows_no_music_and_no_pipeline():
         assert not outside, f"{module} imports {outside}"
         names = {n.split(".")[0] for n in imported_names(ast.parse(MODULES[module].read_text()), module)}
         allowed = {"torch", "math", "time", "contextlib", "dataclasses", "collections", "__future__", "model", "typing"}
-        allowed |= {"safetensors", "json", "pathlib"}  # model/weights.py: the package reads, json writes the header
+        allowed |= {"safetensors", "pathlib"}  # model/weights.py: the package writes and reads the weights
         assert names <= allowed, names
 
 

@@ -11,10 +11,14 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.atomic import atomic_write_bytes
+
+if TYPE_CHECKING:
+    import symusic
 
 SUSTAIN, SOSTENUTO, SOFT = 64, 66, 67
 PEDALS = {SUSTAIN: "sustain", SOSTENUTO: "sostenuto", SOFT: "soft"}
@@ -149,39 +153,11 @@ def _track_arrays(notes: dict, controls: dict, ends: dict[int, int]) -> tuple[li
 
 def read_performance(path: Path | str, max_duration: float = 7200.0) -> Performance:
     """Parse a MIDI file with symusic and return its merged piano performance; raise UnreadableMidi if it can't."""
-    import symusic
-
-    try:
-        score = symusic.Score(str(path))
-    except Exception as exc:  # symusic raises RuntimeError, or anything else on odd input
-        raise UnreadableMidi(f"{type(exc).__name__}: {exc}") from exc
-    tpq = int(score.ticks_per_quarter)
-    if tpq <= 0:
-        raise UnreadableMidi(f"unsupported time division (ticks per quarter {tpq})")
+    score, tpq = _score(path)
     every = [(t.is_drum, t.notes.numpy(), t.controls.numpy()) for t in score.tracks]  # each track converted once
-    notes = [n for drum, n, _ in every if not drum]
-    controls = [c for drum, _, c in every if not drum]
-    end = max(
-        [int(np.max(n["time"] + n["duration"], initial=0)) for n in notes]
-        + [int(np.max(c["time"], initial=0)) for c in controls]
-        + [0]
-    )
-    if sum(int(np.count_nonzero(n["duration"] > 0)) for n in notes) == 0:
-        raise UnreadableMidi("contains no notes")
-    # note-seq lifts a sustain pedal that is never lifted at the last note release or sustain event of the file. Its
-    # reader keeps control events only in tracks that have a sounding note, drum tracks among them.
-    sounding = [c for _, n, c in every if np.any(n["duration"] > 0)]
-    sustain_end = max(
-        [int(np.max((n["time"] + n["duration"])[n["duration"] > 0], initial=0)) for n in notes]
-        + [int(np.max(c["time"][c["number"] == SUSTAIN], initial=0)) for c in sounding]
-    )
-    ends = {number: sustain_end if number == SUSTAIN else end for number in PEDALS}
-    per_track = [_track_arrays(n, c, ends) for n, c in zip(notes, controls, strict=True)]
-    if len(per_track) == 1:
-        (on, off, key_off, pitch, vel), (number, start, stop) = per_track[0]
-    else:
-        on, off, key_off, pitch, vel = (np.concatenate(c) for c in zip(*(t[0] for t in per_track), strict=True))
-        number, start, stop = (np.concatenate(c) for c in zip(*(t[1] for t in per_track), strict=True))
+    end, ends = _event_ends(every)
+    notes = [(n, c) for drum, n, c in every if not drum]
+    (on, off, key_off, pitch, vel), (number, start, stop) = _merged_tracks(notes, ends)
     if on.min() < 0:
         raise UnreadableMidi(f"a note starts at a negative time (tick {on.min()})")
     d_on, d_pitch = np.diff(on), np.diff(pitch.astype(np.int16))
@@ -191,18 +167,7 @@ def read_performance(path: Path | str, max_duration: float = 7200.0) -> Performa
     if len(start) > 1:
         order = np.lexsort((number, start))
         number, start, stop = number[order], start[order], stop[order]
-
-    tempos = score.tempos.numpy()
-    if np.any(tempos["mspq"] <= 0):
-        raise UnreadableMidi("a tempo of zero microseconds per quarter note")
-    to_sec = tick_seconds(
-        np.concatenate([on, off, key_off, start, stop, [end]]),
-        tempos["time"],
-        tempos["mspq"],
-        tpq,
-    )
-    if not np.all(np.isfinite(to_sec)):
-        raise UnreadableMidi("note times are not finite")
+    to_sec = _event_seconds(score, tpq, [on, off, key_off, start, stop], end)
     duration = float(to_sec[-1])
     if duration > max_duration:
         raise TooLong(f"events span {duration:.0f} s, more than the {max_duration:.0f} s allowed")
@@ -220,6 +185,65 @@ def read_performance(path: Path | str, max_duration: float = 7200.0) -> Performa
         pedal_offset=pedal_offset,
         duration=duration,
     )
+
+
+def _score(path: Path | str) -> tuple[symusic.Score, int]:
+    """The file parsed by symusic, and its ticks per quarter note; raise UnreadableMidi if it can't."""
+    import symusic
+
+    try:
+        score = symusic.Score(str(path))
+    except Exception as exc:  # symusic raises RuntimeError, or anything else on odd input
+        raise UnreadableMidi(f"{type(exc).__name__}: {exc}") from exc
+    tpq = int(score.ticks_per_quarter)
+    if tpq <= 0:
+        raise UnreadableMidi(f"unsupported time division (ticks per quarter {tpq})")
+    return score, tpq
+
+
+def _event_ends(every: list[tuple[bool, dict, dict]]) -> tuple[int, dict[int, int]]:
+    """The tick of the last note or control event of the non-drum tracks, and the tick at which each pedal never
+    lifted is lifted, from every track's (is_drum, notes, controls); raise UnreadableMidi if no note sounds."""
+    notes = [n for drum, n, _ in every if not drum]
+    controls = [c for drum, _, c in every if not drum]
+    end = max(
+        [int(np.max(n["time"] + n["duration"], initial=0)) for n in notes]
+        + [int(np.max(c["time"], initial=0)) for c in controls]
+        + [0]
+    )
+    if sum(int(np.count_nonzero(n["duration"] > 0)) for n in notes) == 0:
+        raise UnreadableMidi("contains no notes")
+    # note-seq lifts a sustain pedal that is never lifted at the last note release or sustain event of the file. Its
+    # reader keeps control events only in tracks that have a sounding note, drum tracks among them.
+    sounding = [c for _, n, c in every if np.any(n["duration"] > 0)]
+    sustain_end = max(
+        [int(np.max((n["time"] + n["duration"])[n["duration"] > 0], initial=0)) for n in notes]
+        + [int(np.max(c["time"][c["number"] == SUSTAIN], initial=0)) for c in sounding]
+    )
+    return end, {number: sustain_end if number == SUSTAIN else end for number in PEDALS}
+
+
+def _merged_tracks(tracks: list[tuple[dict, dict]], ends: dict[int, int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The notes (onset, offset, key offset, pitch, velocity) and pedals (number, start, stop) of all the (notes,
+    controls) tracks together, in ticks, each track's in its own order."""
+    per_track = [_track_arrays(n, c, ends) for n, c in tracks]
+    if len(per_track) == 1:
+        return per_track[0]
+    notes = [np.concatenate(c) for c in zip(*(t[0] for t in per_track), strict=True)]
+    pedals = [np.concatenate(c) for c in zip(*(t[1] for t in per_track), strict=True)]
+    return notes, pedals
+
+
+def _event_seconds(score: symusic.Score, tpq: int, ticks: list[np.ndarray], end: int) -> np.ndarray:
+    """The times in seconds of the events `ticks` (concatenated) and then of `end`, through the file's tempo map;
+    raise UnreadableMidi for a tempo of zero or times that are not finite."""
+    tempos = score.tempos.numpy()
+    if np.any(tempos["mspq"] <= 0):
+        raise UnreadableMidi("a tempo of zero microseconds per quarter note")
+    to_sec = tick_seconds(np.concatenate([*ticks, [end]]), tempos["time"], tempos["mspq"], tpq)
+    if not np.all(np.isfinite(to_sec)):
+        raise UnreadableMidi("note times are not finite")
+    return to_sec
 
 
 def cut_notes(notes: dict[str, np.ndarray], seconds: float) -> dict[str, np.ndarray]:

@@ -121,37 +121,71 @@ def samples_section(
     from pipeline.music.features import FEATURES, feature_values
 
     seconds = float(summary["settings"]["seconds"])
-    settings = ", ".join(f"{k} {v}" for k, v in summary["settings"].items())
     ruled = sample_set(samples, summary["samples"], seconds)
-    rows, rolls = [], []
-    for s, made, values in zip(summary["samples"], ruled["notes"], ruled["values"], strict=True):
-        length = made["offset"] - made["onset"]
-        files = f"[MIDI](samples/{s['midi']})" + (f" · [WAV](samples/{s['wav']})" if s.get("wav") else "")
-        first = f"{made['onset'].min():.2f}" if len(length) else "–"
-        name = f"{s['name']} ({s['composer']})" if s.get("composer") else s["name"]  # grouped, as generated
-        rows.append([name, s["seed"], len(length), first, _share(length), _num(values["polyphony"][0]),
-                     _num(values["note_duration"][0]), s.get("rule_releases", 0), ", ".join(s["flags"]) or "none",
-                     files])  # fmt: skip
-        rolls.append(f"![{s['name']}](samples/{s['png']})")
+    rows = [sample_row(*row) for row in zip(summary["samples"], ruled["notes"], ruled["values"], strict=True)]
     validation = real_features(split_notes(pieces, notes, "validation"), seconds, 2, 10_000, seed=0)
     real_openings = openings(split_notes(pieces, notes, "train"), seconds)
     pool = [feature_values(o, seconds) for o in real_openings]
-    real_lengths = [o["offset"] - o["onset"] for o in real_openings]
-    rows.append([f"real openings ({len(pool)}, mean)", "", f"{np.mean([len(d) for d in real_lengths]):.0f}",
-                 f"{np.median([d['onset'].min() for d in real_openings if len(d['onset'])]):.2f} (median)",
-                 _share(np.concatenate(real_lengths)), _num(np.nanmean([p['polyphony'][0] for p in pool])),
-                 _num(np.nanmean([p['note_duration'][0] for p in pool])), "", "", ""])  # fmt: skip
+    rows.append(openings_row(real_openings, pool))
     generated = ruled["generated"]
     ours, reference = two_way_overlap(validation, generated), reference_draws(validation, pool, len(generated))
     verdict = reference_test(ours, reference)
     measured = sample_metrics(summary["samples"], ruled["durations"], ruled["firsts"], verdict)
     if summary.get("without_rule"):
-        free = sample_set(samples, summary["without_rule"], seconds)
-        free_verdict = reference_test(two_way_overlap(validation, free["generated"]), reference)
-        measured["without_rule"] = sample_metrics(summary["without_rule"], free["durations"], free["firsts"],
-                                                  free_verdict)  # fmt: skip
+        measured["without_rule"] = without_rule_metrics(
+            samples, summary["without_rule"], seconds, validation, reference
+        )
     grid = figures.feature_grid(out / "features.png", {"validation": validation, "generated": generated}, FEATURES,
                                 f"Generated samples against {seconds:g}-second validation excerpts")  # fmt: skip
+    table_rows, plot_rows = feature_rows(ours, reference, verdict)
+    atomic_write_text(plots / "feature_overlap.json", json.dumps(plot_rows, indent=1) + "\n")
+    if metrics is not None:
+        atomic_write_text(metrics, json.dumps(measured, indent=2) + "\n")
+    rolls = [f"![{s['name']}](samples/{s['png']})" for s in summary["samples"]]
+    return [
+        *samples_lines(summary, seconds, rows, rolls),
+        *comparison_lines(seconds, len(generated), len(validation), table_rows, verdict),
+        *rule_lines(summary, measured),
+        f"![features](figures/{grid})",
+        "",
+    ]
+
+
+def sample_row(s: dict, made: dict[str, np.ndarray], values: dict) -> list:
+    """A sample's row of the samples table: its name, seed, notes, first note, long notes, polyphony, note duration,
+    the rule's releases, flags and files."""
+    length = made["offset"] - made["onset"]
+    files = f"[MIDI](samples/{s['midi']})" + (f" · [WAV](samples/{s['wav']})" if s.get("wav") else "")
+    first = f"{made['onset'].min():.2f}" if len(length) else "–"
+    name = f"{s['name']} ({s['composer']})" if s.get("composer") else s["name"]  # grouped, as generated
+    return [name, s["seed"], len(length), first, _share(length), _num(values["polyphony"][0]),
+            _num(values["note_duration"][0]), s.get("rule_releases", 0), ", ".join(s["flags"]) or "none",
+            files]  # fmt: skip
+
+
+def openings_row(real_openings: list[dict[str, np.ndarray]], pool: list[dict]) -> list:
+    """The samples table's last row: the same figures over real openings (`pool` holds their features)."""
+    real_lengths = [o["offset"] - o["onset"] for o in real_openings]
+    return [f"real openings ({len(pool)}, mean)", "", f"{np.mean([len(d) for d in real_lengths]):.0f}",
+            f"{np.median([d['onset'].min() for d in real_openings if len(d['onset'])]):.2f} (median)",
+            _share(np.concatenate(real_lengths)), _num(np.nanmean([p['polyphony'][0] for p in pool])),
+            _num(np.nanmean([p['note_duration'][0] for p in pool])), "", "", ""]  # fmt: skip
+
+
+def without_rule_metrics(
+    samples: Path, records: list[dict], seconds: float, validation: list[dict], reference: dict[str, dict[str, float]]
+) -> dict:
+    """sample_metrics of the samples made from the same seeds without the note-length rule (`records`), with their
+    own same-size reference test against the same reference."""
+    free = sample_set(samples, records, seconds)
+    free_verdict = reference_test(two_way_overlap(validation, free["generated"]), reference)
+    return sample_metrics(records, free["durations"], free["firsts"], free_verdict)
+
+
+def feature_rows(ours: dict, reference: dict, verdict: dict) -> tuple[list[list], list[dict]]:
+    """Per feature, its row of the features table and its point of the overlap plot (feature_overlap.json)."""
+    from pipeline.music.features import FEATURES
+
     table_rows, plot_rows = [], []
     for name in FEATURES:
         o, r = ours[name], reference[name]
@@ -160,10 +194,12 @@ def samples_section(
                            f"{_num(r['overlap'])} (p10 {_num(r['overlap_p10'])})", f"{verdict['ratios'][name]:.2f}",
                            _num(o["kl"]), _num(r["kl"])])  # fmt: skip
         plot_rows.append({"feature": name, "generated": _rounded(o["overlap"]), "reference": _rounded(r["overlap"])})
-    atomic_write_text(plots / "feature_overlap.json", json.dumps(plot_rows, indent=1) + "\n")
-    if metrics is not None:
-        atomic_write_text(metrics, json.dumps(measured, indent=2) + "\n")
-    outcome = "**passed**" if verdict["passed"] else "**failed**"
+    return table_rows, plot_rows
+
+
+def samples_lines(summary: dict, seconds: float, rows: list[list], rolls: list[str]) -> list[str]:
+    """The section's heading, what the samples table shows, the table, then the piano rolls two by two."""
+    settings = ", ".join(f"{k} {v}" for k, v in summary["settings"].items())
     return [
         "## Samples",
         "",
@@ -178,12 +214,19 @@ def samples_section(
         "",
         *table(["", ""], [rolls[i : i + 2] + [""] * (2 - len(rolls[i : i + 2])) for i in range(0, len(rolls), 2)]),
         "",
-        f"### Generated against real music ({len(generated)} samples, {len(validation)} validation excerpts)",
+    ]
+
+
+def comparison_lines(seconds: float, generated: int, excerpts: int, table_rows: list[list], verdict: dict) -> list[str]:
+    """Generated against real music: how the features are compared, their table, and the same-size reference test."""
+    outcome = "**passed**" if verdict["passed"] else "**failed**"
+    return [
+        f"### Generated against real music ({generated} samples, {excerpts} validation excerpts)",
         "",
         f"Yang & Lerch (2018): for each feature, the distances between real excerpts (validation, {seconds:g} s each) "
         "and between each generated sample and each real excerpt, as densities; their overlap (1 is "
         "indistinguishable), the lower of the two ways round, and KL divergence (0 is indistinguishable). The "
-        f"reference puts real music in the samples' place: {REFERENCE_DRAWS} draws of {len(generated)} real "
+        f"reference puts real music in the samples' place: {REFERENCE_DRAWS} draws of {generated} real "
         f"{seconds:g}-second openings of train pieces (as many as there are samples), compared with the same "
         "validation excerpts; the mean, and the 10th percentile of the overlap. That is what indistinguishable "
         "looks like with this many samples.",
@@ -194,9 +237,6 @@ def samples_section(
         f"its reference (the lowest is {verdict['lowest'].replace('_', ' ')}, at "
         f"{verdict['ratios'][verdict['lowest']]:.2f}) and the mean over features {MIN_MEAN_RATIO:g} of the "
         f"reference's mean ({verdict['mean_ratio']:.2f}).",
-        "",
-        *rule_lines(summary, measured),
-        f"![features](figures/{grid})",
         "",
     ]
 

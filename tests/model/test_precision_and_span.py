@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from conftest import tiny
 
 from model import AttnSpan, TransformerXL
+from model.decode_cache import decode_cache
 from model.transformer_xl import PositionalEmbedding
 
 
@@ -52,7 +53,7 @@ def test_an_attention_span_argument_equals_a_model_configured_with_it_and_leaves
         b, _, mems_b = configured(segment, mems=mems_b)
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert mems_a[0].size(1) == 20 and model.cfg.mem_len == 8 and not model.cfg.same_length
-    cache_a, cache_b = model.decode_cache(mems_a, span), configured.decode_cache(mems_b)
+    cache_a, cache_b = decode_cache(model, mems_a, span), decode_cache(configured, mems_b)
     for t in torch.randint(0, 50, (12, 2)):
         torch.testing.assert_close(model.step(t, cache_a), configured.step(t, cache_b), rtol=0, atol=0)
     plain, _, _ = model(tokens[:, :8])

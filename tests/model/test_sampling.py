@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import tiny
 
+from model.decode_cache import decode_cache
 from model.sampling import DONE_EVERY, Draws, check_sampling, draw, filter_logits, generate, sample
 
 VOCAB = 50
@@ -44,7 +45,7 @@ def test_cached_steps_give_the_plain_incremental_forwards_logits(shape):
     model = tiny(**shape)
     tokens = torch.randint(0, VOCAB, (3, 60))
     _, _, mems = model(tokens[:, :7])
-    cache = model.decode_cache(mems)
+    cache = decode_cache(model, mems)
     for t in range(7, 60):
         expected, _, mems = model(tokens[:, t : t + 1], mems=mems)
         torch.testing.assert_close(model.step(tokens[:, t], cache), expected[:, 0], rtol=0, atol=1e-10)
@@ -69,7 +70,7 @@ def test_cached_logits_are_the_full_forwards_up_to_mem_len_and_then_follow_the_m
     tokens = torch.randint(0, VOCAB, (2, 20))
     full = model(tokens)[0]
     _, _, mems = model(tokens[:, :1])
-    cache = model.decode_cache(mems)
+    cache = decode_cache(model, mems)
     steps = torch.stack([model.step(tokens[:, t], cache) for t in range(1, 20)], dim=1)
     # Position t sees t earlier tokens; the memory holds 6, so from t = 7 on the two differ.
     torch.testing.assert_close(steps[:, :6], full[:, 1:7], rtol=0, atol=1e-10)
@@ -168,7 +169,7 @@ def test_bf16_weights_under_autocast_stay_close_to_float32():
     model = tiny(mem_len=16).float()
     tokens = torch.randint(0, VOCAB, (2, 30))
     _, _, mems = model(tokens[:, :10])
-    cache = model.decode_cache(mems)
+    cache = decode_cache(model, mems)
     for t in range(10, 30):
         expected, _, mems = model(tokens[:, t : t + 1], mems=mems)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -250,7 +251,7 @@ def test_cached_steps_with_a_side_input_give_the_full_forwards_logits():
     side = RunningSum(2)(tokens)
     full = model(tokens, side=side)[0]
     _, _, mems = model(tokens[:, :5], side=side[:, :5])
-    cache = model.decode_cache(mems)
+    cache = decode_cache(model, mems)
     steps = torch.stack([model.step(tokens[:, t], cache, side[:, t : t + 1]) for t in range(5, 25)], dim=1)
     torch.testing.assert_close(steps, full[:, 5:], rtol=0, atol=1e-10)
 

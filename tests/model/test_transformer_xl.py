@@ -7,6 +7,7 @@ import torch
 from conftest import tiny
 
 from model import TransformerXLConfig
+from model.decode_cache import decode_cache
 from model.transformer_xl import _rel_shift
 
 
@@ -147,7 +148,7 @@ def test_cached_decoding_with_clamp_len_gives_the_hand_written_forward(clamp_len
     tokens = torch.randint(0, 50, (2, 14))
     expected = reference_logits(model, tokens, clamp_len).detach()
     _, _, mems = model(tokens[:, :2])
-    cache = model.decode_cache(mems)
+    cache = decode_cache(model, mems)
     steps = torch.stack([model.step(tokens[:, t], cache) for t in range(2, 14)], dim=1)
     torch.testing.assert_close(steps, expected[:, 2:], rtol=0, atol=1e-8)
 
