@@ -26,10 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 MAESTRO_ASAP = ROOT.parent / "shared" / "data" / "maestro-asap"
 
-from pipeline.demo.studio import ANY, Request, Studio  # noqa: E402
+from pipeline.composers import ANY  # noqa: E402
+from pipeline.demo.studio import Request, Studio  # noqa: E402
 from pipeline.music.pianoroll import roll_image  # noqa: E402
 from pipeline.params import (  # noqa: E402
-    DemoParams,  # noqa: E402
+    DemoParams,
     GenerateParams,
     load_section,
     typed,

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import torch
 
     from model import TransformerXL, TransformerXLConfig
-    from pipeline.train import TrainParams
+    from pipeline.params import TrainParams
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -96,7 +96,7 @@ def measure(setting: str, args: argparse.Namespace) -> dict:
         batch = next(batches)
         return train_step(forward, model, optimizer, batch, mems, p.clip, device, dtype=dtype)
 
-    seconds, final_loss, resident = time_steps(step, args.warmup, args.steps, cuda)
+    seconds, final_loss, resident = timed_steps(step, args.warmup, args.steps, cuda)
     tokens_per_s = args.steps * batch_size * cfg.tgt_len / seconds
     flops = model.flops_per_token(batch_size=batch_size)
     peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(torch.cuda.get_device_name()) if cuda else None
@@ -123,9 +123,8 @@ def stage_model(args: argparse.Namespace, device: torch.device) -> tuple[Transfo
     import torch
 
     from pipeline.model_folder import build_model, model_section
-    from pipeline.params import load_section, typed
+    from pipeline.params import TrainParams, load_section, typed
     from pipeline.token_folder import load_vocab
-    from pipeline.train import TrainParams
     from pipeline.training import cpu_profile
 
     model_params = model_section(load_section("model", args.params))
@@ -155,7 +154,7 @@ def stage_batches(
     return random_batches(batch_size, cfg, device), "random ids"
 
 
-def time_steps(
+def timed_steps(
     step: Callable[[], torch.Tensor], warmup: int, steps: int, cuda: bool
 ) -> tuple[float, float, int | None]:
     """Run max(1, warmup) untimed steps, then `steps` timed ones: their seconds, the last loss and, on CUDA, the memory

@@ -265,7 +265,7 @@ def test_a_run_continued_on_two_machines_branches_and_neither_branch_replaces_th
 def test_a_set_aside_across_file_systems_copies_whole_then_removes(tmp_path, monkeypatch):
     import os
 
-    import pipeline.training.checkpoints as resume
+    import pipeline.training.checkpoints as checkpoints
 
     folder, shared = tmp_path / "c", tmp_path / "resume" / "last.pt"
     folder.mkdir()
@@ -277,7 +277,7 @@ def test_a_set_aside_across_file_systems_copies_whole_then_removes(tmp_path, mon
             raise OSError(18, "Invalid cross-device link")
         return os.rename(src, dst)
 
-    monkeypatch.setattr(resume.os, "replace", cross_device)
+    monkeypatch.setattr(checkpoints.os, "replace", cross_device)
     assert set_aside(shared, folder) == folder / "last.prev.pt"
     assert (folder / "last.prev.pt").read_bytes() == b"a finished run" and not shared.exists()
     assert [p.name for p in folder.iterdir()] == ["last.prev.pt"]  # no temporary file left

@@ -13,10 +13,10 @@ from test_train import TINY_MODEL, params
 
 from pipeline.errors import PipelineError
 from pipeline.evaluate import attn_span, evaluate, score_pieces
-from pipeline.generate import GenerateParams, generate
+from pipeline.generate import generate
 from pipeline.model_folder import load_model
 from pipeline.music.performance_encoding import NOTE_OFF, TIME_SHIFT, decode
-from pipeline.params import EvaluateParams
+from pipeline.params import EvaluateParams, GenerateParams
 from pipeline.token_folder import PieceStore
 from pipeline.train import train
 

@@ -16,7 +16,7 @@ WORKER = """
 import hashlib, json, os, sys
 import torch.nn.functional as F
 import pipeline.train as stage
-from pipeline.train import TrainParams
+from pipeline.params import TrainParams
 
 tokens, out, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 seen = {}

@@ -151,7 +151,7 @@ def test_a_pipeline_pushed_to_a_remote_is_pulled_up_to_date_into_a_fresh_clone(r
     sh(["dvc", "push"], project)
     # The checkpoint travels through DVC, never git: DVC ignores what it caches.
     assert sh(["git", "ls-files", "data"], project).stdout.split() == ["data/.gitignore", "data/raw/.gitignore"]
-    assert "/resume" in (project / "data" / ".gitignore").read_text().split()
+    assert "/shared" in (project / "data" / ".gitignore").read_text().split()
     clone = tmp_path / "clone"
     sh(["git", "clone", "-q", str(project), str(clone)], tmp_path)
     # The review script pulls from the remote that the workflow's secret names; the pipeline then has nothing to run.
@@ -160,7 +160,7 @@ def test_a_pipeline_pushed_to_a_remote_is_pulled_up_to_date_into_a_fresh_clone(r
     assert "Data and pipelines are up to date" in sh(["dvc", "status"], clone).stdout
     comment = (clone / "reports" / "compare" / "comment.md").read_text()
     assert comment.count("_No changes._") == 2 and comment.count("_None._") == 2  # the same results on both sides
-    assert (clone / "data" / "resume" / "last.pt").is_file() and not (clone / "data" / "checkpoints").exists()
+    assert (clone / "data" / "shared" / "last.pt").is_file() and not (clone / "data" / "checkpoints").exists()
     made = sh([sys.executable, "-m", "pipeline", "generate", "--out", "fresh", "--samples", "1", "--seconds", "2",
                "--composer", "none"], clone)  # fmt: skip
     assert "generate: sample-01" in made.stdout and (clone / "fresh" / "sample-01.mid").is_file()

@@ -19,7 +19,8 @@ from model.decode_cache import decode_cache
 from pipeline.model_folder import build_model
 from pipeline.music.performance_encoding import PIECE_START, vocab
 from pipeline.music.piano_state import PIANO_STATE_SIZE
-from pipeline.train import TrainParams, train
+from pipeline.params import TrainParams
+from pipeline.train import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 

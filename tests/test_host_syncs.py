@@ -10,7 +10,8 @@ from conftest import write_tokens
 from test_train import TINY_MODEL
 from torch.overrides import TorchFunctionMode
 
-from pipeline.train import TrainParams, train
+from pipeline.params import TrainParams
+from pipeline.train import train
 
 # What reads a tensor's value on the host: on a GPU each waits for every kernel queued before it.
 READS = {"item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__", "nonzero", "argwhere",

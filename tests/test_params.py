@@ -14,8 +14,7 @@ from conftest import ROOT
 from test_train import TINY_MODEL, params, repeating_corpus
 
 from pipeline.errors import PipelineError
-from pipeline.params import GenerateParams, load_section, typed
-from pipeline.train import TrainParams
+from pipeline.params import GenerateParams, TrainParams, load_section, typed
 
 
 def test_load_section_returns_the_section_or_says_it_is_missing(tmp_path):
@@ -157,7 +156,7 @@ def test_a_stage_run_without_params_yaml_gets_params_yamls_values(section):
 
 
 def test_a_setting_that_is_a_boolean_or_a_word_reads_both():
-    from pipeline.train import TrainParams
+    from pipeline.params import TrainParams
 
     for given, expected in ((True, True), ("yes", True), ("off", False), ("auto", "auto"), ("Auto", "Auto")):
         assert typed(TrainParams, {"compile": given}, "train") == {"compile": expected}

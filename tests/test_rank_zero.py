@@ -24,7 +24,8 @@ WORKER = """
 import json, os, sys
 import pipeline.train as stage
 from pipeline.errors import PipelineError
-from pipeline.train import TrainParams, train
+from pipeline.params import TrainParams
+from pipeline.train import train
 
 tokens, out, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 rank, steps, rows, batches = os.environ["RANK"], [], [], stage.device_batches

@@ -21,7 +21,8 @@ from conftest import ROOT, repeating_corpus
 from pipeline.errors import PipelineError
 from pipeline.model_folder import build_model, load_model, read_weights
 from pipeline.music.performance_encoding import vocab
-from pipeline.train import TrainParams, train
+from pipeline.params import TrainParams
+from pipeline.train import train
 from pipeline.training.cpu_profile import for_training
 
 TINY_MODEL = dict(n_layer=2, d_model=32, n_head=4, d_head=8, d_inner=64, dropout=0.0, tgt_len=16, mem_len=16)

@@ -15,7 +15,7 @@ DEFAULTS = GenerateParams()  # the generate: values a run gets when neither para
 # generate's options, one alias each so that its signature reads one line an option; an unset one is None, and the
 # value comes from params.yaml's generate: section, else DEFAULTS (the bracketed default in the help).
 ModelFolder = Annotated[Path, typer.Option(help="model folder (model.safetensors, config.json, vocab.json)")]
-Primer = Annotated[Path | None, typer.Option(help="MIDI file whose opening the samples continue")]
+PrimerFile = Annotated[Path | None, typer.Option(help="MIDI file whose opening the samples continue")]
 PrimerSeconds = Annotated[
     float | None, typer.Option(help=f"seconds of the primer to keep {_default(DEFAULTS.primer_seconds)}")
 ]
@@ -90,7 +90,7 @@ PrimerTokens = Annotated[Path, typer.Option(help="token shards, for generate.pri
 
 def generate(
     model: ModelFolder = Path("data/model"),
-    primer: Primer = None,
+    primer: PrimerFile = None,
     primer_seconds: PrimerSeconds = None,
     keep_primer: KeepPrimer = None,
     seconds: Seconds = None,

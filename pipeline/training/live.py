@@ -105,7 +105,7 @@ def write_run_record(  # noqa: PLR0913
     path: Path, seconds: float, steps: int, tokens_per_step: int, device: str, processes: int, code: list[dict]
 ) -> None:
     """What this invocation measured (wall time, tokens/s, hardware) and which steps of the run ran under which code
-    (`resume.code_steps`): reports/train/run.json, read by the report's section of run-to-run figures. It is not a
+    (`checkpoints.code_steps`): reports/train/run.json, read by the report's section of run-to-run figures. It is not a
     DVC metric, so it never shows up as a change between experiments."""
     if device == "cuda":
         import torch
