@@ -237,3 +237,22 @@ def test_importing_the_cli_imports_no_stage_and_no_heavy_library():
     assert not {m.split(".")[0] for m in modules} & heavy
     ours = {m for m in modules if m.split(".")[0] == "pipeline" and not m.startswith("pipeline.cli")}
     assert ours == {"pipeline", "pipeline.errors", "pipeline.params"}, "a stage's code is imported with the CLI"
+
+
+def test_each_samples_line_names_its_flags_and_its_rule_releases(tmp_path, monkeypatch):
+    import pipeline.generate
+
+    flagged = {"name": "sample-01", "composer": "Bach", "seconds": 2.0, "notes": 7, "tokens": 40, "seed": 3,
+               "ended_by": "length", "rule_releases": 2, "flags": ["one_pitch_repeated", "note_held_over_10s"],
+               "midi": "sample-01.mid", "png": "sample-01.png", "wav": None}  # fmt: skip
+    plain = {**flagged, "name": "sample-02", "composer": None, "seed": 4, "rule_releases": 0, "flags": [],
+             "midi": "sample-02.mid", "png": "sample-02.png", "wav": "sample-02.wav"}  # fmt: skip
+    monkeypatch.setattr(pipeline.generate, "generate", lambda *args: {"samples": [flagged, plain]})
+    result = run("generate", "--params", str(write_params(tmp_path, {})), "--out", "out")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "generate: sample-01 as Bach: 2.0 s, 7 notes, 40 tokens, seed 3, ended by length, 2 released by the rule "
+        "[one_pitch_repeated, note_held_over_10s] -> out/ (sample-01.mid, sample-01.png)",
+        "generate: sample-02: 2.0 s, 7 notes, 40 tokens, seed 4, ended by length "
+        "-> out/ (sample-02.mid, sample-02.png, sample-02.wav)",
+    ]

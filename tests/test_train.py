@@ -354,3 +354,18 @@ def test_a_compiled_model_compiles_once_the_first_segment_included(tmp_path):
         train_step(forward, model, optimizer, segment_tensors(segment, cpu), mems, 1.0, cpu)
         compiled_after.append(len(graphs))
     assert compiled_after[0] > 0 and compiled_after == [compiled_after[0]] * 4
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path, monkeypatch):
+    from pipeline.training.checkpoints import read_checkpoint
+
+    class Tripwire:  # unpickling it calls open(ran, "w"): a file that appears only if the pickle ran code
+        def __reduce__(self):  # noqa: ANN204
+            return (open, (str(tmp_path / "ran"), "w"))
+
+    torch.save({"step": 1, "payload": Tripwire()}, tmp_path / "last.pt")
+    # torch 2.5 (pyproject allows it) loads full pickles by default; this variable restores that default on newer torch
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(PipelineError, match="last.pt: unreadable checkpoint"):
+        read_checkpoint(tmp_path / "last.pt")
+    assert not (tmp_path / "ran").exists()
