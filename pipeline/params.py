@@ -163,6 +163,8 @@ class EvaluateParams:
     ngram_order: int = 4
     device: str = "auto"  # auto, cuda or cpu
     identify_tokens: int = 512  # a model with composer labels names each piece's composer from this many tokens
+    label_tokens: int = 2048  # and is scored with each piece's label on this many of its first tokens (0: all)
+    precision: str = "auto"  # float32, bfloat16 (autocast), or auto: bfloat16 where the device computes it natively
     cpu_limits: dict = field(default_factory=dict)  # upper bounds on the keys above when evaluating on a CPU
 
 

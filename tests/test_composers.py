@@ -50,7 +50,9 @@ def mean_pitch(tokens: np.ndarray) -> float:
 
 def test_the_model_names_each_pieces_composer_and_gains_from_the_label(trained, tmp_path):
     tokens, model = trained
-    p = EvaluateParams(tgt_len=32, mem_len=32, batch_size=4, ngram_order=2, device="cpu", identify_tokens=12)
+    p = EvaluateParams(
+        tgt_len=32, mem_len=32, batch_size=4, ngram_order=2, device="cpu", identify_tokens=12, precision="float32"
+    )
     result = evaluate(tokens, model, tmp_path / "eval.json", p)["validation"]
     named = result["identification"]
     assert named["labels"] == list(REGISTERS) and named["pieces"] == 8 and named["majority"] == 0.5

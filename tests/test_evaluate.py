@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,7 +159,8 @@ def folder(tmp_path):
 
 
 def params(**overrides) -> EvaluateParams:  # noqa: ANN003
-    return EvaluateParams(**{**dict(tgt_len=16, mem_len=64, batch_size=2, ngram_order=3, device="cpu"), **overrides})
+    defaults = dict(tgt_len=16, mem_len=64, batch_size=2, ngram_order=3, device="cpu", precision="float32")
+    return EvaluateParams(**{**defaults, **overrides})
 
 
 def test_the_stage_writes_every_figure_of_the_validation_split(folder, capsys):
@@ -399,3 +401,50 @@ def test_nll_is_unconditional_for_a_model_with_labels_and_nll_labelled_gives_eac
     assert m["nll"] == pytest.approx(free, abs=1e-5) and m["nll_labelled"] == pytest.approx(given, abs=1e-5)
     assert abs(free - given) > 1e-3  # the two differ, so each is checked against its own
     assert m["label_gain"] == pytest.approx(free - given, abs=2e-5)
+
+
+def labelled_folder(folder: Path) -> tuple[TransformerXL, list[np.ndarray], list[int]]:
+    """A tiny model whose labels tell the phrase, exported to FOLDER/labelled, and the validation pieces with labels."""
+    model = tiny_model(n_labels=2)
+    with torch.no_grad():
+        model.label_emb.weight[1:].normal_(0, 1.0, generator=torch.Generator().manual_seed(2))
+    export_model(model, folder / "labelled")
+    index = json.loads((folder / "tokens" / "validation" / "index.json").read_text())
+    shard = np.load(folder / "tokens" / "validation" / "shard-00000.npy").astype(np.int64)
+    return model, [shard[s : s + n] for s, n in zip(index["start"], index["length"], strict=True)], index["label"]
+
+
+def test_the_labelled_nll_and_its_gain_cover_each_pieces_first_label_tokens(folder):
+    model, pieces, labels = labelled_folder(folder)
+    m = evaluate(folder / "tokens", folder / "labelled", folder / "eval.json", params(label_tokens=5))["validation"]
+    span = AttnSpan(64, same_length=True)  # independently: whole pieces scored with and without labels, then cut
+    free, given = (score_pieces(model, pieces, 16, 2, span, use).nll for use in (None, labels))
+    head_free, head_given = (np.concatenate([nll[:5] for nll in scored]) for scored in (free, given))
+    assert m["labelled_tokens"] == len(head_given) == 5 * len(pieces) < len(np.concatenate(free))
+    assert m["nll_labelled"] == pytest.approx(head_given.mean(), abs=1e-5)
+    assert m["label_gain"] == pytest.approx(head_free.mean() - head_given.mean(), abs=2e-5)
+    assert abs(m["label_gain"] - (np.concatenate(free).mean() - head_given.mean())) > 1e-4  # the same tokens, not all
+    assert m["labelled_share"] == round(5 * len(pieces) / len(np.concatenate(free)), 4)
+    assert m["nll"] == pytest.approx(np.concatenate(free).mean(), abs=1e-5)  # the headline: every token
+    composers = json.loads((folder / "tokens" / "validation" / "index.json").read_text())["composer"]
+    for composer in set(composers):
+        mine = [i for i, c in enumerate(composers) if c == composer]
+        gain = np.concatenate([free[i][:5] - given[i][:5] for i in mine]).mean()
+        assert m["by_composer_gain"][composer] == pytest.approx(gain, abs=2e-5)
+
+
+def test_bf16_moves_the_nll_a_little_says_so_and_auto_follows_the_hardware(folder, monkeypatch):
+    def run(**overrides) -> dict:  # noqa: ANN003
+        return evaluate(folder / "tokens", folder / "model", folder / "eval.json", params(**overrides))["validation"]
+
+    f32, bf16 = run(precision="float32"), run(precision="bfloat16")
+    assert (f32["precision"], bf16["precision"]) == ("float32", "bfloat16")
+    assert f32["nll"] != bf16["nll"] and abs(f32["nll"] - bf16["nll"]) < 0.02  # bf16 did run, and stays close
+    monkeypatch.setattr("model.device.cpu_has_bf16", lambda: False)
+    assert run(precision="auto")["precision"] == "float32"
+    monkeypatch.setattr("model.device.cpu_has_bf16", lambda: True)
+    assert run(precision="auto")["precision"] == "bfloat16"
+    with pytest.raises(PipelineError, match="^evaluate.precision must be one of auto, bfloat16, float32, not 'half'"):
+        run(precision="half")
+    with pytest.raises(PipelineError, match="out of range"):
+        run(label_tokens=-1)

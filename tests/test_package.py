@@ -44,7 +44,7 @@ def fake_reports(folder: Path, model: TransformerXL) -> dict:
         "validation": {
             "nll": 2.71828, "bits_per_token": 3.9217, "accuracy": 0.2871, "tokens": 12345,
             "baselines": {"kneser_ney": 3.8, "unigram": 4.9, "uniform": 5.97},
-            "nll_labelled": 2.70656, "label_gain": 0.01172,
+            "nll_labelled": 2.70656, "label_gain": 0.01172, "labelled_tokens": 2000, "labelled_share": 0.162,
             "identification": {"tokens": 512, "pieces": 9, "top1": 0.4444, "top3": 0.8889, "majority": 0.3333},
         }
     }  # fmt: skip
@@ -82,6 +82,7 @@ def test_the_folder_holds_the_weights_as_trained_and_a_card_with_the_figures(pac
     assert front["license"] == "cc-by-nc-sa-4.0" and "piano" in front["tags"]
     v = evaluation["validation"]
     assert f"| validation | {v['nll']:.4f} | {v['bits_per_token']:.3f} | {v['accuracy']:.3f} |" in card
+    assert "on each piece's opening, 16% of its tokens" in card
     assert f"{v['label_gain']:.4f} nats/token" in card and f"{v['identification']['top1']:.1%}" in card
     parameters = sum(p.numel() for p in model.parameters())
     assert f"{parameters / 1e6:.1f} M parameters" in card and "Chopin, Bach, others" in card

@@ -26,19 +26,22 @@ def composers_section(scores: dict, summary: dict, samples: Path, out: Path, pie
 
 
 def gain_lines(splits: dict) -> list[str]:
-    """The NLL with each piece's composer label against with none (label 0), per split and per composer."""
-    rows = [[split, f"{m['nll_labelled']:.3f}", f"{m['nll']:.3f}", f"{m['label_gain']:+.4f}"]
-            for split, m in splits.items()]  # fmt: skip
-    per = []
+    """The NLL with each piece's composer label against with none (label 0) on the same opening tokens of each piece,
+    per split and per composer."""
+    rows, per = [], []
     for split, m in splits.items():
+        gain = m["label_gain"]
+        rows.append([split, f"{m['nll_labelled']:.3f}", f"{m['nll_labelled'] + gain:.3f}", f"{gain:+.4f}",
+                     f"{m['labelled_tokens']:,} ({m['labelled_share']:.0%})"])  # fmt: skip
         for composer, nll in m["by_composer_labelled"].items():
-            free = m["by_composer"][composer]
-            per.append([split, composer, f"{nll:.3f}", f"{free:.3f}", f"{free - nll:+.4f}"])
+            gain = m["by_composer_gain"][composer]
+            per.append([split, composer, f"{nll:.3f}", f"{nll + gain:.3f}", f"{gain:+.4f}"])
     return [
         "The model reads each piece's composer label at every token (label dropout trains it without, too). What "
-        "knowing the composer is worth, in nats per token: the NLL with the label against with none.",
+        "knowing the composer is worth, in nats per token: the NLL with the label against with none, on the same "
+        "tokens, each piece's opening `evaluate.label_tokens` (their count and share of the split's tokens below).",
         "",
-        *table(["split", "with the composer", "without", "gain"], rows, "lrrr"),
+        *table(["split", "with the composer", "without", "gain", "tokens"], rows, "lrrrr"),
         "",
         *table(["split", "composer", "with the composer", "without", "gain"], per, "llrrr"),
         "",

@@ -228,12 +228,13 @@ def test_the_composers_section_shows_the_gain_and_who_was_named_and_nothing_with
 
     named = {"tokens": 512, "pieces": 5, "top1": 0.6, "top3": 1.0, "majority": 0.4, "labels": ["Bach", "Chopin"],
              "confusion": [[2, 1], [1, 1]]}  # fmt: skip
-    scores = {"validation": {"nll": 2.56, "nll_labelled": 2.5, "label_gain": 0.06, "by_composer": {"Bach": 2.5},
-                             "by_composer_labelled": {"Bach": 2.4}, "identification": named}}  # fmt: skip
+    scores = {"validation": {"nll": 2.9, "nll_labelled": 2.5, "label_gain": 0.06, "by_composer": {"Bach": 2.8},
+                             "labelled_tokens": 1234, "labelled_share": 0.25, "by_composer_labelled": {"Bach": 2.4},
+                             "by_composer_gain": {"Bach": 0.1}, "identification": named}}  # fmt: skip
     summary = {"settings": {"seconds": 30.0}, "samples": []}
     lines = "\n".join(composers_section(scores, summary, tmp_path, tmp_path, {}, {}))
     assert (
-        "| validation | 2.500 | 2.560 | +0.0600 |" in lines
+        "| validation | 2.500 | 2.560 | +0.0600 | 1,234 (25%) |" in lines  # on the same tokens: not `nll` (2.9)
         and "| validation | Bach | 2.400 | 2.500 | +0.1000 |" in lines
     )
     assert "| validation | 5 | 512 | 0.600 | 1.000 | 0.400 |" in lines
