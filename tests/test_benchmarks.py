@@ -187,3 +187,20 @@ def test_attention_benchmark_measures_flex_attention_against_todays_path():
     assert peer and flex, output
     assert min(numbers(" ".join(peer.groups()))) > 0 and float(flex.group(1).replace(",", "")) > 0
     assert float(flex.group(3)) < 0.05  # the two paths agree (bf16 where native)
+
+
+def test_pipeline_benchmark_times_each_stage_from_dvcs_lines_and_sets_it_beside_its_budget():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pipeline_benchmark", BENCHMARKS / "pipeline.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    lines = [(0.0, "Stage 'fetch' didn't change, skipping"), (1.0, "Running stage 'train':"), (2.0, "step 1/2"),
+             (31.0, "Running stage 'evaluate':"), (95.5, "Updating lock file 'dvc.lock'")]  # fmt: skip
+    seconds = bench.stage_seconds(lines, end=100.0)
+    assert seconds == {"train": 30.0, "evaluate": 69.0}  # from its line to the next stage's, the last to the end
+    table = "\n".join(bench.budget_table(seconds, {"no-op dvc repro": 1.2}))
+    assert "| train | 30.0 | 400 | yes |" in table and "| evaluate | 69.0 | 60 | NO |" in table
+    assert "| fetch | skipped (unchanged) | 10 | |" in table and "| **all stages** | **99.0** | 720 | yes |" in table
+    assert "| no-op dvc repro | 1.20 | 1.5 | yes |" in table
+    assert sum(bench.BUDGET_S.values()) <= bench.TOTAL_BUDGET_S  # the stages' budgets fit the whole one
