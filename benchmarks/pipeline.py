@@ -1,8 +1,9 @@
 """The whole pipeline's time, stage by stage, beside its budget: runs `dvc repro` and stamps each stage as DVC starts
 it, then times the fixed costs (`maestro-xl --help`, and `dvc repro` with nothing to do).
 
-With --fresh it runs in a new clone of this commit (no data, no checkpoints, no DVC cache: every stage runs), with
-`data.source` set to --source; without, in this project, where DVC runs only what changed. The peer of each figure
+With --fresh it runs in a new clone of this commit (no data, no checkpoints, no DVC cache), with `data.source` set to
+--source, and forces every stage (the metrics committed in git would otherwise let DVC skip a stage whose inputs
+come out the same); without, in this project, where DVC runs only what changed. The peer of each figure
 is its budget: the whole pipeline from a fresh clone on two cores within 12 minutes, training its largest part.
 
 Usage: python benchmarks/pipeline.py [--fresh] [--source ../shared/data/maestro-asap] [--keep DIR]
@@ -69,9 +70,10 @@ def fresh_clone(source: str, keep: Path | None) -> Path:
     return target
 
 
-def run_repro(project: Path, env: dict[str, str]) -> dict[str, float]:
-    """Run `dvc repro` in `project`, echoing its output, and return each stage's seconds."""
-    process = subprocess.Popen(["dvc", "repro"], cwd=project, env=env, text=True, stdout=subprocess.PIPE,
+def run_repro(project: Path, env: dict[str, str], force: bool) -> dict[str, float]:
+    """Run `dvc repro` in `project` (every stage with `force`), echoing its stage lines; each stage's seconds."""
+    command = ["dvc", "repro", *(["--force"] if force else [])]
+    process = subprocess.Popen(command, cwd=project, env=env, text=True, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, bufsize=1)  # fmt: skip
     stamped = []
     for line in process.stdout:
@@ -111,7 +113,7 @@ def main() -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     project = fresh_clone(args.source, args.keep) if args.fresh else ROOT
     try:
-        seconds = run_repro(project, env)
+        seconds = run_repro(project, env, force=args.fresh)
         fixed = fixed_costs(project, env)
     finally:
         if args.fresh and args.keep is None:
