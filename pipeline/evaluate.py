@@ -151,8 +151,8 @@ def labelled_metrics(
     # the labelled pass scores only the opening share, and the gain compares the same tokens of the unlabelled pass.
     heads = [piece[: p.label_tokens + 1] for piece in pieces] if p.label_tokens else pieces
     labelled = score_pieces(model, heads, p.tgt_len, p.batch_size, attn_span(p), store.index["label"])
-    nll = np.concatenate(labelled.nll)
-    free = np.concatenate([piece_nll[: len(given)] for piece_nll, given in zip(scores.nll, labelled.nll, strict=True)])
+    free_heads = [piece_nll[: len(given)] for piece_nll, given in zip(scores.nll, labelled.nll, strict=True)]
+    nll, free = np.concatenate(labelled.nll), np.concatenate(free_heads)
     return {
         "nll_labelled": round(float(nll.mean()), 5),
         "label_gain": round(float(free.mean() - nll.mean()), 5),  # nats per token that knowing the composer saves
@@ -160,8 +160,7 @@ def labelled_metrics(
         "labelled_share": round(len(nll) / max(sum(len(piece_nll) for piece_nll in scores.nll), 1), 4),
         "by_composer_labelled": composer_means(store.index["composer"], labelled.nll),
         "by_composer_gain": composer_means(
-            store.index["composer"],
-            [piece_nll[: len(given)] - given for piece_nll, given in zip(scores.nll, labelled.nll, strict=True)],
+            store.index["composer"], [head - given for head, given in zip(free_heads, labelled.nll, strict=True)]
         ),
         "identification": identify(model, pieces, store.index["label"], vocab["labels"], p),
     }
