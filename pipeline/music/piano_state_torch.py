@@ -8,12 +8,19 @@ the music library used alone still loads no torch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 
 import torch
 
 from pipeline.music.performance_encoding import NOTE_OFF, PIECE_START, TIME_SHIFT, VOCAB_SIZE, time_steps
 from pipeline.music.piano_state import CHUNK, HELD_STEPS, PITCHES
+
+
+def _along_time(x: torch.Tensor, scan: Callable) -> torch.Tensor:
+    """`scan` (torch.cummax or torch.cummin) of x [rows, time, keys] over time, run with time as the innermost
+    dimension: on a CPU a scan along a strided dimension takes about four times as long."""
+    return scan(x.transpose(1, 2).contiguous(), dim=2).values.transpose(1, 2)
 
 
 @cache
@@ -79,9 +86,9 @@ class PianoState:
         at_reset = total.gather(1, last_reset.clamp(min=0)[..., None].expand(-1, -1, PITCHES))
         running = total - torch.where((last_reset >= 0)[..., None], at_reset, 0)
         big = 2 * (running.abs().amax() + 1)  # a tensor: its value never comes to the host
-        lowest = (running - group * big).cummin(1).values + group * big
+        lowest = _along_time(running - group * big, torch.cummin) + group * big
         held = running - lowest.clamp(max=0)
-        last_strike = torch.where(delta > 0, span[None, :, None], -1).cummax(1).values
+        last_strike = _along_time(torch.where(delta > 0, span[None, :, None], -1), torch.cummax)
         struck_at = clock.gather(1, last_strike.clamp(min=0).reshape(rows, -1)).reshape(rows, time, PITCHES)
         onset = torch.where(last_strike > last_reset[..., None], struck_at, self.onset[:, None])
         self.held, self.onset, self.clock = held[:, -1], onset[:, -1], clock[:, -1]
