@@ -26,7 +26,7 @@ from pipeline.atomic import atomic_write_text
 from pipeline.composers import resolve, unlabelled
 from pipeline.errors import PipelineError
 from pipeline.generation.decoding import decode_dtype, sample_batch
-from pipeline.generation.primers import Primer, load_primers
+from pipeline.generation.primers import Primer, load_primers, unconditional
 from pipeline.model_folder import load_model, model_vocab
 from pipeline.music.audio import render_wav, synthesizer
 from pipeline.music.midi import cut_notes, one_note_per_key, write_midi
@@ -43,7 +43,7 @@ from pipeline.params import GenerateParams
 MAX_SAMPLES, MAX_SECONDS, MAX_MEM_LEN = 256, 3600.0, 16384  # beyond these a run would not fit in memory
 LONG_NOTE_S = 10.0
 HELD_NOTE_S = 5.0  # a sample's share of notes longer than this is in its record (real music has next to none)
-SAMPLE_FILE = re.compile(r"^sample-\d+(-without-rule)?\.(mid|png|wav)$")
+SAMPLE_FILE = re.compile(r"^(sample|long)-\d+(-without-rule)?\.(mid|png|wav)$")
 WITHOUT_RULE = "-without-rule"  # the MIDI of a sample made again without the note-length rule, for the report
 
 
@@ -61,6 +61,8 @@ def check_params(p: GenerateParams) -> None:
         ("max_note_s", p.max_note_s, 0 <= p.max_note_s < math.inf, "0 (off) or a number of seconds"),
         ("guidance", p.guidance, 0 <= p.guidance < math.inf, "0 or more (1: plain conditioning)"),
         ("seconds", p.seconds, 0 < p.seconds <= MAX_SECONDS, f"above 0 and at most {MAX_SECONDS}"),
+        ("long_samples", p.long_samples, 0 <= p.long_samples <= MAX_SAMPLES, f"from 0 to {MAX_SAMPLES}"),
+        ("long_seconds", p.long_seconds, 0 < p.long_seconds <= MAX_SECONDS, f"above 0 and at most {MAX_SECONDS}"),
         ("primer seconds", p.primer_seconds, 0 < p.primer_seconds < math.inf, "above 0 and finite"),
         ("seed", p.seed, 0 <= p.seed < 2**63 - MAX_SAMPLES * max(len(p.primers), 1), "from 0 to 2^63 - 1"),
         ("mem_len", p.mem_len, p.mem_len is None or 0 <= p.mem_len <= MAX_MEM_LEN, f"from 0 to {MAX_MEM_LEN}"),
@@ -187,6 +189,7 @@ def generate(
                     name = f"sample-{len(free) + 1:02d}{WITHOUT_RULE}"
                     record = write_sample(Path(tmp), name, primer, new, p, None, figures=False)
                     free.append({**record, **about, "seed": seed})
+        long = long_samples(model, p, p.seed + len(primers) * len(groups) * p.samples, dtype, span, Path(tmp))
         previous = previous_sample_files(out)
         out.mkdir(exist_ok=True)
         written = {path.name for path in Path(tmp).iterdir()}
@@ -208,9 +211,25 @@ def generate(
         else f"skipped: {synth}",
         "samples": records,
         "without_rule": free,
+        "long": long,
     }
     atomic_write_text(out / "samples.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def long_samples(
+    model: TransformerXL, p: GenerateParams, first_seed: int, dtype: torch.dtype | None, span: AttnSpan, folder: Path
+) -> list[dict]:
+    """p.long_samples samples of p.long_seconds from nothing, without a composer, with the rule as p has it, seeded
+    from `first_seed` on: long-NN.mid and .png in `folder`; their records."""
+    if not p.long_samples:
+        return []
+    long = dataclasses.replace(p, seconds=p.long_seconds, stop_at_piece_end=False)
+    seeds, primer = [first_seed + i for i in range(p.long_samples)], unconditional()
+    rows, released = sample_batch(model, primer, long, seeds, dtype, span)
+    made = enumerate(zip(seeds, rows, released, strict=True))
+    return [{**write_sample(folder, f"long-{i + 1:02d}", primer, new, long, None), "seed": seed,
+             "rule_releases": int(count)} for i, (seed, new, count) in made]  # fmt: skip
 
 
 def composer_groups(
@@ -242,7 +261,7 @@ def previous_sample_files(out: Path) -> set[str]:
     """The files that the samples.json in `out` lists (a run's own files, and only those, are replaced)."""
     try:
         listed = json.loads((out / "samples.json").read_text())
-        samples = listed["samples"] + listed.get("without_rule", [])
+        samples = listed["samples"] + listed.get("without_rule", []) + listed.get("long", [])
         names = {s[key] for s in samples for key in ("midi", "png", "wav") if s.get(key)}
     except (OSError, ValueError, KeyError, TypeError):
         return set()

@@ -116,6 +116,8 @@ class GenerateParams:
     keep_primer: bool = True  # the output begins with the primer
     stop_at_piece_end: bool = False  # let the model end a sample early; False samples each to its full length
     max_note_s: float = 8.0  # the decoding rule: a key sounding this long is released (0: off)
+    long_samples: int = 0  # also this many of long_seconds, from nothing, no composer (the report's long form)
+    long_seconds: float = 120.0
     mem_len: int | None = None  # hidden states kept per layer while sampling; None: twice the model's own
     precision: str = "auto"  # float32, bfloat16 (weights' matmuls), or auto: bfloat16 where it pays (decode_dtype)
     device: str = "auto"  # auto, cuda or cpu

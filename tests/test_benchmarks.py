@@ -207,3 +207,40 @@ def test_pipeline_benchmark_times_each_stage_from_dvcs_lines_and_sets_it_beside_
     assert f"| **all stages** | **99.0** | {bench.TOTAL_BUDGET_S} | yes |" in table
     assert "| no-op dvc repro | 1.20 | 1.5 | yes |" in table
     assert sum(bench.BUDGET_S.values()) <= bench.TOTAL_BUDGET_S  # the stages' budgets fit the whole one
+
+
+def test_pipeline_budgets_cover_dvcs_stages_and_a_time_at_its_budget_is_within_it():
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("pipeline_benchmark", BENCHMARKS / "pipeline.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert list(bench.BUDGET_S) == list(stages)  # one budget per stage, in the pipeline's order
+    at_budget = {name: float(budget) for name, budget in bench.BUDGET_S.items()}
+    fixed = {"maestro-xl --help": bench.FIXED_BUDGET_S, "no-op dvc repro": 2.0}
+    table = "\n".join(bench.budget_table(at_budget, fixed))
+    for name, budget in bench.BUDGET_S.items():
+        assert f"| {name} | {float(budget):.1f} | {budget} | yes |" in table  # exactly at its budget is within it
+    assert f"| maestro-xl --help | {bench.FIXED_BUDGET_S:.2f} | {bench.FIXED_BUDGET_S} | yes |" in table
+    assert f"| no-op dvc repro | 2.00 | {bench.FIXED_BUDGET_S} | NO |" in table  # judged by its own budget
+    over = "\n".join(bench.budget_table({"train": bench.TOTAL_BUDGET_S + 1.0}, {}))
+    assert f"| **all stages** | **{bench.TOTAL_BUDGET_S + 1.0:.1f}** | {bench.TOTAL_BUDGET_S} | NO |" in over
+
+
+def test_quality_benchmark_judges_each_seeds_samples_against_real_music(synthetic_run, tmp_path):
+    data, trained = synthetic_run / "data", synthetic_run / "data" / "trained"
+    output = script("quality.py", "--seeds", "5", "--model", f"5={trained}", "--data", data, "--work", tmp_path,
+                    "--params", synthetic_run / "params.yaml", "--short", "2", "--long", "4")  # fmt: skip
+    lines = {line.split(" | ")[0]: line for line in output.splitlines() if line.startswith("| ")}
+    assert {"| real validation music", "| seed 5, with rule", "| seed 5, without rule"} <= set(lines)
+    assert re.search(r"\| \d+/11(:|\s\|)", lines["| seed 5, with rule"])  # every criterion judged, with the rule
+    assert re.search(r"\| \d+/13(:|\s\|)", lines["| seed 5, without rule"])  # and the model's own two besides
+    short, long = (
+        json.loads((tmp_path / "seed-5" / "samples" / n / "samples.json").read_text()) for n in ("short", "long")
+    )
+    assert len(short["samples"]) == len(short["without_rule"]) > 0  # as the generate stage makes them, rule off too
+    assert len(long["samples"]) == len(long["without_rule"]) == 8 and all(s["seconds"] == 4.0 for s in long["samples"])
+    assert all(not s.get("composer") for s in long["samples"])

@@ -568,3 +568,23 @@ def test_composers_given_to_a_model_without_labels_make_unlabelled_samples_and_s
     assert [(s["name"], s["composer"]) for s in summary["samples"]] == [("sample-01", None), ("sample-02", None)]
     plain = generate(model_dir, tmp_path / "plain", params(samples=2, seconds=1.0))
     assert [s["tokens"] for s in plain["samples"]] == [s["tokens"] for s in summary["samples"]]  # the same seeds
+
+
+def test_long_samples_come_after_the_others_from_nothing_with_their_own_seeds(model_dir, tmp_path):
+    out = tmp_path / "out"
+    summary = generate(model_dir, out, params(samples=2, long_samples=2, long_seconds=5.0, max_note_s=1.0))
+    long = summary["long"]
+    assert [r["name"] for r in long] == ["long-01", "long-02"] and [r["seed"] for r in long] == [1236, 1237]
+    assert all(r["seconds"] == pytest.approx(5.0, abs=0.01) and r["primer"]["source"] == "none" for r in long)
+    assert all(r["ended_by"] == "seconds" and "rule_releases" in r for r in long)
+    assert summary["settings"]["long_samples"] == 2 and summary["settings"]["long_seconds"] == 5.0
+    # the same draw as an ordinary sample of that seed and length, from nothing: the long ones are that and no more
+    generate(model_dir, tmp_path / "alone", params(samples=1, seed=1237, seconds=5.0, max_note_s=1.0))
+    assert (out / "long-02.mid").read_bytes() == (tmp_path / "alone" / "sample-01.mid").read_bytes()
+    assert (out / "long-01.png").is_file() and notes_by_pretty_midi(out / "long-01.mid")
+    generate(model_dir, out, params(samples=1))  # a run without them removes the earlier run's long files
+    assert not list(out.glob("long-*"))
+    with pytest.raises(PipelineError, match="long_seconds must be above 0"):
+        check_params(params(long_samples=1, long_seconds=0.0))
+    with pytest.raises(PipelineError, match="long_samples must be from 0"):
+        check_params(params(long_samples=-1))

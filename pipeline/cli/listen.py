@@ -50,6 +50,10 @@ TopP = Annotated[
 ]
 Seed = Annotated[int | None, typer.Option(help=f"sample i uses seed + i {_default(DEFAULTS.seed)}")]
 Samples = Annotated[int | None, typer.Option(help=f"samples per primer and composer {_default(DEFAULTS.samples)}")]
+LongSamples = Annotated[
+    int | None,
+    typer.Option(help=f"also this many samples of long_seconds, no composer {_default(DEFAULTS.long_samples)}"),
+]
 WavSamples = Annotated[
     int | None,
     typer.Option(help=f"render WAV for the first this many samples only {_default(DEFAULTS.wav_samples)}"),
@@ -100,6 +104,7 @@ def generate(
     top_p: TopP = None,
     seed: Seed = None,
     samples: Samples = None,
+    long_samples: LongSamples = None,
     wav_samples: WavSamples = None,
     max_note_s: MaxNoteS = None,
     composer: Composer = None,
@@ -135,6 +140,7 @@ def generate(
         "top_p": top_p,
         "seed": seed,
         "samples": samples,
+        "long_samples": long_samples,
         "wav_samples": wav_samples,
         "max_note_s": max_note_s,
         "mem_len": mem_len,
@@ -149,7 +155,7 @@ def generate(
 
 def _echo_samples(summary: dict, out: Path) -> None:
     """One line per sample that generate wrote: its composer, length, notes, seed, how it ended and its files."""
-    for s in summary["samples"]:
+    for s in summary["samples"] + summary.get("long", []):
         files = ", ".join(f for f in (s["midi"], s["png"], s["wav"]) if f)
         flags = f" [{', '.join(s['flags'])}]" if s["flags"] else ""
         rule = f", {s['rule_releases']} released by the rule" if s.get("rule_releases") else ""

@@ -112,13 +112,22 @@ def sample_set(samples: Path, records: list[dict], seconds: float) -> dict:
             "firsts": [float(m["onset"].min()) for m in made if len(m["onset"])]}  # fmt: skip
 
 
-def samples_section(
-    samples: Path, summary: dict, out: Path, plots: Path, pieces: dict, notes: dict, metrics: Path | None = None
+def samples_section(  # noqa: PLR0913
+    samples: Path,
+    summary: dict,
+    out: Path,
+    plots: Path,
+    pieces: dict,
+    notes: dict,
+    metrics: Path | None = None,
+    stretch: tuple[float, ...] = (1.0,),
 ) -> list[str]:
     """Each sample's figures and piano roll, then generated against real music, feature by feature (Yang & Lerch),
-    with the same-size reference test, with and without the note-length rule; the figures also go to `metrics`
+    with the same-size reference test, with and without the note-length rule, and what a listener hears first
+    (report/realism.py: `stretch` is the train split's time stretches); the figures also go to `metrics`
     (samples.json) when given."""
     from pipeline.music.features import FEATURES, feature_values
+    from pipeline.report.realism import realism_section
 
     seconds = float(summary["settings"]["seconds"])
     ruled = sample_set(samples, summary["samples"], seconds)
@@ -131,10 +140,13 @@ def samples_section(
     ours, reference = two_way_overlap(validation, generated), reference_draws(validation, pool, len(generated))
     verdict = reference_test(ours, reference)
     measured = sample_metrics(summary["samples"], ruled["durations"], ruled["firsts"], verdict)
+    sets = {"with_rule": ruled["notes"]}
     if summary.get("without_rule"):
-        measured["without_rule"] = without_rule_metrics(
-            samples, summary["without_rule"], seconds, validation, reference
-        )
+        free = sample_set(samples, summary["without_rule"], seconds)
+        measured["without_rule"] = without_rule_metrics(free, summary["without_rule"], validation, reference)
+        sets["without_rule"] = free["notes"]
+    realism_lines, realism = realism_section(samples, summary, sets, pieces, notes, list(stretch))
+    measured.update(realism)
     grid = figures.feature_grid(out / "features.png", {"validation": validation, "generated": generated}, FEATURES,
                                 f"Generated samples against {seconds:g}-second validation excerpts")  # fmt: skip
     table_rows, plot_rows = feature_rows(ours, reference, verdict)
@@ -148,6 +160,7 @@ def samples_section(
         *rule_lines(summary, measured),
         f"![features](figures/{grid})",
         "",
+        *realism_lines,
     ]
 
 
@@ -173,11 +186,10 @@ def openings_row(real_openings: list[dict[str, np.ndarray]], pool: list[dict]) -
 
 
 def without_rule_metrics(
-    samples: Path, records: list[dict], seconds: float, validation: list[dict], reference: dict[str, dict[str, float]]
+    free: dict, records: list[dict], validation: list[dict], reference: dict[str, dict[str, float]]
 ) -> dict:
-    """sample_metrics of the samples made from the same seeds without the note-length rule (`records`), with their
-    own same-size reference test against the same reference."""
-    free = sample_set(samples, records, seconds)
+    """sample_metrics of the samples made from the same seeds without the note-length rule (`records`, whose
+    sample_set is `free`), with their own same-size reference test against the same reference."""
     free_verdict = reference_test(two_way_overlap(validation, free["generated"]), reference)
     return sample_metrics(records, free["durations"], free["firsts"], free_verdict)
 

@@ -350,6 +350,7 @@ def report(inputs: Inputs, out: Path = Path("reports")) -> Path:
                 pieces,
                 notes,
                 inputs.metrics / "samples.json",
+                load_section("tokenize", inputs.params).get("stretch") or [1.0],
             ),
             composers_section(
                 read_json(inputs.metrics / "eval.json"),

@@ -172,6 +172,27 @@ def test_kde_is_scipys(count: int) -> None:
     assert ours[tails] == pytest.approx(theirs[tails], rel=1e-9)
 
 
+@pytest.mark.parametrize("order", ["sorted", "shuffled"])
+@pytest.mark.parametrize("count", [300, 20000])
+def test_kde_is_scipys_where_a_block_spans_many_widths(count: int, order: str) -> None:
+    """On the comparison's own grid (half the narrowest width a step), a block of GRID_CHUNK points spans about 31
+    kernel widths, well past KERNEL_REACH: each block still sums every sample within reach of any of its points,
+    in any order of the points."""
+    from scipy.stats import gaussian_kde
+
+    rng = np.random.default_rng(count)
+    samples = np.concatenate([np.abs(rng.normal(2, 1, count - count // 4)), rng.exponential(5, count // 4)])
+    density, width = _kde(samples)
+    oracle = gaussian_kde(samples)
+    x = np.arange(samples.min() - 12 * width, samples.max() + 12 * width, width / 2)
+    if order == "shuffled":
+        x = rng.permutation(x)
+    ours, theirs = density(x), oracle(x)
+    assert np.abs(ours - theirs).max() <= 1e-12 * theirs.max()
+    tails = theirs > 1e-10 * theirs.max()
+    assert ours[tails] == pytest.approx(theirs[tails], rel=1e-9)
+
+
 def random_set(seed: int, count: int, low: int, high: int) -> list[dict]:
     rng = np.random.default_rng(seed)
     return [feature_values(random_piece(rng, 20.0, low, high), 20.0) for _ in range(count)]

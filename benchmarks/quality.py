@@ -1,0 +1,213 @@
+"""Music the model plays by itself, judged over training seeds against real music: for each seed the CPU-recipe
+model (trained here, or a model folder given for it), 16 samples of 30 s (12 with composers, 4 without) and 8 of
+120 s without a composer, each with the note-length rule and without; one table against real validation openings and
+windows, and each criterion of the long-form quality bar, met or not.
+
+The peer of every figure is real music from the same data: the first 30 s of every validation piece, and the 30-s
+windows of every validation piece that lasts 120 s. Samples are never picked: sample i draws from seed + i.
+
+Usage: python benchmarks/quality.py [--seeds 1234 1 2] [--model SEED=FOLDER ...] [--work DIR] [--params params.yaml]
+       [--data data] [--train-set SECTION.KEY=VALUE ...] [--short 30] [--long 120] [--json FILE]
+Needs the pipeline's data (DATA/events, DATA/validated, DATA/tokens: `dvc repro` up to tokenize). Each seed trains
+as `maestro-xl train` would with train.seed set (about 7.5 minutes on two cores), then samples (about 3 minutes).
+The long samples are measured in windows of --short seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+LONG_SAMPLES = 8  # samples of --long seconds, without a composer
+
+
+def trained_model(seed: int, work: Path, params: Path, data: Path, overrides: list[str]) -> Path:
+    """Train the CPU-recipe model with train.seed = `seed` (and `overrides`) into work/seed-N; its model folder."""
+    folder = work / f"seed-{seed}"
+    if (folder / "trained" / "config.json").is_file():
+        return folder / "trained"
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = yaml.safe_load(params.read_text())
+    settings["train"]["seed"] = seed
+    for item in overrides:
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        settings[section][name] = yaml.safe_load(value)
+    (folder / "params.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    command = [sys.executable, "-m", "pipeline", "train", "--params", str(folder / "params.yaml"), "--tokens",
+               str(data / "tokens"),
+               "--checkpoints", str(folder / "checkpoints"), "--shared", str(folder / "shared"),
+               "--out", str(folder / "trained"), "--live", str(folder / "live")]  # fmt: skip
+    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return folder / "trained"
+
+
+def sample_sets(model: Path, out: Path, params: Path, data: Path, short: float, long: float) -> dict[str, list]:
+    """The four sample sets' notes: `short` and `long` seconds, each with the rule and without."""
+    from pipeline.generate import generate
+    from pipeline.params import GenerateParams, load_section, typed
+    from pipeline.report.samples import new_notes
+
+    base = GenerateParams(**typed(GenerateParams, load_section("generate", params), "generate"))
+    base = dataclasses.replace(base, primers=[], wav_samples=0, long_samples=0)
+    runs = {"short": dataclasses.replace(base, seconds=short),
+            "long": dataclasses.replace(base, seconds=long, samples=LONG_SAMPLES, composers=[])}  # fmt: skip
+    sets = {}
+    for name, p in runs.items():
+        summary = generate(model, out / name, p, tokens=data / "tokens")
+        sets[f"{name}_with_rule"] = [new_notes(out / name / r["midi"], 0.0) for r in summary["samples"]]
+        sets[f"{name}_without_rule"] = [new_notes(out / name / r["midi"], 0.0) for r in summary["without_rule"]]
+    return sets
+
+
+def real_music(data: Path, short: float, long: float) -> dict[str, list[dict]]:
+    """The validation and train pieces, the validation openings of `short` s, and the validation pieces that last
+    `long` s."""
+    from pipeline.report.samples import openings, split_notes
+    from pipeline.report.stage import Inputs, load_pieces
+
+    inputs = Inputs(**{f.name: None for f in dataclasses.fields(Inputs)})
+    inputs.validated, inputs.events = data / "validated", data / "events"
+    pieces, notes = load_pieces(inputs)
+    validation, train = split_notes(pieces, notes, "validation"), split_notes(pieces, notes, "train")
+    lasting = [p for p in validation if len(p["offset"]) and float(np.max(p["offset"])) >= long]
+    return {"validation": validation, "train": train, "openings": openings(validation, short), "lasting": lasting}
+
+
+def measure(sets: dict[str, list], real: dict[str, list], stretch: list, short: float, long: float) -> dict:
+    """Texture of the short sets and of each short window of the long sets, held notes, the same-size reference test
+    and the longest run shared with a train piece, beside the same figures of real music."""
+    from pipeline.music.features import feature_values
+    from pipeline.music.originality import PassageIndex, note_intervals
+    from pipeline.music.texture import set_texture, window
+    from pipeline.report.samples import openings as first
+    from pipeline.report.samples import real_features, reference_draws, reference_test, two_way_overlap
+
+    openings, lasting, train = real["openings"], real["lasting"], real["train"]
+    windows = range(int(long // short))
+    result = {"real": set_texture(openings, short),
+              "real_windows": [set_texture([window(p, k * short, short) for p in lasting], short)
+                               for k in windows]}  # fmt: skip
+    # The report's same-size reference test: validation excerpts, and train openings in the samples' place.
+    excerpts = real_features(real["validation"], short, 2, 10_000, seed=0)
+    pool = [feature_values(o, short) for o in first(train, short)]
+    index = PassageIndex(note_intervals(p["onset"] * f, p["pitch"]) for p in train for f in stretch)
+    result["real_longest"] = max(index.longest(note_intervals(o["onset"], o["pitch"])) for o in openings)
+    for rule in ("with_rule", "without_rule"):
+        brief, extended = sets[f"short_{rule}"], sets[f"long_{rule}"]
+        generated = [feature_values(n, short) for n in brief]
+        verdict = reference_test(two_way_overlap(excerpts, generated), reference_draws(excerpts, pool, len(brief)))
+        result[rule] = {
+            "short": set_texture(brief, short),
+            "windows": [set_texture([window(n, k * short, short) for n in extended], short) for k in windows],
+            "held_over_10s": sum(bool(len(n["onset"])) and float(np.max(n["offset"] - n["onset"])) > 10 for n in brief),
+            "reference": verdict,
+            "longest": max(index.longest(note_intervals(n["onset"], n["pitch"])) for n in brief + extended),
+        }
+    return result
+
+
+def within(value: float, real: float, share: float) -> bool:
+    """Whether `value` lies within ±share of `real`."""
+    return bool(np.isfinite(value) and abs(value - real) <= share * abs(real))
+
+
+def criteria(m: dict, rule: str) -> dict[str, bool]:
+    """The quality bar for one sample set (with the rule or without), each criterion met or not."""
+    real, own = m["real"], m[rule]
+    short = own["short"]
+    checks = {
+        "mean pitch within 2 semitones": abs(short["mean_pitch"] - real["mean_pitch"]) <= 2,
+        "C7 and above at most 3x real": short["high_share"] <= 3 * real["high_share"],
+        "spread of mean pitch at most 1.5x real": short["mean_pitch_spread"] <= 1.5 * real["mean_pitch_spread"],
+        **{
+            f"{name.replace('_', ' ')} within 20%": within(short[name], real[name], 0.2)
+            for name in ("notes_per_second", "polyphony", "note_duration")
+        },  # fmt: skip
+        **{
+            f"{name.replace('_', ' ')} within 30% in every window": all(
+                within(w[name], r[name], 0.3) for w, r in zip(own["windows"], m["real_windows"], strict=True)
+            )
+            for name in ("notes_per_second", "polyphony", "note_duration")
+        },  # fmt: skip
+        "reference test passed": own["reference"]["passed"],
+        "no sample copies": own["longest"] <= m["real_longest"],
+    }
+    if rule == "without_rule":
+        checks["at most 1 of 16 holds a note over 10 s"] = own["held_over_10s"] <= 1
+        checks["notes over 5 s at most 2x real"] = short["long_share"] <= 2 * real["long_share"]
+    return checks
+
+
+def table(results: dict[int, dict]) -> list[str]:
+    """One row per seed and sample set, and real music's rows, as Markdown."""
+    head = ["", "mean pitch", "C7+", "spread", "notes/s", "polyphony", "duration (s)", "over 5 s",
+            "windows: mean pitch", "windows: notes/s", "held > 10 s", "ref. test (lowest, mean)", "longest run",
+            "criteria met"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
+    first = next(iter(results.values()))
+    lines.append(row("real validation music", first["real"], first["real_windows"], "", "", first["real_longest"], ""))
+    for seed, m in results.items():
+        for rule in ("with_rule", "without_rule"):
+            own, met = m[rule], criteria(m, rule)
+            verdict = own["reference"]
+            ref = f"{'pass' if verdict['passed'] else 'FAIL'} ({verdict['ratios'][verdict['lowest']]:.2f}, " \
+                  f"{verdict['mean_ratio']:.2f})"  # fmt: skip
+            failed = [name for name, ok in met.items() if not ok]
+            summary = f"{sum(met.values())}/{len(met)}" + (f": not {'; '.join(failed)}" if failed else "")
+            label = f"seed {seed}, {rule.replace('_', ' ')}"
+            lines.append(row(label, own["short"], own["windows"], own["held_over_10s"], ref, own["longest"], summary))
+    return lines
+
+
+def row(label: str, short: dict, windows: list[dict], held: object, ref: str, longest: int, met: str) -> str:
+    """A table row: the 30-s figures, then the 120-s samples' windows as first → last."""
+
+    def span(name: str, form: str) -> str:
+        return " → ".join(format(w[name], form) for w in windows)
+
+    cells = [label, f"{short['mean_pitch']:.1f}", f"{short['high_share']:.1%}", f"{short['mean_pitch_spread']:.1f}",
+             f"{short['notes_per_second']:.1f}", f"{short['polyphony']:.2f}", f"{short['note_duration']:.2f}",
+             f"{short['long_share']:.1%}", span("mean_pitch", ".1f"), span("notes_per_second", ".1f"), held, ref,
+             longest, met]  # fmt: skip
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def main() -> None:
+    """Train (or take) each seed's model, sample, measure and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1234, 1, 2])
+    parser.add_argument("--model", action="append", default=[], help="SEED=FOLDER: this seed's model, not trained")
+    parser.add_argument("--work", type=Path, default=ROOT / "data" / "quality", help="models and samples go here")
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    parser.add_argument("--data", type=Path, default=ROOT / "data", help="with events/, validated/ and tokens/")
+    parser.add_argument("--train-set", action="append", default=[], help="SECTION.KEY=VALUE for training")
+    parser.add_argument("--short", type=float, default=30.0, help="seconds of the 16 samples, and of each window")
+    parser.add_argument("--long", type=float, default=120.0, help="seconds of the 8 long samples")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    given = {int(seed): Path(folder) for seed, folder in (item.split("=", 1) for item in args.model)}
+    stretch = yaml.safe_load(args.params.read_text())["tokenize"]["stretch"]
+    real, results = real_music(args.data, args.short, args.long), {}
+    for seed in args.seeds:
+        model = given.get(seed) or trained_model(seed, args.work, args.params, args.data, args.train_set)
+        sets = sample_sets(model, args.work / f"seed-{seed}" / "samples", args.params, args.data, args.short, args.long)
+        results[seed] = measure(sets, real, stretch, args.short, args.long)
+        print(f"seed {seed}: measured", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=float) + "\n")
+    print("\n".join(table(results)))
+
+
+if __name__ == "__main__":
+    main()
