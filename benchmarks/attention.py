@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from model import AttnSpan, TransformerXL, TransformerXLConfig  # noqa: E402
 from model.device import autocast, compute_dtype  # noqa: E402
-from model.transformer_xl import RelPartialLearnableMultiHeadAttn  # noqa: E402
+from model.layers import RelPartialLearnableMultiHeadAttn  # noqa: E402
 from pipeline.model_folder import model_section  # noqa: E402
 from pipeline.params import load_section  # noqa: E402
 

@@ -7,7 +7,8 @@ The peer of every figure is real music from the same data: the first 30 s of eve
 windows of every validation piece that lasts 120 s. Samples are never picked: sample i draws from seed + i.
 
 Usage: python benchmarks/quality.py [--seeds 1234 1 2] [--model SEED=FOLDER ...] [--work DIR] [--params params.yaml]
-       [--data data] [--train-set SECTION.KEY=VALUE ...] [--short 30] [--long 120] [--json FILE]
+       [--data data] [--train-set SECTION.KEY=VALUE ...] [--generate-set KEY=VALUE ...] [--short 30] [--long 120]
+       [--json FILE]
 Needs the pipeline's data (DATA/events, DATA/validated, DATA/tokens: `dvc repro` up to tokenize). Each seed trains
 as `maestro-xl train` would with train.seed set (about 7.5 minutes on two cores), then samples (about 3 minutes).
 The long samples are measured in windows of --short seconds.
@@ -52,14 +53,17 @@ def trained_model(seed: int, work: Path, params: Path, data: Path, overrides: li
     return folder / "trained"
 
 
-def sample_sets(model: Path, out: Path, params: Path, data: Path, short: float, long: float) -> dict[str, list]:
-    """The four sample sets' notes: `short` and `long` seconds, each with the rule and without."""
+def sample_sets(model: Path, out: Path, params: Path, data: Path, short: float, long: float, overrides: list[str]
+                ) -> dict[str, list]:  # fmt: skip
+    """The four sample sets' notes: `short` and `long` seconds, each with the rule and without (the generate params
+    with `overrides`, KEY=VALUE each)."""
     from pipeline.generate import generate
     from pipeline.params import GenerateParams, load_section, typed
     from pipeline.report.samples import new_notes
 
     base = GenerateParams(**typed(GenerateParams, load_section("generate", params), "generate"))
-    base = dataclasses.replace(base, primers=[], wav_samples=0, long_samples=0)
+    changes = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in overrides)}
+    base = dataclasses.replace(base, primers=[], wav_samples=0, long_samples=0, **changes)
     runs = {"short": dataclasses.replace(base, seconds=short),
             "long": dataclasses.replace(base, seconds=long, samples=LONG_SAMPLES, composers=[])}  # fmt: skip
     sets = {}
@@ -192,6 +196,7 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--data", type=Path, default=ROOT / "data", help="with events/, validated/ and tokens/")
     parser.add_argument("--train-set", action="append", default=[], help="SECTION.KEY=VALUE for training")
+    parser.add_argument("--generate-set", action="append", default=[], help="KEY=VALUE of generate: for sampling")
     parser.add_argument("--short", type=float, default=30.0, help="seconds of the 16 samples, and of each window")
     parser.add_argument("--long", type=float, default=120.0, help="seconds of the 8 long samples")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -201,7 +206,8 @@ def main() -> None:
     real, results = real_music(args.data, args.short, args.long), {}
     for seed in args.seeds:
         model = given.get(seed) or trained_model(seed, args.work, args.params, args.data, args.train_set)
-        sets = sample_sets(model, args.work / f"seed-{seed}" / "samples", args.params, args.data, args.short, args.long)
+        folder = args.work / f"seed-{seed}" / "samples"
+        sets = sample_sets(model, folder, args.params, args.data, args.short, args.long, args.generate_set)
         results[seed] = measure(sets, real, stretch, args.short, args.long)
         print(f"seed {seed}: measured", flush=True)
     if args.json:

@@ -11,7 +11,7 @@ from conftest import tiny
 
 from model import AttnSpan, TransformerXL
 from model.decode_cache import decode_cache
-from model.transformer_xl import PositionalEmbedding
+from model.layers import PositionalEmbedding
 
 
 def test_position_encodings_are_computed_in_float32_whatever_the_weights_dtype():

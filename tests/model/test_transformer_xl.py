@@ -8,7 +8,7 @@ from conftest import tiny
 
 from model import TransformerXLConfig
 from model.decode_cache import decode_cache
-from model.transformer_xl import _rel_shift
+from model.layers import _rel_shift
 
 
 @pytest.mark.parametrize("pre_lnorm", [False, True])
