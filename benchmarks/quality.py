@@ -59,7 +59,7 @@ def sample_sets(model: Path, out: Path, params: Path, data: Path, short: float, 
     with `overrides`, KEY=VALUE each)."""
     from pipeline.generate import generate
     from pipeline.params import GenerateParams, load_section, typed
-    from pipeline.report.samples import new_notes
+    from pipeline.report.notes import new_notes
 
     base = GenerateParams(**typed(GenerateParams, load_section("generate", params), "generate"))
     changes = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in overrides)}
@@ -77,7 +77,7 @@ def sample_sets(model: Path, out: Path, params: Path, data: Path, short: float, 
 def real_music(data: Path, short: float, long: float) -> dict[str, list[dict]]:
     """The validation and train pieces, the validation openings of `short` s, and the validation pieces that last
     `long` s."""
-    from pipeline.report.samples import openings, split_notes
+    from pipeline.report.notes import openings, split_notes
     from pipeline.report.stage import Inputs, load_pieces
 
     inputs = Inputs(**{f.name: None for f in dataclasses.fields(Inputs)})
@@ -94,7 +94,7 @@ def measure(sets: dict[str, list], real: dict[str, list], stretch: list, short: 
     from pipeline.music.features import feature_values
     from pipeline.music.originality import PassageIndex, note_intervals
     from pipeline.music.texture import set_texture, window
-    from pipeline.report.samples import openings as first
+    from pipeline.report.notes import openings as first
     from pipeline.report.samples import real_features, reference_draws, reference_test, two_way_overlap
 
     openings, lasting, train = real["openings"], real["lasting"], real["train"]

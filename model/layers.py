@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 CUDA_KERNELS = [SDPBackend.EFFICIENT_ATTENTION]
 
 
-
 class PositionalEmbedding(nn.Module):
     """Sinusoid encodings of relative distances (the paper's R)."""
 

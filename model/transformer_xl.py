@@ -19,6 +19,7 @@ from model.layers import PositionalEmbedding, RelPartialLearnableDecoderLayer
 if TYPE_CHECKING:
     from model.decode_cache import DecodeCache
 
+
 @dataclass(frozen=True)
 class AttnSpan:
     """How far attention reaches: the memory kept per layer, whether every query sees as many keys, and the distance

@@ -190,13 +190,7 @@ def generate(
                     record = write_sample(Path(tmp), name, primer, new, p, None, figures=False)
                     free.append({**record, **about, "seed": seed})
         long = long_samples(model, p, p.seed + len(primers) * len(groups) * p.samples, dtype, span, Path(tmp))
-        previous = previous_sample_files(out)
-        out.mkdir(exist_ok=True)
-        written = {path.name for path in Path(tmp).iterdir()}
-        for name in sorted(written):
-            os.replace(Path(tmp) / name, out / name)
-    for name in previous - written:
-        (out / name).unlink(missing_ok=True)
+        move_samples(Path(tmp), out)
     settings = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("primers", "precision")}
     summary = {
         "model": str(model_dir),
@@ -255,6 +249,17 @@ def model_labels(model: TransformerXL, model_dir: Path, tokens: Path) -> list[di
             f"{model_dir}: vocab.json lists {len(labels)} composer labels, the model has {model.cfg.n_labels}"
         )
     return labels
+
+
+def move_samples(made: Path, out: Path) -> None:
+    """Move every file of `made` into `out`, then remove the previous run's sample files that none replaced."""
+    previous = previous_sample_files(out)
+    out.mkdir(exist_ok=True)
+    written = {path.name for path in made.iterdir()}
+    for name in sorted(written):
+        os.replace(made / name, out / name)
+    for name in previous - written:
+        (out / name).unlink(missing_ok=True)
 
 
 def previous_sample_files(out: Path) -> set[str]:

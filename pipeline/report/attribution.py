@@ -11,7 +11,8 @@ import numpy as np
 
 from pipeline.report import figures
 from pipeline.report.markdown import table
-from pipeline.report.samples import openings, sample_set, split_notes, two_way_overlap
+from pipeline.report.notes import openings, split_notes
+from pipeline.report.samples import sample_set, two_way_overlap
 
 NONE = "no composer"
 

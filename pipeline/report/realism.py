@@ -139,7 +139,7 @@ def realism_section(samples: Path, summary: dict, sets: dict[str, list[dict]], p
                     stretch: list[float]) -> tuple[list[str], dict]:  # fmt: skip
     """The section's lines and its figures for samples.json: texture, long form and originality. `sets` holds the
     notes of the samples by set (with_rule, and without_rule when the rule was on), in summary order."""
-    from pipeline.report.samples import new_notes, openings, split_notes
+    from pipeline.report.notes import new_notes, openings, split_notes
 
     seconds = float(summary["settings"]["seconds"])
     validation, train = split_notes(pieces, notes, "validation"), split_notes(pieces, notes, "train")

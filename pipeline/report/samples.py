@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import atomic_write_text
-from pipeline.errors import PipelineError
 from pipeline.report import figures
 from pipeline.report.markdown import table
+from pipeline.report.notes import new_notes, openings, split_notes
 
 REFERENCE_DRAWS, REFERENCE_SEED = 20, 3
 # The same-size reference test: each feature's overlap at least MIN_FEATURE_RATIO of real music's at the samples'
@@ -26,15 +26,6 @@ FEATURE_COLUMNS = ["feature", "validation (mean ± sd)", "generated", "overlap",
                    "reference KL"]  # fmt: skip
 
 
-def split_notes(pieces: dict, notes: dict, split: str) -> list[dict[str, np.ndarray]]:
-    """Each piece of a split as its own note dict, in piece order."""
-    rows = np.flatnonzero(pieces["split"] == split)
-    order = np.argsort(notes["piece"], kind="stable")
-    bounds = np.searchsorted(notes["piece"][order], np.arange(len(pieces["piece_id"]) + 1))
-    keys = ("onset", "offset", "pitch", "velocity")
-    return [{k: notes[k][order[bounds[r] : bounds[r + 1]]] for k in keys} for r in rows]
-
-
 def real_features(pieces: list[dict], seconds: float, per_piece: int, most: int, seed: int) -> list[dict]:
     """Features of up to `per_piece` excerpts of `seconds` from each piece, from at most `most` pieces (seeded)."""
     from pipeline.music.features import excerpts, feature_values
@@ -42,18 +33,6 @@ def real_features(pieces: list[dict], seconds: float, per_piece: int, most: int,
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(pieces), size=min(most, len(pieces)), replace=False).tolist())
     return [feature_values(e, seconds) for i in chosen for e in excerpts(pieces[i], seconds, per_piece, rng)]
-
-
-def openings(pieces: list[dict], seconds: float) -> list[dict[str, np.ndarray]]:
-    """Each piece's first `seconds` from its time 0, as a sample from nothing is (ends cut there); pieces that end
-    before then are left out."""
-    out = []
-    for notes in pieces:
-        if len(notes["onset"]) == 0 or float(np.max(notes["offset"])) < seconds:
-            continue
-        keep = notes["onset"] < seconds
-        out.append({**{k: v[keep] for k, v in notes.items()}, "offset": np.minimum(notes["offset"][keep], seconds)})
-    return out
 
 
 def two_way_overlap(a: list[dict], b: list[dict]) -> dict[str, dict[str, float]]:
@@ -312,22 +291,3 @@ def _rounded(value: float) -> float | None:
 
 def _num(value: float) -> str:
     return "n/a" if not np.isfinite(value) else f"{value:.3f}"
-
-
-def new_notes(midi: Path, start: float) -> dict[str, np.ndarray]:
-    """The notes of a sample's MIDI file from `start` seconds on (after its primer), times from there; a silent
-    sample has none."""
-    from pipeline.music.midi import UnreadableMidi, read_performance
-
-    keys = ("onset", "offset", "pitch", "velocity")
-    if not Path(midi).is_file():
-        raise PipelineError(f"{midi}: listed in samples.json but missing (rerun the generate stage)")
-    try:
-        perf = read_performance(midi)
-    except UnreadableMidi as exc:
-        if str(exc) != "contains no notes":  # a silent sample is the only MIDI of generate's the reader refuses
-            raise PipelineError(f"{midi}: unreadable sample ({exc})") from exc
-        return {k: np.zeros(0) for k in keys}
-    new = perf.onset >= start - 1e-6
-    return {"onset": perf.onset[new] - start, "offset": perf.offset[new] - start, "pitch": perf.pitch[new],
-            "velocity": perf.velocity[new]}  # fmt: skip

@@ -13,7 +13,8 @@ from pipeline.music.features import FEATURES, feature_values
 from pipeline.music.midi import write_midi
 from pipeline.report import figures
 from pipeline.report.markdown import table
-from pipeline.report.samples import new_notes, reference_draws, samples_section
+from pipeline.report.notes import new_notes
+from pipeline.report.samples import reference_draws, samples_section
 from pipeline.report.stage import LITERATURE, Inputs, data_checksum
 
 
@@ -188,7 +189,8 @@ def test_the_reference_test_asks_each_feature_for_its_share_and_the_mean_for_mor
 
 def test_two_way_overlap_takes_the_lower_direction_and_openings_start_at_zero():
     from pipeline.music.features import compare_sets
-    from pipeline.report.samples import openings, two_way_overlap
+    from pipeline.report.notes import openings
+    from pipeline.report.samples import two_way_overlap
 
     rng = np.random.default_rng(3)
 
