@@ -50,6 +50,9 @@ class TransformerXLConfig:
     clamp_len: int = -1  # relative distances beyond this use the same encoding (-1: no clamp)
     side_size: int = 0  # features per position of a side input added to the token embedding (0: none)
     n_labels: int = 0  # labels 1..n_labels, one per token, whose embeddings are added to the token's (0: none)
+    # The (feature, token) pairs that the side input's direct term to the logits joins (None: every pair). Fewer pairs
+    # keep it local: a sum over many features cannot add up to a push on tokens that none of them is paired with.
+    side_logit_pairs: list | None = None
 
     def __post_init__(self) -> None:
         if self.n_head * self.d_head != self.d_model:
@@ -59,6 +62,10 @@ class TransformerXLConfig:
             )
         if min(self.vocab_size, self.n_layer, self.tgt_len) < 1 or min(self.mem_len, self.side_size, self.n_labels) < 0:
             raise ValueError(f"invalid model shape: {self}")
+        pairs = self.side_logit_pairs
+        if pairs is not None and not all(0 <= f < self.side_size and 0 <= t < self.vocab_size for f, t in pairs):
+            raise ValueError(f"side_logit_pairs must pair features below {self.side_size} with tokens below "
+                             f"{self.vocab_size}")  # fmt: skip
 
     def span(self) -> AttnSpan:
         """The attention span the model was configured (and trained) with."""
@@ -78,6 +85,12 @@ class TransformerXL(nn.Module):
         # begins as the plain model and training decides what it adds.
         self.side_net = nn.Linear(cfg.side_size, cfg.d_model, bias=False) if cfg.side_size else None
         self.side_logits = nn.Linear(cfg.side_size, cfg.vocab_size, bias=False) if cfg.side_size else None
+        if cfg.side_size and cfg.side_logit_pairs is not None:  # 1 where a pair may learn a weight; not saved
+            pairs = torch.tensor(cfg.side_logit_pairs, dtype=torch.long).reshape(-1, 2)
+            mask = torch.zeros(cfg.vocab_size, cfg.side_size).index_put_((pairs[:, 1], pairs[:, 0]), torch.tensor(1.0))
+            self.register_buffer("side_mask", mask, persistent=False)
+        else:
+            self.side_mask = None
         # A label per token (a piece's, at every one of its tokens, so it never leaves the memory): label 0 means
         # none given, a zero vector that never learns, so one model runs with and without labels.
         self.label_emb = nn.Embedding(cfg.n_labels + 1, cfg.d_model, padding_idx=0) if cfg.n_labels else None
@@ -205,7 +218,10 @@ class TransformerXL(nn.Module):
     def _logits(self, core_out: torch.Tensor, side: torch.Tensor | None) -> torch.Tensor:
         """The output layer (the tied embedding), plus the side input's direct term when the model has one."""
         logits = F.linear(core_out, self.word_emb.weight, self.out_bias)
-        return logits if side is None else logits + self.side_logits(side.to(core_out.dtype))
+        if side is None:
+            return logits
+        weight = self.side_logits.weight if self.side_mask is None else self.side_logits.weight * self.side_mask
+        return logits + F.linear(side.to(core_out.dtype), weight.to(core_out.dtype))
 
     @torch.no_grad()
     def project_memory(self, mems: list[torch.Tensor], span: AttnSpan) -> tuple[list[torch.Tensor], ...]:

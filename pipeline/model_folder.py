@@ -16,29 +16,39 @@ from model import TransformerXL, TransformerXLConfig
 from model.weights import WeightsError, load_safetensors, save_safetensors
 from pipeline.atomic import atomic_dir
 from pipeline.errors import PipelineError
-from pipeline.music.piano_state import PIANO_STATE_SIZE
+from pipeline.music.piano_state import PIANO_STATE_SIZE, release_logit_pairs
 from pipeline.params import typed
 from pipeline.token_folder import load_vocab
 
+# model.state_logits, the piano state's direct term to the logits: every feature to every token, each key's features
+# to its own NOTE_OFF only, or none (the state then reaches the logits through the layers alone).
+STATE_LOGITS = ("all", "release", "none")
+
 
 def model_section(values: dict) -> dict:
-    """The `model:` section of params.yaml typed: TransformerXLConfig's keys, and `state_input` and
-    `composer_labels` (bools)."""
+    """The `model:` section of params.yaml typed: TransformerXLConfig's keys, `state_input` and `composer_labels`
+    (bools), and `state_logits` (key or all)."""
     values = dict(values)
     switches = {key: values.pop(key, False) for key in ("state_input", "composer_labels")}
     for key, value in switches.items():
         if not isinstance(value, bool):
             raise PipelineError(f"model.{key} must be true or false, not {value!r}")
-    return {**typed(TransformerXLConfig, values, "model"), **switches}
+    reach = values.pop("state_logits", "all")
+    if reach not in STATE_LOGITS:
+        raise PipelineError(f"model.state_logits must be one of {', '.join(STATE_LOGITS)}, not {reach!r}")
+    return {**typed(TransformerXLConfig, values, "model"), **switches, "state_logits": reach}
 
 
 def build_model(vocab: dict, model_params: dict) -> TransformerXL:
     """The model for a token vocabulary (vocab.json): vocab_size from it, the rest from the `model:` params, where
-    `state_input: true` gives it the piano state as a side input and `composer_labels: true` a label per composer
-    (vocab.json's `labels`)."""
+    `state_input: true` gives it the piano state as a side input (`state_logits` says what reaches the logits
+    directly) and `composer_labels: true` a label per composer (vocab.json's `labels`)."""
     params = dict(model_params)
     state_input, composer_labels = params.pop("state_input", False), params.pop("composer_labels", False)
     params.setdefault("side_size", PIANO_STATE_SIZE if state_input else 0)  # a checkpoint's config has side_size
+    reach = params.pop("state_logits", "all")
+    if reach != "all" and state_input:
+        params.setdefault("side_logit_pairs", release_logit_pairs() if reach == "release" else [])
     if composer_labels and "labels" not in vocab:
         raise PipelineError("model.composer_labels is on, but vocab.json lists no labels (rerun the tokenize stage)")
     params.setdefault("n_labels", len(vocab["labels"]) if composer_labels else 0)

@@ -223,3 +223,23 @@ def test_a_malformed_weights_file_is_a_one_line_error_naming_it_that_allocates_n
         path = tmp_path / name / "model.safetensors"
         assert message == f"{path}: not a readable weights file (Error while deserializing header: {reason})", name
     assert int(grown_mib) < 256, f"loading the malformed files grew the process by {grown_mib} MiB"
+
+
+@pytest.mark.parametrize("reach", ["all", "release", "none"])
+def test_state_logits_reach_what_it_says_and_survive_the_model_folder(reach, tmp_path):
+    from pipeline.model_folder import build_model, model_section
+    from pipeline.music.performance_encoding import NOTE_OFF, vocab
+    from pipeline.music.piano_state import PIANO_STATE_SIZE
+
+    shape = dict(n_layer=1, d_model=16, n_head=2, d_head=8, d_inner=32, tgt_len=8, mem_len=8, dropout=0.0)
+    model = build_model(vocab(), model_section({**shape, "state_input": True, "state_logits": reach}))
+    with torch.no_grad():
+        model.side_logits.weight.normal_()
+    export_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m", torch.device("cpu"), PIANO_STATE_SIZE)
+    core, side = torch.randn(1, 1, 16), torch.rand(1, 1, PIANO_STATE_SIZE)
+    direct = loaded._logits(core, side) - loaded._logits(core, None)
+    reached = set(torch.nonzero(direct[0, 0].abs() > 0).flatten().tolist())
+    expected = {"all": set(range(VOCAB_SIZE)), "release": set(range(NOTE_OFF, NOTE_OFF + 128)), "none": set()}[reach]
+    assert reached == expected
+    assert torch.equal(direct, model._logits(core, side) - model._logits(core, None))  # as trained, once loaded

@@ -271,6 +271,10 @@ def test_bf16_training_on_the_cpu_learns_and_is_recorded(tmp_path):
         from pipeline.model_folder import model_section
 
         model_section({**TINY_MODEL, "state_input": "yes"})
+    with pytest.raises(PipelineError, match="model.state_logits must be one of all, release, none, not 'some'"):
+        from pipeline.model_folder import model_section
+
+        model_section({**TINY_MODEL, "state_logits": "some"})
 
 
 def test_a_train_step_scores_each_piece_of_a_row_as_if_it_were_alone(tmp_path):

@@ -107,3 +107,9 @@ def _features(held: np.ndarray, onset: np.ndarray, clock: np.ndarray) -> np.ndar
 def piano_state(tokens: np.ndarray) -> np.ndarray:
     """The features after each token of one sequence [time] that starts silent: [time, PIANO_STATE_SIZE]."""
     return PianoState(1)(np.asarray(tokens)[None])[0]
+
+
+def release_logit_pairs() -> list[list[int]]:
+    """(feature, token) pairs joining each key's two features (sounding, held time) to that key's own NOTE_OFF token
+    only: what the piano state may say about the next token directly, key by key, and only of its release."""
+    return [[feature, NOTE_OFF + key] for key in range(PITCHES) for feature in (key, PITCHES + key)]

@@ -138,3 +138,29 @@ def test_a_missing_or_misshapen_side_input_is_refused():
         model(tokens, side=torch.zeros(1, 4, 2, dtype=torch.float64))
     with pytest.raises(ValueError, match="takes no side input"):
         tiny()(tokens, side=torch.zeros(1, 4, 3, dtype=torch.float64))
+
+
+def test_side_logit_pairs_keep_the_direct_term_to_the_pairs_given():
+    pairs = [[0, 3], [0, 7], [4, 7], [5, 49]]
+    model = tiny(side_size=6, side_logit_pairs=pairs)
+    dense = tiny(side_size=6)
+    dense.load_state_dict(model.state_dict())  # the same weights: the dense model lets every pair through
+    tokens = torch.randint(0, 50, (2, 5))
+    side = torch.rand(2, 5, 6, dtype=torch.float64)
+    core = torch.randn(2, 5, 32, dtype=torch.float64)
+    allowed = torch.zeros(50, 6, dtype=torch.float64)
+    for feature, token in pairs:
+        allowed[token, feature] = 1.0
+    direct = model._logits(core, side) - model._logits(core, None)
+    assert torch.allclose(direct, F.linear(side, model.side_logits.weight * allowed))  # the pairs' weights only
+    every = dense._logits(core, side) - dense._logits(core, None)
+    assert torch.allclose(every, F.linear(side, dense.side_logits.weight))
+    untouched = [t for t in range(50) if t not in (3, 7, 49)]
+    assert torch.equal(direct[..., untouched], torch.zeros_like(direct[..., untouched]))
+    model.train()
+    logits, loss, _ = model(tokens, tokens, side=side)
+    loss.backward()
+    grad = model.side_logits.weight.grad
+    assert torch.equal(grad * (1 - allowed), torch.zeros_like(grad)) and (grad * allowed).abs().sum() > 0
+    with pytest.raises(ValueError, match="side_logit_pairs must pair features below 6"):
+        tiny(side_size=6, side_logit_pairs=[[6, 0]])

@@ -131,3 +131,19 @@ def test_a_real_performance_in_chunks_equals_one_token_at_a_time():
     np.testing.assert_array_equal(np.stack([stepper.step(tokens[t : t + 1])[0] for t in range(len(tokens))]),
                                   piano_state(tokens))  # fmt: skip
     np.testing.assert_array_equal(piano_state(tokens), loop_state(tokens))
+
+
+def test_release_logit_pairs_join_each_keys_features_to_its_own_release_only():
+    from pipeline.music.performance_encoding import encode
+    from pipeline.music.piano_state import release_logit_pairs
+
+    pairs = release_logit_pairs()
+    assert len(pairs) == 2 * PITCHES and len({tuple(p) for p in pairs}) == len(pairs)
+    for key in (21, 60, 108):
+        # One note of the key: its release is the token after which the state no longer says it sounds.
+        tokens, _ = encode(np.zeros(1, int), np.array([0.0]), np.array([0.5]), np.array([key]), np.array([80]))
+        sounding = piano_state(tokens)[:, key] > 0
+        release = int(tokens[np.flatnonzero(sounding)[-1] + 1])
+        features = np.flatnonzero(piano_state(tokens).any(axis=0))
+        assert set(features) == {key, PITCHES + key}  # the note's own two features, and no other
+        assert {(f, t) for f, t in pairs if f in features or t == release} == {(f, release) for f in features}
