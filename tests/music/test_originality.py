@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.music.originality import SEED, PassageIndex, note_intervals
+from pipeline.music.originality import BLOCK, SEED, STEP_CODES, PassageIndex, _window_hashes, note_intervals
 
 
 def brute_longest(query: np.ndarray, pieces: list[np.ndarray]) -> int:
@@ -67,3 +67,46 @@ def test_pieces_do_not_join_and_short_queries_are_the_floor() -> None:
     assert PassageIndex([a]).longest(a) == 12
     assert PassageIndex([a]).longest(a[:2]) == SEED  # three notes: below what the index finds
     assert PassageIndex([]).longest(a) == SEED
+
+
+def test_a_run_of_seed_intervals_at_the_very_end_of_the_query_is_found() -> None:
+    a = note_intervals(np.arange(12) / 10, 60 + np.arange(12) * 2)  # a whole-tone climb, 100 ms a note
+    index = PassageIndex([a[-SEED:]])  # SEED + 1 notes
+    assert index.longest(a[-SEED:]) == SEED + 1  # exactly one window: the query's first and last
+    tail = np.concatenate([note_intervals(np.arange(8) / 7, [60, 50, 70, 40, 80, 45, 75, 55]), a[-SEED:]])
+    assert index.longest(tail) == SEED + 1  # the match only at the query's last window
+
+
+def test_up_and_down_are_different_steps() -> None:
+    onset = np.arange(20) / 10
+    up, down = note_intervals(onset, 60 + np.arange(20)), note_intervals(onset, 80 - np.arange(20))
+    assert PassageIndex([up]).longest(up) == 20 and PassageIndex([up]).longest(down) == SEED
+
+
+def test_an_onset_interval_past_the_cap_stays_in_its_own_field() -> None:
+    (code,) = note_intervals(np.array([0.0, 4 * 3600.0]), np.array([60, 60]))  # four hours later, the same key
+    assert code // STEP_CODES == 128 and code % STEP_CODES == STEP_CODES - 1
+
+
+def test_a_window_hash_covers_all_seed_intervals() -> None:
+    codes = np.arange(1, SEED + 1, dtype=np.int64)
+    other = codes.copy()
+    other[-1] += 1  # differs only in the window's last interval
+    assert _window_hashes(codes)[0] != _window_hashes(other)[0]
+    other = codes.copy()
+    other[0] += 1  # and only in its first
+    assert _window_hashes(codes)[0] != _window_hashes(other)[0]
+
+
+def test_the_index_holds_exactly_the_windows_within_a_piece() -> None:
+    rng = np.random.default_rng(0)
+    pieces = [rng.integers(0, 1000, n) for n in (SEED - 1, SEED, SEED + 3, 40)]
+    index = PassageIndex(pieces)
+    assert len(index.hashes) == sum(max(len(p) - SEED + 1, 0) for p in pieces)
+
+
+def test_extend_is_capped_at_most() -> None:
+    a = note_intervals(np.arange(40) / 10, np.full(40, 60))
+    index = PassageIndex([a])
+    query = np.concatenate([a, np.full(BLOCK, -2)])
+    assert index._extend(query, 0, index.starts[:1], 7) == 7

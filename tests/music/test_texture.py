@@ -57,3 +57,31 @@ def test_window_cuts_and_shifts() -> None:
     assert second["pitch"].tolist() == [62] and second["onset"].tolist() == [1.0] and second["offset"].tolist() == [3.0]
     first = window(notes, 0.0, 30.0)
     assert first["offset"].tolist() == [2.0, 30.0]  # the note that crosses the window's end is cut there
+
+
+def test_window_holds_a_note_at_its_start_and_leaves_one_at_its_end_to_the_next() -> None:
+    notes = {"onset": np.array([0.0, 30.0, 60.0]), "offset": np.array([1.0, 31.0, 61.0]),
+             "pitch": np.array([60, 61, 62])}  # fmt: skip
+    assert window(notes, 0.0, 30.0)["pitch"].tolist() == [60]
+    second = window(notes, 30.0, 30.0)
+    assert second["pitch"].tolist() == [61] and second["onset"].tolist() == [0.0]  # [start, start + seconds)
+
+
+def test_a_note_of_exactly_long_note_s_is_not_long() -> None:
+    notes = {"onset": np.array([0.0, 1.0]), "offset": np.array([LONG_NOTE_S, 1.0 + LONG_NOTE_S + 0.5]),
+             "pitch": np.array([60, 62])}  # fmt: skip
+    assert texture(notes, 10.0)["long_share"] == pytest.approx(0.5)  # "over" LONG_NOTE_S: 5.0 s itself is not
+
+
+def test_an_empty_stretch_counts_in_density_but_not_in_the_means_it_leaves_undefined() -> None:
+    full = {"onset": np.arange(10.0), "offset": np.arange(10.0) + 0.5, "pitch": np.full(10, 60)}
+    empty = {"onset": np.zeros(0), "offset": np.zeros(0), "pitch": np.zeros(0, int)}
+    got = set_texture([full, empty], 10.0)
+    assert got["notes_per_second"] == pytest.approx(0.5)  # 1 and 0 notes per second
+    assert got["mean_pitch"] == pytest.approx(60.0) and got["polyphony"] == pytest.approx(1.0)
+    assert got["note_duration"] == pytest.approx(0.5) and got["mean_pitch_spread"] == pytest.approx(0.0)
+
+
+def test_a_note_that_ends_before_it_starts_lasts_nothing() -> None:
+    notes = {"onset": np.array([1.0, 2.0]), "offset": np.array([0.5, 3.0]), "pitch": np.array([60, 62])}
+    assert texture(notes, 10.0)["note_duration"] == pytest.approx(0.5)  # (0 + 1) / 2
