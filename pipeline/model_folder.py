@@ -27,7 +27,7 @@ STATE_LOGITS = ("all", "release", "none")
 
 def model_section(values: dict) -> dict:
     """The `model:` section of params.yaml typed: TransformerXLConfig's keys, `state_input` and `composer_labels`
-    (bools), and `state_logits` (key or all)."""
+    (bools), and `state_logits` (one of STATE_LOGITS)."""
     values = dict(values)
     switches = {key: values.pop(key, False) for key in ("state_input", "composer_labels")}
     for key, value in switches.items():
