@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -69,7 +70,8 @@ class Case:
 def make_case(args: argparse.Namespace, device: torch.device) -> Case:
     """The layer at params.yaml's shape (with the options' overrides), seeded, every row crossing a piece start."""
     model_params = model_section(load_section("model", args.params))
-    model_params = {k: v for k, v in model_params.items() if k not in ("state_input", "composer_labels")}
+    fields = {f.name for f in dataclasses.fields(TransformerXLConfig)}  # the pipeline's switches are not the layer's
+    model_params = {k: v for k, v in model_params.items() if k in fields}
     train = load_section("train", args.params)
     model_params.update(n_layer=1, dropout=0.0, tgt_len=args.tgt_len or model_params["tgt_len"])
     model_params["mem_len"] = model_params["mem_len"] if args.mem_len is None else args.mem_len

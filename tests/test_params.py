@@ -139,8 +139,9 @@ def test_training_evaluation_and_generation_need_only_torch_numpy_typer_and_pyya
 
 @pytest.mark.parametrize("section", ["train", "evaluate", "generate"])
 def test_a_stage_run_without_params_yaml_gets_params_yamls_values(section):
-    """The dataclass defaults (what a stage called from Python gets) are params.yaml's values, but for the composers of
-    generate: the pipeline's samples are for four of them, while a call with none named gives no composer."""
+    """The dataclass defaults (what a stage called from Python gets) are params.yaml's values, but for two of generate:
+    the pipeline's samples are for four composers and it adds two long samples, while a call that names none gives no
+    composer and no long sample."""
     from pipeline.params import EvaluateParams
 
     cls = {"train": TrainParams, "evaluate": EvaluateParams, "generate": GenerateParams}[section]
@@ -152,6 +153,7 @@ def test_a_stage_run_without_params_yaml_gets_params_yamls_values(section):
     }
     if section == "generate":
         assert values.pop("composers") == ["Chopin", "Beethoven", "Bach", "none"] and defaults.pop("composers") == []
+        assert values.pop("long_samples") == 2 and defaults.pop("long_samples") == 0
     assert {k: v for k, v in values.items() if k != "cpu_limits"} == defaults
 
 

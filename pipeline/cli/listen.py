@@ -54,6 +54,9 @@ LongSamples = Annotated[
     int | None,
     typer.Option(help=f"also this many samples of long_seconds, no composer {_default(DEFAULTS.long_samples)}"),
 ]
+LongSeconds = Annotated[
+    float | None, typer.Option(help=f"seconds of new music per long sample {_default(DEFAULTS.long_seconds)}")
+]
 WavSamples = Annotated[
     int | None,
     typer.Option(help=f"render WAV for the first this many samples only {_default(DEFAULTS.wav_samples)}"),
@@ -105,6 +108,7 @@ def generate(
     seed: Seed = None,
     samples: Samples = None,
     long_samples: LongSamples = None,
+    long_seconds: LongSeconds = None,
     wav_samples: WavSamples = None,
     max_note_s: MaxNoteS = None,
     composer: Composer = None,
@@ -141,6 +145,7 @@ def generate(
         "seed": seed,
         "samples": samples,
         "long_samples": long_samples,
+        "long_seconds": long_seconds,
         "wav_samples": wav_samples,
         "max_note_s": max_note_s,
         "mem_len": mem_len,
