@@ -126,8 +126,7 @@ def generate(
     samples.json to OUT.
 
     Unset options come from the generate: section of --params (params.yaml, which a project folder has), else the
-    defaults in brackets: in the project's folder, for example, the samples are made for each of generate.composers.
-    """
+    defaults in brackets: in the project's folder, for example, the samples are made for each of generate.composers."""
     from pipeline.generate import generate as run_generate
     from pipeline.params import load_section, typed
 
