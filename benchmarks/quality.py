@@ -74,43 +74,50 @@ def sample_sets(model: Path, out: Path, params: Path, data: Path, short: float, 
     return sets
 
 
-def real_music(data: Path, short: float, long: float) -> dict[str, list[dict]]:
-    """The validation and train pieces, the validation openings of `short` s, and the validation pieces that last
-    `long` s."""
-    from pipeline.report.notes import openings, split_notes
-    from pipeline.report.stage import Inputs, load_pieces
-
-    inputs = Inputs(**{f.name: None for f in dataclasses.fields(Inputs)})
-    inputs.validated, inputs.events = data / "validated", data / "events"
-    pieces, notes = load_pieces(inputs)
-    validation, train = split_notes(pieces, notes, "validation"), split_notes(pieces, notes, "train")
-    lasting = [p for p in validation if len(p["offset"]) and float(np.max(p["offset"])) >= long]
-    return {"validation": validation, "train": train, "openings": openings(validation, short), "lasting": lasting}
-
-
-def measure(sets: dict[str, list], real: dict[str, list], stretch: list, short: float, long: float) -> dict:
-    """Texture of the short sets and of each short window of the long sets, held notes, the same-size reference test
-    and the longest run shared with a train piece, beside the same figures of real music."""
+def real_music(data: Path, stretch: list, short: float, long: float) -> dict:
+    """Every figure of real music, once for all seeds: the texture of the validation openings of `short` s and of
+    the windows of the validation pieces that last `long` s, the same-size reference test's excerpts and pool, and
+    the train split's passage index with the longest run any opening shares with it."""
     from pipeline.music.features import feature_values
     from pipeline.music.originality import PassageIndex, note_intervals
     from pipeline.music.texture import set_texture, window
-    from pipeline.report.notes import openings as first
-    from pipeline.report.samples import real_features, reference_draws, reference_test, two_way_overlap
+    from pipeline.report.notes import openings, split_notes
+    from pipeline.report.samples import real_features
+    from pipeline.report.stage import load_pieces
 
-    openings, lasting, train = real["openings"], real["lasting"], real["train"]
-    windows = range(int(long // short))
-    result = {"real": set_texture(openings, short),
-              "real_windows": [set_texture([window(p, k * short, short) for p in lasting], short)
-                               for k in windows]}  # fmt: skip
-    # The report's same-size reference test: validation excerpts, and train openings in the samples' place.
-    excerpts = real_features(real["validation"], short, 2, 10_000, seed=0)
-    pool = [feature_values(o, short) for o in first(train, short)]
+    pieces, notes = load_pieces(data / "validated", data / "events")
+    validation, train = split_notes(pieces, notes, "validation"), split_notes(pieces, notes, "train")
+    first = openings(validation, short)
+    lasting = [p for p in validation if len(p["offset"]) and float(np.max(p["offset"])) >= long]
     index = PassageIndex(note_intervals(p["onset"] * f, p["pitch"]) for p in train for f in stretch)
-    result["real_longest"] = max(index.longest(note_intervals(o["onset"], o["pitch"])) for o in openings)
+    return {
+        "texture": set_texture(first, short),
+        "windows": [
+            set_texture([window(p, k * short, short) for p in lasting], short) for k in range(int(long // short))
+        ],
+        # The report's same-size reference test: validation excerpts, and train openings in the samples' place.
+        "excerpts": real_features(validation, short, 2, 10_000, seed=0),
+        "pool": [feature_values(o, short) for o in openings(train, short)],
+        "index": index,
+        "longest": max(index.longest(note_intervals(o["onset"], o["pitch"])) for o in first),
+    }
+
+
+def measure(sets: dict[str, list], real: dict, short: float, long: float) -> dict:
+    """Texture of the short sets and of each short window of the long sets, held notes, the same-size reference test
+    and the longest run shared with a train piece, beside the same figures of real music."""
+    from pipeline.music.features import feature_values
+    from pipeline.music.originality import note_intervals
+    from pipeline.music.texture import set_texture, window
+    from pipeline.report.samples import reference_draws, reference_test, two_way_overlap
+
+    index, windows = real["index"], range(int(long // short))
+    result = {"real": real["texture"], "real_windows": real["windows"], "real_longest": real["longest"]}
     for rule in ("with_rule", "without_rule"):
         brief, extended = sets[f"short_{rule}"], sets[f"long_{rule}"]
         generated = [feature_values(n, short) for n in brief]
-        verdict = reference_test(two_way_overlap(excerpts, generated), reference_draws(excerpts, pool, len(brief)))
+        draws = reference_draws(real["excerpts"], real["pool"], len(brief))
+        verdict = reference_test(two_way_overlap(real["excerpts"], generated), draws)
         result[rule] = {
             "short": set_texture(brief, short),
             "windows": [set_texture([window(n, k * short, short) for n in extended], short) for k in windows],
@@ -203,12 +210,12 @@ def main() -> None:
     args = parser.parse_args()
     given = {int(seed): Path(folder) for seed, folder in (item.split("=", 1) for item in args.model)}
     stretch = yaml.safe_load(args.params.read_text())["tokenize"]["stretch"]
-    real, results = real_music(args.data, args.short, args.long), {}
+    real, results = real_music(args.data, stretch, args.short, args.long), {}
     for seed in args.seeds:
         model = given.get(seed) or trained_model(seed, args.work, args.params, args.data, args.train_set)
         folder = args.work / f"seed-{seed}" / "samples"
         sets = sample_sets(model, folder, args.params, args.data, args.short, args.long, args.generate_set)
-        results[seed] = measure(sets, real, stretch, args.short, args.long)
+        results[seed] = measure(sets, real, args.short, args.long)
         print(f"seed {seed}: measured", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=float) + "\n")

@@ -22,13 +22,9 @@ def split_notes(pieces: dict, notes: dict, split: str) -> list[dict[str, np.ndar
 def openings(pieces: list[dict], seconds: float) -> list[dict[str, np.ndarray]]:
     """Each piece's first `seconds` from its time 0, as a sample from nothing is (ends cut there); pieces that end
     before then are left out."""
-    out = []
-    for notes in pieces:
-        if len(notes["onset"]) == 0 or float(np.max(notes["offset"])) < seconds:
-            continue
-        keep = notes["onset"] < seconds
-        out.append({**{k: v[keep] for k, v in notes.items()}, "offset": np.minimum(notes["offset"][keep], seconds)})
-    return out
+    from pipeline.music.texture import window
+
+    return [window(p, 0.0, seconds) for p in pieces if len(p["onset"]) and float(np.max(p["offset"])) >= seconds]
 
 
 def new_notes(midi: Path, start: float) -> dict[str, np.ndarray]:

@@ -110,7 +110,7 @@ def originality_part(train: list[dict], stretch: list[float], real: dict[float, 
         rows.append([f"real validation openings ({seconds:g} s, {len(openings)})", max(openings, default=SEED),
                      f"{np.median(openings):g}" if openings else "n/a", ""])  # fmt: skip
     for name, samples in sets.items():
-        for sample, notes, seconds in ((s, n, length) for s, n, length in samples):
+        for sample, notes, seconds in samples:
             run = index.longest(note_intervals(notes["onset"], notes["pitch"]))
             ceiling = measured[f"real_openings_{seconds:g}s"]["largest"]
             measured.setdefault(name, {})[sample] = run

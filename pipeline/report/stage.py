@@ -69,16 +69,16 @@ class Inputs:
     params: Path = Path("params.yaml")
 
 
-def load_pieces(inputs: Inputs) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def load_pieces(validated: Path, events: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The validated pieces (columns as arrays) and all their notes (with a `piece` row index into the pieces)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    for path in (inputs.validated / "pieces.parquet", inputs.events / "notes", inputs.events / "pedals"):
+    for path in (validated / "pieces.parquet", events / "notes", events / "pedals"):
         if not path.exists():
             raise PipelineError(f"{path}: not found (run the stages before report: dvc repro)")
-    pieces = pq.read_table(inputs.validated / "pieces.parquet").sort_by("piece_id")
-    notes = pq.read_table(inputs.events / "notes", columns=["piece_id", "onset", "offset", "pitch", "velocity"])
+    pieces = pq.read_table(validated / "pieces.parquet").sort_by("piece_id")
+    notes = pq.read_table(events / "notes", columns=["piece_id", "onset", "offset", "pitch", "velocity"])
     notes = notes.filter(pc.is_in(notes["piece_id"], pieces["piece_id"]))
     p = {name: pieces[name].to_numpy(zero_copy_only=False) for name in pieces.column_names}
     n = {name: notes[name].to_numpy() for name in notes.column_names}
@@ -334,7 +334,7 @@ def report(inputs: Inputs, out: Path = Path("reports")) -> Path:
     from pipeline.atomic import atomic_dir
 
     source = str(load_section("data", inputs.params).get("source"))
-    pieces, notes = load_pieces(inputs)
+    pieces, notes = load_pieces(inputs.validated, inputs.events)
     if len(pieces["piece_id"]) == 0:
         raise PipelineError(f"{inputs.validated / 'pieces.parquet'}: no validated pieces to report on")
     with atomic_dir(out / "figures") as fig_dir, atomic_dir(out / "plots") as plot_dir:
