@@ -7,7 +7,7 @@ two can be read side by side. Tensors are batch-first: [batch, time, ...]. The l
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -53,6 +53,10 @@ class TransformerXLConfig:
     # The (feature, token) pairs that the side input's direct term to the logits joins (None: every pair). Fewer pairs
     # keep it local: a sum over many features cannot add up to a push on tokens that none of them is paired with.
     side_logit_pairs: list | None = None
+    # [feature_start, token_start, width] blocks of the direct term whose weight from feature f to token t depends on
+    # t - f alone, one learned weight per distance: a map that treats every place along the block alike, so a rarely
+    # active feature gets the weights its common neighbours learn. They add to the pairs' weights.
+    side_logit_bands: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.n_head * self.d_head != self.d_model:
@@ -66,6 +70,9 @@ class TransformerXLConfig:
         if pairs is not None and not all(0 <= f < self.side_size and 0 <= t < self.vocab_size for f, t in pairs):
             raise ValueError(f"side_logit_pairs must pair features below {self.side_size} with tokens below "
                              f"{self.vocab_size}")  # fmt: skip
+        if not all(w > 0 and min(f, t) >= 0 and f + w <= self.side_size and t + w <= self.vocab_size
+                   for f, t, w in self.side_logit_bands):  # fmt: skip
+            raise ValueError(f"side_logit_bands must lie within {self.side_size} features and {self.vocab_size} tokens")
 
     def span(self) -> AttnSpan:
         """The attention span the model was configured (and trained) with."""
@@ -91,6 +98,8 @@ class TransformerXL(nn.Module):
             self.register_buffer("side_mask", mask, persistent=False)
         else:
             self.side_mask = None
+        widest = max((w for _, _, w in cfg.side_logit_bands), default=0)  # each band's weights by distance t - f
+        self.side_bands = nn.Parameter(torch.zeros(len(cfg.side_logit_bands), 2 * widest - 1)) if widest else None
         # A label per token (a piece's, at every one of its tokens, so it never leaves the memory): label 0 means
         # none given, a zero vector that never learns, so one model runs with and without labels.
         self.label_emb = nn.Embedding(cfg.n_labels + 1, cfg.d_model, padding_idx=0) if cfg.n_labels else None
@@ -221,7 +230,19 @@ class TransformerXL(nn.Module):
         if side is None:
             return logits
         weight = self.side_logits.weight if self.side_mask is None else self.side_logits.weight * self.side_mask
+        if self.side_bands is not None:
+            weight = weight + self._band_weight()
         return logits + F.linear(side.to(core_out.dtype), weight.to(core_out.dtype))
+
+    def _band_weight(self) -> torch.Tensor:
+        """The bands' part of the direct term's weight [vocab, side]: in a band, weight[t, f] is its weight at t - f."""
+        c, widest = self.cfg, (self.side_bands.size(1) + 1) // 2
+        weight = self.side_bands.new_zeros(c.vocab_size, c.side_size)
+        for kernel, (f, t, w) in zip(self.side_bands, c.side_logit_bands, strict=True):
+            span = torch.arange(w, device=kernel.device)
+            block = kernel[span[:, None] - span[None, :] + widest - 1]  # [token, feature]
+            weight = weight + F.pad(block, (f, c.side_size - f - w, t, c.vocab_size - t - w))
+        return weight
 
     @torch.no_grad()
     def project_memory(self, mems: list[torch.Tensor], span: AttnSpan) -> tuple[list[torch.Tensor], ...]:

@@ -16,13 +16,17 @@ from model import TransformerXL, TransformerXLConfig
 from model.weights import WeightsError, load_safetensors, save_safetensors
 from pipeline.atomic import atomic_dir
 from pipeline.errors import PipelineError
-from pipeline.music.piano_state import PIANO_STATE_SIZE, release_logit_pairs
+from pipeline.music.performance_encoding import NOTE_OFF, NOTE_ON
+from pipeline.music.piano_state import PIANO_STATE_SIZE, relative_logit_bands, release_logit_pairs
 from pipeline.params import typed
 from pipeline.token_folder import load_vocab
 
-# model.state_logits, the piano state's direct term to the logits: every feature to every token, each key's features
-# to its own NOTE_OFF only, or none (the state then reaches the logits through the layers alone).
-STATE_LOGITS = ("all", "release", "none")
+# model.state_logits, what the piano state adds to the logits directly (the layers read it in any case):
+#   all: every feature to every token, one weight per pair;
+#   all_relative_release: all, plus each key's features to every key's NOTE_OFF, one weight per interval between them;
+#   relative: each key's features to every key's NOTE_ON and NOTE_OFF, one weight per interval, and nothing else;
+#   release: each key's features to its own NOTE_OFF only; none: nothing.
+STATE_LOGITS = ("all", "all_relative_release", "relative", "release", "none")
 
 
 def model_section(values: dict) -> dict:
@@ -47,8 +51,11 @@ def build_model(vocab: dict, model_params: dict) -> TransformerXL:
     state_input, composer_labels = params.pop("state_input", False), params.pop("composer_labels", False)
     params.setdefault("side_size", PIANO_STATE_SIZE if state_input else 0)  # a checkpoint's config has side_size
     reach = params.pop("state_logits", "all")
-    if reach != "all" and state_input:
-        params.setdefault("side_logit_pairs", release_logit_pairs() if reach == "release" else [])
+    if state_input:  # a checkpoint's config already has the pairs and bands
+        pairs = {"all": None, "all_relative_release": None, "release": release_logit_pairs()}.get(reach, [])
+        banded = {"all_relative_release": (NOTE_OFF,), "relative": (NOTE_ON, NOTE_OFF)}.get(reach, ())
+        params.setdefault("side_logit_pairs", pairs)
+        params.setdefault("side_logit_bands", relative_logit_bands(banded))
     if composer_labels and "labels" not in vocab:
         raise PipelineError("model.composer_labels is on, but vocab.json lists no labels (rerun the tokenize stage)")
     params.setdefault("n_labels", len(vocab["labels"]) if composer_labels else 0)

@@ -244,3 +244,24 @@ def test_quality_benchmark_judges_each_seeds_samples_against_real_music(syntheti
     assert len(short["samples"]) == len(short["without_rule"]) > 0  # as the generate stage makes them, rule off too
     assert len(long["samples"]) == len(long["without_rule"]) == 8 and all(s["seconds"] == 4.0 for s in long["samples"])
     assert all(not s.get("composer") for s in long["samples"])
+
+
+def test_calibration_benchmark_counts_the_tokens_it_scores_and_spreads_the_probabilities_over_them(synthetic_run):
+    import numpy as np
+
+    from pipeline.token_folder import PieceStore
+
+    tokens = synthetic_run / "data" / "tokens"
+    output = script("calibration.py", synthetic_run / "data" / "trained", "--tokens", tokens, "--pieces", "2",
+                    "--length", "300")  # fmt: skip
+    store = PieceStore(tokens, "validation")
+    following = np.concatenate([store.piece(i)[1:301] for i in range(min(2, len(store)))]).astype(np.int64)
+    kinds = {name: row(output, f"| {name} |") for name in ("NOTE_ON", "NOTE_OFF", "TIME_SHIFT", "VELOCITY")}
+    for name, (low, high) in {"NOTE_ON": (0, 128), "NOTE_OFF": (128, 256), "TIME_SHIFT": (256, 356)}.items():
+        assert kinds[name][1] == np.sum((following >= low) & (following < high))  # the actual counts, recounted
+    predicted = sum(figures[0] for figures in kinds.values())
+    assert 0.9 * len(following) <= predicted <= len(following) + 2  # probabilities of the events, rounded per row
+    spans = ("0-0.1", "0.1-0.25", "0.25-0.5", "0.5-1", "1-2", "2-4", "4-inf")
+    held = [row(output, f"| {span} |") for span in spans]
+    assert sum(h[2] for h in held) == kinds["NOTE_OFF"][1]  # every release is of a sounding key, in one bucket
+    assert sum(h[1] for h in held) <= kinds["NOTE_OFF"][0] + 1 and held[0][0] > 0

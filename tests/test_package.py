@@ -225,7 +225,7 @@ def test_a_malformed_weights_file_is_a_one_line_error_naming_it_that_allocates_n
     assert int(grown_mib) < 256, f"loading the malformed files grew the process by {grown_mib} MiB"
 
 
-@pytest.mark.parametrize("reach", ["all", "release", "none"])
+@pytest.mark.parametrize("reach", ["all", "all_relative_release", "relative", "release", "none"])
 def test_state_logits_reach_what_it_says_and_survive_the_model_folder(reach, tmp_path):
     from pipeline.model_folder import build_model, model_section
     from pipeline.music.performance_encoding import NOTE_OFF, vocab
@@ -235,11 +235,14 @@ def test_state_logits_reach_what_it_says_and_survive_the_model_folder(reach, tmp
     model = build_model(vocab(), model_section({**shape, "state_input": True, "state_logits": reach}))
     with torch.no_grad():
         model.side_logits.weight.normal_()
+        if model.side_bands is not None:
+            model.side_bands.normal_()
     export_model(model, tmp_path / "m")
     loaded = load_model(tmp_path / "m", torch.device("cpu"), PIANO_STATE_SIZE)
     core, side = torch.randn(1, 1, 16), torch.rand(1, 1, PIANO_STATE_SIZE)
     direct = loaded._logits(core, side) - loaded._logits(core, None)
     reached = set(torch.nonzero(direct[0, 0].abs() > 0).flatten().tolist())
-    expected = {"all": set(range(VOCAB_SIZE)), "release": set(range(NOTE_OFF, NOTE_OFF + 128)), "none": set()}[reach]
+    every, keys, releases = set(range(VOCAB_SIZE)), set(range(NOTE_OFF + 128)), set(range(NOTE_OFF, NOTE_OFF + 128))
+    expected = {"all": every, "all_relative_release": every, "relative": keys, "release": releases}.get(reach, set())
     assert reached == expected
     assert torch.equal(direct, model._logits(core, side) - model._logits(core, None))  # as trained, once loaded

@@ -1,10 +1,13 @@
-"""The piano's state as a performance is played token by token: which keys sound, and for how long they have.
+"""The piano state as a performance is played token by token: which keys sound, and for how long they have.
 
-After each token, each of the 128 pitches gets two numbers: whether it is sounding, and how long it has sounded
-(steps / HELD_STEPS, capped at 1: held seconds over HELD_SCALE_S, in one float32 division, so that any library
-that divides by IEEE's rules gets the same bits). They follow `performance_encoding.decode` exactly: strikes and
-releases pair first-in first-out per pitch, a release with nothing held does nothing, and a pitch struck again while
-it sounds sounds on, from its latest strike (as the MIDI file then holds it). PIECE_START silences every key.
+After each token, each of the 128 pitches gets two numbers: whether it is sounding, and how long it has sounded, on
+a log scale: log(1 + steps / HELD_TAU_STEPS) / log(1 + HELD_STEPS / HELD_TAU_STEPS), capped at 1 from HELD_SCALE_S
+on. Releases mostly come between 0.05 and 2 s after a strike, and the log scale spreads that range over most of
+[0, 1], where a linear one put it below 0.2. The value is looked up in HELD_TABLE (float32, one per step count), so
+that every library that computes the state gives the same bits. The state follows `performance_encoding.decode`
+exactly: strikes and releases pair first-in first-out per pitch, a release with nothing held does nothing, and a
+pitch struck again while it sounds sounds on, from its latest strike (as the MIDI file then holds it). PIECE_START
+silences every key.
 
 A feature at position t depends on tokens up to t only. `PianoState` carries the state from one call to the next:
 `__call__` takes chunks [rows, time] and is vectorised over them (training, evaluation), `step` takes one token per
@@ -22,6 +25,10 @@ PITCHES = 128
 PIANO_STATE_SIZE = 2 * PITCHES  # [sounding of pitches 0-127, held time of pitches 0-127]
 HELD_SCALE_S = 10.0  # a note held this long or longer gets held time 1
 HELD_STEPS = round(HELD_SCALE_S / STEP_S)  # the same, in time steps
+HELD_TAU_STEPS = 5  # the log scale's knee, 50 ms: 0.1 s is 0.21, 0.5 s 0.45, 1 s 0.57, 2 s 0.70
+HELD_TABLE = (np.log1p(np.arange(HELD_STEPS + 1) / HELD_TAU_STEPS) / np.log1p(HELD_STEPS / HELD_TAU_STEPS)).astype(
+    np.float32
+)  # the held-time feature of each step count, 0 to HELD_STEPS
 CHUNK = 1024  # positions per vectorised pass: bounds the [rows, CHUNK, 128] work arrays
 
 
@@ -101,7 +108,7 @@ class PianoState:
 def _features(held: np.ndarray, onset: np.ndarray, clock: np.ndarray) -> np.ndarray:
     sounding = held > 0
     steps = np.minimum(np.where(sounding, clock - onset, 0), HELD_STEPS)
-    return np.concatenate([sounding, steps.astype(np.float32) / np.float32(HELD_STEPS)], axis=-1, dtype=np.float32)
+    return np.concatenate([sounding, HELD_TABLE[steps]], axis=-1, dtype=np.float32)
 
 
 def piano_state(tokens: np.ndarray) -> np.ndarray:
@@ -113,3 +120,10 @@ def release_logit_pairs() -> list[list[int]]:
     """(feature, token) pairs joining each key's two features (sounding, held time) to that key's own NOTE_OFF token
     only: what the piano state may say about the next token directly, key by key, and only of its release."""
     return [[feature, NOTE_OFF + key] for key in range(PITCHES) for feature in (key, PITCHES + key)]
+
+
+def relative_logit_bands(tokens: tuple[int, ...] = (NOTE_ON, NOTE_OFF)) -> list[list[int]]:
+    """[feature_start, token_start, width] bands joining each key's features (sounding, held time) to every key's
+    token of each kind in `tokens` (NOTE_ON, NOTE_OFF) by the interval between the two keys alone: a key at the
+    keyboard's edge, which training rarely sounds, gets what the middle keys teach."""
+    return [[feature, token, PITCHES] for feature in (0, PITCHES) for token in tokens]

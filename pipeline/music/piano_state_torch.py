@@ -14,7 +14,7 @@ from functools import cache
 import torch
 
 from pipeline.music.performance_encoding import NOTE_OFF, PIECE_START, TIME_SHIFT, VOCAB_SIZE, time_steps
-from pipeline.music.piano_state import CHUNK, HELD_STEPS, PITCHES
+from pipeline.music.piano_state import CHUNK, HELD_STEPS, HELD_TABLE, PITCHES
 
 
 def _along_time(x: torch.Tensor, scan: Callable) -> torch.Tensor:
@@ -27,15 +27,15 @@ def _along_time(x: torch.Tensor, scan: Callable) -> torch.Tensor:
 def _tables(device: torch.device) -> tuple[torch.Tensor, ...]:
     """Per token id, on `device`: its change to each key's open strikes [VOCAB_SIZE, 128] (+1 a strike, -1 a
     release), the time steps it moves the clock, and whether it silences every key (a lookup each, so that a step
-    is a handful of kernels); and HELD_STEPS as a float32 tensor there: CUDA divides by a host number as a product
-    with its reciprocal, one bit off the numpy reference's division for most step counts, and by a tensor exactly."""
+    is a handful of kernels); and the held-time feature of each step count (the numpy module's HELD_TABLE), so that
+    the device looks the values up rather than computing them, the same bits as the reference everywhere."""
     ids = torch.arange(VOCAB_SIZE)
     delta = torch.zeros(VOCAB_SIZE, PITCHES, dtype=torch.long)
     delta[ids[:NOTE_OFF], ids[:NOTE_OFF]] = 1
     delta[ids[NOTE_OFF:TIME_SHIFT], ids[NOTE_OFF:TIME_SHIFT] - NOTE_OFF] = -1
     shift = time_steps(ids)
-    held_steps = torch.tensor(float(HELD_STEPS))
-    return delta.to(device), shift.to(device), (ids == PIECE_START).to(device), held_steps.to(device)
+    held_table = torch.from_numpy(HELD_TABLE)
+    return delta.to(device), shift.to(device), (ids == PIECE_START).to(device), held_table.to(device)
 
 
 class PianoState:
@@ -45,7 +45,7 @@ class PianoState:
         self.held = torch.zeros(rows, PITCHES, dtype=torch.long, device=device)  # open strikes per key
         self.onset = torch.zeros(rows, PITCHES, dtype=torch.long, device=device)  # the step of each key's latest strike
         self.clock = torch.zeros(rows, dtype=torch.long, device=device)  # steps since the start
-        self._delta, self._shift, self._reset, self._held_steps = _tables(torch.device(device))
+        self._delta, self._shift, self._reset, self._held_table = _tables(torch.device(device))
 
     def keep(self, rows: int) -> None:
         """Keep the first `rows` pianos only (rows that have ended drop out of a batch)."""
@@ -97,4 +97,4 @@ class PianoState:
     def _features(self, held: torch.Tensor, onset: torch.Tensor, clock: torch.Tensor) -> torch.Tensor:
         sounding = held > 0
         steps = torch.where(sounding, clock - onset, 0).clamp(max=HELD_STEPS)
-        return torch.cat([sounding.float(), steps.float() / self._held_steps], dim=-1)
+        return torch.cat([sounding.float(), self._held_table[steps]], dim=-1)

@@ -3,6 +3,8 @@ against the notes that decode and the MIDI writer make of the same tokens."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from conftest import MAESTRO_ASAP, require
@@ -17,7 +19,14 @@ from pipeline.music.performance_encoding import (
     decode,
     encode,
 )
-from pipeline.music.piano_state import HELD_SCALE_S, HELD_STEPS, PIANO_STATE_SIZE, PITCHES, PianoState, piano_state
+from pipeline.music.piano_state import HELD_SCALE_S, PIANO_STATE_SIZE, PITCHES, PianoState, piano_state
+
+
+def held_feature(seconds: float) -> np.float32:
+    """The held-time feature of a key sounding `seconds`, from its definition: log(1 + t / 50 ms) over its value at
+    HELD_SCALE_S, capped at 1."""
+    seconds = min(round(seconds / STEP_S) * STEP_S, HELD_SCALE_S)
+    return np.float32(math.log1p(seconds / 0.05) / math.log1p(HELD_SCALE_S / 0.05))
 
 
 def loop_state(tokens: np.ndarray) -> np.ndarray:
@@ -37,8 +46,7 @@ def loop_state(tokens: np.ndarray) -> np.ndarray:
         for pitch, open_strikes in strikes.items():
             if open_strikes:
                 out[i, pitch] = 1
-                steps = min(clock - max(open_strikes), HELD_STEPS)
-                out[i, PITCHES + pitch] = np.float32(steps) / np.float32(HELD_STEPS)
+                out[i, PITCHES + pitch] = held_feature((clock - max(open_strikes)) * STEP_S)
     return out
 
 
@@ -84,7 +92,7 @@ def test_no_feature_depends_on_a_later_token():
 def test_piece_start_silences_every_key_and_dropping_rows_keeps_the_others():
     tokens = np.array([PIECE_START, 60, 64, TIME_SHIFT + 49, PIECE_START, 67])
     state = piano_state(tokens)
-    assert state[3, [60, 64]].tolist() == [1, 1] and state[3, PITCHES + 60] == pytest.approx(0.05)
+    assert state[3, [60, 64]].tolist() == [1, 1] and state[3, PITCHES + 60] == pytest.approx(held_feature(0.5))
     assert state[4].sum() == 0 and np.flatnonzero(state[5, :PITCHES]).tolist() == [67]
     rows = PianoState(2)
     rows(np.array([[60], [62]]))
@@ -115,7 +123,7 @@ def test_the_keys_sounding_are_those_the_midi_holds_down():
         assert expected <= set(sounding.tolist()), t
         for p in expected:
             start = max(a for q, a in zip(held["pitch"], held["onset"], strict=True) if q == p and a < now - 1e-9)
-            assert state[t, PITCHES + p] == pytest.approx(min((now - start) / HELD_SCALE_S, 1.0), abs=1e-6)
+            assert state[t, PITCHES + p] == pytest.approx(held_feature(now - start), abs=1e-6)
             checked += 1
     assert checked > 200
 
