@@ -20,7 +20,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-KINDS = {"NOTE_ON": (0, 128), "NOTE_OFF": (128, 256), "TIME_SHIFT": (256, 356), "VELOCITY": (356, 388)}
+from pipeline.music.performance_encoding import NOTE_OFF, NOTE_ON, PIECE_START, TIME_SHIFT, VELOCITY  # noqa: E402
+
+KINDS = {"NOTE_ON": (NOTE_ON, NOTE_OFF), "NOTE_OFF": (NOTE_OFF, TIME_SHIFT), "TIME_SHIFT": (TIME_SHIFT, VELOCITY),
+         "VELOCITY": (VELOCITY, PIECE_START)}  # fmt: skip
 HELD_EDGES_S = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, np.inf)
 
 
@@ -44,7 +47,7 @@ def piece_probabilities(model: object, tokens: np.ndarray, label: int) -> np.nda
 
 def tally(probs: np.ndarray, tokens: np.ndarray, totals: dict) -> None:
     """Add one piece's predicted and actual counts to `totals`: per kind, and releases per held-time bucket."""
-    from pipeline.music.performance_encoding import NOTE_OFF, STEP_S
+    from pipeline.music.performance_encoding import STEP_S
     from pipeline.music.piano_state import HELD_TABLE, PITCHES, piano_state
 
     following = tokens[1:]
@@ -81,7 +84,7 @@ def table(totals: dict) -> list[str]:
     """Two Markdown tables: token kinds, and releases by held time."""
     lines = ["| kind | predicted | actual | ratio |", "| --- | ---: | ---: | ---: |"]
     for kind, (predicted, actual) in totals["kinds"].items():
-        lines.append(f"| {kind} | {predicted:.0f} | {actual:.0f} | {predicted / max(actual, 1):.3f} |")
+        lines.append(f"| {kind} | {predicted:.1f} | {actual:.0f} | {predicted / max(actual, 1):.3f} |")
     lines += [
         "",
         "| held (s) | sounding keys | predicted releases | actual | ratio |",
