@@ -27,13 +27,12 @@ KINDS = {"NOTE_ON": (NOTE_ON, NOTE_OFF), "NOTE_OFF": (NOTE_OFF, TIME_SHIFT), "TI
 HELD_EDGES_S = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, np.inf)
 
 
-def piece_probabilities(model: object, tokens: np.ndarray, label: int) -> np.ndarray:
-    """The model's next-token probabilities after each token but the last [len - 1, vocab], from an empty memory."""
+def piece_probabilities(model: object, tokens: np.ndarray, state: np.ndarray, label: int) -> np.ndarray:
+    """The model's next-token probabilities after each token but the last [len - 1, vocab], from an empty memory,
+    given the piano state after each of those tokens."""
     import torch
 
-    from pipeline.music.piano_state import piano_state
-
-    inputs, side = torch.from_numpy(tokens[:-1])[None], torch.from_numpy(piano_state(tokens[:-1]))[None]
+    inputs, side = torch.from_numpy(tokens[:-1])[None], torch.from_numpy(state)[None]
     labels = torch.full_like(inputs, label) if model.cfg.n_labels else None
     mems, out, step = None, [], model.cfg.tgt_len
     with torch.no_grad():
@@ -45,15 +44,14 @@ def piece_probabilities(model: object, tokens: np.ndarray, label: int) -> np.nda
     return np.concatenate(out)
 
 
-def tally(probs: np.ndarray, tokens: np.ndarray, totals: dict) -> None:
+def tally(probs: np.ndarray, tokens: np.ndarray, state: np.ndarray, totals: dict) -> None:
     """Add one piece's predicted and actual counts to `totals`: per kind, and releases per held-time bucket."""
     from pipeline.music.performance_encoding import STEP_S
-    from pipeline.music.piano_state import HELD_TABLE, PITCHES, piano_state
+    from pipeline.music.piano_state import HELD_TABLE, PITCHES
 
     following = tokens[1:]
     for kind, (low, high) in KINDS.items():
         totals["kinds"][kind] += [probs[:, low:high].sum(), np.sum((following >= low) & (following < high))]
-    state = piano_state(tokens[:-1])
     sounding = state[:, :PITCHES] > 0
     held_s = np.searchsorted(HELD_TABLE, state[:, PITCHES:]) * STEP_S  # the table is increasing: exact steps
     bucket = np.digitize(held_s, HELD_EDGES_S[1:-1])
@@ -68,7 +66,7 @@ def tally(probs: np.ndarray, tokens: np.ndarray, totals: dict) -> None:
 def measure(model_folder: Path, tokens: Path, split: str, pieces: int, length: int) -> dict:
     """Predicted and actual counts over the split's first `pieces` pieces, `length` tokens each."""
     from pipeline.model_folder import load_model
-    from pipeline.music.piano_state import PIANO_STATE_SIZE
+    from pipeline.music.piano_state import PIANO_STATE_SIZE, piano_state
     from pipeline.token_folder import PieceStore
 
     model = load_model(model_folder, "cpu", PIANO_STATE_SIZE).eval()
@@ -76,7 +74,8 @@ def measure(model_folder: Path, tokens: Path, split: str, pieces: int, length: i
     totals = {"kinds": {k: np.zeros(2) for k in KINDS}, "held": np.zeros((len(HELD_EDGES_S) - 1, 3))}
     for i in range(min(pieces, len(store))):
         piece = store.piece(i)[: length + 1].astype(np.int64)
-        tally(piece_probabilities(model, piece, int(store.index["label"][i])), piece, totals)
+        state = piano_state(piece[:-1])  # after each scored token: the model's input, and what sounds
+        tally(piece_probabilities(model, piece, state, int(store.index["label"][i])), piece, state, totals)
     return totals
 
 
