@@ -47,13 +47,13 @@ def piece_probabilities(model: object, tokens: np.ndarray, state: np.ndarray, la
 def tally(probs: np.ndarray, tokens: np.ndarray, state: np.ndarray, totals: dict) -> None:
     """Add one piece's predicted and actual counts to `totals`: per kind, and releases per held-time bucket."""
     from pipeline.music.performance_encoding import STEP_S
-    from pipeline.music.piano_state import HELD_TABLE, PITCHES
+    from pipeline.music.piano_state import HELD_TABLE, PIECE_FEATURES, PITCHES
 
     following = tokens[1:]
     for kind, (low, high) in KINDS.items():
         totals["kinds"][kind] += [probs[:, low:high].sum(), np.sum((following >= low) & (following < high))]
     sounding = state[:, :PITCHES] > 0
-    held_s = np.searchsorted(HELD_TABLE, state[:, PITCHES:]) * STEP_S  # the table is increasing: exact steps
+    held_s = np.searchsorted(HELD_TABLE, state[:, PITCHES:PIECE_FEATURES]) * STEP_S  # an increasing table: exact steps
     bucket = np.digitize(held_s, HELD_EDGES_S[1:-1])
     released = np.zeros_like(sounding)
     rows = np.flatnonzero((following >= NOTE_OFF) & (following < NOTE_OFF + PITCHES))

@@ -38,7 +38,7 @@ def default_model(device: str = "cuda", **shape) -> TransformerXL:  # noqa: ANN0
     features, a label per composer), with the weights that start at zero made non-zero so that they take part."""
     torch.manual_seed(0)
     model = build_model({**vocab(), "labels": LABELS}, {**SMALL, **shape, **DEFAULT_SWITCHES}).eval()
-    assert model.cfg.side_size == PIANO_STATE_SIZE == 256 and model.cfg.n_labels == 2
+    assert model.cfg.side_size == PIANO_STATE_SIZE == 259 and model.cfg.n_labels == 2
     with torch.no_grad():  # on the CPU's generator, so that every device gets the same weights
         model.r_w_bias.normal_(0, 0.5)
         model.r_r_bias.normal_(0, 0.5)
@@ -234,7 +234,7 @@ def test_the_train_stage_compiles_by_default_on_cuda_and_records_it(tmp_path):
     train(tokens, tmp_path / "ckpt", tmp_path / "model", tmp_path / "live", model, p)
     record = yaml.safe_load((tmp_path / "live" / "params.yaml").read_text())
     assert record["compile"] is True and record["device"] == "cuda" and record["profile"] == "full"
-    assert record["precision"] == "bfloat16" and record["model"]["side_size"] == 256 and record["model"]["n_labels"]
+    assert record["precision"] == "bfloat16" and record["model"]["side_size"] == 259 and record["model"]["n_labels"]
 
 
 @pytest.mark.parametrize("first,then", [("cpu", "cuda"), ("cuda", "cpu")])

@@ -10,11 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cache
+from typing import NamedTuple
 
 import torch
 
-from pipeline.music.performance_encoding import NOTE_OFF, PIECE_START, TIME_SHIFT, VOCAB_SIZE, time_steps
-from pipeline.music.piano_state import CHUNK, HELD_STEPS, HELD_TABLE, PITCHES
+from pipeline.music.performance_encoding import NOTE_OFF, NOTE_ON, PIECE_START, TIME_SHIFT, VOCAB_SIZE, time_steps
+from pipeline.music.piano_state import (
+    CHUNK,
+    CLOCK_S,
+    CLOCK_TABLE,
+    HELD_STEPS,
+    HELD_TABLE,
+    NOTES_CAP,
+    NOTES_TABLE,
+    PIANO_STATE_SIZE,
+    PITCHES,
+    REGISTER_TABLE,
+    STEPS_PER_S,
+)
 
 
 def _along_time(x: torch.Tensor, scan: Callable) -> torch.Tensor:
@@ -23,19 +36,34 @@ def _along_time(x: torch.Tensor, scan: Callable) -> torch.Tensor:
     return scan(x.transpose(1, 2).contiguous(), dim=2).values.transpose(1, 2)
 
 
+class Tables(NamedTuple):
+    """Per token id: its change to each key's open strikes [VOCAB_SIZE, 128] (+1 a strike, -1 a release), the time
+    steps it moves the clock, whether it silences every key, whether it strikes and the pitch it strikes (0 for the
+    rest): a lookup each, so that a step is a handful of kernels. Then the numpy module's feature tables, so that the
+    device looks the values up rather than computing them, the same bits as the reference everywhere."""
+
+    delta: torch.Tensor
+    shift: torch.Tensor
+    reset: torch.Tensor
+    strike: torch.Tensor
+    pitch: torch.Tensor
+    held: torch.Tensor
+    clock: torch.Tensor
+    register: torch.Tensor
+    notes: torch.Tensor
+
+
 @cache
-def _tables(device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Per token id, on `device`: its change to each key's open strikes [VOCAB_SIZE, 128] (+1 a strike, -1 a
-    release), the time steps it moves the clock, and whether it silences every key (a lookup each, so that a step
-    is a handful of kernels); and the held-time feature of each step count (the numpy module's HELD_TABLE), so that
-    the device looks the values up rather than computing them, the same bits as the reference everywhere."""
+def _tables(device: torch.device) -> Tables:
+    """The lookup tables on `device`."""
     ids = torch.arange(VOCAB_SIZE)
     delta = torch.zeros(VOCAB_SIZE, PITCHES, dtype=torch.long)
     delta[ids[:NOTE_OFF], ids[:NOTE_OFF]] = 1
     delta[ids[NOTE_OFF:TIME_SHIFT], ids[NOTE_OFF:TIME_SHIFT] - NOTE_OFF] = -1
-    shift = time_steps(ids)
-    held_table = torch.from_numpy(HELD_TABLE)
-    return delta.to(device), shift.to(device), (ids == PIECE_START).to(device), held_table.to(device)
+    strike = ids < NOTE_OFF
+    features = (torch.from_numpy(t) for t in (HELD_TABLE, CLOCK_TABLE, REGISTER_TABLE, NOTES_TABLE))
+    tables = delta, time_steps(ids), ids == PIECE_START, strike.long(), torch.where(strike, ids - NOTE_ON, 0), *features
+    return Tables(*(table.to(device) for table in tables))
 
 
 class PianoState:
@@ -45,11 +73,15 @@ class PianoState:
         self.held = torch.zeros(rows, PITCHES, dtype=torch.long, device=device)  # open strikes per key
         self.onset = torch.zeros(rows, PITCHES, dtype=torch.long, device=device)  # the step of each key's latest strike
         self.clock = torch.zeros(rows, dtype=torch.long, device=device)  # steps since the start
-        self._delta, self._shift, self._reset, self._held_table = _tables(torch.device(device))
+        self.start = torch.zeros(rows, dtype=torch.long, device=device)  # the clock at the latest PIECE_START
+        self.notes = torch.zeros(rows, dtype=torch.long, device=device)  # strikes since then
+        self.pitches = torch.zeros(rows, dtype=torch.long, device=device)  # and the sum of their pitches
+        self._t = _tables(torch.device(device))
 
     def keep(self, rows: int) -> None:
         """Keep the first `rows` pianos only (rows that have ended drop out of a batch)."""
         self.held, self.onset, self.clock = self.held[:rows], self.onset[:rows], self.clock[:rows]
+        self.start, self.notes, self.pitches = self.start[:rows], self.notes[:rows], self.pitches[:rows]
 
     def steps_held(self) -> torch.Tensor:
         """How many steps each key has sounded since its latest strike [rows, 128]; 0 for a silent key."""
@@ -65,21 +97,25 @@ class PianoState:
 
     def _step(self, t: torch.Tensor) -> torch.Tensor:
         """One token per row [rows]: the numpy reference's `step`."""
-        delta = self._delta[t]  # [rows, 128]
-        self.clock = self.clock + self._shift[t]
-        self.held = (torch.where(self._reset[t][:, None], 0, self.held) + delta).clamp(min=0)
+        delta, reset = self._t.delta[t], self._t.reset[t]  # [rows, 128], [rows]
+        self.clock = self.clock + self._t.shift[t]
+        self.held = (torch.where(reset[:, None], 0, self.held) + delta).clamp(min=0)
         self.onset = torch.where(delta > 0, self.clock[:, None], self.onset)
-        return self._features(self.held, self.onset, self.clock[:, None])
+        self.start = torch.where(reset, self.clock, self.start)
+        self.notes = torch.where(reset, 0, self.notes) + self._t.strike[t]
+        self.pitches = torch.where(reset, 0, self.pitches) + self._t.pitch[t]
+        piece = (self.clock - self.start, self.notes, self.pitches)
+        return self._features(self.held, self.onset, self.clock[:, None], *(x[:, None] for x in piece))
 
     def _chunk(self, t: torch.Tensor) -> torch.Tensor:
         """The numpy reference's `_chunk` (which explains the arithmetic), one torch operation for each of its own."""
         rows, time = t.shape
         if time == 0:
-            return torch.zeros(rows, 0, 2 * PITCHES, device=t.device)
+            return torch.zeros(rows, 0, PIANO_STATE_SIZE, device=t.device)
         span = torch.arange(time, device=t.device)
-        clock = self.clock[:, None] + self._shift[t].cumsum(1)  # [rows, time]
-        delta = self._delta[t]  # [rows, time, 128]: +1 a strike, -1 a release
-        reset = self._reset[t]
+        clock = self.clock[:, None] + self._t.shift[t].cumsum(1)  # [rows, time]
+        delta = self._t.delta[t]  # [rows, time, 128]: +1 a strike, -1 a release
+        reset = self._t.reset[t]
         group = reset.long().cumsum(1)[..., None]
         total = self.held[:, None] + delta.cumsum(1)
         last_reset = torch.where(reset, span, -1).cummax(1).values  # [rows, time]
@@ -91,10 +127,21 @@ class PianoState:
         last_strike = _along_time(torch.where(delta > 0, span[None, :, None], -1), torch.cummax)
         struck_at = clock.gather(1, last_strike.clamp(min=0).reshape(rows, -1)).reshape(rows, time, PITCHES)
         onset = torch.where(last_strike > last_reset[..., None], struck_at, self.onset[:, None])
+        at_reset, restarted = last_reset.clamp(min=0), last_reset >= 0
+        start = torch.where(restarted, clock.gather(1, at_reset), self.start[:, None])
+        notes = self.notes[:, None] + self._t.strike[t].cumsum(1)
+        pitches = self.pitches[:, None] + self._t.pitch[t].cumsum(1)
+        notes, pitches = (torch.where(restarted, x - x.gather(1, at_reset), x) for x in (notes, pitches))
         self.held, self.onset, self.clock = held[:, -1], onset[:, -1], clock[:, -1]
-        return self._features(held, onset, clock[..., None])
+        self.start, self.notes, self.pitches = start[:, -1], notes[:, -1], pitches[:, -1]
+        return self._features(held, onset, clock[..., None], (clock - start)[..., None], notes[..., None],
+                              pitches[..., None])  # fmt: skip
 
-    def _features(self, held: torch.Tensor, onset: torch.Tensor, clock: torch.Tensor) -> torch.Tensor:
+    def _features(self, held: torch.Tensor, onset: torch.Tensor, clock: torch.Tensor, elapsed: torch.Tensor,
+                  notes: torch.Tensor, pitches: torch.Tensor) -> torch.Tensor:  # fmt: skip
         sounding = held > 0
         steps = torch.where(sounding, clock - onset, 0).clamp(max=HELD_STEPS)
-        return torch.cat([sounding.float(), self._held_table[steps]], dim=-1)
+        seconds = torch.div(elapsed, STEPS_PER_S, rounding_mode="floor").clamp(max=CLOCK_S)
+        register = torch.div(4 * pitches, notes.clamp(min=1), rounding_mode="floor")
+        piece = self._t.clock[seconds], self._t.register[register], self._t.notes[notes.clamp(max=NOTES_CAP)]
+        return torch.cat([sounding.float(), self._t.held[steps], *piece], dim=-1)

@@ -19,7 +19,14 @@ from pipeline.music.performance_encoding import (
     decode,
     encode,
 )
-from pipeline.music.piano_state import HELD_SCALE_S, PIANO_STATE_SIZE, PITCHES, PianoState, piano_state
+from pipeline.music.piano_state import (
+    HELD_SCALE_S,
+    PIANO_STATE_SIZE,
+    PIECE_FEATURES,
+    PITCHES,
+    PianoState,
+    piano_state,
+)
 
 
 def held_feature(seconds: float) -> np.float32:
@@ -29,15 +36,23 @@ def held_feature(seconds: float) -> np.float32:
     return np.float32(math.log1p(seconds / 0.05) / math.log1p(HELD_SCALE_S / 0.05))
 
 
+def clock_feature(seconds: float) -> np.float32:
+    """The piece clock `seconds` into a piece, from its definition: log(1 + s / 10 s) over its value at ten minutes, in
+    whole seconds, capped at 1."""
+    seconds = min(math.floor(seconds + 1e-9), 600)
+    return np.float32(math.log1p(seconds / 10) / math.log1p(600 / 10))
+
+
 def loop_state(tokens: np.ndarray) -> np.ndarray:
     """The features after each token, from lists of open strikes per key (first in, first out), one token at a time."""
     strikes: dict[int, list[int]] = {}
-    clock, out = 0, np.zeros((len(tokens), PIANO_STATE_SIZE), np.float32)
+    clock, piece_start, struck, out = 0, 0, [], np.zeros((len(tokens), PIANO_STATE_SIZE), np.float32)
     for i, token in enumerate(int(t) for t in tokens):
         if token == PIECE_START:
-            strikes = {}
+            strikes, piece_start, struck = {}, clock, []
         elif token < NOTE_OFF:
             strikes.setdefault(token, []).append(clock)
+            struck.append(token)
         elif token < TIME_SHIFT:
             if strikes.get(token - NOTE_OFF):
                 strikes[token - NOTE_OFF].pop(0)
@@ -47,6 +62,9 @@ def loop_state(tokens: np.ndarray) -> np.ndarray:
             if open_strikes:
                 out[i, pitch] = 1
                 out[i, PITCHES + pitch] = held_feature((clock - max(open_strikes)) * STEP_S)
+        out[i, PIECE_FEATURES] = clock_feature((clock - piece_start) * STEP_S)
+        out[i, PIECE_FEATURES + 1] = np.float32(math.floor(4 * np.mean(struck)) / 508) if struck else 0
+        out[i, PIECE_FEATURES + 2] = np.float32(math.log1p(min(len(struck), 10_000)) / math.log1p(10_000))
     return out
 
 
@@ -65,7 +83,10 @@ def test_the_state_is_the_plain_loops():
     state = PianoState(4)(tokens)
     for row in range(4):
         np.testing.assert_array_equal(state[row], loop_state(tokens[row]))
-    assert state[..., :PITCHES].sum() > 100 and (state[..., PITCHES:] == 1).any()  # keys sound, some over 10 s
+    assert state[..., :PITCHES].sum() > 100 and (state[..., PITCHES:PIECE_FEATURES] == 1).any()  # some over 10 s
+    for feature in range(PIECE_FEATURES, PIANO_STATE_SIZE):  # each piece feature grows, and PIECE_START resets it
+        assert (np.diff(state[..., feature], axis=1) > 0).any() and (np.diff(state[..., feature], axis=1) < 0).any()
+    assert state[..., PIECE_FEATURES].max() > clock_feature(60)  # a minute into a piece
 
 
 @pytest.mark.parametrize("cuts", [[1], [7, 8, 300], [1023, 1024, 1025, 2500]])
@@ -152,6 +173,6 @@ def test_release_logit_pairs_join_each_keys_features_to_its_own_release_only():
         tokens, _ = encode(np.zeros(1, int), np.array([0.0]), np.array([0.5]), np.array([key]), np.array([80]))
         sounding = piano_state(tokens)[:, key] > 0
         release = int(tokens[np.flatnonzero(sounding)[-1] + 1])
-        features = np.flatnonzero(piano_state(tokens).any(axis=0))
-        assert set(features) == {key, PITCHES + key}  # the note's own two features, and no other
+        features = np.flatnonzero(piano_state(tokens)[:, :PIECE_FEATURES].any(axis=0))
+        assert set(features) == {key, PITCHES + key}  # the note's own two key features, and no other key's
         assert {(f, t) for f, t in pairs if f in features or t == release} == {(f, release) for f in features}
