@@ -89,6 +89,21 @@ def test_the_state_is_the_plain_loops():
     assert state[..., PIECE_FEATURES].max() > clock_feature(60)  # a minute into a piece
 
 
+def capped_streams() -> list[np.ndarray]:
+    """Pieces that pass the piece figures' caps: ten minutes and ten seconds of silence, and 10,005 strikes."""
+    return [np.array([PIECE_START] + [TIME_SHIFT + 99] * 610), np.array([PIECE_START] + [60, NOTE_OFF + 60] * 10_005)]
+
+
+def test_the_piece_clock_and_strikes_stop_at_their_caps():
+    silence, strikes = capped_streams()
+    for tokens in (silence, strikes):
+        np.testing.assert_array_equal(piano_state(tokens), loop_state(tokens))
+    assert piano_state(silence)[-1, PIECE_FEATURES] == 1 and piano_state(silence)[-12, PIECE_FEATURES] < 1
+    assert (
+        piano_state(strikes)[-1, PIECE_FEATURES + 2] == 1 and piano_state(strikes)[-1, PIECE_FEATURES + 1] == 60 / 127
+    )
+
+
 @pytest.mark.parametrize("cuts", [[1], [7, 8, 300], [1023, 1024, 1025, 2500]])
 def test_one_token_at_a_time_and_any_chunks_give_the_vectorised_state(cuts):
     tokens = random_tokens(np.random.default_rng(len(cuts)), 3, 3000)

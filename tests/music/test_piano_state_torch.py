@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import MAESTRO_ASAP, require
-from test_piano_state import random_tokens
+from test_piano_state import capped_streams, random_tokens
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from pipeline.generation.decoding import NoteLimit
@@ -34,7 +34,19 @@ def test_any_cut_of_a_random_stream_gives_the_numpy_state(cuts):
     got = in_parts(tokens, cuts)
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, reference)
-    assert reference[..., :128].sum() > 1000 and (reference[..., 128:] == 1).any()  # keys sound, some over 10 s
+    assert reference[..., :128].sum() > 1000 and (reference[..., 128:256] == 1).any()  # keys sound, some over 10 s
+
+
+@pytest.mark.parametrize("stream", [0, 1])
+def test_the_piece_figures_past_their_caps_are_the_numpy_state(stream):
+    tokens = capped_streams()[stream][None]
+    np.testing.assert_array_equal(in_parts(tokens, [tokens.shape[1] // 2]), Reference(1)(tokens))
+    state = PianoState(1)
+    state(torch.from_numpy(tokens[:, :-40]))  # the last 40 tokens, stepped one at a time, pass or follow a cap
+    stepped = torch.cat(
+        [state(torch.from_numpy(tokens[:, t : t + 1])) for t in range(tokens.shape[1] - 40, tokens.shape[1])], dim=1
+    )
+    np.testing.assert_array_equal(stepped.numpy(), Reference(1)(tokens)[:, -40:])
 
 
 def test_one_token_at_a_time_gives_the_numpy_state():
