@@ -279,7 +279,9 @@ def test_calibration_benchmark_adds_up_the_models_own_probabilities_and_recounts
     spans = ("0-0.1", "0.1-0.25", "0.25-0.5", "0.5-1", "1-2", "2-4", "4-inf")
     held = [row(output, f"| {span} |") for span in spans]
     sounding = side[0, :, :128].numpy() > 0
-    seconds = np.round(0.05 * np.expm1(side[0, :, 128:].double().numpy() * math.log1p(200)), 2)  # the log scale undone
+    seconds = np.round(
+        0.05 * np.expm1(side[0, :, 128:256].double().numpy() * math.log1p(200)), 2
+    )  # the log scale undone
     bucket = np.digitize(seconds, [0.1, 0.25, 0.5, 1, 2, 4])
     assert [h[0] for h in held] == [np.sum(sounding & (bucket == b)) for b in range(len(spans))]
     for b, h in enumerate(held):

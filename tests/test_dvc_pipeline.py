@@ -309,9 +309,10 @@ def finish(started: dict) -> dict[str, tuple[Path, str]]:
 def test_every_experiment_the_readme_names_runs_to_the_end_and_training_follows_its_code(ran):
     project = ran
     piece = json.loads((project / "data" / "tokens" / "validation" / "index.json").read_text())["piece_id"][0]
-    runs = {"unlabelled": ["model.composer_labels=false"], "plain": ["model.state_input=false"],
-            "two-layers": ["model.n_layer=2"], "profiled": ["train.profile=cpu"],
-            "primed": [f"generate.primers=[{piece}]"]}  # fmt: skip
+    # The settings the docs name, two experiments' worth: two processes beside the project's own runs on two cores
+    # take half the time that five did, and each setting is still checked in the experiment that carries it.
+    runs = {"unlabelled": ["model.composer_labels=false", "model.n_layer=2", "train.profile=cpu"],
+            "plain": ["model.state_input=false", f"generate.primers=[{piece}]"]}  # fmt: skip
     started = experiments(project, runs)
     # Meanwhile, in the project itself: a change to the model's code retrains from scratch, the old run kept; one to
     # the report touches no training.
@@ -339,6 +340,7 @@ def test_every_experiment_the_readme_names_runs_to_the_end_and_training_follows_
     assert [s["composer"] for s in read("unlabelled", samples)["samples"]] == [None]  # one group, not two
     scored = read("unlabelled", Path("reports") / "metrics" / "eval.json")["validation"]
     assert "nll_labelled" not in scored and read("unlabelled", config)["n_labels"] == 0
-    assert read("plain", config)["side_size"] == 0 and read("two-layers", config)["n_layer"] == 2
-    assert "the CPU profile (train.profile cpu) sets" in ended["profiled"][1]
-    assert {s["primer"]["source"] for s in read("primed", samples)["samples"]} == {f"validation piece {piece} (Test)"}
+    assert read("plain", config)["side_size"] == 0 and read("unlabelled", config)["n_layer"] == 2
+    assert read("unlabelled", config)["side_size"] > 0 and read("plain", config)["n_layer"] != 2
+    assert "the CPU profile (train.profile cpu) sets" in ended["unlabelled"][1]
+    assert {s["primer"]["source"] for s in read("plain", samples)["samples"]} == {f"validation piece {piece} (Test)"}
