@@ -65,8 +65,12 @@ def tally(probs: np.ndarray, tokens: np.ndarray, state: np.ndarray, totals: dict
 
 def measure(model_folder: Path, tokens: Path, split: str, pieces: int, length: int) -> dict:
     """Predicted and actual counts over the split's first `pieces` pieces, `length` tokens each."""
-    from pipeline.model_folder import load_model
+    import torch
+
+    from pipeline.model_folder import load_model, reads_texture
     from pipeline.music.piano_state import PIANO_STATE_SIZE, piano_state
+    from pipeline.music.piano_state_torch import PianoState
+    from pipeline.music.texture import texture_track
     from pipeline.token_folder import PieceStore
 
     model = load_model(model_folder, "cpu", PIANO_STATE_SIZE).eval()
@@ -75,7 +79,11 @@ def measure(model_folder: Path, tokens: Path, split: str, pieces: int, length: i
     for i in range(min(pieces, len(store))):
         piece = store.piece(i)[: length + 1].astype(np.int64)
         state = piano_state(piece[:-1])  # after each scored token: the model's input, and what sounds
-        tally(piece_probabilities(model, piece, state, int(store.index["label"][i])), piece, state, totals)
+        side = state  # a model that reads a texture reads the whole piece's track, as the evaluate stage gives it
+        if reads_texture(model.cfg):
+            track = torch.from_numpy(texture_track(store.piece(i))[None])
+            side = PianoState(1, "cpu", track)(torch.from_numpy(piece[None, :-1]))[0].numpy()
+        tally(piece_probabilities(model, piece, side, int(store.index["label"][i])), piece, state, totals)
     return totals
 
 

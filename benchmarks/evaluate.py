@@ -84,8 +84,9 @@ def model_rows(model_dir: Path, tokens: Path, tgt_len: int, mem_len: int, scored
     from model.sampling import start_decoding
     from pipeline.evaluate import attn_span, score_pieces
     from pipeline.generation.decoding import piano_state_input
-    from pipeline.model_folder import load_model
+    from pipeline.model_folder import load_model, reads_texture
     from pipeline.music.piano_state import PIANO_STATE_SIZE
+    from pipeline.music.texture import texture_track
     from pipeline.params import EvaluateParams
 
     if any((model_dir / name).is_file() for name in ("model.safetensors", "model.pt")):
@@ -108,7 +109,8 @@ def model_rows(model_dir: Path, tokens: Path, tgt_len: int, mem_len: int, scored
     ids = torch.from_numpy(piece[: window + count])[None]
     start = time.perf_counter()
     with torch.no_grad():
-        side = piano_state_input(1, ids.device) if model.cfg.side_size else None
+        track = texture_track(piece)[None] if reads_texture(model.cfg) else None  # as the evaluate stage reads it
+        side = piano_state_input(1, ids.device, track) if model.cfg.side_size else None
         _, step = start_decoding(model, ids[:, :window], "recompute", window, side, span)
         for i in range(window, window + count - 1):
             step(ids[:, i])

@@ -143,13 +143,15 @@ def stage_batches(
 ) -> tuple[Iterator, str]:
     """Endless train batches on `device` as the stage makes them from the token shards, or random ids when there are
     none; with where they come from."""
+    from pipeline.model_folder import reads_texture
     from pipeline.token_folder import PieceStore
     from pipeline.training.batches import device_batches
     from pipeline.training.segments import SegmentStream
 
     if (tokens / "train" / "index.json").is_file():
         state = cfg.side_size > 0
-        stream = SegmentStream(PieceStore(tokens, "train"), batch_size, cfg.tgt_len, seed=0, state_input=state)
+        stream = SegmentStream(PieceStore(tokens, "train"), batch_size, cfg.tgt_len, seed=0, state_input=state,
+                               texture_input=reads_texture(cfg))  # fmt: skip
         return (batch for epoch in count() for _, batch in device_batches(stream, device, epoch)), "token shards"
     return random_batches(batch_size, cfg, device), "random ids"
 
@@ -177,12 +179,16 @@ def timed_steps(
 
 
 def random_batches(rows: int, cfg: object, device: object) -> Iterator[dict]:
-    """Batches of random ids on `device`, with the piano state of their tokens for a state-input model."""
+    """Batches of random ids on `device`, with the piano state of their tokens for a state-input model (and a random
+    texture track of six windows for a model that reads one)."""
     import torch
 
+    from pipeline.model_folder import reads_texture
     from pipeline.music.piano_state_torch import PianoState
+    from pipeline.music.texture import PIECE_TEXTURE_SIZE
 
-    piano = PianoState(rows, device) if cfg.side_size else None
+    track = torch.rand(rows, 6, PIECE_TEXTURE_SIZE, device=device) if reads_texture(cfg) else None
+    piano = PianoState(rows, device, track) if cfg.side_size else None
     while True:
         tokens = torch.randint(0, cfg.vocab_size, (rows, cfg.tgt_len + 1), device=device)
         batch = {
@@ -223,7 +229,7 @@ def host_time(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from pipeline.model_folder import build_model, model_section
+    from pipeline.model_folder import build_model, model_section, reads_texture
     from pipeline.music.piano_state import PianoState as NumpyState
     from pipeline.music.piano_state_torch import PianoState
     from pipeline.params import TrainParams, load_section, typed
@@ -242,7 +248,8 @@ def host_time(args: argparse.Namespace) -> dict:
     if store is None or store.total_tokens < 2 * rows * cfg.tgt_len * (steps + 2):  # too few to fill the rows
         store, shards = _RandomStore(), False
     ranges = tuple(pitch_ranges(vocab)) if shards else ()
-    stream = SegmentStream(store, rows, cfg.tgt_len, 0, p.transpose, ranges, cfg.side_size > 0, cfg.n_labels > 0)
+    stream = SegmentStream(store, rows, cfg.tgt_len, 0, p.transpose, ranges, cfg.side_size > 0, cfg.n_labels > 0,
+                           texture_input=reads_texture(cfg))  # fmt: skip
     started = time.perf_counter()
     streams = stream.rows(0)
     epoch_s = time.perf_counter() - started

@@ -26,9 +26,10 @@ from model import AttnSpan, TransformerXL
 from model.device import allow_tf32, autocast, compute_dtype, pick_device
 from pipeline.atomic import atomic_write_text
 from pipeline.errors import PipelineError
-from pipeline.model_folder import load_model
+from pipeline.model_folder import load_model, reads_texture
 from pipeline.music.piano_state import PIANO_STATE_SIZE
 from pipeline.music.piano_state_torch import PianoState
+from pipeline.music.texture import padded_tracks, texture_track
 from pipeline.ngram import KneserNey, uniform_nll, unigram_log_probs
 from pipeline.params import EvaluateParams
 from pipeline.token_folder import PieceStore, load_vocab
@@ -57,7 +58,8 @@ def score_pieces(
 ) -> Scores:
     """Score every token after each piece's first, piece by piece from an empty memory, in segments of tgt_len,
     attending as far as `span` says (default: as the model was trained), with each piece's label at every one of its
-    tokens for a model with labels (None: label 0, "none given").
+    tokens for a model with labels (None: label 0, "none given"), and each piece's own texture track for a model that
+    reads one.
 
     Pieces are batched longest first; a batch row that has ended is dropped, so padding is never scored and never
     precedes a scored token (the result equals scoring each piece alone).
@@ -78,7 +80,9 @@ def score_pieces(
         row_labels = None if labels is None else torch.tensor([labels[i] for i in batch], device=device)
         row_nll = torch.zeros(len(batch), width, device=device)
         row_hit = torch.zeros(len(batch), width, dtype=torch.bool, device=device)
-        mems, state = None, PianoState(len(batch), device) if model.cfg.side_size else None
+        texture = padded_tracks([texture_track(pieces[i]) for i in batch]) if reads_texture(model.cfg) else None
+        texture = None if texture is None else torch.from_numpy(texture).to(device)
+        mems, state = None, PianoState(len(batch), device, texture) if model.cfg.side_size else None
         for start in range(0, width, tgt_len):
             alive = int(np.count_nonzero(lengths > start))  # rows are longest first: the live ones are a prefix
             mems = None if mems is None else [m[:alive] for m in mems]
@@ -238,6 +242,8 @@ def evaluate(tokens: Path, model_dir: Path, metrics: Path, p: EvaluateParams) ->
         for split in splits:
             result[split] = split_result(model, tokens, split, unigram, kneser_ney, vocab, p)
             result[split]["precision"] = "bfloat16" if dtype else "float32"
+            if reads_texture(model.cfg):  # its NLL is conditioned on it, as the labelled NLL is on the composer
+                result[split]["texture_track"] = "each piece's own"
     atomic_write_text(Path(metrics), json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     return result
 

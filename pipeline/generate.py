@@ -173,23 +173,25 @@ def generate(
     if isinstance(synth, str):
         print(f"generate: WAV files skipped: {synth}", flush=True)
     groups = composer_groups(p, model, model_dir, tokens)
+    textures = model_vocab(model_dir, tokens).get("textures")  # what a model that reads a texture draws from
     records, free = [], []  # free: the same samples made without the rule, when it is on
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         for k, (primer, (label, composer)) in enumerate((pr, g) for pr in primers for g in groups):
             seeds, about = [p.seed + k * p.samples + i for i in range(p.samples)], {"composer": composer}
-            rows, released = sample_batch(model, primer, p, seeds, dtype, span, label=label)
+            rows, released = sample_batch(model, primer, p, seeds, dtype, span, label=label, textures=textures)
             for seed, new, count in zip(seeds, rows, released, strict=True):
                 audio = synth if len(records) < p.wav_samples else None
                 record = write_sample(Path(tmp), f"sample-{len(records) + 1:02d}", primer, new, p, audio)
                 records.append({**record, **about, "seed": seed, "rule_releases": int(count)})
             if p.max_note_s:
-                for seed, new in zip(seeds, sample_batch(model, primer, p, seeds, dtype, span, False, label)[0],
-                                     strict=True):  # fmt: skip
+                again = sample_batch(model, primer, p, seeds, dtype, span, False, label, textures=textures)[0]
+                for seed, new in zip(seeds, again, strict=True):
                     name = f"sample-{len(free) + 1:02d}{WITHOUT_RULE}"
                     record = write_sample(Path(tmp), name, primer, new, p, None, figures=False)
                     free.append({**record, **about, "seed": seed})
-        long = long_samples(model, p, p.seed + len(primers) * len(groups) * p.samples, dtype, span, Path(tmp))
+        first_long = p.seed + len(primers) * len(groups) * p.samples
+        long = long_samples(model, p, first_long, dtype, span, Path(tmp), textures)
         move_samples(Path(tmp), out)
     settings = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("primers", "precision")}
     summary = {
@@ -211,16 +213,23 @@ def generate(
     return summary
 
 
-def long_samples(
-    model: TransformerXL, p: GenerateParams, first_seed: int, dtype: torch.dtype | None, span: AttnSpan, folder: Path
+def long_samples(  # noqa: PLR0913
+    model: TransformerXL,
+    p: GenerateParams,
+    first_seed: int,
+    dtype: torch.dtype | None,
+    span: AttnSpan,
+    folder: Path,
+    textures: dict | None = None,
 ) -> list[dict]:
     """p.long_samples samples of p.long_seconds from nothing, without a composer, with the rule as p has it, seeded
-    from `first_seed` on: long-NN.mid and .png in `folder`; their records."""
+    from `first_seed` on (a texture-reading model's drawn from `textures`): long-NN.mid and .png in `folder`; their
+    records."""
     if not p.long_samples:
         return []
     long = dataclasses.replace(p, seconds=p.long_seconds, stop_at_piece_end=False)
     seeds, primer = [first_seed + i for i in range(p.long_samples)], unconditional()
-    rows, released = sample_batch(model, primer, long, seeds, dtype, span)
+    rows, released = sample_batch(model, primer, long, seeds, dtype, span, textures=textures)
     made = enumerate(zip(seeds, rows, released, strict=True))
     return [{**write_sample(folder, f"long-{i + 1:02d}", primer, new, long, None), "seed": seed,
              "rule_releases": int(count)} for i, (seed, new, count) in made]  # fmt: skip

@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from model import TransformerXL, TransformerXLConfig
@@ -18,8 +19,9 @@ from pipeline.atomic import atomic_dir
 from pipeline.errors import PipelineError
 from pipeline.music.performance_encoding import NOTE_OFF, NOTE_ON
 from pipeline.music.piano_state import PIANO_STATE_SIZE, relative_logit_bands, release_logit_pairs
+from pipeline.music.texture import PIECE_TEXTURE, PIECE_TEXTURE_SIZE, TEXTURE_WINDOW_S, texture_track
 from pipeline.params import typed
-from pipeline.token_folder import load_vocab
+from pipeline.token_folder import PieceStore, load_vocab
 
 # model.state_logits, what the piano state adds to the logits directly (the layers read it in any case):
 #   all: every feature to every token, one weight per pair;
@@ -30,10 +32,10 @@ STATE_LOGITS = ("all", "all_relative_release", "relative", "release", "none")
 
 
 def model_section(values: dict) -> dict:
-    """The `model:` section of params.yaml typed: TransformerXLConfig's keys, `state_input` and `composer_labels`
-    (bools), and `state_logits` (one of STATE_LOGITS)."""
+    """The `model:` section of params.yaml typed: TransformerXLConfig's keys, `state_input`, `texture_input` and
+    `composer_labels` (bools), and `state_logits` (one of STATE_LOGITS)."""
     values = dict(values)
-    switches = {key: values.pop(key, False) for key in ("state_input", "composer_labels")}
+    switches = {key: values.pop(key, False) for key in ("state_input", "texture_input", "composer_labels")}
     for key, value in switches.items():
         if not isinstance(value, bool):
             raise PipelineError(f"model.{key} must be true or false, not {value!r}")
@@ -46,10 +48,13 @@ def model_section(values: dict) -> dict:
 def build_model(vocab: dict, model_params: dict) -> TransformerXL:
     """The model for a token vocabulary (vocab.json): vocab_size from it, the rest from the `model:` params, where
     `state_input: true` gives it the piano state as a side input (`state_logits` says what reaches the logits
-    directly) and `composer_labels: true` a label per composer (vocab.json's `labels`)."""
+    directly), `texture_input: true` its piece's texture after the state, and `composer_labels: true` a label per
+    composer (vocab.json's `labels`)."""
     params = dict(model_params)
     state_input, composer_labels = params.pop("state_input", False), params.pop("composer_labels", False)
-    params.setdefault("side_size", PIANO_STATE_SIZE if state_input else 0)  # a checkpoint's config has side_size
+    texture = PIECE_TEXTURE_SIZE if state_input and params.pop("texture_input", False) else 0
+    params.pop("texture_input", None)
+    params.setdefault("side_size", PIANO_STATE_SIZE + texture if state_input else 0)  # a checkpoint's has side_size
     reach = params.pop("state_logits", "all")
     if state_input:  # a checkpoint's config already has the pairs and bands
         pairs = {"all": None, "all_relative_release": None, "release": release_logit_pairs()}.get(reach, [])
@@ -65,6 +70,7 @@ def build_model(vocab: dict, model_params: dict) -> TransformerXL:
         raise PipelineError(f"model params: {exc}") from exc
 
 
+TABLE_WINDOWS = 36  # six minutes of each piece's texture track: a longer sample carries on with its last window
 WEIGHTS, LEGACY_WEIGHTS, CONFIG, VOCAB = "model.safetensors", "model.pt", "config.json", "vocab.json"
 
 
@@ -96,8 +102,8 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def load_model(folder: Path, map_location: str | torch.device = "cpu", side_size: int = 0) -> TransformerXL:
-    """The model that `export_model` wrote, its weights read as data only; its side input must be none or the
-    `side_size` features the caller makes."""
+    """The model that `export_model` wrote, its weights read as data only; its side input must be none, or the
+    `side_size` features the caller makes, with or without a piece's texture after them."""
     folder = Path(folder)
     state = read_weights(folder)
     if not (folder / CONFIG).is_file():
@@ -113,7 +119,7 @@ def load_model(folder: Path, map_location: str | torch.device = "cpu", side_size
     except Exception as exc:  # noqa: BLE001 (a truncated, foreign or mismatched file: say which)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PipelineError(f"{folder}: not a model that the train stage wrote ({reason})") from exc
-    if model.cfg.side_size not in (0, side_size):
+    if model.cfg.side_size not in (0, side_size, side_size + PIECE_TEXTURE_SIZE if side_size else 0):
         raise PipelineError(
             f"{folder}: the model reads {model.cfg.side_size} side features per token, but {side_size} are made here"
         )
@@ -129,3 +135,23 @@ def model_vocab(folder: Path, tokens: Path) -> dict:
         except ValueError as exc:
             raise PipelineError(f"{path}: not JSON ({exc})") from exc
     return load_vocab(tokens)
+
+
+def reads_texture(cfg: TransformerXLConfig) -> bool:
+    """Whether a model of this config reads its piece's texture track after the piano state (model.texture_input)."""
+    return cfg.side_size == PIANO_STATE_SIZE + PIECE_TEXTURE_SIZE
+
+
+def texture_table(tokens: Path) -> dict:
+    """The texture tracks that sampling draws from (vocab.json's `textures`): each train piece's first TABLE_WINDOWS
+    windows (as `texture_track` gives them), its stretched copies left out, with its composer label."""
+    store = PieceStore(tokens, "train")
+    stretch, labels = store.index.get("stretch", [1.0] * len(store)), store.index.get("label", [0] * len(store))
+    kept = [i for i in range(len(store)) if stretch[i] == 1.0]
+    tracks = [texture_track(store.piece(i))[:TABLE_WINDOWS] for i in kept]
+    return {
+        "columns": ["notes_by_end", "pitch_sum_by_end", *PIECE_TEXTURE],
+        "window_s": TEXTURE_WINDOW_S,
+        "label": [int(labels[i]) for i in kept],
+        "track": [np.round(track, 5).tolist() for track in tracks],
+    }

@@ -78,6 +78,8 @@ def model_card(facts: dict, parameters: int, source: str) -> str:
     """The model card: Hugging Face's front matter (license, tags), then use, files, data, training and figures."""
     cfg, composers = facts["trained"]["model"], [c["composer"] for c in facts["vocab"].get("labels", [])]
     state = "the piano's state after each token (which keys sound, for how long, and the piece so far) and "
+    if cfg.get("side_size", 0) > PIANO_STATE_SIZE:
+        state += "the texture of the piece's current 10 s (a train piece's, drawn, while it samples) and "
     side = state if cfg.get("side_size") else ""
     conditioning = f"a composer label ({', '.join(composers)})" if composers else "no composer label"
     lines = [

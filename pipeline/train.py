@@ -26,7 +26,7 @@ import torch
 from model import TransformerXL
 from model.device import allow_tf32, autocast, compiles, compute_dtype
 from pipeline.errors import PipelineError
-from pipeline.model_folder import build_model, export_model
+from pipeline.model_folder import build_model, export_model, reads_texture, texture_table
 from pipeline.params import TrainParams
 from pipeline.token_folder import PieceStore, load_vocab
 from pipeline.training import cpu_profile, distributed
@@ -155,12 +155,13 @@ def _setup(tokens: Path, model_params: dict, p: TrainParams) -> _Run:
     ranges = tuple(pitch_ranges(vocab))
     store = PieceStore(tokens, "train")
     stream = SegmentStream(store, p.batch_size, tgt_len, p.seed, p.transpose, ranges, state, labels, p.label_dropout,
-                           ahead=True)  # fmt: skip
+                           reads_texture(model.cfg), ahead=True)  # fmt: skip
     val_stream = None
     if (Path(tokens) / "validation" / "index.json").is_file():
         val_store = PieceStore(tokens, "validation")
         rows = min(p.eval_batch_size, len(val_store))  # rows need pieces
-        val_stream = SegmentStream(val_store, rows, tgt_len, state_input=state, labels=labels)
+        val_stream = SegmentStream(val_store, rows, tgt_len, state_input=state, labels=labels,
+                                   texture_input=reads_texture(model.cfg))  # fmt: skip
         val_stream.rows(0)  # a validation split too short for one segment fails now, not at the first validation
     decay = [q for q in model.parameters() if q.dim() >= 2]
     no_decay = [q for q in model.parameters() if q.dim() < 2]
@@ -345,7 +346,8 @@ def train(
     if run.step == first_step and saved not in (None, trained):  # no step left: the checkpoint says what it ends as
         save()
     if rank == 0:
-        export_model(run.model, Path(model_out), load_vocab(tokens))
+        textures = {"textures": texture_table(tokens)} if reads_texture(run.model.cfg) else {}
+        export_model(run.model, Path(model_out), {**load_vocab(tokens), **textures})
         if shared is not None:
             share(ckpt_path, Path(shared) / "last.pt", lambda text: print(f"train: {text}", flush=True))
         seconds, steps = time.perf_counter() - started, run.step - first_step

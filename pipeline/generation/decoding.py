@@ -15,9 +15,12 @@ from model import AttnSpan, TransformerXL
 from model.device import compute_dtype
 from model.sampling import Side, bf16_decodes_faster
 from model.sampling import generate as sample_tokens
+from pipeline.errors import PipelineError
 from pipeline.generation.primers import Primer
+from pipeline.model_folder import reads_texture
 from pipeline.music.performance_encoding import NOTE_OFF, PIECE_END, PIECE_START, STEP_S, time_steps
 from pipeline.music.piano_state_torch import PianoState
+from pipeline.music.texture import TEXTURE_WINDOW_S, padded_tracks
 from pipeline.params import GenerateParams
 
 MAX_TOKENS_PER_SECOND = 300  # a cap on sampled tokens per second of music; MAESTRO averages about 43
@@ -65,10 +68,25 @@ def decode_dtype(choice: str, device: torch.device, model: torch.nn.Module, rows
     return dtype
 
 
-def piano_state_input(rows: int, device: torch.device) -> Side:
+def piano_state_input(rows: int, device: torch.device, texture: np.ndarray | None = None) -> Side:
     """The side input of a state-input model while it samples: the piano state of `rows` rows on `device`, computed
-    for the prompt at once and then for each token as it is sampled, without leaving the device."""
-    return PianoState(rows, device)
+    for the prompt at once and then for each token as it is sampled, without leaving the device; each row's piece
+    texture track [rows, windows, PIECE_TEXTURE_SIZE] read by its clock after it, for a model that reads one."""
+    return PianoState(rows, device, None if texture is None else torch.as_tensor(texture, device=device))
+
+
+def draw_textures(table: dict | None, label: int, seeds: list[int], seconds: float) -> np.ndarray:
+    """A texture track per seed [rows, windows, columns] for `seconds` of music: that of a train piece of composer
+    `label` (any piece for label 0, or a label without pieces), one at least as long where there is one, drawn with
+    the seed from vocab.json's `textures`, and carried on past its end (`padded_tracks`)."""
+    if not table or not table.get("track"):
+        raise PipelineError("the model reads a texture, but its vocab.json lists no texture tracks (retrain the model)")
+    labels, lengths = np.asarray(table["label"]), np.array([len(track) for track in table["track"]])
+    windows = math.ceil(seconds / TEXTURE_WINDOW_S)
+    composer = labels == label if label and (labels == label).any() else np.ones(len(labels), bool)
+    pool = np.flatnonzero(composer & (lengths >= windows) if (composer & (lengths >= windows)).any() else composer)
+    picks = [pool[np.random.default_rng([seed, len(pool)]).integers(len(pool))] for seed in seeds]
+    return padded_tracks([np.asarray(table["track"][i], np.float32) for i in picks], windows + 1)
 
 
 def sample_batch(
@@ -81,16 +99,19 @@ def sample_batch(
     rule: bool = True,
     label: int = 0,
     progress: Callable[[torch.Tensor], None] | None = None,
+    textures: dict | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """`len(seeds)` continuations of `primer` in one batch, each until PIECE_END or p.seconds of new music, with the
     weights' matmuls in `dtype` (None: float32), attending as far as `span` says (None: as trained), and the
     note-length rule when `rule` and p.max_note_s are on, every row with composer `label` (0: none) at guidance
-    p.guidance, `progress` getting the tokens so far now and then (`model.sampling.generate`); and how many releases
-    the rule imposed on each."""
+    p.guidance, `progress` getting the tokens so far now and then (`model.sampling.generate`), and for a model that
+    reads a piece's texture one drawn per seed from `textures` (vocab.json's); and how many releases the rule imposed
+    on each."""
     device = next(model.parameters()).device
     prompt = torch.as_tensor(primer.tokens, device=device)[None].repeat(len(seeds), 1)
     generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
-    side = piano_state_input(len(seeds), device) if model.cfg.side_size else None
+    texture = draw_textures(textures, label, seeds, p.seconds) if reads_texture(model.cfg) else None
+    side = piano_state_input(len(seeds), device, texture) if model.cfg.side_size else None
     forced, imposed = None, []  # per step, the rows whose token the rule chose
     if rule and p.max_note_s:
         limit = NoteLimit(prompt, p.max_note_s)

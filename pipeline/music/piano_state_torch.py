@@ -8,6 +8,7 @@ the music library used alone still loads no torch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import cache
 from typing import NamedTuple
@@ -27,6 +28,14 @@ from pipeline.music.piano_state import (
     PITCHES,
     REGISTER_TABLE,
     STEPS_PER_S,
+)
+from pipeline.music.texture import (
+    MIDDLE_C,
+    NOTES_BY_END,
+    PIECE_TEXTURE_SIZE,
+    PITCH_BY_END,
+    PLAN_NOTES,
+    TEXTURE_WINDOW_STEPS,
 )
 
 
@@ -67,9 +76,12 @@ def _tables(device: torch.device) -> Tables:
 
 
 class PianoState:
-    """The state of `rows` pianos on `device`, each starting silent; call it with successive tokens [rows, time]."""
+    """The state of `rows` pianos on `device`, each starting silent; call it with successive tokens [rows, time].
+    Given `texture`, each row's texture track [rows, windows, PIECE_TEXTURE_SIZE] (pipeline/music/texture.py), the
+    features end with the window of it that the row's piece clock is in (the last from its start on): what evaluation
+    and sampling give a model that reads a texture, one piece per row."""
 
-    def __init__(self, rows: int, device: torch.device | str = "cpu") -> None:
+    def __init__(self, rows: int, device: torch.device | str = "cpu", texture: torch.Tensor | None = None) -> None:
         self.held = torch.zeros(rows, PITCHES, dtype=torch.long, device=device)  # open strikes per key
         self.onset = torch.zeros(rows, PITCHES, dtype=torch.long, device=device)  # the step of each key's latest strike
         self.clock = torch.zeros(rows, dtype=torch.long, device=device)  # steps since the start
@@ -77,25 +89,31 @@ class PianoState:
         self.notes = torch.zeros(rows, dtype=torch.long, device=device)  # strikes since then
         self.pitches = torch.zeros(rows, dtype=torch.long, device=device)  # and the sum of their pitches
         self._t = _tables(torch.device(device))
+        self.texture = texture  # [rows, windows, n]: each row's texture track, read by the piece clock (or None)
 
     def keep(self, rows: int) -> None:
         """Keep the first `rows` pianos only (rows that have ended drop out of a batch)."""
         self.held, self.onset, self.clock = self.held[:rows], self.onset[:rows], self.clock[:rows]
         self.start, self.notes, self.pitches = self.start[:rows], self.notes[:rows], self.pitches[:rows]
+        self.texture = None if self.texture is None else self.texture[:rows]
 
     def steps_held(self) -> torch.Tensor:
         """How many steps each key has sounded since its latest strike [rows, 128]; 0 for a silent key."""
         return torch.where(self.held > 0, self.clock[:, None] - self.onset, 0)
 
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Advance by tokens [rows, time]; return the features after each [rows, time, PIANO_STATE_SIZE] (float32)."""
+    def __call__(self, tokens: torch.Tensor, plan: torch.Tensor | None = None) -> torch.Tensor:
+        """Advance by tokens [rows, time]; return the features after each [rows, time, PIANO_STATE_SIZE] (float32),
+        then, for a state with texture tracks or given `plan` (each position's row of its piece's track [rows, time,
+        columns], as training lays them), what the model reads of its track."""
         if tokens.size(1) == 1:  # a sampled token: a third of the operations
-            return self._step(tokens[:, 0].long())[:, None]
+            return self._step(tokens[:, 0].long(), None if plan is None else plan[:, 0])[:, None]
         if tokens.size(1) <= CHUNK:  # a segment: one pass
-            return self._chunk(tokens.long())
-        return torch.cat([self._chunk(part.long()) for part in tokens.split(CHUNK, dim=1)], dim=1)
+            return self._chunk(tokens.long(), plan)
+        parts = tokens.split(CHUNK, dim=1)
+        plans = [None] * len(parts) if plan is None else plan.split(CHUNK, dim=1)
+        return torch.cat([self._chunk(part.long(), p) for part, p in zip(parts, plans, strict=True)], dim=1)
 
-    def _step(self, t: torch.Tensor) -> torch.Tensor:
+    def _step(self, t: torch.Tensor, plan: torch.Tensor | None) -> torch.Tensor:
         """One token per row [rows]: the numpy reference's `step`."""
         delta, reset = self._t.delta[t], self._t.reset[t]  # [rows, 128], [rows]
         self.clock = self.clock + self._t.shift[t]
@@ -105,13 +123,13 @@ class PianoState:
         self.notes = torch.where(reset, 0, self.notes) + self._t.strike[t]
         self.pitches = torch.where(reset, 0, self.pitches) + self._t.pitch[t]
         piece = (self.clock - self.start, self.notes, self.pitches)
-        return self._features(self.held, self.onset, self.clock[:, None], *(x[:, None] for x in piece))
+        return self._features(self.held, self.onset, self.clock[:, None], *(x[:, None] for x in piece), plan)
 
-    def _chunk(self, t: torch.Tensor) -> torch.Tensor:
+    def _chunk(self, t: torch.Tensor, plan: torch.Tensor | None) -> torch.Tensor:
         """The numpy reference's `_chunk` (which explains the arithmetic), one torch operation for each of its own."""
         rows, time = t.shape
         if time == 0:
-            return torch.zeros(rows, 0, PIANO_STATE_SIZE, device=t.device)
+            return torch.zeros(rows, 0, self.size(plan), device=t.device)
         span = torch.arange(time, device=t.device)
         clock = self.clock[:, None] + self._t.shift[t].cumsum(1)  # [rows, time]
         delta = self._t.delta[t]  # [rows, time, 128]: +1 a strike, -1 a release
@@ -135,13 +153,40 @@ class PianoState:
         self.held, self.onset, self.clock = held[:, -1], onset[:, -1], clock[:, -1]
         self.start, self.notes, self.pitches = start[:, -1], notes[:, -1], pitches[:, -1]
         return self._features(held, onset, clock[..., None], (clock - start)[..., None], notes[..., None],
-                              pitches[..., None])  # fmt: skip
+                              pitches[..., None], plan)  # fmt: skip
+
+    def size(self, plan: torch.Tensor | None = None) -> int:
+        """Features per position: the piano state's, and what the model reads of a track when there is one."""
+        return PIANO_STATE_SIZE + (PIECE_TEXTURE_SIZE if plan is not None or self.texture is not None else 0)
 
     def _features(self, held: torch.Tensor, onset: torch.Tensor, clock: torch.Tensor, elapsed: torch.Tensor,
-                  notes: torch.Tensor, pitches: torch.Tensor) -> torch.Tensor:  # fmt: skip
+                  notes: torch.Tensor, pitches: torch.Tensor, plan: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
         sounding = held > 0
         steps = torch.where(sounding, clock - onset, 0).clamp(max=HELD_STEPS)
         seconds = torch.div(elapsed, STEPS_PER_S, rounding_mode="floor").clamp(max=CLOCK_S)
         register = torch.div(4 * pitches, notes.clamp(min=1), rounding_mode="floor")
         piece = self._t.clock[seconds], self._t.register[register], self._t.notes[notes.clamp(max=NOTES_CAP)]
-        return torch.cat([sounding.float(), self._t.held[steps], *piece], dim=-1)
+        state = torch.cat([sounding.float(), self._t.held[steps], *piece], dim=-1)
+        if plan is None and self.texture is None:
+            return state
+        if plan is None:  # the row's track, read by its piece clock (its last window from that window's start on)
+            last = self.texture.size(1) - 1
+            window = torch.div(elapsed[..., 0], TEXTURE_WINDOW_STEPS, rounding_mode="floor").clamp(max=last)
+            rows = torch.arange(window.size(0), device=window.device).view(-1, *[1] * (window.dim() - 1))
+            plan = self.texture[rows, window]
+        return torch.cat([state, _plan_features(plan, elapsed, notes, pitches)], dim=-1)
+
+
+def _plan_features(
+    plan: torch.Tensor, elapsed: torch.Tensor, notes: torch.Tensor, pitches: torch.Tensor
+) -> torch.Tensor:
+    """What a model reads of its texture track [..., PIECE_TEXTURE_SIZE], given the track's row of the window the
+    piece clock is in [..., columns] and the piece's time steps, strikes and pitch sum so far [..., 1]: the window's
+    texture, then the notes to come by its end (log scale, 1 from PLAN_NOTES on; none once the piece is ahead of
+    its plan), their mean pitch in octaves from middle C (0 with none to come) and the share of the window left."""
+    to_come = (plan[..., NOTES_BY_END, None] - notes).clamp(0, PLAN_NOTES)
+    pitch = ((plan[..., PITCH_BY_END, None] - pitches) / to_come.clamp(min=1)).clamp(0, 127)
+    left = (TEXTURE_WINDOW_STEPS - elapsed % TEXTURE_WINDOW_STEPS) / TEXTURE_WINDOW_STEPS
+    octaves = (pitch.float() - MIDDLE_C) / 12 * (to_come > 0)
+    scaled = torch.log1p(to_come.float()) / math.log1p(PLAN_NOTES), octaves, left.float()
+    return torch.cat([plan[..., 2:], *scaled], dim=-1)

@@ -1,11 +1,15 @@
 """What a listener hears first in a stretch of piano music: its register, how many notes, how many keys at once and
 for how long. Yang & Lerch's features (features.py) see these only in part: the pitch-class histogram is blind to
 octaves. Notes are dicts of onset, offset (s, the sustain pedal applied, as the tokens have it), pitch, velocity.
+A piece's texture track is the same, window by window, as a model reads it (pipeline/music/piano_state_torch.py
+reads it by the piece clock).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from pipeline.music.performance_encoding import STEP_S, decode, elapsed_steps, time_steps
 
 HIGH_PITCH = 96  # C7: real openings put under half a percent of their notes here or above
 LONG_NOTE_S = 5.0  # real music holds next to no note longer
@@ -63,3 +67,94 @@ def set_texture(pieces: list[dict[str, np.ndarray]], seconds: float) -> dict[str
     pitches = np.array([t["mean_pitch"] for t in each], np.float64)
     out["mean_pitch_spread"] = float(np.std(pitches[np.isfinite(pitches)])) if np.isfinite(pitches).any() else np.nan
     return out
+
+
+# A piece's texture as a model reads it beside the piano state, window by window: notes per second, mean pitch,
+# polyphony and mean note duration of each TEXTURE_WINDOW_S of the piece, scaled to about [0, 1], then where the
+# piece stands against the track (its plan): the notes still to come by the window's end, their mean pitch, and the
+# share of the window left. The plan says what the next seconds hold, which the notes so far do not, so the model
+# learns to follow it; while sampling, a real piece's track, drawn, keeps the music to a pianist's texture where the
+# model's own notes would let it drift.
+PIECE_TEXTURE = ("notes_per_second", "mean_pitch", "polyphony", "note_duration")
+PLAN = ("notes_to_come", "pitch_to_come", "window_left")
+PIECE_TEXTURE_SIZE = len(PIECE_TEXTURE) + len(PLAN)
+TEXTURE_WINDOW_S = 10
+TEXTURE_WINDOW_STEPS = round(TEXTURE_WINDOW_S / STEP_S)
+PLAN_NOTES = 400  # notes to come read 1 from here on: ten seconds of the densest music
+# Pitches are read in octaves from middle C: a register a few semitones off is a few tenths, where pitch / 127 made
+# it a few hundredths, too small a change in the input for the model to steer by.
+MIDDLE_C = 60
+# A track's columns: the cumulative notes and pitch sum by each window's end, then the window's scaled texture.
+NOTES_BY_END, PITCH_BY_END = 0, 1
+
+
+def scaled_texture(figures: dict) -> np.ndarray:
+    """A stretch's texture (`texture`) as the model reads it [..., PIECE_TEXTURE_SIZE] (float32; figures may be arrays
+    of stretches): log1p(notes per second) / log1p(40), octaves of mean pitch from middle C, log2(polyphony) / 4 and
+    log1p(mean duration
+    in s) / log1p(10); 0 where undefined."""
+    scaled = (
+        np.log1p(figures["notes_per_second"]) / np.log1p(40),
+        (figures["mean_pitch"] - MIDDLE_C) / 12,
+        np.log2(figures["polyphony"]) / 4,
+        np.log1p(figures["note_duration"]) / np.log1p(10),
+    )
+    return np.nan_to_num(np.stack(scaled, axis=-1).astype(np.float32))
+
+
+def texture_track(tokens: np.ndarray) -> np.ndarray:
+    """A piece's texture track from its tokens [windows, 2 + len(PIECE_TEXTURE)]: for each TEXTURE_WINDOW_S, the
+    notes and the sum of their pitches from the start to the window's end, then `texture` of the notes that start in
+    the window, cut at its end (the last window as long as the music), scaled; in one pass over the notes: no note
+    outlasts its window once cut, so the windows' sounding times add up over one sweep."""
+    notes, steps = decode(tokens), elapsed_steps(tokens)
+    windows = max(1, -(-steps // TEXTURE_WINDOW_STEPS))
+    onset, pitch = np.asarray(notes["onset"], np.float64), np.asarray(notes["pitch"], np.float64)
+    w = np.minimum(np.round(onset / STEP_S).astype(np.int64) // TEXTURE_WINDOW_STEPS, windows - 1)
+    offset = np.minimum(np.asarray(notes["offset"], np.float64), (w + 1) * TEXTURE_WINDOW_S)
+    duration = np.maximum(offset - onset, 0.0)
+    order = np.argsort(onset, kind="stable")  # decode sorts by onset already; the sweep must not rely on it
+    reach = np.maximum.accumulate(offset[order])  # the latest end so far: what lies before it already sounds
+    before = np.concatenate([[-np.inf], reach[:-1]])
+    sounding = np.bincount(w[order], np.maximum(offset[order] - np.maximum(onset[order], before), 0.0), windows)
+    count = np.bincount(w, minlength=windows)
+    seconds = np.clip(steps - np.arange(windows) * TEXTURE_WINDOW_STEPS, 1, TEXTURE_WINDOW_STEPS) * STEP_S
+    with np.errstate(invalid="ignore", divide="ignore"):  # an empty window: NaN, then 0
+        figures = {
+            "notes_per_second": count / seconds,
+            "mean_pitch": np.bincount(w, pitch, windows) / count,
+            "polyphony": np.bincount(w, duration, windows) / sounding,
+            "note_duration": np.bincount(w, duration, windows) / count,
+        }
+        by_end = np.stack([np.cumsum(count), np.cumsum(np.bincount(w, pitch, windows))], axis=1).astype(np.float32)
+        return np.concatenate([by_end, scaled_texture(figures)], axis=1)
+
+
+def token_windows(tokens: np.ndarray, windows: int) -> np.ndarray:
+    """The window of the piece's clock after each token [len(tokens)], the last of `windows` from there on."""
+    clock = np.cumsum(time_steps(np.asarray(tokens, np.int64)))
+    return np.minimum(clock // TEXTURE_WINDOW_STEPS, windows - 1)
+
+
+def transposed(tracks: np.ndarray, semitones: np.ndarray) -> np.ndarray:
+    """Texture tracks [pieces, windows, columns] of the pieces moved by `semitones` [pieces]: the pitch sums and the
+    mean pitch of each window with notes move with them, the rest stays."""
+    out = np.array(tracks, np.float32)
+    moved = np.asarray(semitones, np.float32)[:, None]
+    out[..., PITCH_BY_END] += moved * out[..., NOTES_BY_END]
+    out[..., 2 + PIECE_TEXTURE.index("mean_pitch")] += np.where(out[..., 2] > 0, moved / 12, 0)
+    return out
+
+
+def padded_tracks(tracks: list[np.ndarray], windows: int = 0) -> np.ndarray:
+    """Texture tracks of several pieces as one array [pieces, max(windows, the longest), columns], each shorter one
+    carried on with its last window: the same texture, and as many notes again in each window after."""
+    longest = max(windows, *(len(t) for t in tracks))
+    out = []
+    for track in tracks:
+        last = track[-1].copy()
+        step = last[:2] - (track[-2, :2] if len(track) > 1 else 0)  # the last window's notes and pitch sum
+        extra = np.repeat(last[None], longest - len(track), axis=0)
+        extra[:, :2] += np.arange(1, longest - len(track) + 1)[:, None] * step
+        out.append(np.concatenate([track, extra]))
+    return np.stack(out).astype(np.float32)

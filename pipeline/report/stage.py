@@ -198,7 +198,8 @@ def training_section(inputs: Inputs, out: Path) -> list[str]:
         "Pieces lie end to end in each training row, but no token attends to an earlier piece, so the model learns to "
         "begin a piece from nothing, as it is evaluated and sampled. With the piano state input, the model also "
         "reads after each token which keys sound and for how long, and how far into its piece it is, with the piece's "
-        "register and number of notes so far (pipeline/music/piano_state.py).",
+        "register and number of notes so far (pipeline/music/piano_state.py); with the texture input, the texture of "
+        "the ten seconds of its piece it is in (pipeline/music/texture.py), which a sample draws from a train piece.",
         "",
         f"![loss by step](figures/{fig_steps})",
         f"![loss by tokens](figures/{fig_tokens})",

@@ -27,6 +27,8 @@ def segment_tensors(segment: Segment, device: torch.device) -> dict[str, torch.T
     arrays = {"tokens": segment.tokens, "targets": segment.targets, "seq_pos": segment.seq_pos}
     if segment.labels is not None:
         arrays["labels"] = segment.labels
+    if segment.texture is not None:
+        arrays["texture"] = segment.texture
     return {name: to_device(array, device) for name, array in arrays.items()}
 
 
@@ -34,8 +36,9 @@ def device_batches(
     stream: SegmentStream, device: torch.device, epoch: int = 0, start: int = 0, rows: slice = slice(None)
 ) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
     """(segment number, the model's inputs on `device`) for the batch rows `rows` of `stream.batches`, with the piano
-    state after each token (`side`) computed on the device for a state-input stream, carried from segment to segment
-    and replayed from the current pieces' starts when the epoch resumes midway."""
+    state after each token (`side`, and what the model reads of its piece's texture track where the stream has
+    one) computed on the device for a state-input stream, carried from segment to segment and replayed from the
+    current pieces' starts when the epoch resumes midway."""
     piano = None
     for k, segment in stream.batches(epoch, start, rows):
         batch = segment_tensors(segment, device)
@@ -44,7 +47,7 @@ def device_batches(
                 piano = PianoState(len(segment.tokens), device)
                 if segment.before is not None:
                     piano(to_device(segment.before, device))
-            batch["side"] = piano(batch["tokens"])
+            batch["side"] = piano(batch["tokens"], batch.pop("texture", None))  # with each token's track row
         yield k, batch
 
 

@@ -1,0 +1,295 @@
+"""A piece's texture track as the model reads it: the texture of each window of its notes, moved with its
+transposition, carried by every training token by the piece clock, drawn from the train pieces while sampling and fed
+at every step, and a piece's own in evaluation; each against an independent computation (the texture of each window
+cut from the notes, a loop over the clock, a full recompute of the side input)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_tokens
+
+from model import TransformerXL, TransformerXLConfig
+from pipeline.errors import PipelineError
+from pipeline.evaluate import score_pieces
+from pipeline.generation.decoding import draw_textures, sample_batch
+from pipeline.generation.primers import unconditional
+from pipeline.model_folder import TABLE_WINDOWS, load_model, reads_texture
+from pipeline.music.performance_encoding import (
+    NOTE_ON,
+    PIECE_END,
+    PIECE_START,
+    STEP_S,
+    TIME_SHIFT,
+    VOCAB_SIZE,
+    decode,
+    elapsed_steps,
+    encode,
+    time_steps,
+)
+from pipeline.music.piano_state import PIANO_STATE_SIZE, piano_state
+from pipeline.music.piano_state_torch import PianoState
+from pipeline.music.texture import (
+    PIECE_TEXTURE,
+    PIECE_TEXTURE_SIZE,
+    TEXTURE_WINDOW_S,
+    TEXTURE_WINDOW_STEPS,
+    padded_tracks,
+    scaled_texture,
+    texture,
+    texture_track,
+    token_windows,
+    transposed,
+    window,
+)
+from pipeline.params import GenerateParams
+from pipeline.token_folder import PieceStore
+from pipeline.training.batches import device_batches
+from pipeline.training.segments import SegmentStream, pitch_ranges, transpose
+
+SIDE = PIANO_STATE_SIZE + PIECE_TEXTURE_SIZE
+
+
+def tokens_of(onset: list[float], offset: list[float], pitch: list[int]) -> np.ndarray:
+    """A piece's tokens, PIECE_START to PIECE_END, from notes at velocity 80."""
+    zeros = np.zeros(len(pitch), np.int64)
+    return encode(zeros, np.array(onset), np.array(offset), np.array(pitch), zeros + 80)[0].astype(np.int64)
+
+
+def test_a_windows_texture_is_its_density_register_polyphony_and_durations_and_the_notes_by_its_end():
+    # Window 0: 60 over [0, 1) and 64 over [0.5, 1.5), two keys at once for half a second; window 1: a chord of three
+    # from 12 s to 15 s; window 2, 5 s long as the piece ends at 25 s, a note of pitch 0 over its last 0.1 s.
+    track = texture_track(tokens_of([0.0, 0.5, 12.0, 12.0, 12.0, 24.9], [1.0, 1.5, 15.0, 15.0, 15.0, 25.0],
+                                    [60, 64, 48, 52, 55, 0]))  # fmt: skip
+    assert track.shape == (3, 2 + len(PIECE_TEXTURE))
+    assert track[:, :2].tolist() == [[2, 124], [5, 279], [6, 279]]  # notes and pitch sum by each window's end
+    density, polyphony = np.log1p(2 / 10) / np.log1p(40), np.log2(2.0 / 1.5) / 4
+    np.testing.assert_allclose(track[0, 2:], [density, 2 / 12, polyphony, np.log1p(1) / np.log1p(10)], rtol=1e-6)
+    want = [np.log1p(0.3) / np.log1p(40), (155 / 3 - 60) / 12, np.log2(3) / 4, np.log1p(3) / np.log1p(10)]
+    np.testing.assert_allclose(track[1, 2:], want, rtol=1e-6)
+    np.testing.assert_allclose(track[2, 2:], [np.log1p(1 / 5) / np.log1p(40), -5, 0, np.log1p(0.1) / np.log1p(10)],
+                               rtol=1e-5, atol=1e-7)  # fmt: skip
+    assert texture_track(np.array([PIECE_START, TIME_SHIFT + 99, PIECE_END])).tolist() == [[0.0] * 6]
+
+
+def test_a_track_is_the_texture_of_each_window_cut_from_the_notes():
+    rng = np.random.default_rng(3)
+    onset = np.sort(rng.uniform(0, 47, 300)).round(2)
+    piece = tokens_of(onset.tolist(), (onset + rng.exponential(0.8, 300) + 0.01).tolist(), rng.integers(30, 100, 300))
+    notes, seconds = decode(piece), elapsed_steps(piece) * STEP_S
+    starts = np.arange(0, seconds, TEXTURE_WINDOW_S)
+    want = [scaled_texture(texture(window(notes, a, min(TEXTURE_WINDOW_S, seconds - a)), min(TEXTURE_WINDOW_S,
+            seconds - a))) for a in starts]  # fmt: skip
+    track = texture_track(piece)
+    np.testing.assert_allclose(track[:, 2:], want, rtol=1e-5, atol=1e-6)
+    by_end = [[np.sum(notes["onset"] < a + TEXTURE_WINDOW_S - 1e-6), notes["pitch"][notes["onset"] < a + 9.999].sum()]
+              for a in starts]  # fmt: skip
+    np.testing.assert_array_equal(track[:, :2], by_end)
+    clock = 0
+    for token, w in zip(piece, token_windows(piece, len(want)), strict=True):  # a plain loop over the clock
+        clock += int(time_steps(np.int64(token)))
+        assert w == min(clock // TEXTURE_WINDOW_STEPS, len(want) - 1)
+
+
+def test_a_transposed_piece_has_the_track_that_transposed_moves_it_to():
+    rng = np.random.default_rng(3)
+    onset = np.concatenate([np.sort(rng.uniform(0, 8, 40)), [25.0]]).round(2)  # window 1 is empty
+    piece = tokens_of(onset.tolist(), (onset + rng.uniform(0.1, 2, 41)).tolist(), rng.integers(40, 90, 41).tolist())
+    ranges = pitch_ranges({"events": [{"first_id": NOTE_ON, "count": 128, "meaning": "pitch"},
+                                      {"first_id": 128, "count": 128, "meaning": "pitch"}]})  # fmt: skip
+    track = texture_track(piece)
+    assert track[1, 2:].tolist() == [0.0] * len(PIECE_TEXTURE) and track[1, 0] == track[0, 0]
+    for semitones in (-3, 2):
+        moved = texture_track(transpose(piece, semitones, ranges))
+        np.testing.assert_allclose(transposed(track[None], np.array([semitones]))[0], moved, atol=1e-6)
+        assert moved[0, 3] != track[0, 3] and moved[0, 1] == track[0, 1] + semitones * track[0, 0]
+
+
+def test_a_padded_track_carries_on_with_its_last_windows_texture_and_pace():
+    track = np.array([[2, 120, 0.1, 0.2, 0.3, 0.4], [5, 300, 0.5, 0.6, 0.7, 0.8]], np.float32)
+    single = np.array([[4, 250, 0.9, 0.9, 0.9, 0.9]], np.float32)
+    padded = padded_tracks([track, single], windows=4)
+    np.testing.assert_array_equal(padded[0], np.array([*track, [8, 480, 0.5, 0.6, 0.7, 0.8],
+                                                       [11, 660, 0.5, 0.6, 0.7, 0.8]], np.float32))  # fmt: skip
+    assert padded[1, :, :2].tolist() == [[4, 250], [8, 500], [12, 750], [16, 1000]]
+    assert padded_tracks([track]).tolist() == [track.tolist()]
+
+
+def read_track(seq: list[int] | np.ndarray, track: np.ndarray) -> np.ndarray:
+    """What a model reads of a piece's track after each token of it, by a plain loop over the tokens: the texture of
+    the window its clock is in, the notes still to come by that window's end and their mean pitch, the window left."""
+    out, clock, notes, pitches = [], 0, 0, 0
+    for token in np.asarray(seq, np.int64).tolist():
+        clock, notes, pitches = (0, 0, 0) if token == PIECE_START else (clock, notes, pitches)
+        clock += int(time_steps(np.int64(token)))
+        notes, pitches = (notes + 1, pitches + token) if NOTE_ON <= token < NOTE_ON + 128 else (notes, pitches)
+        row = track[min(clock // TEXTURE_WINDOW_STEPS, len(track) - 1)]
+        to_come = min(max(row[0] - notes, 0), 400)
+        octaves = (min(max((row[1] - pitches) / to_come, 0), 127) - 60) / 12 if to_come else 0
+        left = (TEXTURE_WINDOW_STEPS - clock % TEXTURE_WINDOW_STEPS) / TEXTURE_WINDOW_STEPS
+        out.append([*row[2:], np.log1p(to_come) / np.log1p(400), octaves, left])
+    return np.array(out)
+
+
+@pytest.fixture
+def stream(tmp_path) -> SegmentStream:
+    rng = np.random.default_rng(0)
+    events = [50, 60, 64, 67, 178, 188, 192, 195, 340, 350, 355]  # shifts of about a second: pieces of many windows
+    pieces = [rng.choice(events, int(n)) for n in rng.integers(3, 120, 30)]
+    pieces += [np.array([0, 355, 127, 355, 128, 255] * 4)] * 4  # keys 0 and 127: no transposition moves these
+    store = PieceStore(write_tokens(tmp_path / "tokens", {"train": pieces}), "train")
+    ranges = pitch_ranges({"events": [{"first_id": 0, "count": 128, "meaning": "pitch"},
+                                      {"first_id": 128, "count": 128, "meaning": "pitch"}]})  # fmt: skip
+    return SegmentStream(store, 3, 16, seed=5, max_transpose=3, ranges=tuple(ranges), state_input=True,
+                         texture_input=True)  # fmt: skip
+
+
+def test_every_training_token_carries_its_windows_texture_as_transposed(stream):
+    rows = stream.rows(0)
+    side = torch.cat([batch["side"] for _, batch in device_batches(stream, torch.device("cpu"))], dim=1).numpy()
+    assert side.shape[2] == SIDE
+    checked = 0
+    for r, row in enumerate(rows[:, : side.shape[1]]):
+        np.testing.assert_array_equal(side[r, :, :PIANO_STATE_SIZE], piano_state(row))
+        starts = np.flatnonzero(row == PIECE_START).tolist() + [len(row)]
+        for a, b in zip(starts, starts[1:], strict=False):
+            if row[b - 1] != PIECE_END:  # cut by the row's end: its texture is that of the whole piece
+                continue
+            track = texture_track(row[a:b])
+            np.testing.assert_allclose(side[r, a:b, PIANO_STATE_SIZE:], read_track(row[a:b], track), atol=1e-5)
+            checked += len(track) > 1
+    assert checked > 5  # pieces of several windows
+    unmoved = [row for row in rows if (row == 127).any()]
+    assert unmoved and all(set(np.unique(row[row < 128])) >= {0, 127} for row in unmoved)
+    assert len(np.unique(side[:, :, PIANO_STATE_SIZE + 1])) > 10  # the pieces differ, transposed or not
+
+
+def test_the_exported_model_reads_the_texture_and_lists_each_unstretched_train_pieces_track(tmp_path):
+    from test_train import TINY_MODEL, params
+
+    from pipeline.train import train
+
+    phrase = np.tile([60, 300, 188, 64, 300, 192, 67, 300, 195], 12)
+    long = np.tile([60, 355, 355, 188], 200)  # 400 s: more windows than the table keeps
+    tokens = write_tokens(tmp_path / "tokens", {"train": [phrase] * 19 + [long], "validation": [phrase] * 4})
+    index = json.loads((tokens / "train" / "index.json").read_text())
+    index["stretch"][:5] = [1.05] * 5  # these copies stay out of the table
+    (tokens / "train" / "index.json").write_text(json.dumps(index))
+    train(tokens, tmp_path / "c", tmp_path / "model", None, {**TINY_MODEL, "state_input": True,
+          "texture_input": True}, params(steps=3))  # fmt: skip
+    model = load_model(tmp_path / "model", side_size=PIANO_STATE_SIZE)
+    assert model.cfg.side_size == SIDE and reads_texture(model.cfg)
+    table = json.loads((tmp_path / "model" / "vocab.json").read_text())["textures"]
+    store = PieceStore(tokens, "train")
+    assert table["label"] == index["label"][5:] and len(table["track"]) == len(store) - 5
+    for i, track in enumerate(table["track"], 5):
+        np.testing.assert_allclose(track, texture_track(store.piece(i))[:TABLE_WINDOWS], atol=1e-5)
+    assert len(table["track"][-1]) == TABLE_WINDOWS < len(texture_track(store.piece(len(store) - 1)))
+
+
+def flat(notes: int, texture: float) -> list[float]:
+    return [notes, 60.0 * notes, *[texture] * 4]
+
+
+TABLE = {"label": [1, 2, 2, 1], "track": [[flat(5, 0.1), flat(9, 0.5)], [flat(3, 0.2)], [flat(4, 0.3), flat(6, 0.7)],
+                                          [flat(7, 0.4)]]}  # fmt: skip
+
+
+def firsts(tracks: np.ndarray) -> set[tuple[float, ...]]:
+    """Each track's first texture feature, window by window, rounded."""
+    return {tuple(round(float(x), 3) for x in t[:, 2]) for t in tracks}
+
+
+def test_a_drawn_track_is_one_of_the_composers_pieces_long_enough_and_depends_on_the_seed_only():
+    seeds = list(range(40))
+    drawn = draw_textures(TABLE, 2, seeds, seconds=10.0)
+    assert drawn.shape == (40, 2, 6)  # one window more than the seconds need
+    assert firsts(drawn) == {(0.2, 0.2), (0.3, 0.7)}  # a short track carries on with its last window
+    assert {tuple(t[:, 0]) for t in drawn} == {(3, 6), (4, 6)}  # and its notes by the end: as many again
+    anyone = {(0.1, 0.5), (0.2, 0.2), (0.3, 0.7), (0.4, 0.4)}
+    assert firsts(draw_textures(TABLE, 0, seeds, 10.0)) == anyone  # no composer: any piece
+    assert firsts(draw_textures(TABLE, 7, seeds, 10.0)) == anyone  # a label without pieces: any piece
+    assert firsts(draw_textures(TABLE, 2, seeds, 20.0)) == {(0.3, 0.7, 0.7)}  # only one is long enough
+    assert firsts(draw_textures(TABLE, 2, seeds, 30.0)) == {(0.2, 0.2, 0.2, 0.2), (0.3, 0.7, 0.7, 0.7)}  # none is
+    np.testing.assert_array_equal(draw_textures(TABLE, 2, seeds[5:9], 10.0), drawn[5:9])
+    with pytest.raises(PipelineError, match="reads a texture, but its vocab.json lists no texture tracks"):
+        draw_textures(None, 0, [1], 10.0)
+
+
+def texture_model() -> TransformerXL:
+    torch.manual_seed(0)
+    cfg = TransformerXLConfig(VOCAB_SIZE, n_layer=2, d_model=32, n_head=2, d_head=16, d_inner=64, tgt_len=16,
+                              mem_len=256, side_size=SIDE, n_labels=2)  # fmt: skip
+    model = TransformerXL(cfg).double().eval()
+    with torch.no_grad():  # a few keys and shifts are likely, the state plays them in turn (see test_generate.py),
+        # and the texture's first and third numbers favour a key each, so what is sampled depends on the texture
+        model.out_bias[[60, 64, 67]] += 9.0
+        model.out_bias[TIME_SHIFT + 9] += 8.0
+        model.side_net.weight.normal_(0, 0.5)
+        model.side_logits.weight.zero_()
+        for pitch in range(128):
+            model.side_logits.weight[pitch, pitch] = -30.0
+            model.side_logits.weight[128 + pitch, pitch] = 4.0
+            model.side_logits.weight[128 + pitch, 128 + pitch] = 400.0
+        model.side_logits.weight[60, PIANO_STATE_SIZE] = 10.0
+        model.side_logits.weight[67, PIANO_STATE_SIZE + 2] = 20.0
+    return model
+
+
+def windows_side(seq: list[int] | np.ndarray, track: np.ndarray) -> torch.Tensor:
+    """The side input of a piece alone, recomputed: the numpy piano state, then what the loop reads of the track."""
+    return torch.from_numpy(np.concatenate([piano_state(np.asarray(seq)), read_track(seq, track)], axis=1)[None])
+
+
+def test_sampling_feeds_the_drawn_track_at_every_step_as_a_full_recompute_would():
+    model = texture_model()
+    p = GenerateParams(seconds=12.0, top_k=1, top_p=1.0, max_note_s=0.0, device="cpu", precision="float32")
+    table = {"label": [2], "track": [[[30, 1900, 0.3, 0.5, 0.3, 0.3], [45, 2800, 0.9, 0.5, 0.1, 0.6]]]}
+    (new,), _ = sample_batch(model, unconditional(), p, [3], None, rule=False, label=2, textures=table)
+    seq = [PIECE_START]
+    for _ in range(len(new)):
+        side = windows_side(seq, draw_textures(table, 2, [3], p.seconds)[0]).double()
+        with torch.no_grad():
+            logits = model(torch.tensor([seq]), side=side, labels=torch.full((1, len(seq)), 2))[0][0, -1]
+        logits[[PIECE_START, PIECE_END]] = -torch.inf
+        seq.append(int(logits.argmax()))
+    assert new.tolist() == seq[1:] and elapsed_steps(new) >= 12 * 100  # past the first window's ten seconds
+    other = {"label": [2], "track": [[[30, 1900, 0.3, 0.5, 0.3, 0.3], [60, 3800, 0.3, 0.5, 0.3, 0.3]]]}
+    (elsewhere,), _ = sample_batch(model, unconditional(), p, [3], None, rule=False, label=2, textures=other)
+    assert elsewhere[: len(new) // 3].tolist() == new[: len(new) // 3].tolist()  # the same first window
+    assert elsewhere.tolist() != new.tolist()  # but not the same second
+    with pytest.raises(PipelineError, match="lists no texture tracks"):
+        sample_batch(model, unconditional(), p, [3], None, rule=False)
+
+
+def test_evaluation_scores_each_piece_with_its_own_track():
+    model = texture_model()
+    rng = np.random.default_rng(4)
+    pieces = [np.concatenate([[PIECE_START], rng.choice([60, 62, 188, 190, 300, 350, 355], n), [PIECE_END]])
+              for n in (140, 9, 70, 23)]  # fmt: skip
+    scores = score_pieces(model, pieces, tgt_len=8, batch_size=3)
+    assert len(texture_track(pieces[0])) > 2
+    for piece, nll in zip(pieces, scores.nll, strict=True):
+        with torch.no_grad():
+            side = windows_side(piece[:-1], texture_track(piece)).double()
+            logits, _, _ = model(torch.from_numpy(piece[None, :-1]), side=side)
+        expected = -torch.log_softmax(logits, -1)[0].gather(-1, torch.from_numpy(piece[1:])[:, None])[:, 0]
+        np.testing.assert_allclose(nll, expected.numpy(), rtol=1e-5, atol=1e-4)  # float32 log-softmax of logits ~250
+
+
+def test_the_notes_to_come_stop_at_their_cap_and_a_piece_ahead_of_its_plan_has_none_to_come():
+    seq = np.array([PIECE_START, 60, TIME_SHIFT + 9, 64, 188, TIME_SHIFT + 99, 67, 192])
+    for row in ([1000.0, 65000.0, 0.1, 0.2, 0.3, 0.4], [1.0, 500.0, 0.1, 0.2, 0.3, 0.4]):  # far ahead; behind
+        track = np.array([row, row], np.float32)
+        got = PianoState(1, "cpu", torch.from_numpy(track[None]))(torch.from_numpy(seq[None]))[0, :, PIANO_STATE_SIZE:]
+        np.testing.assert_allclose(got.numpy(), read_track(seq, track), atol=1e-5)
+    assert got[2:, 4].tolist() == [0.0] * (len(seq) - 2) and got[2:, 5].tolist() == [0.0] * (len(seq) - 2)
+
+
+def test_keeping_the_first_rows_keeps_their_tracks():
+    state = PianoState(3, "cpu", torch.arange(3 * 2 * 6, dtype=torch.float32).reshape(3, 2, 6))
+    state.keep(2)
+    assert state.texture.tolist() == torch.arange(2 * 2 * 6, dtype=torch.float32).reshape(2, 2, 6).tolist()
