@@ -31,7 +31,7 @@ from model.sampling import start_decoding  # noqa: E402
 from pipeline.generation.decoding import piano_state_input  # noqa: E402
 from pipeline.model_folder import reads_texture  # noqa: E402
 from pipeline.music.piano_state import PIANO_STATE_SIZE  # noqa: E402
-from pipeline.music.texture import PIECE_TEXTURE_SIZE  # noqa: E402
+from pipeline.music.texture import TRACK_COLUMNS  # noqa: E402
 
 TOKENS_PER_SECOND_OF_MUSIC = 43.0  # MAESTRO's average, when there are no token shards to measure it on
 
@@ -89,7 +89,7 @@ def time_steps(
     rng = torch.Generator().manual_seed(0)
     device = prompt.device
     with torch.no_grad(), autocast(device, dtype):
-        track = np.full((prompt.size(0), 1, PIECE_TEXTURE_SIZE), 0.5, np.float32) if reads_texture(model.cfg) else None
+        track = np.full((prompt.size(0), 1, TRACK_COLUMNS), 0.5, np.float32) if reads_texture(model.cfg) else None
         side = piano_state_input(prompt.size(0), device, track) if model.cfg.side_size else None
         labels = torch.ones(prompt.size(0), dtype=torch.long, device=device) if model.cfg.n_labels else None
         logits, step = start_decoding(model, prompt, decoding, window, side, AttnSpan(window), labels)

@@ -185,9 +185,9 @@ def random_batches(rows: int, cfg: object, device: object) -> Iterator[dict]:
 
     from pipeline.model_folder import reads_texture
     from pipeline.music.piano_state_torch import PianoState
-    from pipeline.music.texture import PIECE_TEXTURE_SIZE
+    from pipeline.music.texture import TRACK_COLUMNS
 
-    track = torch.rand(rows, 6, PIECE_TEXTURE_SIZE, device=device) if reads_texture(cfg) else None
+    track = torch.rand(rows, 6, TRACK_COLUMNS, device=device) * 100 if reads_texture(cfg) else None
     piano = PianoState(rows, device, track) if cfg.side_size else None
     while True:
         tokens = torch.randint(0, cfg.vocab_size, (rows, cfg.tgt_len + 1), device=device)

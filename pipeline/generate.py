@@ -27,7 +27,7 @@ from pipeline.composers import resolve, unlabelled
 from pipeline.errors import PipelineError
 from pipeline.generation.decoding import decode_dtype, sample_batch
 from pipeline.generation.primers import Primer, load_primers, unconditional
-from pipeline.model_folder import load_model, model_vocab
+from pipeline.model_folder import load_model, model_vocab, reads_texture
 from pipeline.music.audio import render_wav, synthesizer
 from pipeline.music.midi import cut_notes, one_note_per_key, write_midi
 from pipeline.music.performance_encoding import (
@@ -173,7 +173,7 @@ def generate(
     if isinstance(synth, str):
         print(f"generate: WAV files skipped: {synth}", flush=True)
     groups = composer_groups(p, model, model_dir, tokens)
-    textures = model_vocab(model_dir, tokens).get("textures")  # what a model that reads a texture draws from
+    textures = model_vocab(model_dir, tokens).get("textures") if reads_texture(model.cfg) else None  # drawn from
     records, free = [], []  # free: the same samples made without the rule, when it is on
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:

@@ -142,6 +142,12 @@ def reads_texture(cfg: TransformerXLConfig) -> bool:
     return cfg.side_size == PIANO_STATE_SIZE + PIECE_TEXTURE_SIZE
 
 
+def folder_vocab(cfg: TransformerXLConfig, tokens: Path) -> dict:
+    """The vocab.json of a model folder: the token folder's, with the texture tracks for a model that reads them."""
+    vocab = load_vocab(tokens)
+    return {**vocab, "textures": texture_table(tokens)} if reads_texture(cfg) else vocab
+
+
 def texture_table(tokens: Path) -> dict:
     """The texture tracks that sampling draws from (vocab.json's `textures`): each train piece's first TABLE_WINDOWS
     windows (as `texture_track` gives them), its stretched copies left out, with its composer label."""

@@ -26,7 +26,7 @@ import torch
 from model import TransformerXL
 from model.device import allow_tf32, autocast, compiles, compute_dtype
 from pipeline.errors import PipelineError
-from pipeline.model_folder import build_model, export_model, reads_texture, texture_table
+from pipeline.model_folder import build_model, export_model, folder_vocab, reads_texture
 from pipeline.params import TrainParams
 from pipeline.token_folder import PieceStore, load_vocab
 from pipeline.training import cpu_profile, distributed
@@ -346,8 +346,7 @@ def train(
     if run.step == first_step and saved not in (None, trained):  # no step left: the checkpoint says what it ends as
         save()
     if rank == 0:
-        textures = {"textures": texture_table(tokens)} if reads_texture(run.model.cfg) else {}
-        export_model(run.model, Path(model_out), {**load_vocab(tokens), **textures})
+        export_model(run.model, Path(model_out), folder_vocab(run.model.cfg, tokens))
         if shared is not None:
             share(ckpt_path, Path(shared) / "last.pt", lambda text: print(f"train: {text}", flush=True))
         seconds, steps = time.perf_counter() - started, run.step - first_step

@@ -54,7 +54,7 @@ def bench_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     state, composer labels), exported as the train stage exports one."""
     import torch
 
-    from pipeline.model_folder import build_model, export_model, model_section
+    from pipeline.model_folder import build_model, export_model, folder_vocab, model_section
     from pipeline.params import load_section
     from pipeline.token_folder import load_vocab
 
@@ -64,7 +64,8 @@ def bench_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     shape = model_section(load_section("model", ROOT / "params.yaml"))
     tiny = dict(n_layer=2, d_model=32, n_head=2, d_head=16, d_inner=64, dropout=0.0, tgt_len=16, mem_len=16)
     torch.manual_seed(0)
-    export_model(build_model(vocab, {**shape, **tiny}), folder / "model", vocab)
+    model = build_model(vocab, {**shape, **tiny})
+    export_model(model, folder / "model", folder_vocab(model.cfg, tokens))
     return tokens, folder / "model"
 
 
@@ -253,6 +254,7 @@ def test_calibration_benchmark_adds_up_the_models_own_probabilities_and_recounts
     from pipeline.model_folder import export_model, load_model
     from pipeline.music.piano_state import PIANO_STATE_SIZE
     from pipeline.music.piano_state_torch import PianoState
+    from pipeline.music.texture import texture_track
     from pipeline.token_folder import PieceStore
 
     tokens, folder = bench_inputs
@@ -266,7 +268,8 @@ def test_calibration_benchmark_adds_up_the_models_own_probabilities_and_recounts
     store = PieceStore(tokens, "validation")
     piece = torch.from_numpy(store.piece(0)[:17].astype(np.int64))[None]  # one segment of tgt_len 16: one forward
     labels = torch.full((1, 16), int(store.index["label"][0]))
-    side = PianoState(1)(piece[:, :16])
+    track = torch.from_numpy(texture_track(store.piece(0))[None])  # the script reads the whole piece's track
+    side = PianoState(1, "cpu", track)(piece[:, :16])
     with torch.no_grad():
         probs = torch.softmax(model.eval()(piece[:, :16], side=side, labels=labels)[0][0].float(), -1).numpy()
     following = piece[0, 1:].numpy()

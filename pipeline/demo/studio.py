@@ -26,7 +26,7 @@ from pipeline.errors import PipelineError
 from pipeline.generate import check_params, model_labels, open_model, write_sample
 from pipeline.generation.decoding import sample_batch
 from pipeline.generation.primers import Primer, primer_from_midi, primer_from_piece, unconditional
-from pipeline.model_folder import model_vocab
+from pipeline.model_folder import model_vocab, reads_texture
 from pipeline.music.audio import synthesizer
 from pipeline.music.midi import cut_notes
 from pipeline.music.performance_encoding import STEP_S, decode, elapsed_steps
@@ -73,7 +73,8 @@ class Studio:
         self.settings = dataclasses.replace(settings, samples=1, wav_samples=1, keep_primer=True, primers=[])
         self.model, self.dtype, self.span = open_model(Path(model_dir), self.settings, 1)
         labels = model_labels(self.model, model_dir, tokens) if self.model.cfg.n_labels else []
-        self.textures = model_vocab(Path(model_dir), tokens).get("textures")  # what a texture-reading model draws from
+        reads = reads_texture(self.model.cfg)  # the tracks a model that reads one draws from
+        self.textures = model_vocab(Path(model_dir), tokens).get("textures") if reads else None
         self.labels, self.tokens, self.limits = labels, Path(tokens), limits
         self.offered = self._validation_pieces()  # read once: the token folder does not change while the page serves
         self.synth = synthesizer()

@@ -86,6 +86,7 @@ PLAN_NOTES = 400  # notes to come read 1 from here on: ten seconds of the denses
 MIDDLE_C = 60
 # A track's columns: the cumulative notes and pitch sum by each window's end, then the window's scaled texture.
 NOTES_BY_END, PITCH_BY_END = 0, 1
+TRACK_COLUMNS = 2 + len(PIECE_TEXTURE)
 
 
 def scaled_texture(figures: dict) -> np.ndarray:
