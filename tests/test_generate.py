@@ -588,3 +588,10 @@ def test_long_samples_come_after_the_others_from_nothing_with_their_own_seeds(mo
         check_params(params(long_samples=1, long_seconds=0.0))
     with pytest.raises(PipelineError, match="long_samples must be from 0"):
         check_params(params(long_samples=-1))
+
+
+def test_a_model_that_reads_no_texture_track_needs_no_token_folder(model_dir, tmp_path):
+    """Only a model that reads a texture track needs the tracks (the model folder's vocab.json, or the token
+    folder's): a fresh clone has no data/tokens."""
+    summary = generate(model_dir, tmp_path / "out", params(samples=1, seconds=1.0), tokens=tmp_path / "no-tokens")
+    assert len(summary["samples"]) == 1 and (tmp_path / "out" / "sample-01.mid").is_file()
