@@ -80,8 +80,8 @@ def score_pieces(
         row_labels = None if labels is None else torch.tensor([labels[i] for i in batch], device=device)
         row_nll = torch.zeros(len(batch), width, device=device)
         row_hit = torch.zeros(len(batch), width, dtype=torch.bool, device=device)
-        texture = padded_tracks([texture_track(pieces[i]) for i in batch]) if reads_texture(model.cfg) else None
-        texture = None if texture is None else torch.from_numpy(texture).to(device)
+        tracks = [texture_track(pieces[i]) for i in batch] if reads_texture(model.cfg) else None
+        texture = None if tracks is None else torch.as_tensor(padded_tracks(tracks), device=device)
         mems, state = None, PianoState(len(batch), device, texture) if model.cfg.side_size else None
         for start in range(0, width, tgt_len):
             alive = int(np.count_nonzero(lengths > start))  # rows are longest first: the live ones are a prefix

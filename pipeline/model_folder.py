@@ -52,8 +52,7 @@ def build_model(vocab: dict, model_params: dict) -> TransformerXL:
     composer (vocab.json's `labels`)."""
     params = dict(model_params)
     state_input, composer_labels = params.pop("state_input", False), params.pop("composer_labels", False)
-    texture = PIECE_TEXTURE_SIZE if state_input and params.pop("texture_input", False) else 0
-    params.pop("texture_input", None)
+    texture = PIECE_TEXTURE_SIZE if params.pop("texture_input", False) else 0  # read after the state, with it only
     params.setdefault("side_size", PIANO_STATE_SIZE + texture if state_input else 0)  # a checkpoint's has side_size
     reach = params.pop("state_logits", "all")
     if state_input:  # a checkpoint's config already has the pairs and bands

@@ -71,7 +71,7 @@ def decode_dtype(choice: str, device: torch.device, model: torch.nn.Module, rows
 def piano_state_input(rows: int, device: torch.device, texture: np.ndarray | None = None) -> Side:
     """The side input of a state-input model while it samples: the piano state of `rows` rows on `device`, computed
     for the prompt at once and then for each token as it is sampled, without leaving the device; each row's piece
-    texture track [rows, windows, PIECE_TEXTURE_SIZE] read by its clock after it, for a model that reads one."""
+    texture track [rows, windows, TRACK_COLUMNS] read by its clock after it, for a model that reads one."""
     return PianoState(rows, device, None if texture is None else torch.as_tensor(texture, device=device))
 
 
@@ -84,7 +84,8 @@ def draw_textures(table: dict | None, label: int, seeds: list[int], seconds: flo
     labels, lengths = np.asarray(table["label"]), np.array([len(track) for track in table["track"]])
     windows = math.ceil(seconds / TEXTURE_WINDOW_S)
     composer = labels == label if label and (labels == label).any() else np.ones(len(labels), bool)
-    pool = np.flatnonzero(composer & (lengths >= windows) if (composer & (lengths >= windows)).any() else composer)
+    long_enough = composer & (lengths >= windows)
+    pool = np.flatnonzero(long_enough if long_enough.any() else composer)
     picks = [pool[np.random.default_rng([seed, len(pool)]).integers(len(pool))] for seed in seeds]
     return padded_tracks([np.asarray(table["track"][i], np.float32) for i in picks], windows + 1)
 

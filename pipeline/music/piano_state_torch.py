@@ -30,6 +30,7 @@ from pipeline.music.piano_state import (
     STEPS_PER_S,
 )
 from pipeline.music.texture import (
+    FIRST_TEXTURE,
     MIDDLE_C,
     NOTES_BY_END,
     PIECE_TEXTURE_SIZE,
@@ -77,7 +78,7 @@ def _tables(device: torch.device) -> Tables:
 
 class PianoState:
     """The state of `rows` pianos on `device`, each starting silent; call it with successive tokens [rows, time].
-    Given `texture`, each row's texture track [rows, windows, PIECE_TEXTURE_SIZE] (pipeline/music/texture.py), the
+    Given `texture`, each row's texture track [rows, windows, TRACK_COLUMNS] (pipeline/music/texture.py), the
     features end with the window of it that the row's piece clock is in (the last from its start on): what evaluation
     and sampling give a model that reads a texture, one piece per row."""
 
@@ -189,4 +190,4 @@ def _plan_features(
     left = (TEXTURE_WINDOW_STEPS - elapsed % TEXTURE_WINDOW_STEPS) / TEXTURE_WINDOW_STEPS
     octaves = (pitch.float() - MIDDLE_C) / 12 * (to_come > 0)
     scaled = torch.log1p(to_come.float()) / math.log1p(PLAN_NOTES), octaves, left.float()
-    return torch.cat([plan[..., 2:], *scaled], dim=-1)
+    return torch.cat([plan[..., FIRST_TEXTURE:], *scaled], dim=-1)

@@ -85,15 +85,14 @@ PLAN_NOTES = 400  # notes to come read 1 from here on: ten seconds of the denses
 # it a few hundredths, too small a change in the input for the model to steer by.
 MIDDLE_C = 60
 # A track's columns: the cumulative notes and pitch sum by each window's end, then the window's scaled texture.
-NOTES_BY_END, PITCH_BY_END = 0, 1
-TRACK_COLUMNS = 2 + len(PIECE_TEXTURE)
+NOTES_BY_END, PITCH_BY_END, FIRST_TEXTURE = 0, 1, 2
+TRACK_COLUMNS = FIRST_TEXTURE + len(PIECE_TEXTURE)
 
 
 def scaled_texture(figures: dict) -> np.ndarray:
-    """A stretch's texture (`texture`) as the model reads it [..., PIECE_TEXTURE_SIZE] (float32; figures may be arrays
-    of stretches): log1p(notes per second) / log1p(40), octaves of mean pitch from middle C, log2(polyphony) / 4 and
-    log1p(mean duration
-    in s) / log1p(10); 0 where undefined."""
+    """A stretch's texture (`texture`) as the model reads it [..., len(PIECE_TEXTURE)] (float32; figures may be
+    arrays of stretches): log1p(notes per second) / log1p(40), octaves of mean pitch from middle C, log2(polyphony) /
+    4 and log1p(mean duration in s) / log1p(10); 0 where undefined."""
     scaled = (
         np.log1p(figures["notes_per_second"]) / np.log1p(40),
         (figures["mean_pitch"] - MIDDLE_C) / 12,
@@ -104,7 +103,7 @@ def scaled_texture(figures: dict) -> np.ndarray:
 
 
 def texture_track(tokens: np.ndarray) -> np.ndarray:
-    """A piece's texture track from its tokens [windows, 2 + len(PIECE_TEXTURE)]: for each TEXTURE_WINDOW_S, the
+    """A piece's texture track from its tokens [windows, TRACK_COLUMNS]: for each TEXTURE_WINDOW_S, the
     notes and the sum of their pitches from the start to the window's end, then `texture` of the notes that start in
     the window, cut at its end (the last window as long as the music), scaled; in one pass over the notes: no note
     outlasts its window once cut, so the windows' sounding times add up over one sweep."""
@@ -143,7 +142,8 @@ def transposed(tracks: np.ndarray, semitones: np.ndarray) -> np.ndarray:
     out = np.array(tracks, np.float32)
     moved = np.asarray(semitones, np.float32)[:, None]
     out[..., PITCH_BY_END] += moved * out[..., NOTES_BY_END]
-    out[..., 2 + PIECE_TEXTURE.index("mean_pitch")] += np.where(out[..., 2] > 0, moved / 12, 0)
+    has_notes = out[..., FIRST_TEXTURE + PIECE_TEXTURE.index("notes_per_second")] > 0
+    out[..., FIRST_TEXTURE + PIECE_TEXTURE.index("mean_pitch")] += np.where(has_notes, moved / 12, 0)
     return out
 
 
@@ -154,8 +154,9 @@ def padded_tracks(tracks: list[np.ndarray], windows: int = 0) -> np.ndarray:
     out = []
     for track in tracks:
         last = track[-1].copy()
-        step = last[:2] - (track[-2, :2] if len(track) > 1 else 0)  # the last window's notes and pitch sum
+        by_end = slice(NOTES_BY_END, PITCH_BY_END + 1)
+        step = last[by_end] - (track[-2, by_end] if len(track) > 1 else 0)  # the last window's notes and pitch sum
         extra = np.repeat(last[None], longest - len(track), axis=0)
-        extra[:, :2] += np.arange(1, longest - len(track) + 1)[:, None] * step
+        extra[:, by_end] += np.arange(1, longest - len(track) + 1)[:, None] * step
         out.append(np.concatenate([track, extra]))
     return np.stack(out).astype(np.float32)

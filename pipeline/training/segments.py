@@ -55,7 +55,7 @@ class Segment:
     # [rows, n]: on the first segment of an epoch resumed midway, the tokens of each row's current pieces before it,
     # which a piano state replays (None otherwise: an epoch's rows begin with a PIECE_START)
     before: np.ndarray | None = None
-    texture: np.ndarray | None = None  # [rows, tgt_len, PIECE_TEXTURE_SIZE]: that of each token's window, if asked
+    texture: np.ndarray | None = None  # [rows, tgt_len, TRACK_COLUMNS]: each token's row of its track, if asked
 
 
 @dataclass
@@ -67,7 +67,7 @@ class EpochRows:
     owner: np.ndarray  # [rows, length]
     labels: np.ndarray  # [pieces]: 0 where label dropout picked the piece, or where there are no labels
     window: np.ndarray | None = None  # [rows, length]: each token's window (music/texture.py), when asked for
-    textures: np.ndarray | None = None  # [pieces, windows, PIECE_TEXTURE_SIZE]: each piece's, as transposed
+    textures: np.ndarray | None = None  # [pieces, windows, TRACK_COLUMNS]: each piece's track, as transposed
 
 
 @dataclass
@@ -143,8 +143,8 @@ class SegmentStream:
         return rows
 
     def _texture_tracks(self) -> tuple[np.ndarray, np.ndarray]:
-        """Each stored piece's texture track [pieces, windows, PIECE_TEXTURE_SIZE] (a shorter one padded with its last
-        window) and its window count [pieces], computed once."""
+        """Each stored piece's texture track [pieces, windows, TRACK_COLUMNS] (a shorter one carried on past its end)
+        and its window count [pieces], computed once."""
         if self._tracks is None:
             tracks = [texture_track(self.store.piece(i)) for i in range(len(self.store))]
             self._tracks = padded_tracks(tracks), np.array([len(t) for t in tracks])
