@@ -4,7 +4,10 @@ model (trained here, or a model folder given for it), 16 samples of 30 s (12 wit
 windows, and each criterion of the long-form quality bar, met or not.
 
 The peer of every figure is real music from the same data: the first 30 s of every validation piece, and the 30-s
-windows of every validation piece that lasts 120 s. Samples are never picked: sample i draws from seed + i.
+windows of every validation piece that lasts 120 s. Samples are never picked: sample i draws from seed + i. For a
+model that reads a texture track, a second peer: the real train pieces whose tracks the samples draw (the same for
+every seed), measured as the samples are, so that the table says how close the pieces the samples follow come to
+the bar themselves.
 
 Usage: python benchmarks/quality.py [--seeds 1234 1 2] [--model SEED=FOLDER ...] [--work DIR] [--params params.yaml]
        [--data data] [--train-set SECTION.KEY=VALUE ...] [--generate-set KEY=VALUE ...] [--short 30] [--long 120]
@@ -69,6 +72,7 @@ def sample_sets(model: Path, out: Path, params: Path, data: Path, short: float, 
     sets = {}
     for name, p in runs.items():
         summary = generate(model, out / name, p, tokens=data / "tokens")
+        sets[f"{name}_records"] = summary["samples"]
         sets[f"{name}_with_rule"] = [new_notes(out / name / r["midi"], 0.0) for r in summary["samples"]]
         sets[f"{name}_without_rule"] = [new_notes(out / name / r["midi"], 0.0) for r in summary["without_rule"]]
     return sets
@@ -103,9 +107,10 @@ def real_music(data: Path, stretch: list, short: float, long: float) -> dict:
     }
 
 
-def measure(sets: dict[str, list], real: dict, short: float, long: float) -> dict:
+def measure(sets: dict[str, list], real: dict, short: float, long: float, drawn: dict | None = None) -> dict:
     """Texture of the short sets and of each short window of the long sets, held notes, the same-size reference test
-    and the longest run shared with a train piece, beside the same figures of real music."""
+    and the longest run shared with a train piece, beside the same figures of real music (and of the `drawn` train
+    pieces, `drawn_music`'s, where given)."""
     from pipeline.music.features import feature_values
     from pipeline.music.originality import note_intervals
     from pipeline.music.texture import set_texture, window
@@ -113,6 +118,10 @@ def measure(sets: dict[str, list], real: dict, short: float, long: float) -> dic
 
     index, windows = real["index"], range(int(long // short))
     result = {"real": real["texture"], "real_windows": real["windows"], "real_longest": real["longest"]}
+    if drawn:
+        result["drawn"] = {"short": set_texture(drawn["short"], short),
+                           "windows": [set_texture([window(n, k * short, short) for n in drawn["long"]], short)
+                                       for k in windows]}  # fmt: skip
     for rule in ("with_rule", "without_rule"):
         brief, extended = sets[f"short_{rule}"], sets[f"long_{rule}"]
         generated = [feature_values(n, short) for n in brief]
@@ -128,6 +137,27 @@ def measure(sets: dict[str, list], real: dict, short: float, long: float) -> dic
     return result
 
 
+def drawn_music(model: Path, data: Path, sets: dict[str, list], short: float, long: float) -> dict[str, list] | None:
+    """The real train pieces whose texture tracks the samples of `sets` drew, as notes cut to the samples' lengths
+    (None for a model that reads no texture)."""
+    from pipeline.generation.decoding import texture_picks
+    from pipeline.model_folder import table_pieces
+    from pipeline.music.performance_encoding import decode
+    from pipeline.music.texture import window
+
+    vocab = json.loads((model / "vocab.json").read_text())
+    if "textures" not in vocab:
+        return None
+    labels = {entry["composer"]: entry["label"] for entry in vocab.get("labels", [])}
+    store, kept = table_pieces(data / "tokens")
+    drawn = {}
+    for name, seconds in (("short", short), ("long", long)):
+        picks = [texture_picks(vocab["textures"], labels.get(r["composer"], 0), [r["seed"]], seconds)[0]
+                 for r in sets[f"{name}_records"]]  # fmt: skip
+        drawn[name] = [window(decode(store.piece(kept[i])), 0.0, seconds) for i in picks]
+    return drawn
+
+
 def within(value: float, real: float, share: float) -> bool:
     """Whether `value` lies within ±share of `real`."""
     return bool(np.isfinite(value) and abs(value - real) <= share * abs(real))
@@ -135,9 +165,22 @@ def within(value: float, real: float, share: float) -> bool:
 
 def criteria(m: dict, rule: str) -> dict[str, bool]:
     """The quality bar for one sample set (with the rule or without), each criterion met or not."""
-    real, own = m["real"], m[rule]
-    short = own["short"]
+    own = m[rule]
     checks = {
+        **texture_criteria(own, m),
+        "reference test passed": own["reference"]["passed"],
+        "no sample copies": own["longest"] <= m["real_longest"],
+    }
+    if rule == "without_rule":
+        checks["at most 1 of 16 holds a note over 10 s"] = own["held_over_10s"] <= 1
+        checks["notes over 5 s at most 2x real"] = own["short"]["long_share"] <= 2 * m["real"]["long_share"]
+    return checks
+
+
+def texture_criteria(own: dict, m: dict) -> dict[str, bool]:
+    """The quality bar's criteria of texture for one set's 30-s figures and windows (`own`), against real music."""
+    real, short = m["real"], own["short"]
+    return {
         "mean pitch within 2 semitones": abs(short["mean_pitch"] - real["mean_pitch"]) <= 2,
         "C7 and above at most 3x real": short["high_share"] <= 3 * real["high_share"],
         "spread of mean pitch at most 1.5x real": short["mean_pitch_spread"] <= 1.5 * real["mean_pitch_spread"],
@@ -151,13 +194,7 @@ def criteria(m: dict, rule: str) -> dict[str, bool]:
             )
             for name in ("notes_per_second", "polyphony", "note_duration")
         },  # fmt: skip
-        "reference test passed": own["reference"]["passed"],
-        "no sample copies": own["longest"] <= m["real_longest"],
     }
-    if rule == "without_rule":
-        checks["at most 1 of 16 holds a note over 10 s"] = own["held_over_10s"] <= 1
-        checks["notes over 5 s at most 2x real"] = short["long_share"] <= 2 * real["long_share"]
-    return checks
 
 
 def table(results: dict[int, dict]) -> list[str]:
@@ -168,17 +205,26 @@ def table(results: dict[int, dict]) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
     first = next(iter(results.values()))
     lines.append(row("real validation music", first["real"], first["real_windows"], "", "", first["real_longest"], ""))
+    if first.get("drawn"):
+        drawn = first["drawn"]
+        met = met_summary(texture_criteria(drawn, first))
+        lines.append(row("real train pieces the samples draw", drawn["short"], drawn["windows"], "", "", "", met))
     for seed, m in results.items():
         for rule in ("with_rule", "without_rule"):
             own, met = m[rule], criteria(m, rule)
             verdict = own["reference"]
             ref = f"{'pass' if verdict['passed'] else 'FAIL'} ({verdict['ratios'][verdict['lowest']]:.2f}, " \
                   f"{verdict['mean_ratio']:.2f})"  # fmt: skip
-            failed = [name for name, ok in met.items() if not ok]
-            summary = f"{sum(met.values())}/{len(met)}" + (f": not {'; '.join(failed)}" if failed else "")
             label = f"seed {seed}, {rule.replace('_', ' ')}"
-            lines.append(row(label, own["short"], own["windows"], own["held_over_10s"], ref, own["longest"], summary))
+            lines.append(row(label, own["short"], own["windows"], own["held_over_10s"], ref, own["longest"],
+                             met_summary(met)))  # fmt: skip
     return lines
+
+
+def met_summary(met: dict[str, bool]) -> str:
+    """How many criteria are met, and which are not."""
+    failed = [name for name, ok in met.items() if not ok]
+    return f"{sum(met.values())}/{len(met)}" + (f": not {'; '.join(failed)}" if failed else "")
 
 
 def row(label: str, short: dict, windows: list[dict], held: object, ref: str, longest: int, met: str) -> str:
@@ -215,7 +261,8 @@ def main() -> None:
         model = given.get(seed) or trained_model(seed, args.work, args.params, args.data, args.train_set)
         folder = args.work / f"seed-{seed}" / "samples"
         sets = sample_sets(model, folder, args.params, args.data, args.short, args.long, args.generate_set)
-        results[seed] = measure(sets, real, args.short, args.long)
+        drawn = drawn_music(model, args.data, sets, args.short, args.long) if not results else None
+        results[seed] = measure(sets, real, args.short, args.long, drawn)
         print(f"seed {seed}: measured", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=float) + "\n")

@@ -150,13 +150,19 @@ def folder_vocab(cfg: TransformerXLConfig, tokens: Path) -> dict:
 def texture_table(tokens: Path) -> dict:
     """The texture tracks that sampling draws from (vocab.json's `textures`): each train piece's first TABLE_WINDOWS
     windows (as `texture_track` gives them), its stretched copies left out, with its composer label."""
-    store = PieceStore(tokens, "train")
-    stretch, labels = store.index.get("stretch", [1.0] * len(store)), store.index.get("label", [0] * len(store))
-    kept = [i for i in range(len(store)) if stretch[i] == 1.0]
+    store, kept = table_pieces(tokens)
+    labels = store.index.get("label", [0] * len(store))
     tracks = [texture_track(store.piece(i))[:TABLE_WINDOWS] for i in kept]
     return {
-        "columns": ["notes_by_end", "pitch_sum_by_end", *PIECE_TEXTURE],
+        "columns": ["notes_by_end", "pitch_sum_by_end", "key_steps_by_end", *PIECE_TEXTURE],
         "window_s": TEXTURE_WINDOW_S,
         "label": [int(labels[i]) for i in kept],
         "track": [np.round(track, 5).tolist() for track in tracks],
     }
+
+
+def table_pieces(tokens: Path) -> tuple[PieceStore, list[int]]:
+    """The train split's store and the pieces `texture_table` lists, in its order: those not stretched."""
+    store = PieceStore(tokens, "train")
+    stretch = store.index.get("stretch", [1.0] * len(store))
+    return store, [i for i in range(len(store)) if stretch[i] == 1.0]

@@ -234,9 +234,11 @@ def test_pipeline_budgets_cover_dvcs_stages_and_a_time_at_its_budget_is_within_i
 def test_quality_benchmark_judges_each_seeds_samples_against_real_music(synthetic_run, tmp_path):
     data, trained = synthetic_run / "data", synthetic_run / "data" / "trained"
     output = script("quality.py", "--seeds", "5", "--model", f"5={trained}", "--data", data, "--work", tmp_path,
-                    "--params", synthetic_run / "params.yaml", "--short", "2", "--long", "4")  # fmt: skip
+                    "--params", synthetic_run / "params.yaml", "--short", "2", "--long", "4", "--json",
+                    tmp_path / "quality.json")  # fmt: skip
     lines = {line.split(" | ")[0]: line for line in output.splitlines() if line.startswith("| ")}
     assert {"| real validation music", "| seed 5, with rule", "| seed 5, without rule"} <= set(lines)
+    assert re.search(r"\| \d+/9(:|\s\|)", lines["| real train pieces the samples draw"])  # the texture criteria
     assert re.search(r"\| \d+/11(:|\s\|)", lines["| seed 5, with rule"])  # every criterion judged, with the rule
     assert re.search(r"\| \d+/13(:|\s\|)", lines["| seed 5, without rule"])  # and the model's own two besides
     short, long = (
@@ -245,6 +247,32 @@ def test_quality_benchmark_judges_each_seeds_samples_against_real_music(syntheti
     assert len(short["samples"]) == len(short["without_rule"]) > 0  # as the generate stage makes them, rule off too
     assert len(long["samples"]) == len(long["without_rule"]) == 8 and all(s["seconds"] == 4.0 for s in long["samples"])
     assert all(not s.get("composer") for s in long["samples"])
+    drawn = json.loads((tmp_path / "quality.json").read_text())["5"]["drawn"]
+    assert drawn["short"]["notes_per_second"] == pytest.approx(drawn_density(trained, data / "tokens", short, 2.0))
+
+
+def drawn_density(model: Path, tokens: Path, summary: dict, seconds: float) -> float:
+    """The mean notes per second over the first `seconds` of the train pieces whose texture tracks the samples of a
+    generate `summary` drew, each piece found by its track among every train piece's."""
+    import numpy as np
+
+    from pipeline.generation.decoding import draw_textures
+    from pipeline.model_folder import TABLE_WINDOWS
+    from pipeline.music.performance_encoding import decode
+    from pipeline.music.texture import texture_track
+    from pipeline.token_folder import PieceStore
+
+    vocab = json.loads((model / "vocab.json").read_text())
+    labels = {entry["composer"]: entry["label"] for entry in vocab.get("labels", [])}
+    store = PieceStore(tokens, "train")
+    pieces = [store.piece(i) for i in range(len(store))]
+    tracks = [np.round(texture_track(piece)[:TABLE_WINDOWS], 5) for piece in pieces]
+    density = []
+    for record in summary["samples"]:
+        drawn = draw_textures(vocab["textures"], labels.get(record["composer"], 0), [record["seed"]], seconds)[0]
+        match = next(k for k, track in enumerate(tracks) if np.allclose(track, drawn[: len(track)], atol=1e-4))
+        density.append(np.sum(decode(pieces[match])["onset"] < seconds) / seconds)
+    return float(np.mean(density))
 
 
 def test_calibration_benchmark_adds_up_the_models_own_probabilities_and_recounts_the_events(bench_inputs, tmp_path):

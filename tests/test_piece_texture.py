@@ -19,6 +19,7 @@ from pipeline.generation.decoding import draw_textures, sample_batch
 from pipeline.generation.primers import unconditional
 from pipeline.model_folder import TABLE_WINDOWS, load_model, reads_texture
 from pipeline.music.performance_encoding import (
+    NOTE_OFF,
     NOTE_ON,
     PIECE_END,
     PIECE_START,
@@ -40,6 +41,7 @@ from pipeline.music.texture import (
     padded_tracks,
     scaled_texture,
     texture,
+    key_steps,
     texture_track,
     token_windows,
     transposed,
@@ -64,15 +66,16 @@ def test_a_windows_texture_is_its_density_register_polyphony_and_durations_and_t
     # from 12 s to 15 s; window 2, 5 s long as the piece ends at 25 s, a note of pitch 0 over its last 0.1 s.
     track = texture_track(tokens_of([0.0, 0.5, 12.0, 12.0, 12.0, 24.9], [1.0, 1.5, 15.0, 15.0, 15.0, 25.0],
                                     [60, 64, 48, 52, 55, 0]))  # fmt: skip
-    assert track.shape == (3, 2 + len(PIECE_TEXTURE))
-    assert track[:, :2].tolist() == [[2, 124], [5, 279], [6, 279]]  # notes and pitch sum by each window's end
+    assert track.shape == (3, 3 + len(PIECE_TEXTURE))
+    # notes, pitch sum and key-steps (steps times keys sounding) by each window's end
+    assert track[:, :3].tolist() == [[2, 124, 200], [5, 279, 1100], [6, 279, 1110]]
     density, polyphony = np.log1p(2 / 10) / np.log1p(40), np.log2(2.0 / 1.5) / 4
-    np.testing.assert_allclose(track[0, 2:], [density, 2 / 12, polyphony, np.log1p(1) / np.log1p(10)], rtol=1e-6)
+    np.testing.assert_allclose(track[0, 3:], [density, 2 / 12, polyphony, np.log1p(1) / np.log1p(10)], rtol=1e-6)
     want = [np.log1p(0.3) / np.log1p(40), (155 / 3 - 60) / 12, np.log2(3) / 4, np.log1p(3) / np.log1p(10)]
-    np.testing.assert_allclose(track[1, 2:], want, rtol=1e-6)
-    np.testing.assert_allclose(track[2, 2:], [np.log1p(1 / 5) / np.log1p(40), -5, 0, np.log1p(0.1) / np.log1p(10)],
+    np.testing.assert_allclose(track[1, 3:], want, rtol=1e-6)
+    np.testing.assert_allclose(track[2, 3:], [np.log1p(1 / 5) / np.log1p(40), -5, 0, np.log1p(0.1) / np.log1p(10)],
                                rtol=1e-5, atol=1e-7)  # fmt: skip
-    assert texture_track(np.array([PIECE_START, TIME_SHIFT + 99, PIECE_END])).tolist() == [[0.0] * 6]
+    assert texture_track(np.array([PIECE_START, TIME_SHIFT + 99, PIECE_END])).tolist() == [[0.0] * 7]
 
 
 def test_a_track_is_the_texture_of_each_window_cut_from_the_notes():
@@ -84,14 +87,31 @@ def test_a_track_is_the_texture_of_each_window_cut_from_the_notes():
     want = [scaled_texture(texture(window(notes, a, min(TEXTURE_WINDOW_S, seconds - a)), min(TEXTURE_WINDOW_S,
             seconds - a))) for a in starts]  # fmt: skip
     track = texture_track(piece)
-    np.testing.assert_allclose(track[:, 2:], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(track[:, 3:], want, rtol=1e-5, atol=1e-6)
     by_end = [[np.sum(notes["onset"] < a + TEXTURE_WINDOW_S - 1e-6), notes["pitch"][notes["onset"] < a + 9.999].sum()]
               for a in starts]  # fmt: skip
     np.testing.assert_array_equal(track[:, :2], by_end)
+    ends = np.minimum(np.arange(1, len(want) + 1) * TEXTURE_WINDOW_STEPS, elapsed_steps(piece))
+    np.testing.assert_array_equal(track[:, 2], key_steps(piece)[ends])
     clock = 0
     for token, w in zip(piece, token_windows(piece, len(want)), strict=True):  # a plain loop over the clock
         clock += int(time_steps(np.int64(token)))
         assert w == min(clock // TEXTURE_WINDOW_STEPS, len(want) - 1)
+
+
+def test_key_steps_add_up_the_keys_sounding_through_each_step_as_a_loop_over_the_tokens_does():
+    rng = np.random.default_rng(5)
+    events = np.r_[NOTE_ON : NOTE_ON + 4, NOTE_OFF : NOTE_OFF + 4, TIME_SHIFT : TIME_SHIFT + 40]
+    for _ in range(200):  # strikes of a held key, releases of a silent one, keys held to the end
+        seq = rng.choice(events, rng.integers(0, 60))
+        held, want = np.zeros(128, np.int64), [0]
+        for token in seq.tolist():
+            want += [want[-1] + int(np.sum(held > 0)) * (k + 1) for k in range(int(time_steps(np.int64(token))))]
+            if token < NOTE_OFF:
+                held[token] += 1
+            elif token < TIME_SHIFT:
+                held[token - NOTE_OFF] = max(held[token - NOTE_OFF] - 1, 0)
+        assert key_steps(seq).tolist() == want
 
 
 def test_a_transposed_piece_has_the_track_that_transposed_moves_it_to():
@@ -101,36 +121,45 @@ def test_a_transposed_piece_has_the_track_that_transposed_moves_it_to():
     ranges = pitch_ranges({"events": [{"first_id": NOTE_ON, "count": 128, "meaning": "pitch"},
                                       {"first_id": 128, "count": 128, "meaning": "pitch"}]})  # fmt: skip
     track = texture_track(piece)
-    assert track[1, 2:].tolist() == [0.0] * len(PIECE_TEXTURE) and track[1, 0] == track[0, 0]
+    assert track[1, 3:].tolist() == [0.0] * len(PIECE_TEXTURE) and track[1, 0] == track[0, 0]
     for semitones in (-3, 2):
         moved = texture_track(transpose(piece, semitones, ranges))
         np.testing.assert_allclose(transposed(track[None], np.array([semitones]))[0], moved, atol=1e-6)
-        assert moved[0, 3] != track[0, 3] and moved[0, 1] == track[0, 1] + semitones * track[0, 0]
+        assert moved[0, 4] != track[0, 4] and moved[0, 1] == track[0, 1] + semitones * track[0, 0]
+        assert moved[:, 2].tolist() == track[:, 2].tolist()  # as many keys sound, wherever they are
 
 
 def test_a_padded_track_carries_on_with_its_last_windows_texture_and_pace():
-    track = np.array([[2, 120, 0.1, 0.2, 0.3, 0.4], [5, 300, 0.5, 0.6, 0.7, 0.8]], np.float32)
-    single = np.array([[4, 250, 0.9, 0.9, 0.9, 0.9]], np.float32)
+    track = np.array([[2, 120, 900, 0.1, 0.2, 0.3, 0.4], [5, 300, 1500, 0.5, 0.6, 0.7, 0.8]], np.float32)
+    single = np.array([[4, 250, 700, 0.9, 0.9, 0.9, 0.9]], np.float32)
     padded = padded_tracks([track, single], windows=4)
-    np.testing.assert_array_equal(padded[0], np.array([*track, [8, 480, 0.5, 0.6, 0.7, 0.8],
-                                                       [11, 660, 0.5, 0.6, 0.7, 0.8]], np.float32))  # fmt: skip
-    assert padded[1, :, :2].tolist() == [[4, 250], [8, 500], [12, 750], [16, 1000]]
+    np.testing.assert_array_equal(padded[0], np.array([*track, [8, 480, 2100, 0.5, 0.6, 0.7, 0.8],
+                                                       [11, 660, 2700, 0.5, 0.6, 0.7, 0.8]], np.float32))  # fmt: skip
+    assert padded[1, :, :3].tolist() == [[4, 250, 700], [8, 500, 1400], [12, 750, 2100], [16, 1000, 2800]]
     assert padded_tracks([track]).tolist() == [track.tolist()]
 
 
 def read_track(seq: list[int] | np.ndarray, track: np.ndarray) -> np.ndarray:
     """What a model reads of a piece's track after each token of it, by a plain loop over the tokens: the texture of
-    the window its clock is in, the notes still to come by that window's end and their mean pitch, the window left."""
-    out, clock, notes, pitches = [], 0, 0, 0
+    the window its clock is in, the notes still to come by that window's end and their mean pitch, the keys sounding
+    on average over the rest of the window, and the window left."""
+    out, clock, notes, pitches, keys, held = [], 0, 0, 0, 0, np.zeros(128, np.int64)
     for token in np.asarray(seq, np.int64).tolist():
-        clock, notes, pitches = (0, 0, 0) if token == PIECE_START else (clock, notes, pitches)
-        clock += int(time_steps(np.int64(token)))
-        notes, pitches = (notes + 1, pitches + token) if NOTE_ON <= token < NOTE_ON + 128 else (notes, pitches)
+        if token == PIECE_START:
+            clock, notes, pitches, keys, held = 0, 0, 0, 0, np.zeros(128, np.int64)
+        shift = int(time_steps(np.int64(token)))
+        clock, keys = clock + shift, keys + shift * int(np.sum(held > 0))  # the keys that sounded through the shift
+        if NOTE_ON <= token < NOTE_ON + 128:
+            notes, pitches, held[token - NOTE_ON] = notes + 1, pitches + token, held[token - NOTE_ON] + 1
+        elif NOTE_OFF <= token < NOTE_OFF + 128:
+            held[token - NOTE_OFF] = max(held[token - NOTE_OFF] - 1, 0)
         row = track[min(clock // TEXTURE_WINDOW_STEPS, len(track) - 1)]
         to_come = min(max(row[0] - notes, 0), 400)
         octaves = (min(max((row[1] - pitches) / to_come, 0), 127) - 60) / 12 if to_come else 0
-        left = (TEXTURE_WINDOW_STEPS - clock % TEXTURE_WINDOW_STEPS) / TEXTURE_WINDOW_STEPS
-        out.append([*row[2:], np.log1p(to_come) / np.log1p(400), octaves, left])
+        steps_left = TEXTURE_WINDOW_STEPS - clock % TEXTURE_WINDOW_STEPS
+        sounding = min(max((row[2] - keys) / steps_left, 0), 31)
+        out.append([*row[3:], np.log1p(to_come) / np.log1p(400), octaves, np.log2(1 + sounding) / 5,
+                    steps_left / TEXTURE_WINDOW_STEPS])  # fmt: skip
     return np.array(out)
 
 
@@ -191,7 +220,7 @@ def test_the_exported_model_reads_the_texture_and_lists_each_unstretched_train_p
 
 
 def flat(notes: int, texture: float) -> list[float]:
-    return [notes, 60.0 * notes, *[texture] * 4]
+    return [notes, 60.0 * notes, 300.0 * notes, *[texture] * 4]
 
 
 TABLE = {"label": [1, 2, 2, 1], "track": [[flat(5, 0.1), flat(9, 0.5)], [flat(3, 0.2)], [flat(4, 0.3), flat(6, 0.7)],
@@ -200,13 +229,13 @@ TABLE = {"label": [1, 2, 2, 1], "track": [[flat(5, 0.1), flat(9, 0.5)], [flat(3,
 
 def firsts(tracks: np.ndarray) -> set[tuple[float, ...]]:
     """Each track's first texture feature, window by window, rounded."""
-    return {tuple(round(float(x), 3) for x in t[:, 2]) for t in tracks}
+    return {tuple(round(float(x), 3) for x in t[:, 3]) for t in tracks}
 
 
 def test_a_drawn_track_is_one_of_the_composers_pieces_long_enough_and_depends_on_the_seed_only():
     seeds = list(range(40))
     drawn = draw_textures(TABLE, 2, seeds, seconds=10.0)
-    assert drawn.shape == (40, 2, 6)  # one window more than the seconds need
+    assert drawn.shape == (40, 2, 7)  # one window more than the seconds need
     assert firsts(drawn) == {(0.2, 0.2), (0.3, 0.7)}  # a short track carries on with its last window
     assert {tuple(t[:, 0]) for t in drawn} == {(3, 6), (4, 6)}  # and its notes by the end: as many again
     anyone = {(0.1, 0.5), (0.2, 0.2), (0.3, 0.7), (0.4, 0.4)}
@@ -247,7 +276,7 @@ def windows_side(seq: list[int] | np.ndarray, track: np.ndarray) -> torch.Tensor
 def test_sampling_feeds_the_drawn_track_at_every_step_as_a_full_recompute_would():
     model = texture_model()
     p = GenerateParams(seconds=12.0, top_k=1, top_p=1.0, max_note_s=0.0, device="cpu", precision="float32")
-    table = {"label": [2], "track": [[[30, 1900, 0.3, 0.5, 0.3, 0.3], [45, 2800, 0.9, 0.5, 0.1, 0.6]]]}
+    table = {"label": [2], "track": [[[30, 1900, 3000, 0.3, 0.5, 0.3, 0.3], [45, 2800, 5000, 0.9, 0.5, 0.1, 0.6]]]}
     (new,), _ = sample_batch(model, unconditional(), p, [3], None, rule=False, label=2, textures=table)
     seq = [PIECE_START]
     for _ in range(len(new)):
@@ -257,7 +286,7 @@ def test_sampling_feeds_the_drawn_track_at_every_step_as_a_full_recompute_would(
         logits[[PIECE_START, PIECE_END]] = -torch.inf
         seq.append(int(logits.argmax()))
     assert new.tolist() == seq[1:] and elapsed_steps(new) >= 12 * 100  # past the first window's ten seconds
-    other = {"label": [2], "track": [[[30, 1900, 0.3, 0.5, 0.3, 0.3], [60, 3800, 0.3, 0.5, 0.3, 0.3]]]}
+    other = {"label": [2], "track": [[[30, 1900, 3000, 0.3, 0.5, 0.3, 0.3], [45, 2800, 9000, 0.3, 0.5, 0.3, 0.3]]]}
     (elsewhere,), _ = sample_batch(model, unconditional(), p, [3], None, rule=False, label=2, textures=other)
     assert elsewhere[: len(new) // 3].tolist() == new[: len(new) // 3].tolist()  # the same first window
     assert elsewhere.tolist() != new.tolist()  # but not the same second
@@ -280,16 +309,21 @@ def test_evaluation_scores_each_piece_with_its_own_track():
         np.testing.assert_allclose(nll, expected.numpy(), rtol=1e-5, atol=1e-4)  # float32 log-softmax of logits ~250
 
 
-def test_the_notes_to_come_stop_at_their_cap_and_a_piece_ahead_of_its_plan_has_none_to_come():
+def test_the_plan_stops_at_its_caps_and_a_piece_ahead_of_its_plan_has_nothing_to_come():
     seq = np.array([PIECE_START, 60, TIME_SHIFT + 9, 64, 188, TIME_SHIFT + 99, 67, 192])
-    for row in ([1000.0, 65000.0, 0.1, 0.2, 0.3, 0.4], [1.0, 500.0, 0.1, 0.2, 0.3, 0.4]):  # far ahead; behind
+    for row in ([1000.0, 65000.0, 1e6, 0.1, 0.2, 0.3, 0.4], [1.0, 500.0, 50.0, 0.1, 0.2, 0.3, 0.4]):  # far behind; ahead
         track = np.array([row, row], np.float32)
         got = PianoState(1, "cpu", torch.from_numpy(track[None]))(torch.from_numpy(seq[None]))[0, :, PIANO_STATE_SIZE:]
         np.testing.assert_allclose(got.numpy(), read_track(seq, track), atol=1e-5)
+        if row[0] == 1000.0:  # the notes and keys to come read 1 at their caps
+            assert got[:, 4].tolist() == [1.0] * len(seq) and got[:, 6].tolist() == [1.0] * len(seq)
     assert got[2:, 4].tolist() == [0.0] * (len(seq) - 2) and got[2:, 5].tolist() == [0.0] * (len(seq) - 2)
+    assert got[0, 6] > 0 and got[-3:, 6].tolist() == [0.0] * 3  # 50 key-steps: spent 10 steps into two keys
 
 
 def test_keeping_the_first_rows_keeps_their_tracks():
-    state = PianoState(3, "cpu", torch.arange(3 * 2 * 6, dtype=torch.float32).reshape(3, 2, 6))
+    state = PianoState(3, "cpu", torch.arange(3 * 2 * 7, dtype=torch.float32).reshape(3, 2, 7))
+    state(torch.tensor([[60, TIME_SHIFT + 9], [61, TIME_SHIFT + 4], [62, 63]]))
     state.keep(2)
-    assert state.texture.tolist() == torch.arange(2 * 2 * 6, dtype=torch.float32).reshape(2, 2, 6).tolist()
+    assert state.texture.tolist() == torch.arange(2 * 2 * 7, dtype=torch.float32).reshape(2, 2, 7).tolist()
+    assert state.keys.tolist() == [10, 5]  # and their key-steps

@@ -75,10 +75,9 @@ def piano_state_input(rows: int, device: torch.device, texture: np.ndarray | Non
     return PianoState(rows, device, None if texture is None else torch.as_tensor(texture, device=device))
 
 
-def draw_textures(table: dict | None, label: int, seeds: list[int], seconds: float) -> np.ndarray:
-    """A texture track per seed [rows, windows, columns] for `seconds` of music: that of a train piece of composer
-    `label` (any piece for label 0, or a label without pieces), one at least as long where there is one, drawn with
-    the seed from vocab.json's `textures`, and carried on past its end (`padded_tracks`)."""
+def texture_picks(table: dict | None, label: int, seeds: list[int], seconds: float) -> list[int]:
+    """Which of vocab.json's `textures` each seed draws for `seconds` of music: a train piece of composer `label`
+    (any piece for label 0, or a label without pieces), one at least as long where there is one."""
     if not table or not table.get("track"):
         raise PipelineError("the model reads a texture, but its vocab.json lists no texture tracks (retrain the model)")
     labels, lengths = np.asarray(table["label"]), np.array([len(track) for track in table["track"]])
@@ -86,7 +85,14 @@ def draw_textures(table: dict | None, label: int, seeds: list[int], seconds: flo
     composer = labels == label if label and (labels == label).any() else np.ones(len(labels), bool)
     long_enough = composer & (lengths >= windows)
     pool = np.flatnonzero(long_enough if long_enough.any() else composer)
-    picks = [pool[np.random.default_rng([seed, len(pool)]).integers(len(pool))] for seed in seeds]
+    return [int(pool[np.random.default_rng([seed, len(pool)]).integers(len(pool))]) for seed in seeds]
+
+
+def draw_textures(table: dict | None, label: int, seeds: list[int], seconds: float) -> np.ndarray:
+    """A texture track per seed [rows, windows, columns] for `seconds` of music: that of the piece it draws
+    (`texture_picks`), carried on past its end (`padded_tracks`)."""
+    picks = texture_picks(table, label, seeds, seconds)
+    windows = math.ceil(seconds / TEXTURE_WINDOW_S)
     return padded_tracks([np.asarray(table["track"][i], np.float32) for i in picks], windows + 1)
 
 

@@ -31,10 +31,12 @@ from pipeline.music.piano_state import (
 )
 from pipeline.music.texture import (
     FIRST_TEXTURE,
+    KEYS_BY_END,
     MIDDLE_C,
     NOTES_BY_END,
     PIECE_TEXTURE_SIZE,
     PITCH_BY_END,
+    PLAN_KEYS,
     PLAN_NOTES,
     TEXTURE_WINDOW_STEPS,
 )
@@ -89,6 +91,7 @@ class PianoState:
         self.start = torch.zeros(rows, dtype=torch.long, device=device)  # the clock at the latest PIECE_START
         self.notes = torch.zeros(rows, dtype=torch.long, device=device)  # strikes since then
         self.pitches = torch.zeros(rows, dtype=torch.long, device=device)  # and the sum of their pitches
+        self.keys = torch.zeros(rows, dtype=torch.long, device=device)  # and the key-steps: steps times keys sounding
         self._t = _tables(torch.device(device))
         self.texture = texture  # [rows, windows, n]: each row's texture track, read by the piece clock (or None)
 
@@ -96,6 +99,7 @@ class PianoState:
         """Keep the first `rows` pianos only (rows that have ended drop out of a batch)."""
         self.held, self.onset, self.clock = self.held[:rows], self.onset[:rows], self.clock[:rows]
         self.start, self.notes, self.pitches = self.start[:rows], self.notes[:rows], self.pitches[:rows]
+        self.keys = self.keys[:rows]
         self.texture = None if self.texture is None else self.texture[:rows]
 
     def steps_held(self) -> torch.Tensor:
@@ -117,13 +121,14 @@ class PianoState:
     def _step(self, t: torch.Tensor, plan: torch.Tensor | None) -> torch.Tensor:
         """One token per row [rows]: the numpy reference's `step`."""
         delta, reset = self._t.delta[t], self._t.reset[t]  # [rows, 128], [rows]
+        self.keys = torch.where(reset, 0, self.keys) + self._t.shift[t] * (self.held > 0).sum(1)
         self.clock = self.clock + self._t.shift[t]
         self.held = (torch.where(reset[:, None], 0, self.held) + delta).clamp(min=0)
         self.onset = torch.where(delta > 0, self.clock[:, None], self.onset)
         self.start = torch.where(reset, self.clock, self.start)
         self.notes = torch.where(reset, 0, self.notes) + self._t.strike[t]
         self.pitches = torch.where(reset, 0, self.pitches) + self._t.pitch[t]
-        piece = (self.clock - self.start, self.notes, self.pitches)
+        piece = (self.clock - self.start, self.notes, self.pitches, self.keys)
         return self._features(self.held, self.onset, self.clock[:, None], *(x[:, None] for x in piece), plan)
 
     def _chunk(self, t: torch.Tensor, plan: torch.Tensor | None) -> torch.Tensor:
@@ -150,18 +155,21 @@ class PianoState:
         start = torch.where(restarted, clock.gather(1, at_reset), self.start[:, None])
         notes = self.notes[:, None] + self._t.strike[t].cumsum(1)
         pitches = self.pitches[:, None] + self._t.pitch[t].cumsum(1)
-        notes, pitches = (torch.where(restarted, x - x.gather(1, at_reset), x) for x in (notes, pitches))
+        sounding = torch.cat([(self.held > 0).sum(1, keepdim=True), (held[:, :-1] > 0).sum(2)], dim=1)  # before each
+        keys = self.keys[:, None] + (self._t.shift[t] * sounding).cumsum(1)
+        notes, pitches, keys = (torch.where(restarted, x - x.gather(1, at_reset), x) for x in (notes, pitches, keys))
         self.held, self.onset, self.clock = held[:, -1], onset[:, -1], clock[:, -1]
-        self.start, self.notes, self.pitches = start[:, -1], notes[:, -1], pitches[:, -1]
-        return self._features(held, onset, clock[..., None], (clock - start)[..., None], notes[..., None],
-                              pitches[..., None], plan)  # fmt: skip
+        self.start, self.notes, self.pitches, self.keys = start[:, -1], notes[:, -1], pitches[:, -1], keys[:, -1]
+        piece = (clock - start, notes, pitches, keys)
+        return self._features(held, onset, clock[..., None], *(x[..., None] for x in piece), plan)
 
     def size(self, plan: torch.Tensor | None = None) -> int:
         """Features per position: the piano state's, and what the model reads of a track when there is one."""
         return PIANO_STATE_SIZE + (PIECE_TEXTURE_SIZE if plan is not None or self.texture is not None else 0)
 
     def _features(self, held: torch.Tensor, onset: torch.Tensor, clock: torch.Tensor, elapsed: torch.Tensor,
-                  notes: torch.Tensor, pitches: torch.Tensor, plan: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+                  notes: torch.Tensor, pitches: torch.Tensor, keys: torch.Tensor,
+                  plan: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
         sounding = held > 0
         steps = torch.where(sounding, clock - onset, 0).clamp(max=HELD_STEPS)
         seconds = torch.div(elapsed, STEPS_PER_S, rounding_mode="floor").clamp(max=CLOCK_S)
@@ -175,19 +183,24 @@ class PianoState:
             window = torch.div(elapsed[..., 0], TEXTURE_WINDOW_STEPS, rounding_mode="floor").clamp(max=last)
             rows = torch.arange(window.size(0), device=window.device).view(-1, *[1] * (window.dim() - 1))
             plan = self.texture[rows, window]
-        return torch.cat([state, _plan_features(plan, elapsed, notes, pitches)], dim=-1)
+        return torch.cat([state, _plan_features(plan, elapsed, notes, pitches, keys)], dim=-1)
 
 
 def _plan_features(
-    plan: torch.Tensor, elapsed: torch.Tensor, notes: torch.Tensor, pitches: torch.Tensor
+    plan: torch.Tensor, elapsed: torch.Tensor, notes: torch.Tensor, pitches: torch.Tensor, keys: torch.Tensor
 ) -> torch.Tensor:
     """What a model reads of its texture track [..., PIECE_TEXTURE_SIZE], given the track's row of the window the
-    piece clock is in [..., columns] and the piece's time steps, strikes and pitch sum so far [..., 1]: the window's
-    texture, then the notes to come by its end (log scale, 1 from PLAN_NOTES on; none once the piece is ahead of
-    its plan), their mean pitch in octaves from middle C (0 with none to come) and the share of the window left."""
+    piece clock is in [..., columns] and the piece's time steps, strikes, pitch sum and key-steps so far [..., 1]:
+    the window's texture, then the notes to come by its end (log scale, 1 from PLAN_NOTES on; none once the piece is
+    ahead of its plan), their mean pitch in octaves from middle C (0 with none to come), the keys sounding on
+    average over the rest of the window (log2(1 + keys) / 5, capped at PLAN_KEYS; none once the piece has held more
+    than its plan) and the share of the window left."""
     to_come = (plan[..., NOTES_BY_END, None] - notes).clamp(0, PLAN_NOTES)
     pitch = ((plan[..., PITCH_BY_END, None] - pitches) / to_come.clamp(min=1)).clamp(0, 127)
-    left = (TEXTURE_WINDOW_STEPS - elapsed % TEXTURE_WINDOW_STEPS) / TEXTURE_WINDOW_STEPS
+    steps_left = TEXTURE_WINDOW_STEPS - elapsed % TEXTURE_WINDOW_STEPS
+    sounding = ((plan[..., KEYS_BY_END, None] - keys) / steps_left).clamp(0, PLAN_KEYS)
     octaves = (pitch.float() - MIDDLE_C) / 12 * (to_come > 0)
-    scaled = torch.log1p(to_come.float()) / math.log1p(PLAN_NOTES), octaves, left.float()
-    return torch.cat([plan[..., FIRST_TEXTURE:], *scaled], dim=-1)
+    notes_to_come = torch.log1p(to_come.float()) / math.log1p(PLAN_NOTES)
+    keys_to_come = torch.log2(1 + sounding.float()) / math.log2(1 + PLAN_KEYS)
+    left = (steps_left / TEXTURE_WINDOW_STEPS).float()
+    return torch.cat([plan[..., FIRST_TEXTURE:], notes_to_come, octaves, keys_to_come, left], dim=-1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.music.performance_encoding import STEP_S, decode, elapsed_steps, time_steps
+from pipeline.music.performance_encoding import NOTE_OFF, NOTE_ON, STEP_S, TIME_SHIFT, decode, elapsed_steps, time_steps
 
 HIGH_PITCH = 96  # C7: real openings put under half a percent of their notes here or above
 LONG_NOTE_S = 5.0  # real music holds next to no note longer
@@ -71,21 +71,24 @@ def set_texture(pieces: list[dict[str, np.ndarray]], seconds: float) -> dict[str
 
 # A piece's texture as a model reads it beside the piano state, window by window: notes per second, mean pitch,
 # polyphony and mean note duration of each TEXTURE_WINDOW_S of the piece, scaled to about [0, 1], then where the
-# piece stands against the track (its plan): the notes still to come by the window's end, their mean pitch, and the
-# share of the window left. The plan says what the next seconds hold, which the notes so far do not, so the model
-# learns to follow it; while sampling, a real piece's track, drawn, keeps the music to a pianist's texture where the
-# model's own notes would let it drift.
+# piece stands against the track (its plan): the notes still to come by the window's end, their mean pitch, the keys
+# that sound on average over the rest of the window, and the share of the window left. The plan says what the next
+# seconds hold, which the notes so far do not, so the model learns to follow it: the keys to come tell it when to
+# release as the notes to come tell it when to strike. While sampling, a real piece's track, drawn, keeps the music
+# to a pianist's texture where the model's own notes would let it drift.
 PIECE_TEXTURE = ("notes_per_second", "mean_pitch", "polyphony", "note_duration")
-PLAN = ("notes_to_come", "pitch_to_come", "window_left")
+PLAN = ("notes_to_come", "pitch_to_come", "keys_to_come", "window_left")
 PIECE_TEXTURE_SIZE = len(PIECE_TEXTURE) + len(PLAN)
 TEXTURE_WINDOW_S = 10
 TEXTURE_WINDOW_STEPS = round(TEXTURE_WINDOW_S / STEP_S)
 PLAN_NOTES = 400  # notes to come read 1 from here on: ten seconds of the densest music
+PLAN_KEYS = 31  # keys to come read 1 from here on (log2(1 + keys) / 5): no pianist holds more
 # Pitches are read in octaves from middle C: a register a few semitones off is a few tenths, where pitch / 127 made
 # it a few hundredths, too small a change in the input for the model to steer by.
 MIDDLE_C = 60
-# A track's columns: the cumulative notes and pitch sum by each window's end, then the window's scaled texture.
-NOTES_BY_END, PITCH_BY_END, FIRST_TEXTURE = 0, 1, 2
+# A track's columns: the cumulative notes, pitch sum and key-steps (steps times the keys sounding, as the piano state
+# counts them) by each window's end, then the window's scaled texture.
+NOTES_BY_END, PITCH_BY_END, KEYS_BY_END, FIRST_TEXTURE = 0, 1, 2, 3
 TRACK_COLUMNS = FIRST_TEXTURE + len(PIECE_TEXTURE)
 
 
@@ -103,10 +106,10 @@ def scaled_texture(figures: dict) -> np.ndarray:
 
 
 def texture_track(tokens: np.ndarray) -> np.ndarray:
-    """A piece's texture track from its tokens [windows, TRACK_COLUMNS]: for each TEXTURE_WINDOW_S, the
-    notes and the sum of their pitches from the start to the window's end, then `texture` of the notes that start in
-    the window, cut at its end (the last window as long as the music), scaled; in one pass over the notes: no note
-    outlasts its window once cut, so the windows' sounding times add up over one sweep."""
+    """A piece's texture track from its tokens [windows, TRACK_COLUMNS]: for each TEXTURE_WINDOW_S, the notes, the
+    sum of their pitches and the key-steps (`key_steps`) from the start to the window's end, then `texture` of the
+    notes that start in the window, cut at its end (the last window as long as the music), scaled; in one pass over
+    the notes: no note outlasts its window once cut, so the windows' sounding times add up over one sweep."""
     notes, steps = decode(tokens), elapsed_steps(tokens)
     windows = max(1, -(-steps // TEXTURE_WINDOW_STEPS))
     onset, pitch = np.asarray(notes["onset"], np.float64), np.asarray(notes["pitch"], np.float64)
@@ -126,8 +129,33 @@ def texture_track(tokens: np.ndarray) -> np.ndarray:
             "polyphony": np.bincount(w, duration, windows) / sounding,
             "note_duration": np.bincount(w, duration, windows) / count,
         }
-        by_end = np.stack([np.cumsum(count), np.cumsum(np.bincount(w, pitch, windows))], axis=1).astype(np.float32)
-        return np.concatenate([by_end, scaled_texture(figures)], axis=1)
+        ends = np.minimum(np.arange(1, windows + 1) * TEXTURE_WINDOW_STEPS, steps)
+        by_end = np.stack([np.cumsum(count), np.cumsum(np.bincount(w, pitch, windows)), key_steps(tokens)[ends]], 1)
+        return np.concatenate([by_end.astype(np.float32), scaled_texture(figures)], axis=1)
+
+
+def key_steps(tokens: np.ndarray) -> np.ndarray:
+    """The key-steps of one piece's tokens by each time step [steps + 1]: the sum over the steps before it of the keys
+    sounding, a key sounding while it has an open strike, as the piano state counts them (a release with none open
+    is ignored), all at once: each key's strike count as a running sum held at zero by its running minimum."""
+    t = np.asarray(tokens, np.int64)
+    clock = np.cumsum(time_steps(t))
+    steps = int(clock[-1]) if len(t) else 0
+    keyed = (t >= NOTE_ON) & (t < TIME_SHIFT)  # strikes and releases
+    key, at = (t[keyed] - NOTE_ON) % (NOTE_OFF - NOTE_ON), clock[keyed]
+    delta = np.where(t[keyed] < NOTE_OFF, 1, -1)
+    order = np.argsort(key, kind="stable")  # each key's strikes and releases together, in time order
+    key, at, delta = key[order], at[order], delta[order]
+    first = np.r_[True, key[1:] != key[:-1]][: len(key)]
+    group = np.cumsum(first)
+    total = np.cumsum(delta)
+    running = total - (total - delta)[first][group - 1]  # the key's own running sum
+    big = 2 * (len(delta) + 1)  # keeps each key's running minimum to its own events
+    held = running - np.minimum(np.minimum.accumulate(running - group * big) + group * big, 0)
+    until = np.where(np.r_[first[1:], True][: len(key)], steps, np.r_[at[1:], steps][: len(key)])  # the next event
+    sounding = held > 0
+    count = np.bincount(at[sounding], minlength=steps + 1) - np.bincount(until[sounding], minlength=steps + 1)
+    return np.r_[0, np.cumsum(np.cumsum(count)[:steps])]
 
 
 def token_windows(tokens: np.ndarray, windows: int) -> np.ndarray:
@@ -154,8 +182,8 @@ def padded_tracks(tracks: list[np.ndarray], windows: int = 0) -> np.ndarray:
     out = []
     for track in tracks:
         last = track[-1].copy()
-        by_end = slice(NOTES_BY_END, PITCH_BY_END + 1)
-        step = last[by_end] - (track[-2, by_end] if len(track) > 1 else 0)  # the last window's notes and pitch sum
+        by_end = slice(NOTES_BY_END, KEYS_BY_END + 1)
+        step = last[by_end] - (track[-2, by_end] if len(track) > 1 else 0)  # the last window's notes, pitches, keys
         extra = np.repeat(last[None], longest - len(track), axis=0)
         extra[:, by_end] += np.arange(1, longest - len(track) + 1)[:, None] * step
         out.append(np.concatenate([track, extra]))
