@@ -200,8 +200,8 @@ def texture_criteria(own: dict, m: dict) -> dict[str, bool]:
 def table(results: dict[int, dict]) -> list[str]:
     """One row per seed and sample set, and real music's rows, as Markdown."""
     head = ["", "mean pitch", "C7+", "spread", "notes/s", "polyphony", "duration (s)", "over 5 s",
-            "windows: mean pitch", "windows: notes/s", "held > 10 s", "ref. test (lowest, mean)", "longest run",
-            "criteria met"]  # fmt: skip
+            "windows: mean pitch", "windows: notes/s", "windows: polyphony", "held > 10 s", "ref. test (lowest, mean)",
+            "longest run", "criteria met"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
     first = next(iter(results.values()))
     lines.append(row("real validation music", first["real"], first["real_windows"], "", "", first["real_longest"], ""))
@@ -235,8 +235,8 @@ def row(label: str, short: dict, windows: list[dict], held: object, ref: str, lo
 
     cells = [label, f"{short['mean_pitch']:.1f}", f"{short['high_share']:.1%}", f"{short['mean_pitch_spread']:.1f}",
              f"{short['notes_per_second']:.1f}", f"{short['polyphony']:.2f}", f"{short['note_duration']:.2f}",
-             f"{short['long_share']:.1%}", span("mean_pitch", ".1f"), span("notes_per_second", ".1f"), held, ref,
-             longest, met]  # fmt: skip
+             f"{short['long_share']:.1%}", span("mean_pitch", ".1f"), span("notes_per_second", ".1f"),
+             span("polyphony", ".1f"), held, ref, longest, met]  # fmt: skip
     return "| " + " | ".join(map(str, cells)) + " |"
 
 
