@@ -94,7 +94,20 @@ def real_music(data: Path, stretch: list, short: float, long: float) -> dict:
     first = openings(validation, short)
     lasting = [p for p in validation if len(p["offset"]) and float(np.max(p["offset"])) >= long]
     index = PassageIndex(note_intervals(p["onset"] * f, p["pitch"]) for p in train for f in stretch)
+    windows = range(int(long // short))
     return {
+        # Each split's openings and the windows of its pieces that last `long`, for sets of real pieces (real_chance).
+        "sets": {
+            split: (
+                openings(pieces, short),
+                [
+                    [window(p, k * short, short) for k in windows]
+                    for p in pieces
+                    if len(p["offset"]) and float(np.max(p["offset"])) >= long
+                ],
+            )
+            for split, pieces in (("train", train), ("validation", validation))
+        },  # fmt: skip
         "texture": set_texture(first, short),
         "windows": [
             set_texture([window(p, k * short, short) for p in lasting], short) for k in range(int(long // short))
@@ -156,6 +169,24 @@ def drawn_music(model: Path, data: Path, sets: dict[str, list], short: float, lo
                  for r in sets[f"{name}_records"]]  # fmt: skip
         drawn[name] = [window(decode(store.piece(kept[i])), 0.0, seconds) for i in picks]
     return drawn
+
+
+def real_chance(real: dict, m: dict, sizes: tuple[int, int], short: float, draws: int = 1000) -> dict[str, float]:
+    """How often a set of real pieces of the sample sets' `sizes` (openings, long pieces), drawn at random from each
+    split (with replacement only from a split with fewer), meets every texture criterion against the validation
+    figures of `m`: the bar's reach at these sizes."""
+    from pipeline.music.texture import set_texture
+
+    rng, chance = np.random.default_rng(0), {}
+    for split, (first, lasting) in real["sets"].items():
+        met = 0
+        for _ in range(draws):
+            brief = [first[i] for i in rng.choice(len(first), sizes[0], replace=len(first) < sizes[0])]
+            extended = [lasting[i] for i in rng.choice(len(lasting), sizes[1], replace=len(lasting) < sizes[1])]
+            windows = [set_texture([piece[k] for piece in extended], short) for k in range(len(extended[0]))]
+            met += all(texture_criteria({"short": set_texture(brief, short), "windows": windows}, m).values())
+        chance[split] = met / draws
+    return chance
 
 
 def within(value: float, real: float, share: float) -> bool:
@@ -264,9 +295,18 @@ def main() -> None:
         drawn = drawn_music(model, args.data, sets, args.short, args.long) if not results else None
         results[seed] = measure(sets, real, args.short, args.long, drawn)
         print(f"seed {seed}: measured", flush=True)
+    first = next(iter(results.values()))
+    sizes = len(sets["short_with_rule"]), len(sets["long_with_rule"])
+    first["real_chance"] = real_chance(real, first, sizes, args.short)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=float) + "\n")
     print("\n".join(table(results)))
+    chance = first["real_chance"]
+    print(
+        f"\nSets of real pieces of the same sizes ({sizes[0]} openings, {sizes[1]} long pieces), drawn at random, "
+        f"that meet every texture criterion: {chance['train']:.0%} from the train split, "
+        f"{chance['validation']:.0%} from the validation split itself."
+    )
 
 
 if __name__ == "__main__":

@@ -239,6 +239,7 @@ def test_quality_benchmark_judges_each_seeds_samples_against_real_music(syntheti
     lines = {line.split(" | ")[0]: line for line in output.splitlines() if line.startswith("| ")}
     assert {"| real validation music", "| seed 5, with rule", "| seed 5, without rule"} <= set(lines)
     assert re.search(r"\| \d+/9(:|\s\|)", lines["| real train pieces the samples draw"])  # the texture criteria
+    assert "Sets of real pieces of the same sizes (" in output
     assert re.search(r"\| \d+/11(:|\s\|)", lines["| seed 5, with rule"])  # every criterion judged, with the rule
     assert re.search(r"\| \d+/13(:|\s\|)", lines["| seed 5, without rule"])  # and the model's own two besides
     short, long = (
@@ -248,18 +249,44 @@ def test_quality_benchmark_judges_each_seeds_samples_against_real_music(syntheti
     assert len(long["samples"]) == len(long["without_rule"]) == 8 and all(s["seconds"] == 4.0 for s in long["samples"])
     assert all(not s.get("composer") for s in long["samples"])
     drawn = json.loads((tmp_path / "quality.json").read_text())["5"]["drawn"]
-    assert drawn["short"]["notes_per_second"] == pytest.approx(drawn_density(trained, data / "tokens", short, 2.0))
+    assert drawn["short"] == pytest.approx(drawn_texture(trained, data / "tokens", short, 2.0), nan_ok=True)
+    assert drawn["windows"][1] == pytest.approx(drawn_texture(trained, data / "tokens", long, 4.0, 2.0), nan_ok=True)
 
 
-def drawn_density(model: Path, tokens: Path, summary: dict, seconds: float) -> float:
-    """The mean notes per second over the first `seconds` of the train pieces whose texture tracks the samples of a
-    generate `summary` drew, each piece found by its track among every train piece's."""
+def test_real_sets_meet_the_texture_bar_as_often_as_their_pieces_allow():
+    import importlib.util
+
+    import numpy as np
+
+    from pipeline.music.texture import set_texture
+
+    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    rng = np.random.default_rng(0)
+
+    def piece(notes: int, pitch: int) -> dict:  # `notes` notes of 0.5 s over 30 s
+        onset = np.sort(rng.uniform(0, 29, notes))
+        return {"onset": onset, "offset": onset + 0.5, "pitch": np.full(notes, pitch), "velocity": np.full(notes, 80)}
+
+    like, unlike = piece(270, 62), piece(900, 62)  # 9 and 30 notes a second
+    m = {"real": {**set_texture([like], 30.0), "mean_pitch_spread": 1.0}, "real_windows": [set_texture([like], 30.0)]}
+    real = {"sets": {"train": ([like] * 3 + [unlike], [[like]] * 3 + [[unlike]]), "validation": ([like], [[like]])}}
+    chance = quality.real_chance(real, m, (1, 1), 30.0, draws=400)
+    assert chance["validation"] == 1.0  # every set is the real figures themselves
+    assert 0.45 < chance["train"] < 0.65  # the sets that hold no 30-notes-a-second piece: 3/4 * 3/4 of them
+
+
+def drawn_texture(model: Path, tokens: Path, summary: dict, seconds: float, start: float = 0.0) -> dict:
+    """The texture of the 2-s windows from `start` of the train pieces whose texture tracks the samples of a generate
+    `summary` drew for `seconds` of music, each piece found by its track among every train piece's, stretched or
+    not."""
     import numpy as np
 
     from pipeline.generation.decoding import draw_textures
     from pipeline.model_folder import TABLE_WINDOWS
     from pipeline.music.performance_encoding import decode
-    from pipeline.music.texture import texture_track
+    from pipeline.music.texture import set_texture, texture_track, window
     from pipeline.token_folder import PieceStore
 
     vocab = json.loads((model / "vocab.json").read_text())
@@ -267,12 +294,12 @@ def drawn_density(model: Path, tokens: Path, summary: dict, seconds: float) -> f
     store = PieceStore(tokens, "train")
     pieces = [store.piece(i) for i in range(len(store))]
     tracks = [np.round(texture_track(piece)[:TABLE_WINDOWS], 5) for piece in pieces]
-    density = []
+    cut = []
     for record in summary["samples"]:
         drawn = draw_textures(vocab["textures"], labels.get(record["composer"], 0), [record["seed"]], seconds)[0]
         match = next(k for k, track in enumerate(tracks) if np.allclose(track, drawn[: len(track)], atol=1e-4))
-        density.append(np.sum(decode(pieces[match])["onset"] < seconds) / seconds)
-    return float(np.mean(density))
+        cut.append(window(decode(pieces[match]), start, 2.0))
+    return set_texture(cut, 2.0)
 
 
 def test_calibration_benchmark_adds_up_the_models_own_probabilities_and_recounts_the_events(bench_inputs, tmp_path):

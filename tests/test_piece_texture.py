@@ -38,10 +38,10 @@ from pipeline.music.texture import (
     PIECE_TEXTURE_SIZE,
     TEXTURE_WINDOW_S,
     TEXTURE_WINDOW_STEPS,
+    key_steps,
     padded_tracks,
     scaled_texture,
     texture,
-    key_steps,
     texture_track,
     token_windows,
     transposed,
@@ -311,7 +311,7 @@ def test_evaluation_scores_each_piece_with_its_own_track():
 
 def test_the_plan_stops_at_its_caps_and_a_piece_ahead_of_its_plan_has_nothing_to_come():
     seq = np.array([PIECE_START, 60, TIME_SHIFT + 9, 64, 188, TIME_SHIFT + 99, 67, 192])
-    for row in ([1000.0, 65000.0, 1e6, 0.1, 0.2, 0.3, 0.4], [1.0, 500.0, 50.0, 0.1, 0.2, 0.3, 0.4]):  # far behind; ahead
+    for row in ([1000.0, 65000.0, 1e6, 0.1, 0.2, 0.3, 0.4], [1.0, 500.0, 50.0, 0.1, 0.2, 0.3, 0.4]):  # behind; ahead
         track = np.array([row, row], np.float32)
         got = PianoState(1, "cpu", torch.from_numpy(track[None]))(torch.from_numpy(seq[None]))[0, :, PIANO_STATE_SIZE:]
         np.testing.assert_allclose(got.numpy(), read_track(seq, track), atol=1e-5)
