@@ -20,6 +20,8 @@ import yaml
 from conftest import MAESTRO_ASAP, ROOT, note, require, tempo, write_metadata, write_midi
 
 from pipeline.model_folder import read_weights
+from pipeline.music.piano_state import PIANO_STATE_SIZE
+from pipeline.music.texture import PIECE_TEXTURE_SIZE
 
 pytestmark = pytest.mark.slow
 
@@ -205,7 +207,8 @@ def test_repro_then_nothing_to_do_then_an_experiment(project, tmp_path):
     trained = json.loads((project / "reports" / "train" / "metrics.json").read_text())
     assert trained["step"] == 6 and trained["tokens_seen"] == 6 * 2 * 32 and trained["val"]["nll"] > 0
     config = json.loads((project / "data" / "model" / "config.json").read_text())
-    assert (config["n_layer"], config["d_model"], config["d_head"], config["side_size"]) == (3, 32, 16, 266)
+    side = PIANO_STATE_SIZE + PIECE_TEXTURE_SIZE  # the piano state, then the texture track
+    assert (config["n_layer"], config["d_model"], config["d_head"], config["side_size"]) == (3, 32, 16, side)
     assert (project / "data" / "checkpoints" / "last.pt").is_file()
     weights = read_weights(project / "data" / "trained")
     scored = json.loads((project / "reports" / "metrics" / "eval.json").read_text())
