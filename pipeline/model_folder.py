@@ -19,7 +19,7 @@ from pipeline.atomic import atomic_dir
 from pipeline.errors import PipelineError
 from pipeline.music.performance_encoding import NOTE_OFF, NOTE_ON
 from pipeline.music.piano_state import PIANO_STATE_SIZE, relative_logit_bands, release_logit_pairs
-from pipeline.music.texture import PIECE_TEXTURE, PIECE_TEXTURE_SIZE, TEXTURE_WINDOW_S, texture_track
+from pipeline.music.texture import PIECE_TEXTURE, PIECE_TEXTURE_SIZE, TEXTURE_WINDOW_S, TRACK_BY_END, texture_track
 from pipeline.params import typed
 from pipeline.token_folder import PieceStore, load_vocab
 
@@ -154,7 +154,7 @@ def texture_table(tokens: Path) -> dict:
     labels = store.index.get("label", [0] * len(store))
     tracks = [texture_track(store.piece(i))[:TABLE_WINDOWS] for i in kept]
     return {
-        "columns": ["notes_by_end", "pitch_sum_by_end", "key_steps_by_end", *PIECE_TEXTURE],
+        "columns": [*TRACK_BY_END, *PIECE_TEXTURE],
         "window_s": TEXTURE_WINDOW_S,
         "label": [int(labels[i]) for i in kept],
         "track": [np.round(track, 5).tolist() for track in tracks],

@@ -34,10 +34,12 @@ from pipeline.music.performance_encoding import (
 from pipeline.music.piano_state import PIANO_STATE_SIZE, piano_state
 from pipeline.music.piano_state_torch import PianoState
 from pipeline.music.texture import (
+    FIRST_TEXTURE,
     PIECE_TEXTURE,
     PIECE_TEXTURE_SIZE,
     TEXTURE_WINDOW_S,
     TEXTURE_WINDOW_STEPS,
+    TRACK_COLUMNS,
     key_steps,
     padded_tracks,
     scaled_texture,
@@ -53,6 +55,13 @@ from pipeline.training.batches import device_batches
 from pipeline.training.segments import SegmentStream, pitch_ranges, transpose
 
 SIDE = PIANO_STATE_SIZE + PIECE_TEXTURE_SIZE
+CIRCLE = [0, 7, 2, 9, 4, 11, 6, 1, 8, 3, 10, 5]  # the pitch classes round the circle of fifths: C, G, D, A, E, B, F#...
+
+
+def place(pitch: int) -> np.ndarray:
+    """A pitch's place on the circle of fifths as a unit vector, found in CIRCLE."""
+    angle = CIRCLE.index(pitch % 12) * np.pi / 6
+    return np.array([np.cos(angle), np.sin(angle)])
 
 
 def tokens_of(onset: list[float], offset: list[float], pitch: list[int]) -> np.ndarray:
@@ -66,16 +75,18 @@ def test_a_windows_texture_is_its_density_register_polyphony_and_durations_and_t
     # from 12 s to 15 s; window 2, 5 s long as the piece ends at 25 s, a note of pitch 0 over its last 0.1 s.
     track = texture_track(tokens_of([0.0, 0.5, 12.0, 12.0, 12.0, 24.9], [1.0, 1.5, 15.0, 15.0, 15.0, 25.0],
                                     [60, 64, 48, 52, 55, 0]))  # fmt: skip
-    assert track.shape == (3, 3 + len(PIECE_TEXTURE))
+    assert track.shape == (3, 5 + len(PIECE_TEXTURE))
     # notes, pitch sum and key-steps (steps times keys sounding) by each window's end
     assert track[:, :3].tolist() == [[2, 124, 200], [5, 279, 1100], [6, 279, 1110]]
+    c, e, g = (np.array([np.cos(np.radians(a)), np.sin(np.radians(a))]) for a in (0, 120, 30))  # places on the circle
+    np.testing.assert_allclose(track[:, 3:5], [c + e, 2 * c + 2 * e + g, 3 * c + 2 * e + g], atol=1e-6)
     density, polyphony = np.log1p(2 / 10) / np.log1p(40), np.log2(2.0 / 1.5) / 4
-    np.testing.assert_allclose(track[0, 3:], [density, 2 / 12, polyphony, np.log1p(1) / np.log1p(10)], rtol=1e-6)
+    np.testing.assert_allclose(track[0, 5:], [density, 2 / 12, polyphony, np.log1p(1) / np.log1p(10)], rtol=1e-6)
     want = [np.log1p(0.3) / np.log1p(40), (155 / 3 - 60) / 12, np.log2(3) / 4, np.log1p(3) / np.log1p(10)]
-    np.testing.assert_allclose(track[1, 3:], want, rtol=1e-6)
-    np.testing.assert_allclose(track[2, 3:], [np.log1p(1 / 5) / np.log1p(40), -5, 0, np.log1p(0.1) / np.log1p(10)],
+    np.testing.assert_allclose(track[1, 5:], want, rtol=1e-6)
+    np.testing.assert_allclose(track[2, 5:], [np.log1p(1 / 5) / np.log1p(40), -5, 0, np.log1p(0.1) / np.log1p(10)],
                                rtol=1e-5, atol=1e-7)  # fmt: skip
-    assert texture_track(np.array([PIECE_START, TIME_SHIFT + 99, PIECE_END])).tolist() == [[0.0] * 7]
+    assert texture_track(np.array([PIECE_START, TIME_SHIFT + 99, PIECE_END])).tolist() == [[0.0] * 9]
 
 
 def test_a_track_is_the_texture_of_each_window_cut_from_the_notes():
@@ -87,10 +98,12 @@ def test_a_track_is_the_texture_of_each_window_cut_from_the_notes():
     want = [scaled_texture(texture(window(notes, a, min(TEXTURE_WINDOW_S, seconds - a)), min(TEXTURE_WINDOW_S,
             seconds - a))) for a in starts]  # fmt: skip
     track = texture_track(piece)
-    np.testing.assert_allclose(track[:, 3:], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(track[:, 5:], want, rtol=1e-5, atol=1e-6)
     by_end = [[np.sum(notes["onset"] < a + TEXTURE_WINDOW_S - 1e-6), notes["pitch"][notes["onset"] < a + 9.999].sum()]
               for a in starts]  # fmt: skip
     np.testing.assert_array_equal(track[:, :2], by_end)
+    circle = [sum((place(p) for p in notes["pitch"][notes["onset"] < a + 9.999]), np.zeros(2)) for a in starts]
+    np.testing.assert_allclose(track[:, 3:5], circle, atol=1e-4)
     ends = np.minimum(np.arange(1, len(want) + 1) * TEXTURE_WINDOW_STEPS, elapsed_steps(piece))
     np.testing.assert_array_equal(track[:, 2], key_steps(piece)[ends])
     clock = 0
@@ -121,44 +134,49 @@ def test_a_transposed_piece_has_the_track_that_transposed_moves_it_to():
     ranges = pitch_ranges({"events": [{"first_id": NOTE_ON, "count": 128, "meaning": "pitch"},
                                       {"first_id": 128, "count": 128, "meaning": "pitch"}]})  # fmt: skip
     track = texture_track(piece)
-    assert track[1, 3:].tolist() == [0.0] * len(PIECE_TEXTURE) and track[1, 0] == track[0, 0]
-    for semitones in (-3, 2):
+    assert track[1, 5:].tolist() == [0.0] * len(PIECE_TEXTURE) and track[1, 0] == track[0, 0]
+    for semitones in (-3, 2, 12):
         moved = texture_track(transpose(piece, semitones, ranges))
-        np.testing.assert_allclose(transposed(track[None], np.array([semitones]))[0], moved, atol=1e-6)
-        assert moved[0, 4] != track[0, 4] and moved[0, 1] == track[0, 1] + semitones * track[0, 0]
+        np.testing.assert_allclose(transposed(track[None], np.array([semitones]))[0], moved, rtol=1e-6, atol=1e-5)
+        assert moved[0, 6] != track[0, 6] and moved[0, 1] == track[0, 1] + semitones * track[0, 0]
         assert moved[:, 2].tolist() == track[:, 2].tolist()  # as many keys sound, wherever they are
+        np.testing.assert_allclose(np.hypot(moved[:, 3], moved[:, 4]), np.hypot(track[:, 3], track[:, 4]), rtol=1e-5)
+        assert np.allclose(moved[:, 3:5], track[:, 3:5], atol=1e-4) == (semitones == 12)  # an octave: the same key
 
 
 def test_a_padded_track_carries_on_with_its_last_windows_texture_and_pace():
-    track = np.array([[2, 120, 900, 0.1, 0.2, 0.3, 0.4], [5, 300, 1500, 0.5, 0.6, 0.7, 0.8]], np.float32)
-    single = np.array([[4, 250, 700, 0.9, 0.9, 0.9, 0.9]], np.float32)
+    track = np.array([[2, 120, 900, 1, -2, 0.1, 0.2, 0.3, 0.4], [5, 300, 1500, 3, -1, 0.5, 0.6, 0.7, 0.8]], np.float32)
+    single = np.array([[4, 250, 700, 2, 1, 0.9, 0.9, 0.9, 0.9]], np.float32)
     padded = padded_tracks([track, single], windows=4)
-    np.testing.assert_array_equal(padded[0], np.array([*track, [8, 480, 2100, 0.5, 0.6, 0.7, 0.8],
-                                                       [11, 660, 2700, 0.5, 0.6, 0.7, 0.8]], np.float32))  # fmt: skip
-    assert padded[1, :, :3].tolist() == [[4, 250, 700], [8, 500, 1400], [12, 750, 2100], [16, 1000, 2800]]
+    carried = [[8, 480, 2100, 5, 0, 0.5, 0.6, 0.7, 0.8], [11, 660, 2700, 7, 1, 0.5, 0.6, 0.7, 0.8]]
+    np.testing.assert_array_equal(padded[0], np.array([*track, *carried], np.float32))
+    assert padded[1, :, :5].tolist() == [[4, 250, 700, 2, 1], [8, 500, 1400, 4, 2], [12, 750, 2100, 6, 3],
+                                         [16, 1000, 2800, 8, 4]]  # fmt: skip
     assert padded_tracks([track]).tolist() == [track.tolist()]
 
 
 def read_track(seq: list[int] | np.ndarray, track: np.ndarray) -> np.ndarray:
     """What a model reads of a piece's track after each token of it, by a plain loop over the tokens: the texture of
-    the window its clock is in, the notes still to come by that window's end and their mean pitch, the keys sounding
-    on average over the rest of the window, and the window left."""
-    out, clock, notes, pitches, keys, held = [], 0, 0, 0, 0, np.zeros(128, np.int64)
+    the window its clock is in, the notes still to come by that window's end, their mean pitch and their mean place
+    on the circle of fifths, the keys sounding on average over the rest of the window, and the window left."""
+    out, clock, notes, pitches, keys, held, circle = [], 0, 0, 0, 0, np.zeros(128, np.int64), np.zeros(2)
     for token in np.asarray(seq, np.int64).tolist():
         if token == PIECE_START:
-            clock, notes, pitches, keys, held = 0, 0, 0, 0, np.zeros(128, np.int64)
+            clock, notes, pitches, keys, held, circle = 0, 0, 0, 0, np.zeros(128, np.int64), np.zeros(2)
         shift = int(time_steps(np.int64(token)))
         clock, keys = clock + shift, keys + shift * int(np.sum(held > 0))  # the keys that sounded through the shift
         if NOTE_ON <= token < NOTE_ON + 128:
             notes, pitches, held[token - NOTE_ON] = notes + 1, pitches + token, held[token - NOTE_ON] + 1
+            circle = circle + place(token - NOTE_ON)
         elif NOTE_OFF <= token < NOTE_OFF + 128:
             held[token - NOTE_OFF] = max(held[token - NOTE_OFF] - 1, 0)
         row = track[min(clock // TEXTURE_WINDOW_STEPS, len(track) - 1)]
         to_come = min(max(row[0] - notes, 0), 400)
         octaves = (min(max((row[1] - pitches) / to_come, 0), 127) - 60) / 12 if to_come else 0
+        fifths = np.clip((row[3:5] - circle) / to_come, -1, 1) if to_come else np.zeros(2)
         steps_left = TEXTURE_WINDOW_STEPS - clock % TEXTURE_WINDOW_STEPS
         sounding = min(max((row[2] - keys) / steps_left, 0), 31)
-        out.append([*row[3:], np.log1p(to_come) / np.log1p(400), octaves, np.log2(1 + sounding) / 5,
+        out.append([*row[5:], np.log1p(to_come) / np.log1p(400), octaves, *fifths, np.log2(1 + sounding) / 5,
                     steps_left / TEXTURE_WINDOW_STEPS])  # fmt: skip
     return np.array(out)
 
@@ -214,13 +232,14 @@ def test_the_exported_model_reads_the_texture_and_lists_each_unstretched_train_p
     table = json.loads((tmp_path / "model" / "vocab.json").read_text())["textures"]
     store = PieceStore(tokens, "train")
     assert table["label"] == index["label"][5:] and len(table["track"]) == len(store) - 5
+    assert len(table["columns"]) == TRACK_COLUMNS == len(table["track"][0][0])  # a name for each column
     for i, track in enumerate(table["track"], 5):
         np.testing.assert_allclose(track, texture_track(store.piece(i))[:TABLE_WINDOWS], atol=1e-5)
     assert len(table["track"][-1]) == TABLE_WINDOWS < len(texture_track(store.piece(len(store) - 1)))
 
 
 def flat(notes: int, texture: float) -> list[float]:
-    return [notes, 60.0 * notes, 300.0 * notes, *[texture] * 4]
+    return [notes, 60.0 * notes, 300.0 * notes, notes / 2, -notes / 3, *[texture] * 4]
 
 
 TABLE = {"label": [1, 2, 2, 1], "track": [[flat(5, 0.1), flat(9, 0.5)], [flat(3, 0.2)], [flat(4, 0.3), flat(6, 0.7)],
@@ -229,13 +248,13 @@ TABLE = {"label": [1, 2, 2, 1], "track": [[flat(5, 0.1), flat(9, 0.5)], [flat(3,
 
 def firsts(tracks: np.ndarray) -> set[tuple[float, ...]]:
     """Each track's first texture feature, window by window, rounded."""
-    return {tuple(round(float(x), 3) for x in t[:, 3]) for t in tracks}
+    return {tuple(round(float(x), 3) for x in t[:, FIRST_TEXTURE]) for t in tracks}
 
 
 def test_a_drawn_track_is_one_of_the_composers_pieces_long_enough_and_depends_on_the_seed_only():
     seeds = list(range(40))
     drawn = draw_textures(TABLE, 2, seeds, seconds=10.0)
-    assert drawn.shape == (40, 2, 7)  # one window more than the seconds need
+    assert drawn.shape == (40, 2, TRACK_COLUMNS)  # one window more than the seconds need
     assert firsts(drawn) == {(0.2, 0.2), (0.3, 0.7)}  # a short track carries on with its last window
     assert {tuple(t[:, 0]) for t in drawn} == {(3, 6), (4, 6)}  # and its notes by the end: as many again
     anyone = {(0.1, 0.5), (0.2, 0.2), (0.3, 0.7), (0.4, 0.4)}
@@ -276,7 +295,8 @@ def windows_side(seq: list[int] | np.ndarray, track: np.ndarray) -> torch.Tensor
 def test_sampling_feeds_the_drawn_track_at_every_step_as_a_full_recompute_would():
     model = texture_model()
     p = GenerateParams(seconds=12.0, top_k=1, top_p=1.0, max_note_s=0.0, device="cpu", precision="float32")
-    table = {"label": [2], "track": [[[30, 1900, 3000, 0.3, 0.5, 0.3, 0.3], [45, 2800, 5000, 0.9, 0.5, 0.1, 0.6]]]}
+    table = {"label": [2], "track": [[[30, 1900, 3000, 9, 2, 0.3, 0.5, 0.3, 0.3], [45, 2800, 5000, 12, 1, 0.9, 0.5, 0.1,
+                                                                                0.6]]]}  # fmt: skip
     (new,), _ = sample_batch(model, unconditional(), p, [3], None, rule=False, label=2, textures=table)
     seq = [PIECE_START]
     for _ in range(len(new)):
@@ -286,7 +306,8 @@ def test_sampling_feeds_the_drawn_track_at_every_step_as_a_full_recompute_would(
         logits[[PIECE_START, PIECE_END]] = -torch.inf
         seq.append(int(logits.argmax()))
     assert new.tolist() == seq[1:] and elapsed_steps(new) >= 12 * 100  # past the first window's ten seconds
-    other = {"label": [2], "track": [[[30, 1900, 3000, 0.3, 0.5, 0.3, 0.3], [45, 2800, 9000, 0.3, 0.5, 0.3, 0.3]]]}
+    other = {"label": [2], "track": [[[30, 1900, 3000, 9, 2, 0.3, 0.5, 0.3, 0.3], [45, 2800, 9000, 12, 1, 0.3, 0.5, 0.3,
+                                                                                0.3]]]}  # fmt: skip
     (elsewhere,), _ = sample_batch(model, unconditional(), p, [3], None, rule=False, label=2, textures=other)
     assert elsewhere[: len(new) // 3].tolist() == new[: len(new) // 3].tolist()  # the same first window
     assert elsewhere.tolist() != new.tolist()  # but not the same second
@@ -311,19 +332,36 @@ def test_evaluation_scores_each_piece_with_its_own_track():
 
 def test_the_plan_stops_at_its_caps_and_a_piece_ahead_of_its_plan_has_nothing_to_come():
     seq = np.array([PIECE_START, 60, TIME_SHIFT + 9, 64, 188, TIME_SHIFT + 99, 67, 192])
-    for row in ([1000.0, 65000.0, 1e6, 0.1, 0.2, 0.3, 0.4], [1.0, 500.0, 50.0, 0.1, 0.2, 0.3, 0.4]):  # behind; ahead
+    for row in ([1000.0, 65000.0, 1e6, 900, -900, 0.1, 0.2, 0.3, 0.4], [1.0, 500.0, 50.0, 1, 0, 0.1, 0.2, 0.3, 0.4]):
         track = np.array([row, row], np.float32)
         got = PianoState(1, "cpu", torch.from_numpy(track[None]))(torch.from_numpy(seq[None]))[0, :, PIANO_STATE_SIZE:]
         np.testing.assert_allclose(got.numpy(), read_track(seq, track), atol=1e-5)
-        if row[0] == 1000.0:  # the notes and keys to come read 1 at their caps
-            assert got[:, 4].tolist() == [1.0] * len(seq) and got[:, 6].tolist() == [1.0] * len(seq)
-    assert got[2:, 4].tolist() == [0.0] * (len(seq) - 2) and got[2:, 5].tolist() == [0.0] * (len(seq) - 2)
-    assert got[0, 6] > 0 and got[-3:, 6].tolist() == [0.0] * 3  # 50 key-steps: spent 10 steps into two keys
+        if row[0] == 1000.0:  # behind: the notes and keys to come read 1 at their caps, the place on the circle 1, -1
+            assert got[:, 4].tolist() == [1.0] * len(seq) and got[:, 8].tolist() == [1.0] * len(seq)
+            assert got[:, 6].tolist() == [1.0] * len(seq) and got[:, 7].tolist() == [-1.0] * len(seq)
+    assert got[2:, 4:8].tolist() == [[0.0] * 4] * (len(seq) - 2)  # ahead: no notes to come, nor a pitch or place
+    assert got[0, 8] > 0 and got[-3:, 8].tolist() == [0.0] * 3  # 50 key-steps: spent 10 steps into two keys
 
 
 def test_keeping_the_first_rows_keeps_their_tracks():
-    state = PianoState(3, "cpu", torch.arange(3 * 2 * 7, dtype=torch.float32).reshape(3, 2, 7))
+    state = PianoState(3, "cpu", torch.arange(3 * 2 * 9, dtype=torch.float32).reshape(3, 2, 9))
     state(torch.tensor([[60, TIME_SHIFT + 9], [61, TIME_SHIFT + 4], [62, 63]]))
     state.keep(2)
-    assert state.texture.tolist() == torch.arange(2 * 2 * 7, dtype=torch.float32).reshape(2, 2, 7).tolist()
+    assert state.texture.tolist() == torch.arange(2 * 2 * 9, dtype=torch.float32).reshape(2, 2, 9).tolist()
     assert state.keys.tolist() == [10, 5]  # and their key-steps
+    np.testing.assert_allclose(state.fifths.numpy(), [place(60), place(61)], atol=1e-6)  # and places on the circle
+
+
+def test_one_token_at_a_time_reads_the_track_as_the_loop_does_across_a_piece_start():
+    seq = np.array([PIECE_START, 60, TIME_SHIFT + 9, 64, 188, 67, PIECE_START, 62, TIME_SHIFT + 50, 66, 190])
+    track = np.array([[10, 650, 400, 3, -2, 0.1, 0.2, 0.3, 0.4]] * 2, np.float32)
+    state = PianoState(1, "cpu", torch.from_numpy(track[None]))
+    got = torch.cat([state(torch.tensor([[t]])) for t in seq.tolist()], dim=1)[0, :, PIANO_STATE_SIZE:]
+    np.testing.assert_allclose(got.numpy(), read_track(seq, track), atol=1e-5)
+
+
+def test_a_state_without_a_track_keeps_no_plan_sums():
+    state = PianoState(1, "cpu")
+    state(torch.tensor([[60, TIME_SHIFT + 9]]))  # the chunk path
+    state(torch.tensor([[64]]))  # the one-token path
+    assert state.keys.tolist() == [0] and state.fifths.tolist() == [[0.0, 0.0]]

@@ -30,6 +30,8 @@ from pipeline.music.piano_state import (
     STEPS_PER_S,
 )
 from pipeline.music.texture import (
+    FIFTHS_X_BY_END,
+    FIFTHS_Y_BY_END,
     FIRST_TEXTURE,
     KEYS_BY_END,
     MIDDLE_C,
@@ -39,6 +41,7 @@ from pipeline.music.texture import (
     PLAN_KEYS,
     PLAN_NOTES,
     TEXTURE_WINDOW_STEPS,
+    fifths,
 )
 
 
@@ -50,15 +53,17 @@ def _along_time(x: torch.Tensor, scan: Callable) -> torch.Tensor:
 
 class Tables(NamedTuple):
     """Per token id: its change to each key's open strikes [VOCAB_SIZE, 128] (+1 a strike, -1 a release), the time
-    steps it moves the clock, whether it silences every key, whether it strikes and the pitch it strikes (0 for the
-    rest): a lookup each, so that a step is a handful of kernels. Then the numpy module's feature tables, so that the
-    device looks the values up rather than computing them, the same bits as the reference everywhere."""
+    steps it moves the clock, whether it silences every key, whether it strikes, the pitch it strikes and its place
+    on the circle of fifths (0 for the rest): a lookup each, so that a step is a handful of kernels. Then the numpy
+    module's feature tables, so that the device looks the values up rather than computing them, the same bits as the
+    reference everywhere."""
 
     delta: torch.Tensor
     shift: torch.Tensor
     reset: torch.Tensor
     strike: torch.Tensor
     pitch: torch.Tensor
+    fifths: torch.Tensor
     held: torch.Tensor
     clock: torch.Tensor
     register: torch.Tensor
@@ -74,7 +79,9 @@ def _tables(device: torch.device) -> Tables:
     delta[ids[NOTE_OFF:TIME_SHIFT], ids[NOTE_OFF:TIME_SHIFT] - NOTE_OFF] = -1
     strike = ids < NOTE_OFF
     features = (torch.from_numpy(t) for t in (HELD_TABLE, CLOCK_TABLE, REGISTER_TABLE, NOTES_TABLE))
-    tables = delta, time_steps(ids), ids == PIECE_START, strike.long(), torch.where(strike, ids - NOTE_ON, 0), *features
+    circle = torch.where(strike[:, None], torch.from_numpy(fifths(ids - NOTE_ON)).float(), 0.0)
+    pitch = torch.where(strike, ids - NOTE_ON, 0)
+    tables = delta, time_steps(ids), ids == PIECE_START, strike.long(), pitch, circle, *features
     return Tables(*(table.to(device) for table in tables))
 
 
@@ -92,6 +99,7 @@ class PianoState:
         self.notes = torch.zeros(rows, dtype=torch.long, device=device)  # strikes since then
         self.pitches = torch.zeros(rows, dtype=torch.long, device=device)  # and the sum of their pitches
         self.keys = torch.zeros(rows, dtype=torch.long, device=device)  # and the key-steps: steps times keys sounding
+        self.fifths = torch.zeros(rows, 2, device=device)  # and the sum of the strikes' places on the circle of fifths
         self._t = _tables(torch.device(device))
         self.texture = texture  # [rows, windows, n]: each row's texture track, read by the piece clock (or None)
 
@@ -99,7 +107,7 @@ class PianoState:
         """Keep the first `rows` pianos only (rows that have ended drop out of a batch)."""
         self.held, self.onset, self.clock = self.held[:rows], self.onset[:rows], self.clock[:rows]
         self.start, self.notes, self.pitches = self.start[:rows], self.notes[:rows], self.pitches[:rows]
-        self.keys = self.keys[:rows]
+        self.keys, self.fifths = self.keys[:rows], self.fifths[:rows]
         self.texture = None if self.texture is None else self.texture[:rows]
 
     def steps_held(self) -> torch.Tensor:
@@ -121,7 +129,9 @@ class PianoState:
     def _step(self, t: torch.Tensor, plan: torch.Tensor | None) -> torch.Tensor:
         """One token per row [rows]: the numpy reference's `step`."""
         delta, reset = self._t.delta[t], self._t.reset[t]  # [rows, 128], [rows]
-        self.keys = torch.where(reset, 0, self.keys) + self._t.shift[t] * (self.held > 0).sum(1)
+        if self.reads_track(plan):  # what only a track's plan reads: the key-steps, then the places on the circle
+            self.keys = torch.where(reset, 0, self.keys) + self._t.shift[t] * (self.held > 0).sum(1)
+            self.fifths = torch.where(reset[:, None], 0.0, self.fifths) + self._t.fifths[t]
         self.clock = self.clock + self._t.shift[t]
         self.held = (torch.where(reset[:, None], 0, self.held) + delta).clamp(min=0)
         self.onset = torch.where(delta > 0, self.clock[:, None], self.onset)
@@ -129,7 +139,8 @@ class PianoState:
         self.notes = torch.where(reset, 0, self.notes) + self._t.strike[t]
         self.pitches = torch.where(reset, 0, self.pitches) + self._t.pitch[t]
         piece = (self.clock - self.start, self.notes, self.pitches, self.keys)
-        return self._features(self.held, self.onset, self.clock[:, None], *(x[:, None] for x in piece), plan)
+        return self._features(self.held, self.onset, self.clock[:, None], *(x[:, None] for x in piece), self.fifths,
+                              plan)  # fmt: skip
 
     def _chunk(self, t: torch.Tensor, plan: torch.Tensor | None) -> torch.Tensor:
         """The numpy reference's `_chunk` (which explains the arithmetic), one torch operation for each of its own."""
@@ -155,52 +166,73 @@ class PianoState:
         start = torch.where(restarted, clock.gather(1, at_reset), self.start[:, None])
         notes = self.notes[:, None] + self._t.strike[t].cumsum(1)
         pitches = self.pitches[:, None] + self._t.pitch[t].cumsum(1)
-        sounding = torch.cat([(self.held > 0).sum(1, keepdim=True), (held[:, :-1] > 0).sum(2)], dim=1)  # before each
-        keys = self.keys[:, None] + (self._t.shift[t] * sounding).cumsum(1)
-        notes, pitches, keys = (torch.where(restarted, x - x.gather(1, at_reset), x) for x in (notes, pitches, keys))
+        notes, pitches = (torch.where(restarted, x - x.gather(1, at_reset), x) for x in (notes, pitches))
+        keys, circle = self._plan_sums(t, held, restarted, at_reset) if self.reads_track(plan) else (None, None)
         self.held, self.onset, self.clock = held[:, -1], onset[:, -1], clock[:, -1]
-        self.start, self.notes, self.pitches, self.keys = start[:, -1], notes[:, -1], pitches[:, -1], keys[:, -1]
-        piece = (clock - start, notes, pitches, keys)
-        return self._features(held, onset, clock[..., None], *(x[..., None] for x in piece), plan)
+        self.start, self.notes, self.pitches = start[:, -1], notes[:, -1], pitches[:, -1]
+        piece = (clock - start, notes, pitches)
+        return self._features(held, onset, clock[..., None], *(x[..., None] for x in piece), keys, circle, plan)
+
+    def _plan_sums(
+        self, t: torch.Tensor, held: torch.Tensor, restarted: torch.Tensor, at_reset: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What only a track's plan reads, after each token of `t` [rows, time] since its piece's start: the key-steps
+        [rows, time, 1] and the sum of the strikes' places on the circle of fifths [rows, time, 2] (kept for the
+        next call), given `_chunk`'s open strikes after each token and its latest PIECE_START."""
+        sounding = torch.cat([(self.held > 0).sum(1, keepdim=True), (held[:, :-1] > 0).sum(2)], dim=1)  # before each
+        keys = (self.keys[:, None] + (self._t.shift[t] * sounding).cumsum(1))[..., None]
+        circle = self.fifths[:, None] + self._t.fifths[t].cumsum(1)
+        index = at_reset[..., None]
+        keys, circle = (
+            torch.where(restarted[..., None], x - x.gather(1, index.expand_as(x)), x) for x in (keys, circle)
+        )
+        self.keys, self.fifths = keys[:, -1, 0], circle[:, -1]
+        return keys, circle
+
+    def reads_track(self, plan: torch.Tensor | None) -> bool:
+        """Whether this call's features end with a track's plan: given one, or with the state's texture tracks."""
+        return plan is not None or self.texture is not None
 
     def size(self, plan: torch.Tensor | None = None) -> int:
         """Features per position: the piano state's, and what the model reads of a track when there is one."""
-        return PIANO_STATE_SIZE + (PIECE_TEXTURE_SIZE if plan is not None or self.texture is not None else 0)
+        return PIANO_STATE_SIZE + (PIECE_TEXTURE_SIZE if self.reads_track(plan) else 0)
 
     def _features(self, held: torch.Tensor, onset: torch.Tensor, clock: torch.Tensor, elapsed: torch.Tensor,
-                  notes: torch.Tensor, pitches: torch.Tensor, keys: torch.Tensor,
-                  plan: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+                  notes: torch.Tensor, pitches: torch.Tensor, keys: torch.Tensor | None,
+                  circle: torch.Tensor | None, plan: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
         sounding = held > 0
         steps = torch.where(sounding, clock - onset, 0).clamp(max=HELD_STEPS)
         seconds = torch.div(elapsed, STEPS_PER_S, rounding_mode="floor").clamp(max=CLOCK_S)
         register = torch.div(4 * pitches, notes.clamp(min=1), rounding_mode="floor")
         piece = self._t.clock[seconds], self._t.register[register], self._t.notes[notes.clamp(max=NOTES_CAP)]
         state = torch.cat([sounding.float(), self._t.held[steps], *piece], dim=-1)
-        if plan is None and self.texture is None:
+        if not self.reads_track(plan):
             return state
         if plan is None:  # the row's track, read by its piece clock (its last window from that window's start on)
             last = self.texture.size(1) - 1
             window = torch.div(elapsed[..., 0], TEXTURE_WINDOW_STEPS, rounding_mode="floor").clamp(max=last)
             rows = torch.arange(window.size(0), device=window.device).view(-1, *[1] * (window.dim() - 1))
             plan = self.texture[rows, window]
-        return torch.cat([state, _plan_features(plan, elapsed, notes, pitches, keys)], dim=-1)
+        return torch.cat([state, _plan_features(plan, elapsed, notes, pitches, keys, circle)], dim=-1)
 
 
-def _plan_features(
-    plan: torch.Tensor, elapsed: torch.Tensor, notes: torch.Tensor, pitches: torch.Tensor, keys: torch.Tensor
-) -> torch.Tensor:
+def _plan_features(plan: torch.Tensor, elapsed: torch.Tensor, notes: torch.Tensor, pitches: torch.Tensor,
+                   keys: torch.Tensor, circle: torch.Tensor) -> torch.Tensor:  # fmt: skip
     """What a model reads of its texture track [..., PIECE_TEXTURE_SIZE], given the track's row of the window the
-    piece clock is in [..., columns] and the piece's time steps, strikes, pitch sum and key-steps so far [..., 1]:
-    the window's texture, then the notes to come by its end (log scale, 1 from PLAN_NOTES on; none once the piece is
-    ahead of its plan), their mean pitch in octaves from middle C (0 with none to come), the keys sounding on
-    average over the rest of the window (log2(1 + keys) / 5, capped at PLAN_KEYS; none once the piece has held more
-    than its plan) and the share of the window left."""
+    piece clock is in [..., columns] and the piece's time steps, strikes, pitch sum and key-steps so far [..., 1] and
+    its strikes' places on the circle of fifths, summed [..., 2]: the window's texture, then the notes to come by its
+    end (log scale, 1 from PLAN_NOTES on; none once the piece is ahead of its plan), their mean pitch in octaves from
+    middle C and their mean place on the circle of fifths (each 0 with none to come), the keys sounding on average
+    over the rest of the window (log2(1 + keys) / 5, capped at PLAN_KEYS; none once the piece has held more than its
+    plan) and the share of the window left."""
     to_come = (plan[..., NOTES_BY_END, None] - notes).clamp(0, PLAN_NOTES)
     pitch = ((plan[..., PITCH_BY_END, None] - pitches) / to_come.clamp(min=1)).clamp(0, 127)
+    place = ((plan[..., FIFTHS_X_BY_END : FIFTHS_Y_BY_END + 1] - circle) / to_come.clamp(min=1)).clamp(-1, 1)
     steps_left = TEXTURE_WINDOW_STEPS - elapsed % TEXTURE_WINDOW_STEPS
     sounding = ((plan[..., KEYS_BY_END, None] - keys) / steps_left).clamp(0, PLAN_KEYS)
     octaves = (pitch.float() - MIDDLE_C) / 12 * (to_come > 0)
     notes_to_come = torch.log1p(to_come.float()) / math.log1p(PLAN_NOTES)
     keys_to_come = torch.log2(1 + sounding.float()) / math.log2(1 + PLAN_KEYS)
     left = (steps_left / TEXTURE_WINDOW_STEPS).float()
-    return torch.cat([plan[..., FIRST_TEXTURE:], notes_to_come, octaves, keys_to_come, left], dim=-1)
+    plans = notes_to_come, octaves, place * (to_come > 0), keys_to_come, left
+    return torch.cat([plan[..., FIRST_TEXTURE:], *plans], dim=-1)

@@ -71,13 +71,14 @@ def set_texture(pieces: list[dict[str, np.ndarray]], seconds: float) -> dict[str
 
 # A piece's texture as a model reads it beside the piano state, window by window: notes per second, mean pitch,
 # polyphony and mean note duration of each TEXTURE_WINDOW_S of the piece, scaled to about [0, 1], then where the
-# piece stands against the track (its plan): the notes still to come by the window's end, their mean pitch, the keys
-# that sound on average over the rest of the window, and the share of the window left. The plan says what the next
-# seconds hold, which the notes so far do not, so the model learns to follow it: the keys to come tell it when to
-# release as the notes to come tell it when to strike. While sampling, a real piece's track, drawn, keeps the music
-# to a pianist's texture where the model's own notes would let it drift.
+# piece stands against the track (its plan): the notes still to come by the window's end, their mean pitch, their
+# mean place on the circle of fifths, the keys that sound on average over the rest of the window, and the share of the
+# window left. The plan says what the next seconds hold, which the notes so far do not, so the model learns to follow
+# it: the keys to come tell it when to release as the notes to come tell it when to strike, and their place on the
+# circle which pitch classes to strike. While sampling, a real piece's track, drawn, keeps the music to a pianist's
+# texture and key where the model's own notes would let it drift.
 PIECE_TEXTURE = ("notes_per_second", "mean_pitch", "polyphony", "note_duration")
-PLAN = ("notes_to_come", "pitch_to_come", "keys_to_come", "window_left")
+PLAN = ("notes_to_come", "pitch_to_come", "fifths_x_to_come", "fifths_y_to_come", "keys_to_come", "window_left")
 PIECE_TEXTURE_SIZE = len(PIECE_TEXTURE) + len(PLAN)
 TEXTURE_WINDOW_S = 10
 TEXTURE_WINDOW_STEPS = round(TEXTURE_WINDOW_S / STEP_S)
@@ -86,10 +87,22 @@ PLAN_KEYS = 31  # keys to come read 1 from here on (log2(1 + keys) / 5): no pian
 # Pitches are read in octaves from middle C: a register a few semitones off is a few tenths, where pitch / 127 made
 # it a few hundredths, too small a change in the input for the model to steer by.
 MIDDLE_C = 60
-# A track's columns: the cumulative notes, pitch sum and key-steps (steps times the keys sounding, as the piano state
-# counts them) by each window's end, then the window's scaled texture.
-NOTES_BY_END, PITCH_BY_END, KEYS_BY_END, FIRST_TEXTURE = 0, 1, 2, 3
+# Pitch class c sits at 7c mod 12 of the circle of fifths' twelve places: a key's scale lies on seven neighbouring
+# places, so the mean of its notes' unit vectors points at the key and is long, and a chromatic passage's is short.
+FIFTH = 7
+# A track's columns: what the piece holds from its start to each window's end (the notes, the sum of their pitches,
+# the key-steps: steps times the keys sounding, as the piano state counts them, and the sum of the notes' places on
+# the circle of fifths, x then y), then the window's scaled texture.
+TRACK_BY_END = ("notes_by_end", "pitch_sum_by_end", "key_steps_by_end", "fifths_x_by_end", "fifths_y_by_end")
+NOTES_BY_END, PITCH_BY_END, KEYS_BY_END, FIFTHS_X_BY_END, FIFTHS_Y_BY_END = range(len(TRACK_BY_END))
+FIRST_TEXTURE = len(TRACK_BY_END)
 TRACK_COLUMNS = FIRST_TEXTURE + len(PIECE_TEXTURE)
+
+
+def fifths(pitch: np.ndarray) -> np.ndarray:
+    """Each pitch's place on the circle of fifths as a unit vector [..., 2] (x, y; float64)."""
+    angle = (FIFTH * np.asarray(pitch, np.int64) % 12) * (2 * np.pi / 12)
+    return np.stack([np.cos(angle), np.sin(angle)], axis=-1)
 
 
 def scaled_texture(figures: dict) -> np.ndarray:
@@ -107,7 +120,8 @@ def scaled_texture(figures: dict) -> np.ndarray:
 
 def texture_track(tokens: np.ndarray) -> np.ndarray:
     """A piece's texture track from its tokens [windows, TRACK_COLUMNS]: for each TEXTURE_WINDOW_S, the notes, the
-    sum of their pitches and the key-steps (`key_steps`) from the start to the window's end, then `texture` of the
+    sum of their pitches, the key-steps (`key_steps`) and the sum of their `fifths` from the start to the window's
+    end, then `texture` of the
     notes that start in the window, cut at its end (the last window as long as the music), scaled; in one pass over
     the notes: no note outlasts its window once cut, so the windows' sounding times add up over one sweep."""
     notes, steps = decode(tokens), elapsed_steps(tokens)
@@ -130,7 +144,9 @@ def texture_track(tokens: np.ndarray) -> np.ndarray:
             "note_duration": np.bincount(w, duration, windows) / count,
         }
         ends = np.minimum(np.arange(1, windows + 1) * TEXTURE_WINDOW_STEPS, steps)
-        by_end = np.stack([np.cumsum(count), np.cumsum(np.bincount(w, pitch, windows)), key_steps(tokens)[ends]], 1)
+        circle = fifths(notes["pitch"])
+        by_end = np.stack([np.cumsum(count), np.cumsum(np.bincount(w, pitch, windows)), key_steps(tokens)[ends],
+                           *(np.cumsum(np.bincount(w, circle[:, i], windows)) for i in (0, 1))], 1)  # fmt: skip
         return np.concatenate([by_end.astype(np.float32), scaled_texture(figures)], axis=1)
 
 
@@ -166,10 +182,15 @@ def token_windows(tokens: np.ndarray, windows: int) -> np.ndarray:
 
 def transposed(tracks: np.ndarray, semitones: np.ndarray) -> np.ndarray:
     """Texture tracks [pieces, windows, columns] of the pieces moved by `semitones` [pieces]: the pitch sums and the
-    mean pitch of each window with notes move with them, the rest stays."""
+    mean pitch of each window with notes move with them, the sum of their places on the circle of fifths turns by
+    seven places per semitone, the rest stays."""
     out = np.array(tracks, np.float32)
     moved = np.asarray(semitones, np.float32)[:, None]
     out[..., PITCH_BY_END] += moved * out[..., NOTES_BY_END]
+    angle = (FIFTH * np.asarray(semitones, np.int64) % 12)[:, None] * (2 * np.pi / 12)
+    x, y = (np.asarray(tracks, np.float64)[..., column] for column in (FIFTHS_X_BY_END, FIFTHS_Y_BY_END))
+    out[..., FIFTHS_X_BY_END] = x * np.cos(angle) - y * np.sin(angle)
+    out[..., FIFTHS_Y_BY_END] = x * np.sin(angle) + y * np.cos(angle)
     has_notes = out[..., FIRST_TEXTURE + PIECE_TEXTURE.index("notes_per_second")] > 0
     out[..., FIRST_TEXTURE + PIECE_TEXTURE.index("mean_pitch")] += np.where(has_notes, moved / 12, 0)
     return out
@@ -182,8 +203,8 @@ def padded_tracks(tracks: list[np.ndarray], windows: int = 0) -> np.ndarray:
     out = []
     for track in tracks:
         last = track[-1].copy()
-        by_end = slice(NOTES_BY_END, KEYS_BY_END + 1)
-        step = last[by_end] - (track[-2, by_end] if len(track) > 1 else 0)  # the last window's notes, pitches, keys
+        by_end = slice(0, FIRST_TEXTURE)
+        step = last[by_end] - (track[-2, by_end] if len(track) > 1 else 0)  # what the last window adds
         extra = np.repeat(last[None], longest - len(track), axis=0)
         extra[:, by_end] += np.arange(1, longest - len(track) + 1)[:, None] * step
         out.append(np.concatenate([track, extra]))
