@@ -172,8 +172,10 @@ def generate(
     synth = synthesizer()
     if isinstance(synth, str):
         print(f"generate: WAV files skipped: {synth}", flush=True)
-    groups = composer_groups(p, model, model_dir, tokens)
-    textures = model_vocab(model_dir, tokens).get("textures") if reads_texture(model.cfg) else None  # drawn from
+    reads = model.cfg.n_labels or reads_texture(model.cfg)  # a model without either needs no vocab.json
+    vocab = model_vocab(model_dir, tokens) if reads else {}
+    groups = composer_groups(p, model, model_dir, vocab)
+    textures = vocab.get("textures") if reads_texture(model.cfg) else None  # the tracks a texture reader draws from
     records, free = [], []  # free: the same samples made without the rule, when it is on
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
@@ -236,7 +238,7 @@ def long_samples(  # noqa: PLR0913
 
 
 def composer_groups(
-    p: GenerateParams, model: TransformerXL, model_dir: Path, tokens: Path
+    p: GenerateParams, model: TransformerXL, model_dir: Path, vocab: dict
 ) -> list[tuple[int, str | None]]:
     """(label, composer) of each group of samples: p.composers' labels (the names in the model folder's vocab.json),
     or one group without a composer, which a model without labels gets whatever p.composers says (and says so)."""
@@ -246,13 +248,12 @@ def composer_groups(
         print(f"generate: the model was trained without composer labels (model.composer_labels), so the samples have "
               f"no composer: {', '.join(map(str, p.composers))} left aside", flush=True)  # fmt: skip
         return [(0, None)]
-    labels = model_labels(model, model_dir, tokens)
-    return resolve(p.composers, labels)
+    return resolve(p.composers, model_labels(model, model_dir, vocab))
 
 
-def model_labels(model: TransformerXL, model_dir: Path, tokens: Path) -> list[dict]:
-    """The composer labels of a model with labels (vocab.json's `labels`), checked against the model's count."""
-    labels = model_vocab(model_dir, tokens).get("labels", [])
+def model_labels(model: TransformerXL, model_dir: Path, vocab: dict) -> list[dict]:
+    """The composer labels of a model with labels (its `vocab`'s, `model_vocab`), checked against the model's count."""
+    labels = vocab.get("labels", [])
     if len(labels) != model.cfg.n_labels:
         raise PipelineError(
             f"{model_dir}: vocab.json lists {len(labels)} composer labels, the model has {model.cfg.n_labels}"

@@ -72,9 +72,10 @@ class Studio:
     def __init__(self, model_dir: Path, tokens: Path, settings: GenerateParams, limits: DemoParams) -> None:
         self.settings = dataclasses.replace(settings, samples=1, wav_samples=1, keep_primer=True, primers=[])
         self.model, self.dtype, self.span = open_model(Path(model_dir), self.settings, 1)
-        labels = model_labels(self.model, model_dir, tokens) if self.model.cfg.n_labels else []
         reads = reads_texture(self.model.cfg)  # the tracks a model that reads one draws from
-        self.textures = model_vocab(Path(model_dir), tokens).get("textures") if reads else None
+        vocab = model_vocab(Path(model_dir), tokens) if self.model.cfg.n_labels or reads else {}
+        labels = model_labels(self.model, model_dir, vocab) if self.model.cfg.n_labels else []
+        self.textures = vocab.get("textures") if reads else None
         self.labels, self.tokens, self.limits = labels, Path(tokens), limits
         self.offered = self._validation_pieces()  # read once: the token folder does not change while the page serves
         self.synth = synthesizer()

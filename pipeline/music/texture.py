@@ -121,9 +121,9 @@ def scaled_texture(figures: dict) -> np.ndarray:
 def texture_track(tokens: np.ndarray) -> np.ndarray:
     """A piece's texture track from its tokens [windows, TRACK_COLUMNS]: for each TEXTURE_WINDOW_S, the notes, the
     sum of their pitches, the key-steps (`key_steps`) and the sum of their `fifths` from the start to the window's
-    end, then `texture` of the
-    notes that start in the window, cut at its end (the last window as long as the music), scaled; in one pass over
-    the notes: no note outlasts its window once cut, so the windows' sounding times add up over one sweep."""
+    end, then `texture` of the notes that start in the window, cut at its end (the last window as long as the music),
+    scaled; in one pass over the notes: no note outlasts its window once cut, so the windows' sounding times add up
+    over one sweep."""
     notes, steps = decode(tokens), elapsed_steps(tokens)
     windows = max(1, -(-steps // TEXTURE_WINDOW_STEPS))
     onset, pitch = np.asarray(notes["onset"], np.float64), np.asarray(notes["pitch"], np.float64)
@@ -187,10 +187,11 @@ def transposed(tracks: np.ndarray, semitones: np.ndarray) -> np.ndarray:
     out = np.array(tracks, np.float32)
     moved = np.asarray(semitones, np.float32)[:, None]
     out[..., PITCH_BY_END] += moved * out[..., NOTES_BY_END]
-    angle = (FIFTH * np.asarray(semitones, np.int64) % 12)[:, None] * (2 * np.pi / 12)
-    x, y = (np.asarray(tracks, np.float64)[..., column] for column in (FIFTHS_X_BY_END, FIFTHS_Y_BY_END))
-    out[..., FIFTHS_X_BY_END] = x * np.cos(angle) - y * np.sin(angle)
-    out[..., FIFTHS_Y_BY_END] = x * np.sin(angle) + y * np.cos(angle)
+    turn = fifths(semitones)[:, None]  # [pieces, 1, 2]: a semitone moves each pitch class seven places round
+    cos, sin = turn[..., 0], turn[..., 1]
+    x, y = (np.asarray(tracks)[..., column].astype(np.float64) for column in (FIFTHS_X_BY_END, FIFTHS_Y_BY_END))
+    out[..., FIFTHS_X_BY_END] = x * cos - y * sin
+    out[..., FIFTHS_Y_BY_END] = x * sin + y * cos
     has_notes = out[..., FIRST_TEXTURE + PIECE_TEXTURE.index("notes_per_second")] > 0
     out[..., FIRST_TEXTURE + PIECE_TEXTURE.index("mean_pitch")] += np.where(has_notes, moved / 12, 0)
     return out
